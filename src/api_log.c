@@ -1,0 +1,154 @@
+/*
+ * api_log.c -- structured logging: one JSON object per line on stderr, and certhook.log.
+ *
+ * C code builds a line with log_begin/log_str/.../log_end; each line is written with one
+ * write(2), so lines from different threads never interleave. certhook.log adds the
+ * running handler's context (event id, type, handler, generation) from delivery_ctx.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+
+#include "certhook.h"
+
+static int min_level = LOG_INFO; /* written once at start-up, before threads exist */
+static const char *const level_names[] = {"debug", "info", "warn", "error", NULL};
+
+void log_set_level(int level)
+{
+    min_level = level;
+}
+
+int log_level_parse(const char *s)
+{
+    for (int i = 0; level_names[i]; i++)
+        if (strcmp(s, level_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+int log_enabled(int level)
+{
+    return level >= min_level;
+}
+
+void log_begin(struct log_line *l, int level, const char *message)
+{
+    char ts[40];
+    buf_init(&l->b);
+    l->level = level;
+    if (!log_enabled(level))
+        return;
+    time_format_iso8601(time_now(), ts);
+    buf_printf(&l->b, "{\"time\":\"%s\",\"level\":\"%s\",\"message\":", ts, level_names[level]);
+    buf_json_str(&l->b, message, strlen(message));
+}
+
+void log_str(struct log_line *l, const char *key, const char *value)
+{
+    if (!log_enabled(l->level) || value == NULL)
+        return;
+    buf_printf(&l->b, ",\"%s\":", key);
+    buf_json_str(&l->b, value, strlen(value));
+}
+
+void log_num(struct log_line *l, const char *key, double value)
+{
+    if (!log_enabled(l->level))
+        return;
+    buf_printf(&l->b, ",\"%s\":%.17g", key, value);
+}
+
+void log_json(struct log_line *l, const char *key, const char *json, size_t n)
+{
+    if (!log_enabled(l->level))
+        return;
+    buf_printf(&l->b, ",\"%s\":", key);
+    buf_add(&l->b, json, n);
+}
+
+void log_end(struct log_line *l)
+{
+    if (log_enabled(l->level) && buf_add(&l->b, "}\n", 2) == 0) {
+        ssize_t off = 0, w;
+        while ((size_t)off < l->b.n && (w = write(2, l->b.p + off, l->b.n - (size_t)off)) > 0)
+            off += w;
+    }
+    buf_free(&l->b);
+}
+
+void log_msg(int level, const char *fmt, ...)
+{
+    char msg[1024];
+    struct log_line l;
+    if (!log_enabled(level))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    log_begin(&l, level, msg);
+    log_end(&l);
+}
+
+struct delivery_ctx *log_ctx(lua_State *L)
+{
+    /* only states made by module_newstate keep a delivery_ctx in their extra space */
+    return module_owns(L) ? *(struct delivery_ctx **)lua_getextraspace(L) : NULL;
+}
+
+/* ---- certhook.log ------------------------------------------------------------------------ */
+
+/* message [, fields] -> nothing. Raises on a non-string message or non-table fields. */
+static int log_at(lua_State *L, int level)
+{
+    size_t n;
+    const char *msg = luaL_checklstring(L, 1, &n);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TTABLE);
+    if (!log_enabled(level))
+        return 0;
+    struct log_line l;
+    log_begin(&l, level, msg);
+    struct delivery_ctx *ctx = log_ctx(L);
+    if (ctx != NULL) {
+        log_str(&l, "event", ctx->event_id);
+        log_str(&l, "type", ctx->event_type);
+        log_str(&l, "hostname", ctx->hostname);
+        log_str(&l, "handler", ctx->handler);
+        log_num(&l, "generation", ctx->generation);
+    }
+    if (lua_istable(L, 2)) {
+        size_t len;
+        const char *json = module_encode(L, 2, &len); /* msg, fields, json|err */
+        if (json != NULL)
+            log_json(&l, "fields", json, len);
+        else
+            log_str(&l, "fields_error", lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    log_end(&l);
+    return 0;
+}
+
+static int log_debug(lua_State *L) { return log_at(L, LOG_DEBUG); }
+static int log_info(lua_State *L) { return log_at(L, LOG_INFO); }
+static int log_warn(lua_State *L) { return log_at(L, LOG_WARN); }
+static int log_error(lua_State *L) { return log_at(L, LOG_ERROR); }
+
+static const luaL_Reg log_funcs[] = {
+    {"debug", log_debug},
+    {"error", log_error},
+    {"info", log_info},
+    {"warn", log_warn},
+    {NULL, NULL},
+};
+
+int log_open(lua_State *L)
+{
+    luaL_newlib(L, log_funcs);
+    return 1;
+}

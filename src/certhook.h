@@ -1,0 +1,305 @@
+/*
+ * certhook.h -- shared structs and prototypes of the certhook core.
+ *
+ * Data flow and the unit that owns each step (one file each; a function
+ * visible outside its file carries the file's prefix):
+ *
+ *   provider --POST--> intake.c     MHD thread(s): limits, route, auth.c, parse (cjson),
+ *                                    normalize.c -> struct journal_event; suspends the request
+ *                  --> journal.c    writer thread: one transaction + fsync per batch of requests,
+ *                                    then resumes them (202/200/503) and hands the accepted
+ *                                    events to the dispatcher in one list
+ *                  --> dispatch.c   main thread: matches handlers of the current generation
+ *                                    (reload.c), runs each in its own coroutine, sends the
+ *                                    delivery results back to the journal writer
+ *
+ *   module.c   luaopen_certhook_core and the Lua states certhook creates (module_newstate)
+ *   config.c   struct config from the table the CLI built      server.c  `serve`: start/stop order
+ *   api_log.c  logging + certhook.log    api_time.c  clocks, ISO 8601 + certhook.time
+ *   api_http.c certhook.http (libcurl)   buf.c       growable byte buffer, JSON string escaping
+ *
+ * Threads never share a lua_State: each intake thread has a private parser state, the
+ * dispatcher owns the handler states. Everything that crosses threads is plain C below.
+ */
+#ifndef CERTHOOK_H
+#define CERTHOOK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+#define CERTHOOK_VERSION "0.1.0"
+
+/* ---- buf.c: growable byte buffer ---------------------------------------------------- */
+
+struct buf {
+    char *p;
+    size_t n, cap;
+};
+
+void buf_init(struct buf *b);
+void buf_free(struct buf *b);
+int buf_add(struct buf *b, const void *s, size_t n); /* 0 / -1 (out of memory) */
+int buf_adds(struct buf *b, const char *s);
+int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int buf_json_str(struct buf *b, const char *s, size_t n); /* appends "s" JSON-escaped */
+char *buf_take(struct buf *b);                             /* NUL-terminated; caller frees */
+
+/* ---- api_log.c: one JSON object per line on stderr -------------------------------- */
+
+/* What a running handler knows about itself. The dispatcher stores a pointer to it in the
+ * LUA_EXTRASPACE of the handler's coroutine, where the certhook.* API finds it. */
+struct delivery_ctx {
+    const char *event_id, *event_type, *hostname, *handler;
+    unsigned generation;
+};
+struct delivery_ctx *log_ctx(lua_State *L); /* NULL outside a handler */
+
+enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
+
+struct log_line {
+    struct buf b;
+    int level;
+};
+
+void log_set_level(int level);
+int log_level_parse(const char *s); /* -1 if unknown */
+int log_enabled(int level);
+/* log_begin..log_end build and write one line; every call is a no-op when the level is off. */
+void log_begin(struct log_line *l, int level, const char *message);
+void log_str(struct log_line *l, const char *key, const char *value); /* NULL value: skipped */
+void log_num(struct log_line *l, const char *key, double value);
+void log_json(struct log_line *l, const char *key, const char *json, size_t n);
+void log_end(struct log_line *l);
+void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int log_open(lua_State *L); /* pushes the certhook.log table */
+
+/* ---- api_time.c ---------------------------------------------------------------------- */
+
+double time_now(void);  /* wall clock, epoch seconds */
+double time_mono(void); /* monotonic seconds */
+int time_parse_iso8601(const char *s, double *out);  /* 0 / -1 */
+size_t time_format_iso8601(double t, char out[40]); /* UTC, ms when t has a fraction */
+void time_push_epoch(lua_State *L, double t);        /* integer when whole */
+int time_open(lua_State *L);                         /* pushes the certhook.time table */
+
+/* ---- api_http.c ---------------------------------------------------------------------- */
+
+int http_open(lua_State *L); /* pushes the certhook.http table */
+
+/* ---- providers and sources ----------------------------------------------------------- */
+
+enum provider { PROVIDER_NONE = 0, PROVIDER_CLOUDFLARE, PROVIDER_IBM_CM };
+
+const char *provider_name(enum provider p);
+enum provider provider_parse(const char *s); /* PROVIDER_NONE if unknown */
+
+struct auth_keys; /* auth.c: loaded public keys */
+
+struct source {
+    char *name; /* the path segment: POST /hooks/<name> */
+    enum provider provider;
+    int insecure;                     /* accept without credentials */
+    unsigned char (*secrets)[32];     /* Cloudflare: SHA-256 of each accepted secret */
+    size_t nsecrets;
+    struct auth_keys *keys;           /* IBM: RS256 public keys; NULL if none */
+};
+
+/* ---- config.c --------------------------------------------------------------------------- */
+
+struct config {
+    char *listen, *admin, *handlers, *data;
+    struct source *sources;
+    size_t nsources;
+    size_t max_body;
+    unsigned max_connections, request_timeout; /* request_timeout: seconds */
+    double busy_timeout;       /* journal: seconds to wait for a locked database */
+    int log_level;
+    char *lua_path, *lua_cpath; /* package paths of every state certhook creates */
+};
+
+/* Reads the config table at idx (as built by the CLI). 0, or -1 with a message in err. */
+int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t errlen);
+void config_free(struct config *c);
+const struct source *config_source(const struct config *c, const char *name, size_t len);
+
+/* ---- auth.c ------------------------------------------------------------------------------ */
+
+void auth_digest(const char *s, size_t n, unsigned char out[32]); /* SHA-256 */
+int auth_secret_ok(const struct source *s, const char *header);   /* 1 if it matches a secret */
+/* Adds the RSA public key of a PEM file (or PEM text) to *keys, creating the set. 0 / -1. */
+int auth_keys_add(struct auth_keys **keys, const char *pem_or_path, char *err, size_t errlen);
+void auth_keys_free(struct auth_keys *k);
+/* Verifies an RS256 JWT against keys (NULL: decode only, no verification). Uses the JSON
+ * decoder of L to read the header; leaves the stack as it found it. On success returns the
+ * payload (the claims JSON) in *claims, malloc'd, caller frees. */
+int auth_jwt_verify(lua_State *L, const struct auth_keys *keys, const char *token, size_t len,
+                    char **claims, size_t *claims_len, char *err, size_t errlen);
+/* Signs claims with an RSA private key (PEM text or file): returns a malloc'd JWT. */
+char *auth_jwt_sign(const char *pem_or_path, const char *claims, size_t n, char *err,
+                    size_t errlen);
+int auth_base64url_decode(const char *in, size_t n, unsigned char *out, size_t *outlen);
+
+/* ---- normalize.c ---------------------------------------------------------------------- */
+
+/* Rewrites a cjson-decoded value at idx in place, as Lua code expects it: JSON null members
+ * of objects are dropped (absent = nil) and whole floats become integers. */
+void normalize_fixup(lua_State *L, int idx);
+/* Pushes the canonical event for the decoded payload at raw (already fixed up; becomes
+ * event.raw). Sets `id` only when the payload carries a provider id. Returns 0, or -1 with
+ * a message a person can act on (nothing pushed). */
+int normalize_push(lua_State *L, enum provider p, int raw, char *err, size_t errlen);
+/* Guesses the provider of a decoded body: a {"data": "<JWT>"} body or IBM claims, or a
+ * Cloudflare shape. PROVIDER_NONE if neither. */
+enum provider normalize_detect(lua_State *L, int idx);
+/* Parses a request body received by src and pushes its event: JSON (lua-cjson), for IBM the
+ * JWT (verified with src->keys; decode-only for an insecure source without keys; bare JSON
+ * only when insecure), normalization, id, source and received_at. When the payload came from
+ * a JWT, *claims is its JSON (malloc'd, caller frees) -- what the journal keeps instead of the
+ * body. Returns 0, or 400 / 401 with a message a person can act on (nothing pushed). */
+int normalize_body(lua_State *L, const struct source *src, const char *body, size_t n,
+                   double received_at, char **claims, size_t *claims_len, char *err,
+                   size_t errlen);
+/* The id of an event whose payload carries none: "<source>:sha256:<hex of body>". */
+void normalize_hash_id(const char *source, const char *body, size_t n, struct buf *out);
+int normalize_glob(const char *pattern, const char *s); /* `*` matches any run of chars */
+
+/* ---- module.c ----------------------------------------------------------------------------- */
+
+/* A fresh state with the standard libraries, the given package paths, certhook.core
+ * preloaded and cjson's encode/decode registered for module_decode/module_encode.
+ * NULL with a message on failure. */
+lua_State *module_newstate(const char *path, const char *cpath, lua_Alloc alloc, void *ud,
+                           char *err, size_t errlen);
+/* 1 if L was made by module_newstate (its extra space holds a delivery_ctx pointer). */
+int module_owns(lua_State *L);
+/* Pushes the decoded JSON text (not fixed up) or returns -1 with cjson's message. */
+int module_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen);
+/* Encodes the value at idx; returns a pointer valid while the pushed string stays on the
+ * stack, or NULL with the error message pushed instead. Pushes exactly one value. */
+const char *module_encode(lua_State *L, int idx, size_t *len);
+int luaopen_certhook_core(lua_State *L);
+
+/* ---- journal.c ---------------------------------------------------------------------------- */
+
+/* One accepted event, as journaled. One malloc'd block; the strings live inside it. */
+struct journal_event {
+    struct journal_event *next;
+    int64_t seq; /* journal row, set by the writer */
+    double received_at;
+    enum provider provider;
+    const char *id, *source, *type, *provider_type, *hostname; /* the last two may be NULL */
+    const char *payload; /* the JSON the normalizer runs on (IBM: the JWT claims) */
+    size_t payload_len;
+};
+
+struct journal_event *journal_event_new(enum provider p, double received_at, const char *id,
+                                        const char *source, const char *type,
+                                        const char *provider_type, const char *hostname,
+                                        const char *payload, size_t payload_len);
+void journal_event_free(struct journal_event *ev);
+
+enum journal_result { JOURNAL_PENDING, JOURNAL_ACCEPTED, JOURNAL_DUPLICATE, JOURNAL_FAILED };
+
+/* An append request; the caller owns it (intake embeds it in its request). */
+struct journal_req {
+    struct journal_req *next;
+    struct journal_event *ev;  /* ownership passes to the dispatcher when ACCEPTED */
+    enum journal_result result;
+    char error[200];           /* FAILED: why */
+    void (*done)(struct journal_req *); /* called on the writer thread after the commit */
+};
+
+enum delivery_status { DELIVERY_DONE, DELIVERY_DEAD };
+
+struct delivery_result {
+    char *handler; /* "<file>:<pattern>" */
+    enum delivery_status status;
+    int attempts;
+    unsigned generation;
+    double started_at, duration;
+    char *error; /* NULL when it succeeded */
+};
+
+/* The outcome of dispatching one event; the writer takes ownership and frees it. */
+struct journal_done {
+    struct journal_done *next;
+    int64_t seq;
+    size_t n;
+    struct delivery_result r[];
+};
+
+struct journal;
+typedef void (*journal_sink)(void *cls, struct journal_event *list);
+
+int journal_open(struct journal **jp, const char *dir, double busy_timeout, char *err,
+                 size_t errlen);
+void journal_close(struct journal *j);
+/* Starts the writer thread; accepted events go to sink, in commit order, a batch per call. */
+int journal_start(struct journal *j, journal_sink sink, void *cls);
+void journal_stop(struct journal *j); /* writes what is queued, joins the writer */
+void journal_append(struct journal *j, struct journal_req *r);  /* thread-safe */
+void journal_finish(struct journal *j, struct journal_done *d); /* thread-safe, takes d */
+int journal_healthy(struct journal *j, char *why, size_t n);   /* 1 if the last write worked */
+int64_t journal_max_seq(struct journal *j);
+/* Calls fn for up to limit events with after < seq <= upto not yet dispatched, in order.
+ * fn takes ownership of the event. Returns how many, or -1. Main thread only. */
+int journal_scan_pending(struct journal *j, int64_t after, int64_t upto, int limit,
+                         void (*fn)(void *cls, struct journal_event *ev), void *cls);
+void journal_done_free(struct journal_done *d);
+
+/* ---- reload.c: handler generations --------------------------------------------------------- */
+
+struct handler {
+    char *name;    /* "<file>:<pattern>", the delivery's identity */
+    char *pattern;
+    int ref;       /* the function, in the generation state's registry */
+};
+
+struct generation {
+    lua_State *L;
+    unsigned number;
+    struct handler *h;
+    size_t n;
+    size_t nfiles;
+};
+
+/* Loads every *.lua of dir (sorted) into a fresh state and validates what each returns.
+ * On failure returns NULL and a malloc'd message naming every broken file:line. */
+struct generation *reload_build(const char *dir, const char *path, const char *cpath,
+                                unsigned number, char **err);
+void reload_free(struct generation *g);
+
+/* ---- dispatch.c -------------------------------------------------------------------------- */
+
+struct dispatch;
+
+/* recover_upto: the journal's last seq before intake started (journal_max_seq). */
+struct dispatch *dispatch_new(struct generation *g, struct journal *j, int64_t recover_upto);
+void dispatch_free(struct dispatch *d); /* does not free the generation */
+void dispatch_enqueue(void *d, struct journal_event *list); /* a journal_sink; thread-safe */
+/* Runs pending events from the journal, then the loop, until a signal from sigfd asks to
+ * stop. Returns the signal number. */
+int dispatch_run(struct dispatch *d, int sigfd);
+/* Runs the handlers matching ev once, on the calling thread. Fills *done (malloc'd, caller
+ * frees with journal_done_free) when done is not NULL. Returns the number that failed. */
+int dispatch_event(struct generation *g, const struct journal_event *ev,
+                   struct journal_done **done);
+size_t dispatch_backlog(struct dispatch *d);
+
+/* ---- intake.c ------------------------------------------------------------------------------ */
+
+struct intake;
+
+int intake_start(struct intake **ip, const struct config *c, struct journal *j,
+                 struct dispatch *d, struct generation *const *gen, char *err, size_t errlen);
+void intake_close_gate(struct intake *in);           /* new requests get 503 from now on */
+void intake_stop(struct intake *in);                 /* waits for requests in flight */
+void intake_addresses(struct intake *in, char *listen, char *admin, size_t n);
+
+/* ---- server.c ------------------------------------------------------------------------------ */
+
+int server_run(const struct config *c, char *err, size_t errlen); /* 0 after a clean stop */
+
+#endif
