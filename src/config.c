@@ -1,0 +1,273 @@
+/*
+ * config.c -- struct config from the table the CLI built (DESIGN §8).
+ *
+ * The CLI (lua/certhook/cli.lua) loads certhook.conf.lua and applies the flags; this unit
+ * checks every value and turns it into C, so `serve` fails at start-up with a message that
+ * names the setting -- never later. Sources are checked here: a known provider, a name
+ * usable in a URL, and credentials (auth.c) unless `insecure = true`.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "certhook.h"
+
+#define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); return -1; } while (0)
+
+/* Reads t[k] as a string (copied) into *out; keeps *out when absent. */
+static int opt_string(lua_State *L, int t, const char *k, char **out, const char *path,
+                      char *err, size_t errlen)
+{
+    int type = lua_getfield(L, t, k);
+    if (type == LUA_TNIL) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (type != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+        FAIL("%s%s must be a non-empty string", path, k);
+    free(*out);
+    *out = strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    return *out ? 0 : -1;
+}
+
+/* Reads t[k] as a number in [min, max] into *out; keeps *out when absent. */
+static int opt_number(lua_State *L, int t, const char *k, double min, double max, double *out,
+                      const char *path, char *err, size_t errlen)
+{
+    int type = lua_getfield(L, t, k);
+    if (type != LUA_TNIL) {
+        if (type != LUA_TNUMBER || lua_tonumber(L, -1) < min || lua_tonumber(L, -1) > max)
+            FAIL("%s%s must be a number from %g to %g", path, k, min, max);
+        *out = lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
+/* Pushes t[k] when it is a table (returns its index), nothing when absent (0); raises
+ * nothing -- a wrong type is an error. */
+static int opt_table(lua_State *L, int t, const char *k, int *idx, char *err, size_t errlen)
+{
+    int type = lua_getfield(L, t, k);
+    *idx = 0;
+    if (type == LUA_TNIL) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (type != LUA_TTABLE)
+        FAIL("%s must be a table", k);
+    *idx = lua_gettop(L);
+    return 0;
+}
+
+/* Calls fn for t[k] when it is a string, or for each string of the list t[k]. */
+static int each_string(lua_State *L, int t, const char *k, const char *path,
+                       int (*fn)(struct source *, const char *, char *, size_t),
+                       struct source *s, char *err, size_t errlen)
+{
+    int type = lua_getfield(L, t, k), rc = 0;
+    if (type == LUA_TSTRING && lua_rawlen(L, -1) > 0) {
+        rc = fn(s, lua_tostring(L, -1), err, errlen);
+    } else if (type == LUA_TTABLE && lua_rawlen(L, -1) > 0) {
+        for (lua_Integer i = 1; rc == 0 && i <= (lua_Integer)lua_rawlen(L, -1); i++) {
+            if (lua_rawgeti(L, -1, i) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+                FAIL("%s%s[%lld] must be a non-empty string", path, k, (long long)i);
+            rc = fn(s, lua_tostring(L, -1), err, errlen);
+            lua_pop(L, 1);
+        }
+    } else if (type != LUA_TNIL) {
+        FAIL("%s%s must be a non-empty string or a list of them", path, k);
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
+static int add_secret(struct source *s, const char *secret, char *err, size_t errlen)
+{
+    unsigned char (*p)[32] = realloc(s->secrets, (s->nsecrets + 1) * sizeof *p);
+    if (p == NULL)
+        FAIL("out of memory");
+    s->secrets = p;
+    auth_digest(secret, strlen(secret), s->secrets[s->nsecrets++]);
+    return 0;
+}
+
+static int add_key(struct source *s, const char *pem_or_path, char *err, size_t errlen)
+{
+    char msg[300];
+    if (auth_keys_add(&s->keys, pem_or_path, msg, sizeof msg) != 0)
+        FAIL("sources.%s.public_key: %s", s->name, msg);
+    return 0;
+}
+
+static int valid_name(const char *s)
+{
+    if (*s == '\0')
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '-' || *s == '_' || *s == '.'))
+            return 0;
+    return 1;
+}
+
+/* Reads the source table at -1 named by the string at -2. */
+static int read_source(lua_State *L, struct source *s, char *err, size_t errlen)
+{
+    char path[160];
+    int t = lua_gettop(L);
+    if (lua_type(L, t - 1) != LUA_TSTRING || !valid_name(lua_tostring(L, t - 1)))
+        FAIL("source names must be strings of letters, digits, '-', '_' or '.' (they are "
+             "the path /hooks/<name>)");
+    s->name = strdup(lua_tostring(L, t - 1));
+    if (s->name == NULL)
+        FAIL("out of memory");
+    snprintf(path, sizeof path, "sources.%s.", s->name);
+    if (lua_type(L, t) != LUA_TTABLE)
+        FAIL("sources.%s must be a table", s->name);
+    if (lua_getfield(L, t, "provider") != LUA_TSTRING ||
+        (s->provider = provider_parse(lua_tostring(L, -1))) == PROVIDER_NONE)
+        FAIL("%sprovider must be \"cloudflare\" or \"ibm-cm\"", path);
+    lua_pop(L, 1);
+    lua_getfield(L, t, "insecure");
+    s->insecure = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (s->provider == PROVIDER_CLOUDFLARE) {
+        if (each_string(L, t, "secret", path, add_secret, s, err, errlen) != 0)
+            return -1;
+        if (s->nsecrets == 0 && !s->insecure)
+            FAIL("sources.%s has no credentials: set secret (the value Cloudflare sends in "
+                 "cf-webhook-auth), or insecure = true to accept unauthenticated requests",
+                 s->name);
+    } else {
+        if (each_string(L, t, "public_key", path, add_key, s, err, errlen) != 0)
+            return -1;
+        if (s->keys == NULL && !s->insecure)
+            FAIL("sources.%s has no credentials: set public_key (the PEM file downloaded "
+                 "from Certificate Manager > Notifications), or insecure = true to accept "
+                 "unsigned payloads", s->name);
+    }
+    return 0;
+}
+
+int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t errlen)
+{
+    int t = lua_absindex(L, idx), top = lua_gettop(L), rc = -1, sub;
+    double v;
+    memset(c, 0, sizeof *c);
+    c->listen = strdup("127.0.0.1:8080");
+    c->admin = strdup("127.0.0.1:9090");
+    c->handlers = strdup("./handlers");
+    c->data = strdup("./certhook-data");
+    c->max_body = 1048576;
+    c->max_connections = 1024;
+    c->request_timeout = 10;
+    c->busy_timeout = 5;
+    c->log_level = LOG_INFO;
+    if (!c->listen || !c->admin || !c->handlers || !c->data) {
+        snprintf(err, errlen, "out of memory");
+        goto done;
+    }
+    if (opt_string(L, t, "listen", &c->listen, "", err, errlen) ||
+        opt_string(L, t, "admin", &c->admin, "", err, errlen) ||
+        opt_string(L, t, "handlers", &c->handlers, "", err, errlen) ||
+        opt_string(L, t, "data", &c->data, "", err, errlen) ||
+        opt_string(L, t, "lua_path", &c->lua_path, "", err, errlen) ||
+        opt_string(L, t, "lua_cpath", &c->lua_cpath, "", err, errlen))
+        goto done;
+
+    if (opt_table(L, t, "limits", &sub, err, errlen))
+        goto done;
+    if (sub) {
+        v = (double)c->max_body;
+        if (opt_number(L, sub, "max_body", 1, 1 << 30, &v, "limits.", err, errlen))
+            goto done;
+        c->max_body = (size_t)v;
+        v = c->max_connections;
+        if (opt_number(L, sub, "max_connections", 1, 1000000, &v, "limits.", err, errlen))
+            goto done;
+        c->max_connections = (unsigned)v;
+        v = c->request_timeout;
+        if (opt_number(L, sub, "request_timeout", 1, 86400, &v, "limits.", err, errlen))
+            goto done;
+        c->request_timeout = (unsigned)v;
+    }
+    if (opt_table(L, t, "journal", &sub, err, errlen) ||
+        (sub && opt_number(L, sub, "busy_timeout", 0, 3600, &c->busy_timeout, "journal.", err,
+                           errlen)))
+        goto done;
+    if (opt_table(L, t, "log", &sub, err, errlen))
+        goto done;
+    if (sub) {
+        char *level = NULL;
+        if (opt_string(L, sub, "level", &level, "log.", err, errlen))
+            goto done;
+        if (level != NULL && (c->log_level = log_level_parse(level)) < 0) {
+            snprintf(err, errlen, "log.level must be debug, info, warn or error");
+            free(level);
+            goto done;
+        }
+        free(level);
+    }
+
+    if (opt_table(L, t, "sources", &sub, err, errlen))
+        goto done;
+    if (!sub) {
+        snprintf(err, errlen,
+                 "no sources configured: add sources = { cloudflare = { provider = "
+                 "\"cloudflare\", secret = ... } } to the config file");
+        goto done;
+    }
+    lua_pushnil(L);
+    while (lua_next(L, sub) != 0) {
+        struct source *s = realloc(c->sources, (c->nsources + 1) * sizeof *s);
+        if (s == NULL) {
+            snprintf(err, errlen, "out of memory");
+            goto done;
+        }
+        c->sources = s;
+        s = &c->sources[c->nsources++];
+        memset(s, 0, sizeof *s);
+        if (read_source(L, s, err, errlen) != 0)
+            goto done;
+        lua_settop(L, sub + 1); /* keep the key for lua_next */
+    }
+    if (c->nsources == 0) {
+        snprintf(err, errlen, "sources is empty: configure at least one source");
+        goto done;
+    }
+    rc = 0;
+done:
+    lua_settop(L, top);
+    if (rc != 0)
+        config_free(c);
+    return rc;
+}
+
+void config_free(struct config *c)
+{
+    free(c->listen);
+    free(c->admin);
+    free(c->handlers);
+    free(c->data);
+    free(c->lua_path);
+    free(c->lua_cpath);
+    for (size_t i = 0; i < c->nsources; i++) {
+        free(c->sources[i].name);
+        free(c->sources[i].secrets);
+        auth_keys_free(c->sources[i].keys);
+    }
+    free(c->sources);
+    memset(c, 0, sizeof *c);
+}
+
+const struct source *config_source(const struct config *c, const char *name, size_t len)
+{
+    for (size_t i = 0; i < c->nsources; i++)
+        if (strlen(c->sources[i].name) == len && memcmp(c->sources[i].name, name, len) == 0)
+            return &c->sources[i];
+    return NULL;
+}
