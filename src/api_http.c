@@ -1,0 +1,345 @@
+/*
+ * api_http.c -- certhook.http (DESIGN §5) on libcurl.
+ *
+ * A request is built from the Lua arguments (build), transferred, and turned into a
+ * response table (push_response). Redirects are off, TLS peers are verified, only http and
+ * https are allowed, the response size is capped and the timeout defaults to 10 s. A 4xx or
+ * 5xx reply is a response; transport failures return nil, message, code with a stable code
+ * (timeout, connrefused, resolve, tls, toolarge, url, http). The transfer is synchronous.
+ */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+#include <lauxlib.h>
+
+#include "certhook.h"
+
+#define DEFAULT_TIMEOUT 10.0
+#define DEFAULT_MAX_SIZE (16 * 1024 * 1024)
+
+struct http_req {
+    CURL *easy;
+    struct curl_slist *headers;
+    struct buf body, resp, resp_headers;
+    size_t max_size;
+    int too_large;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+static void req_free(struct http_req *r)
+{
+    if (r->easy)
+        curl_easy_cleanup(r->easy);
+    curl_slist_free_all(r->headers);
+    buf_free(&r->body);
+    buf_free(&r->resp);
+    buf_free(&r->resp_headers);
+    memset(r, 0, sizeof *r);
+}
+
+static size_t on_data(char *p, size_t size, size_t n, void *cls)
+{
+    struct http_req *r = cls;
+    if (r->resp.n + n > r->max_size) {
+        r->too_large = 1;
+        return 0; /* aborts the transfer */
+    }
+    return buf_add(&r->resp, p, n * size) == 0 ? n * size : 0;
+}
+
+static size_t on_header(char *p, size_t size, size_t n, void *cls)
+{
+    struct http_req *r = cls;
+    if (strncmp(p, "HTTP/", 5) == 0) /* a new response (after 100 Continue): start over */
+        r->resp_headers.n = 0;
+    return buf_add(&r->resp_headers, p, n * size) == 0 ? n * size : 0;
+}
+
+static int add_header(struct http_req *r, const char *name, const char *value)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_printf(&b, "%s: %s", name, value);
+    struct curl_slist *l = b.p ? curl_slist_append(r->headers, b.p) : NULL;
+    buf_free(&b);
+    if (l == NULL)
+        return -1;
+    r->headers = l;
+    return 0;
+}
+
+/* Configures r from the options table at idx. Raises on misuse (after freeing r). */
+static void build(lua_State *L, int idx, struct http_req *r)
+{
+    const char *msg = NULL;
+    double timeout = DEFAULT_TIMEOUT;
+    int has_type = 0;
+    memset(r, 0, sizeof *r);
+    r->max_size = DEFAULT_MAX_SIZE;
+    r->easy = curl_easy_init();
+    if (r->easy == NULL)
+        luaL_error(L, "certhook.http: out of memory");
+    if (lua_getfield(L, idx, "url") != LUA_TSTRING) {
+        msg = "certhook.http.request: url must be a string";
+        goto misuse;
+    }
+    curl_easy_setopt(r->easy, CURLOPT_URL, lua_tostring(L, -1));
+    if (lua_getfield(L, idx, "method") != LUA_TNIL) {
+        if (!lua_isstring(L, -1)) {
+            msg = "certhook.http.request: method must be a string";
+            goto misuse;
+        }
+        char m[16];
+        size_t i;
+        const char *s = lua_tostring(L, -1);
+        for (i = 0; s[i] && i < sizeof m - 1; i++)
+            m[i] = (char)toupper((unsigned char)s[i]);
+        m[i] = '\0';
+        curl_easy_setopt(r->easy, CURLOPT_CUSTOMREQUEST, m);
+        if (strcmp(m, "HEAD") == 0)
+            curl_easy_setopt(r->easy, CURLOPT_NOBODY, 1L);
+    }
+    if (lua_getfield(L, idx, "timeout") != LUA_TNIL) {
+        if (!lua_isnumber(L, -1) || lua_tonumber(L, -1) <= 0) {
+            msg = "certhook.http.request: timeout must be a positive number of seconds";
+            goto misuse;
+        }
+        timeout = lua_tonumber(L, -1);
+    }
+    if (lua_getfield(L, idx, "max_size") != LUA_TNIL) {
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) <= 0) {
+            msg = "certhook.http.request: max_size must be a positive integer";
+            goto misuse;
+        }
+        r->max_size = (size_t)lua_tointeger(L, -1);
+    }
+    if (lua_getfield(L, idx, "headers") != LUA_TNIL) {
+        if (!lua_istable(L, -1)) {
+            msg = "certhook.http.request: headers must be a table of name = value";
+            goto misuse;
+        }
+        lua_pushnil(L);
+        while (lua_next(L, -2) != 0) {
+            if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1)) {
+                msg = "certhook.http.request: headers must be a table of name = value";
+                goto misuse;
+            }
+            const char *name = lua_tostring(L, -2);
+            has_type |= strcasecmp(name, "content-type") == 0;
+            if (add_header(r, name, lua_tostring(L, -1)) != 0) {
+                msg = "certhook.http: out of memory";
+                goto misuse;
+            }
+            lua_pop(L, 1);
+        }
+    }
+    int json = lua_getfield(L, idx, "json") != LUA_TNIL;
+    int body = lua_getfield(L, idx, "body") != LUA_TNIL;
+    if (json && body) {
+        msg = "certhook.http.request: give body or json, not both";
+        goto misuse;
+    }
+    if (body) {
+        if (!lua_isstring(L, -1)) {
+            msg = "certhook.http.request: body must be a string (use json = for a table)";
+            goto misuse;
+        }
+        size_t n;
+        const char *s = lua_tolstring(L, -1, &n);
+        buf_add(&r->body, s, n);
+    } else if (json) {
+        size_t n;
+        const char *s = module_encode(L, -2, &n);
+        if (s == NULL) {
+            msg = "certhook.http.request: json value cannot be encoded";
+            goto misuse;
+        }
+        buf_add(&r->body, s, n);
+        if (!has_type)
+            add_header(r, "Content-Type", "application/json");
+    }
+    if (body || json) {
+        curl_easy_setopt(r->easy, CURLOPT_POSTFIELDS, r->body.p ? r->body.p : "");
+        curl_easy_setopt(r->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body.n);
+    }
+    curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers);
+    curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+    curl_easy_setopt(r->easy, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(r->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(r->easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_USERAGENT, "certhook/" CERTHOOK_VERSION);
+    curl_easy_setopt(r->easy, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(r->easy, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(r->easy, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(r->easy, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(r->easy, CURLOPT_ERRORBUFFER, r->errbuf);
+    return;
+misuse:
+    req_free(r);
+    luaL_error(L, "%s", msg);
+}
+
+static const char *error_code(CURLcode rc)
+{
+    switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT: return "timeout";
+    case CURLE_COULDNT_CONNECT: return "connrefused";
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY: return "resolve";
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR: return "tls";
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL: return "url";
+    default: return "http";
+    }
+}
+
+/* Pushes the response table, or nil, message, code. Returns the number of values. */
+static int push_response(lua_State *L, struct http_req *r, CURLcode rc)
+{
+    if (r->too_large) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "response larger than %d bytes (max_size)", (int)r->max_size);
+        lua_pushliteral(L, "toolarge");
+        return 3;
+    }
+    if (rc != CURLE_OK) {
+        lua_pushnil(L);
+        lua_pushstring(L, r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc));
+        lua_pushstring(L, error_code(rc));
+        return 3;
+    }
+    long status = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, status);
+    lua_setfield(L, -2, "status");
+    lua_pushlstring(L, r->resp.p ? r->resp.p : "", r->resp.n);
+    lua_setfield(L, -2, "body");
+    lua_newtable(L); /* headers: lower-case names; repeated ones joined with ", " */
+    int is_json = 0;
+    char *line = r->resp_headers.p;
+    for (char *next; line && *line; line = next) {
+        next = strstr(line, "\r\n");
+        if (next == NULL)
+            break;
+        *next = '\0';
+        next += 2;
+        char *colon = strchr(line, ':');
+        if (colon == NULL)
+            continue;
+        for (char *p = line; p < colon; p++)
+            *p = (char)tolower((unsigned char)*p);
+        char *v = colon + 1;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        lua_pushlstring(L, line, (size_t)(colon - line));
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, -3) == LUA_TSTRING) {
+            lua_pushliteral(L, ", ");
+            lua_pushstring(L, v);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushstring(L, v);
+        }
+        if (strncmp(line, "content-type", 12) == 0 && colon - line == 12)
+            is_json = strstr(v, "json") != NULL;
+        lua_rawset(L, -3);
+    }
+    lua_setfield(L, -2, "headers");
+    if (is_json && r->resp.n > 0) {
+        char err[200];
+        if (module_decode(L, r->resp.p, r->resp.n, err, sizeof err) == 0) {
+            normalize_fixup(L, -1);
+            lua_setfield(L, -2, "json");
+        }
+    }
+    return 1;
+}
+
+/* {url=, method=, headers=, body=, json=, timeout=, max_size=} -> response | nil, msg, code */
+static int http_request(lua_State *L)
+{
+    struct http_req r;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    build(L, 1, &r);
+    CURLcode rc = curl_easy_perform(r.easy);
+    int n = push_response(L, &r, rc);
+    req_free(&r);
+    return n;
+}
+
+/* Copies opts (or a new table) and sets key = value in it; leaves it at index top+1. */
+static void with_options(lua_State *L, int opts)
+{
+    lua_newtable(L);
+    if (lua_istable(L, opts)) {
+        lua_pushnil(L);
+        while (lua_next(L, opts) != 0) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, -4);
+        }
+    } else if (!lua_isnoneornil(L, opts)) {
+        luaL_typeerror(L, opts, "table of options");
+    }
+}
+
+/* url [, opts] -> response | nil, msg, code */
+static int http_get(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    lua_settop(L, 2);
+    with_options(L, 2);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "url");
+    lua_replace(L, 1);
+    lua_settop(L, 1);
+    return http_request(L);
+}
+
+/* url, body (string, or table sent as JSON) [, opts] -> response | nil, msg, code */
+static int http_post(lua_State *L)
+{
+    luaL_checkstring(L, 1);
+    if (!lua_isstring(L, 2) && !lua_istable(L, 2))
+        luaL_typeerror(L, 2, "string or table");
+    lua_settop(L, 3);
+    with_options(L, 3);
+    lua_pushvalue(L, 1);
+    lua_setfield(L, -2, "url");
+    lua_pushvalue(L, 2);
+    lua_setfield(L, -2, lua_istable(L, 2) ? "json" : "body");
+    lua_getfield(L, -1, "method");
+    if (lua_isnil(L, -1)) {
+        lua_pushliteral(L, "POST");
+        lua_setfield(L, -3, "method");
+    }
+    lua_pop(L, 1);
+    lua_replace(L, 1);
+    lua_settop(L, 1);
+    return http_request(L);
+}
+
+static const luaL_Reg http_funcs[] = {
+    {"get", http_get},
+    {"post", http_post},
+    {"request", http_request},
+    {NULL, NULL},
+};
+
+int http_open(lua_State *L)
+{
+    luaL_newlib(L, http_funcs);
+    return 1;
+}

@@ -1,0 +1,497 @@
+/*
+ * intake.c -- the HTTP listeners (DESIGN §7); the only unit that includes microhttpd.h.
+ *
+ * Webhooks: POST /hooks/<source>. Everything that can be decided from the headers is
+ * decided before the body is read (route, method, Cloudflare secret, Content-Length over
+ * the limit, Content-Type). With the whole body, the thread's private parser state runs
+ * normalize_body (JSON, IBM JWT, normalization); the request is then suspended and queued to
+ * the journal writer, which resumes it after the commit: 202, 200 (duplicate) or 503.
+ * Admin: GET /healthz and /readyz on their own listener.
+ */
+#include <netdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <microhttpd.h>
+
+#include "certhook.h"
+
+struct parser {
+    struct parser *next;
+    lua_State *L;
+};
+
+struct intake {
+    const struct config *cfg;
+    struct journal *j;
+    struct dispatch *d;
+    struct generation *const *gen;
+    struct MHD_Daemon *hooks, *admin;
+    MHD_socket quiesced; /* the hooks listen socket once the gate is closed */
+    pthread_mutex_t mu;
+    struct parser *parsers; /* one per intake thread; closed in intake_stop */
+    atomic_int closed;
+    atomic_int inflight;  /* requests with state, until MHD completes them */
+    atomic_int suspended; /* of those, waiting for the journal */
+};
+
+struct request {
+    struct journal_req jr; /* first: the writer's callback gets back to the request */
+    struct intake *in;
+    struct MHD_Connection *conn;
+    const struct source *src;
+    struct buf body;
+    int too_big, waiting;
+    char *id, *type; /* for the reply */
+};
+
+static __thread struct parser *thread_parser;
+
+/* The calling thread's parser state, created on first use. */
+static lua_State *parser_state(struct intake *in)
+{
+    char err[256];
+    if (thread_parser != NULL)
+        return thread_parser->L;
+    struct parser *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return NULL;
+    p->L = module_newstate(in->cfg->lua_path, in->cfg->lua_cpath, NULL, NULL, err, sizeof err);
+    if (p->L == NULL) {
+        log_msg(LOG_ERROR, "cannot create a parser state: %s", err);
+        free(p);
+        return NULL;
+    }
+    lua_gc(p->L, LUA_GCGEN, 0, 0);
+    pthread_mutex_lock(&in->mu);
+    p->next = in->parsers;
+    in->parsers = p;
+    pthread_mutex_unlock(&in->mu);
+    thread_parser = p;
+    return p->L;
+}
+
+/* ---- replies ------------------------------------------------------------------------------ */
+
+static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *body,
+                             size_t n, const char *header, const char *value)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(n, (void *)body, MHD_RESPMEM_MUST_COPY);
+    if (resp == NULL)
+        return MHD_NO;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
+    if (header != NULL)
+        MHD_add_response_header(resp, header, value);
+    enum MHD_Result rc = MHD_queue_response(c, status, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
+/* {"error": code, "message": ...}; rejected requests are logged with the reason. */
+static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, const char *code,
+                                   const char *source, const char *header, const char *value,
+                                   const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+
+static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, const char *code,
+                                   const char *source, const char *header, const char *value,
+                                   const char *fmt, ...)
+{
+    char msg[600];
+    struct buf b;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    buf_init(&b);
+    buf_printf(&b, "{\"error\":\"%s\",\"message\":", code);
+    buf_json_str(&b, msg, strlen(msg));
+    buf_adds(&b, "}");
+    enum MHD_Result rc = b.p ? reply(c, status, b.p, b.n, header, value) : MHD_NO;
+    buf_free(&b);
+
+    struct log_line l;
+    log_begin(&l, status >= 500 ? LOG_WARN : LOG_INFO, "request rejected");
+    log_num(&l, "status", status);
+    log_str(&l, "source", source);
+    log_str(&l, "reason", msg);
+    log_end(&l);
+    return rc;
+}
+
+/* ---- webhooks ------------------------------------------------------------------------------ */
+
+/* Content types that carry JSON: application/json, application/<x>+json, text/json. */
+static int is_json_type(const char *ct)
+{
+    size_t n = strcspn(ct, ";");
+    while (n > 0 && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+        n--;
+    while (n > 0 && (*ct == ' ' || *ct == '\t'))
+        ct++, n--;
+    return (n == 16 && strncasecmp(ct, "application/json", n) == 0) ||
+           (n == 9 && strncasecmp(ct, "text/json", n) == 0) ||
+           (n > 17 && strncasecmp(ct, "application/", 12) == 0 &&
+            strncasecmp(ct + n - 5, "+json", 5) == 0);
+}
+
+/* First call for a request: only the headers are in. */
+static enum MHD_Result on_headers(struct intake *in, struct MHD_Connection *c, const char *url,
+                                  const char *method, void **req_cls)
+{
+    const struct source *src = NULL;
+    if (strncmp(url, "/hooks/", 7) == 0)
+        src = config_source(in->cfg, url + 7, strlen(url + 7));
+    if (atomic_load(&in->closed))
+        return reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL, "Retry-After",
+                           "5", "certhook is shutting down; retry later");
+    if (src == NULL)
+        return reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", NULL, NULL, NULL,
+                           "no webhook source at %.200s: webhooks are POSTed to "
+                           "/hooks/<source> for a source named in the configuration",
+                           url);
+    if (strcmp(method, MHD_HTTP_METHOD_POST) != 0)
+        return reply_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", src->name,
+                           MHD_HTTP_HEADER_ALLOW, "POST", "%s is not allowed here; use POST",
+                           method);
+    if (src->provider == PROVIDER_CLOUDFLARE && src->nsecrets > 0 &&
+        !auth_secret_ok(src, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "cf-webhook-auth")))
+        return reply_error(c, MHD_HTTP_UNAUTHORIZED, "unauthorized", src->name, NULL, NULL,
+                           "missing or wrong cf-webhook-auth header");
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl != NULL && strtoull(cl, NULL, 10) > in->cfg->max_body)
+        return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large", src->name, NULL,
+                           NULL, "the body is %.20s bytes; the limit is %zu (limits.max_body)",
+                           cl, in->cfg->max_body);
+    const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (ct != NULL && !is_json_type(ct))
+        return reply_error(c, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type",
+                           src->name, NULL, NULL,
+                           "Content-Type must be application/json, not %.100s", ct);
+    struct request *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return MHD_NO;
+    r->in = in;
+    r->conn = c;
+    r->src = src;
+    buf_init(&r->body);
+    *req_cls = r;
+    atomic_fetch_add(&in->inflight, 1);
+    return MHD_YES;
+}
+
+static void on_journal_done(struct journal_req *jr)
+{
+    struct request *r = (struct request *)jr;
+    MHD_resume_connection(r->conn);
+}
+
+/* The whole body is in: parse, normalize, queue to the journal and suspend. */
+static enum MHD_Result on_body(struct intake *in, struct request *r)
+{
+    char err[600];
+    char *claims;
+    size_t claims_len;
+    if (r->too_big)
+        return reply_error(r->conn, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large",
+                           r->src->name, NULL, NULL,
+                           "the body is over the limit of %zu bytes (limits.max_body)",
+                           in->cfg->max_body);
+    lua_State *L = parser_state(in);
+    if (L == NULL)
+        return reply_error(r->conn, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", r->src->name,
+                           "Retry-After", "5", "out of memory");
+    double now = time_now();
+    const char *body = r->body.p ? r->body.p : "";
+    int status = normalize_body(L, r->src, body, r->body.n, now, &claims, &claims_len, err,
+                                sizeof err);
+    if (status == 401)
+        return reply_error(r->conn, MHD_HTTP_UNAUTHORIZED, "unauthorized", r->src->name, NULL,
+                           NULL, "%s", err);
+    if (status != 0)
+        return reply_error(r->conn, MHD_HTTP_BAD_REQUEST, "bad_request", r->src->name, NULL,
+                           NULL, "%s", err);
+    const char *f[4];
+    static const char *const names[] = {"id", "type", "provider_type", "hostname"};
+    for (int i = 0; i < 4; i++) {
+        lua_getfield(L, 1, names[i]);
+        f[i] = lua_tostring(L, -1); /* strings of the event table: valid until settop */
+    }
+    const char *payload = claims ? claims : body;
+    size_t plen = claims ? claims_len : r->body.n;
+    r->jr.ev = journal_event_new(r->src->provider, now, f[0], r->src->name, f[1], f[2], f[3],
+                                 payload, plen);
+    r->id = strdup(f[0]);
+    r->type = strdup(f[1]);
+    lua_settop(L, 0);
+    free(claims);
+    if (r->jr.ev == NULL || r->id == NULL || r->type == NULL)
+        return reply_error(r->conn, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", r->src->name,
+                           "Retry-After", "5", "out of memory");
+    r->jr.done = on_journal_done;
+    r->waiting = 1;
+    atomic_fetch_add(&in->suspended, 1);
+    MHD_suspend_connection(r->conn); /* before queueing: the writer may resume at once */
+    journal_append(in->j, &r->jr);
+    return MHD_YES;
+}
+
+/* Resumed by the writer: answer with what the commit did. */
+static enum MHD_Result on_journaled(struct intake *in, struct request *r)
+{
+    struct buf b;
+    enum MHD_Result rc;
+    atomic_fetch_sub(&in->suspended, 1);
+    r->waiting = 0;
+    if (r->jr.result == JOURNAL_FAILED)
+        return reply_error(r->conn, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", r->src->name,
+                           "Retry-After", "5",
+                           "the journal could not be written (%s); nothing was stored, "
+                           "retry later", r->jr.error);
+    buf_init(&b);
+    buf_adds(&b, "{\"id\":");
+    buf_json_str(&b, r->id, strlen(r->id));
+    if (r->jr.result == JOURNAL_DUPLICATE) {
+        buf_adds(&b, ",\"duplicate\":true}");
+    } else {
+        buf_adds(&b, ",\"type\":");
+        buf_json_str(&b, r->type, strlen(r->type));
+        buf_adds(&b, "}");
+    }
+    rc = b.p ? reply(r->conn, r->jr.result == JOURNAL_DUPLICATE ? MHD_HTTP_OK
+                                                                : MHD_HTTP_ACCEPTED,
+                     b.p, b.n, NULL, NULL)
+             : MHD_NO;
+    buf_free(&b);
+    return rc;
+}
+
+static enum MHD_Result on_hook(void *cls, struct MHD_Connection *c, const char *url,
+                               const char *method, const char *version, const char *upload,
+                               size_t *upload_size, void **req_cls)
+{
+    struct intake *in = cls;
+    struct request *r = *req_cls;
+    (void)version;
+    if (r == NULL)
+        return on_headers(in, c, url, method, req_cls);
+    if (*upload_size != 0) {
+        if (!r->too_big && r->body.n + *upload_size <= in->cfg->max_body) {
+            if (buf_add(&r->body, upload, *upload_size) != 0)
+                return MHD_NO;
+        } else {
+            r->too_big = 1; /* chunked, or a Content-Length that lied: stop keeping it */
+            buf_free(&r->body);
+        }
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    return r->waiting ? on_journaled(in, r) : on_body(in, r);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    struct intake *in = cls;
+    struct request *r = *req_cls;
+    (void)c;
+    (void)toe;
+    if (r == NULL)
+        return;
+    buf_free(&r->body);
+    journal_event_free(r->jr.ev);
+    free(r->id);
+    free(r->type);
+    free(r);
+    *req_cls = NULL;
+    atomic_fetch_sub(&in->inflight, 1);
+}
+
+/* ---- admin ------------------------------------------------------------------------------------ */
+
+static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char *url,
+                                const char *method, const char *version, const char *upload,
+                                size_t *upload_size, void **req_cls)
+{
+    struct intake *in = cls;
+    (void)version, (void)upload;
+    if (*req_cls == NULL) { /* answer once the request is complete: keeps the connection */
+        *req_cls = in;
+        return MHD_YES;
+    }
+    if (*upload_size != 0) { /* a body nobody asked for: discard it */
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    int health = strcmp(url, "/healthz") == 0, ready = strcmp(url, "/readyz") == 0;
+    if (!health && !ready)
+        return reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", NULL, NULL, NULL,
+                           "no admin endpoint at %.200s (try /healthz or /readyz)", url);
+    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
+        return reply_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
+                           MHD_HTTP_HEADER_ALLOW, "GET", "use GET");
+    if (health)
+        return reply(c, MHD_HTTP_OK, "{\"status\":\"ok\"}", 15, NULL, NULL);
+    char why[200];
+    struct buf b;
+    const struct generation *g = *in->gen;
+    int ok = journal_healthy(in->j, why, sizeof why) && g != NULL;
+    buf_init(&b);
+    buf_printf(&b, "{\"status\":\"%s\",\"journal\":", ok ? "ready" : "not_ready");
+    if (journal_healthy(in->j, why, sizeof why))
+        buf_adds(&b, "\"ok\"");
+    else
+        buf_json_str(&b, why, strlen(why));
+    if (g != NULL)
+        buf_printf(&b, ",\"generation\":%u,\"handlers\":%zu,\"files\":%zu", g->number, g->n,
+                   g->nfiles);
+    buf_printf(&b, ",\"backlog\":%zu}", dispatch_backlog(in->d));
+    enum MHD_Result rc = b.p ? reply(c, ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, b.p,
+                                     b.n, NULL, NULL)
+                             : MHD_NO;
+    buf_free(&b);
+    return rc;
+}
+
+/* ---- start and stop ---------------------------------------------------------------------------- */
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char msg[512];
+    (void)cls;
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    msg[strcspn(msg, "\n")] = '\0';
+    log_msg(LOG_WARN, "http: %s", msg);
+}
+
+/* "host:port", "[v6]:port" or ":port" -> address. */
+static int parse_address(const char *s, struct sockaddr_storage *out, socklen_t *len, char *err,
+                         size_t errlen)
+{
+    char host[256];
+    const char *colon = strrchr(s, ':');
+    if (colon == NULL || colon[1] == '\0') {
+        snprintf(err, errlen, "%s: expected HOST:PORT", s);
+        return -1;
+    }
+    size_t hn = (size_t)(colon - s);
+    if (hn >= 2 && s[0] == '[' && s[hn - 1] == ']')
+        s++, hn -= 2;
+    snprintf(host, sizeof host, "%.*s", (int)hn, s);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICSERV}, *ai;
+    int rc = getaddrinfo(host[0] && strcmp(host, "*") != 0 ? host : NULL, colon + 1, &hints, &ai);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: %s", s, gai_strerror(rc));
+        return -1;
+    }
+    memcpy(out, ai->ai_addr, ai->ai_addrlen);
+    *len = ai->ai_addrlen;
+    freeaddrinfo(ai);
+    return 0;
+}
+
+static struct MHD_Daemon *start_daemon(struct intake *in, const char *addr, int hooks,
+                                       char *err, size_t errlen)
+{
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    if (parse_address(addr, &sa, &salen, err, errlen) != 0)
+        return NULL;
+    unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
+    if (sa.ss_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    if (hooks)
+        flags |= MHD_ALLOW_SUSPEND_RESUME;
+    struct MHD_Daemon *d = MHD_start_daemon(
+        flags, 0, NULL, NULL, hooks ? on_hook : on_admin, in,
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, /* first, or MHD logs on its own */
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)in->cfg->request_timeout,
+        MHD_OPTION_CONNECTION_LIMIT, hooks ? (unsigned)in->cfg->max_connections : 64u,
+        MHD_OPTION_NOTIFY_COMPLETED, hooks ? on_completed : NULL, in,
+        MHD_OPTION_END);
+    if (d == NULL)
+        snprintf(err, errlen, "cannot listen on %s (in use, or not an address of this host)",
+                 addr);
+    return d;
+}
+
+int intake_start(struct intake **ip, const struct config *c, struct journal *j,
+                 struct dispatch *d, struct generation *const *gen, char *err, size_t errlen)
+{
+    struct intake *in = calloc(1, sizeof *in);
+    *ip = NULL;
+    if (in == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    in->cfg = c;
+    in->j = j;
+    in->d = d;
+    in->gen = gen;
+    in->quiesced = MHD_INVALID_SOCKET;
+    pthread_mutex_init(&in->mu, NULL);
+    in->hooks = start_daemon(in, c->listen, 1, err, errlen);
+    if (in->hooks == NULL || (in->admin = start_daemon(in, c->admin, 0, err, errlen)) == NULL) {
+        intake_stop(in);
+        return -1;
+    }
+    *ip = in;
+    return 0;
+}
+
+void intake_addresses(struct intake *in, char *listen, char *admin, size_t n)
+{
+    struct MHD_Daemon *ds[] = {in->hooks, in->admin};
+    const char *cfg[] = {in->cfg->listen, in->cfg->admin};
+    char *out[] = {listen, admin};
+    for (int i = 0; i < 2; i++) {
+        const union MHD_DaemonInfo *info = MHD_get_daemon_info(ds[i], MHD_DAEMON_INFO_BIND_PORT);
+        const char *colon = strrchr(cfg[i], ':');
+        snprintf(out[i], n, "%.*s:%u", (int)(colon - cfg[i]), cfg[i],
+                 info ? (unsigned)info->port : 0u);
+    }
+}
+
+void intake_close_gate(struct intake *in)
+{
+    atomic_store(&in->closed, 1);
+    if (in->hooks != NULL)
+        in->quiesced = MHD_quiesce_daemon(in->hooks); /* stop accepting connections */
+}
+
+void intake_stop(struct intake *in)
+{
+    if (in == NULL)
+        return;
+    atomic_store(&in->closed, 1);
+    /* suspended requests must be resumed before MHD stops: the writer answers them all;
+     * give requests in flight a moment to get their replies out */
+    for (int i = 0; atomic_load(&in->suspended) > 0 || (atomic_load(&in->inflight) > 0 && i < 100);
+         i++)
+        usleep(10000);
+    if (in->hooks != NULL)
+        MHD_stop_daemon(in->hooks);
+    if (in->admin != NULL)
+        MHD_stop_daemon(in->admin);
+    if (in->quiesced != MHD_INVALID_SOCKET)
+        close(in->quiesced);
+    for (struct parser *p = in->parsers, *next; p; p = next) {
+        next = p->next;
+        lua_close(p->L);
+        free(p);
+    }
+    pthread_mutex_destroy(&in->mu);
+    free(in);
+}
