@@ -1,0 +1,117 @@
+# certhook -- build, test, run, install.
+#
+#   make            build the C module (build/certhook/core.so) and build/certhook, a
+#                   launcher that runs the CLI from this tree
+#   make test       install missing Debian packages, build, run every test; the last line
+#                   says "N passed, M failed"
+#   make run        install missing Debian packages, build, serve examples/ with a demo secret
+#   make bench      intake and end-to-end benchmark (tests/bench/)
+#   make install    install into PREFIX (LuaRocks passes LUADIR, LIBDIR, BINDIR instead)
+#   SANITIZE=1      build with ASan + UBSan into build/san (make SANITIZE=1 test)
+#
+# LuaRocks (build.type = "make") passes the variables below; each has a default so a plain
+# `make` works on Debian 12.
+
+LUA          ?= lua5.4
+LUA_VERSION  ?= 5.4
+PREFIX       ?= /usr/local
+LUA_INCDIR   ?= /usr/include/lua$(LUA_VERSION)
+LUADIR       ?= $(PREFIX)/share/lua/$(LUA_VERSION)
+LIBDIR       ?= $(PREFIX)/lib/lua/$(LUA_VERSION)
+BINDIR       ?= $(PREFIX)/bin
+CC           ?= cc
+CFLAGS       ?= -O2 -g -fPIC
+LIBFLAG      ?= -shared
+PKG_CONFIG   ?= pkg-config
+DEP_CFLAGS   ?= $(shell $(PKG_CONFIG) --cflags libmicrohttpd libcurl sqlite3 libcrypto 2>/dev/null)
+DEP_LIBS     ?= $(shell $(PKG_CONFIG) --libs libmicrohttpd libcurl sqlite3 libcrypto 2>/dev/null || echo -lmicrohttpd -lcurl -lsqlite3 -lcrypto)
+
+WARN     = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes
+BUILD    = build
+ifeq ($(SANITIZE),1)
+BUILD    = build/san
+SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+endif
+ALL_CFLAGS = $(CFLAGS) -fPIC -std=gnu11 $(WARN) $(SANFLAGS) -I$(LUA_INCDIR) $(DEP_CFLAGS) -MMD -MP
+
+SRCS   = $(wildcard src/*.c)
+OBJS   = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
+MODULE = $(BUILD)/certhook/core.so
+LAUNCH = $(BUILD)/certhook-dev
+UNITS  = $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(wildcard tests/unit/test_*.c))
+
+# Debian packages: to build and run, and additionally to test.
+RUN_DEBS  = gcc libc6-dev pkg-config lua5.4 liblua5.4-dev lua-cjson libmicrohttpd-dev \
+            libcurl4-openssl-dev libsqlite3-dev libssl-dev openssl curl
+TEST_DEBS = $(RUN_DEBS) lua-busted lua-socket sqlite3
+
+.PHONY: all test run bench install clean deps-run deps-test unit
+
+all: $(MODULE) $(LAUNCH)
+
+$(BUILD)/obj/%.o: src/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(MODULE): $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LIBFLAG) $(SANFLAGS) -o $@ $(OBJS) $(DEP_LIBS) -lpthread -lm
+
+# Runs the CLI from this tree (tests, make run); installed copies use LuaRocks' wrapper.
+# A sanitizer build preloads libasan into the (uninstrumented) Lua interpreter.
+ifeq ($(SANITIZE),1)
+PRELOAD = export LD_PRELOAD="$(shell $(CC) -print-file-name=libasan.so)" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:$$ASAN_OPTIONS" UBSAN_OPTIONS="print_stacktrace=1:$$UBSAN_OPTIONS"
+endif
+$(LAUNCH): Makefile
+	@mkdir -p $(dir $@)
+	@{ echo '#!/bin/sh'; \
+	   echo 'export LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;"'; \
+	   echo 'export LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"'; \
+	   echo '$(PRELOAD)'; \
+	   echo 'exec $(LUA) $(CURDIR)/lua/bin/certhook "$$@"'; } >$@
+	@chmod +x $@
+
+$(BUILD)/unit/%: tests/unit/%.c $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Isrc -o $@ $< $(OBJS) \
+		$(DEP_LIBS) -llua$(LUA_VERSION) -lpthread -lm
+
+unit: $(UNITS)
+
+test: deps-test all unit
+	@BUILD=$(BUILD) LUA=$(LUA) sh tests/run.sh
+
+run: deps-run all
+	@sh tests/demo.sh $(LAUNCH)
+
+bench: deps-test all
+	@BUILD=$(BUILD) sh tests/bench/run.sh
+
+install: $(MODULE)
+	install -d $(DESTDIR)$(LIBDIR)/certhook $(DESTDIR)$(LUADIR)/certhook $(DESTDIR)$(BINDIR)
+	install -m 0755 $(MODULE) $(DESTDIR)$(LIBDIR)/certhook/core.so
+	install -m 0644 lua/certhook/*.lua $(DESTDIR)$(LUADIR)/certhook/
+	sed '1s|.*|#!/usr/bin/env $(LUA)|' lua/bin/certhook >$(DESTDIR)$(BINDIR)/certhook
+	chmod 0755 $(DESTDIR)$(BINDIR)/certhook
+
+clean:
+	rm -rf build
+
+# Installs the Debian packages that are missing (as root, on Debian); quiet when none are.
+define install_debs
+	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install -y" $$missing; exit 1; fi; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get update -qq && apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	fi
+endef
+
+deps-run:
+	$(call install_debs,$(RUN_DEBS))
+
+deps-test:
+	$(call install_debs,$(TEST_DEBS))
+
+-include $(OBJS:.o=.d)

@@ -1,0 +1,22 @@
+-- certhook configuration: a Lua file whose globals are the settings (README, Configuration).
+-- Relative paths are relative to this file. Secrets come from the environment, not the file.
+
+listen = "127.0.0.1:8080"   -- webhooks: POST /hooks/<source>
+admin = "127.0.0.1:9090"    -- GET /healthz, GET /readyz
+handlers = "handlers"       -- every *.lua in it, loaded in name order
+data = "../certhook-data"   -- the journal (SQLite, WAL)
+
+sources = {
+  -- Cloudflare notifications (SSL for SaaS, certificate alerts): the secret of the webhook
+  -- destination, sent by Cloudflare in the cf-webhook-auth header.
+  cloudflare = { provider = "cloudflare", secret = os.getenv("CF_WEBHOOK_SECRET") },
+}
+
+-- IBM Cloud Certificate Manager callbacks: the instance's public key (Notifications >
+-- Download Key) verifies the RS256-signed body.
+if os.getenv("IBM_CM_PUBLIC_KEY") then
+  sources.ibm = { provider = "ibm-cm", public_key = os.getenv("IBM_CM_PUBLIC_KEY") }
+end
+
+limits = { max_body = 1048576, max_connections = 1024, request_timeout = 10 }
+log = { level = "info" }

@@ -1,0 +1,386 @@
+-- certhook.cli: the command line (DESIGN §6). The bin script calls M.main(arg).
+--
+-- Parses the command and its flags, loads the config file (a Lua file whose globals are the
+-- settings, DESIGN §8), lets flags override it and calls the C core. Exit status: 0 success,
+-- 1 a failure to act on (the message names the file, line or event), 2 bad usage.
+local core = require "certhook.core"
+local cjson = require "cjson"
+
+local M = {}
+
+local SETTINGS = {
+  listen = true, admin = true, handlers = true, data = true, tls = true, sources = true,
+  delivery = true, limits = true, journal = true, log = true,
+}
+
+local USAGE = [[
+usage: certhook <command> [options]
+
+  serve      receive webhooks and run the handlers
+  check      load every handler as serve would; report file:line of any error
+  normalize  print the normalized event of a payload file
+  run        run the handlers matching a payload once, locally
+  send       POST a payload file to a running server
+  version    print the versions of certhook and its libraries
+
+Every command takes --config FILE (default: ./certhook.conf.lua if it exists).
+`certhook <command> --help` describes one command.
+]]
+
+local COMMANDS = {}
+
+-- ---- small helpers --------------------------------------------------------------------------
+
+local Exit = {} -- raised as {Exit, code} to leave main with a status
+
+local function die(code, fmt, ...)
+  io.stderr:write("certhook: ", fmt:format(...), "\n")
+  error({ Exit, code }, 0)
+end
+
+local function read_file(path)
+  local f, err
+  if path == "-" then f = io.stdin else f, err = io.open(path, "rb") end
+  if not f then die(1, "%s", err) end
+  local body = f:read("a")
+  if f ~= io.stdin then f:close() end
+  return body
+end
+
+local function dirname(path)
+  return path:match("^(.*)/[^/]*$") or "."
+end
+
+local function resolve(base, path)
+  if type(path) ~= "string" or path:sub(1, 1) == "/" or path:match("^%-%-%-%-%-BEGIN") then
+    return path
+  end
+  return base == "." and path or base .. "/" .. path
+end
+
+-- A number as JSON: integers exactly, floats with the fewest digits that read back equal.
+local function json_number(v)
+  if math.type(v) == "integer" then return tostring(v) end
+  if v ~= v or v == math.huge or v == -math.huge then return "null" end
+  for digits = 14, 17 do
+    local s = ("%." .. digits .. "g"):format(v)
+    if tonumber(s) == v then return s end
+  end
+end
+
+local ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+
+local function json_string(s)
+  return '"' .. s:gsub('[%c"\\]', function(c)
+    return ESCAPES[c] or ("\\u%04x"):format(c:byte())
+  end) .. '"'
+end
+
+-- Pretty JSON with sorted keys, for people reading `normalize` output.
+local function pretty(v, indent)
+  indent = indent or ""
+  local t = type(v)
+  if t == "string" then return json_string(v) end
+  if t == "number" then return json_number(v) end
+  if t == "boolean" then return tostring(v) end
+  if t ~= "table" then return "null" end
+  local n = #v
+  local keys, count = {}, 0
+  for k in pairs(v) do
+    count = count + 1
+    keys[#keys + 1] = k
+  end
+  if count == 0 then return "{}" end
+  local inner, out = indent .. "  ", {}
+  if count == n then
+    for i = 1, n do out[i] = inner .. pretty(v[i], inner) end
+    return "[\n" .. table.concat(out, ",\n") .. "\n" .. indent .. "]"
+  end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  for i, k in ipairs(keys) do
+    out[i] = inner .. json_string(tostring(k)) .. ": " .. pretty(v[k], inner)
+  end
+  return "{\n" .. table.concat(out, ",\n") .. "\n" .. indent .. "}"
+end
+M.pretty = pretty
+
+-- ---- arguments and configuration -----------------------------------------------------------
+
+-- Parses args after the command: "--name value" / "--name=value" for the options the command
+-- takes; the rest are positional. Returns opts, positional.
+local function parse_args(cmd, name, args)
+  local opts, pos, i = {}, {}, 1
+  while i <= #args do
+    local a = args[i]
+    if a == "-h" or a == "--help" then
+      io.stdout:write(cmd.help, "\n")
+      error({ Exit, 0 }, 0)
+    end
+    local key, value = a:match("^%-%-([%w-]+)=(.*)$")
+    key = key or a:match("^%-%-([%w-]+)$")
+    if key then
+      if not cmd.options[key] then
+        die(2, "%s: unknown option --%s\n%s", name, key, cmd.help)
+      end
+      if value == nil then
+        i = i + 1
+        value = args[i]
+        if value == nil then die(2, "%s: --%s needs a value", name, key) end
+      end
+      opts[key] = value
+    elseif a ~= "-" and a:sub(1, 1) == "-" then
+      die(2, "%s: unknown option %s\n%s", name, a, cmd.help)
+    else
+      pos[#pos + 1] = a
+    end
+    i = i + 1
+  end
+  if #pos > (cmd.args or 0) then
+    die(2, "%s: unexpected argument %s\n%s", name, pos[(cmd.args or 0) + 1], cmd.help)
+  end
+  return opts, pos
+end
+
+-- Loads the config file: its globals are the settings. Relative paths in it are relative to
+-- the file's directory. Returns the settings table ({} without a file).
+local function load_config(path)
+  local explicit = path ~= nil
+  path = path or "certhook.conf.lua"
+  local f = io.open(path, "r")
+  if not f then
+    if explicit then die(1, "cannot read config %s", path) end
+    return {}
+  end
+  f:close()
+  local env = setmetatable({}, { __index = _G })
+  local chunk, err = loadfile(path, "t", env)
+  if not chunk then die(1, "config: %s", err) end
+  local ok, err2 = pcall(chunk)
+  if not ok then die(1, "config: %s", tostring(err2)) end
+  local cfg = {}
+  for k, v in pairs(env) do
+    if not SETTINGS[k] then
+      die(1, "%s: unknown setting %q (settings are listen, admin, handlers, data, tls, " ..
+        "sources, delivery, limits, journal, log; make helper variables local)", path, tostring(k))
+    end
+    cfg[k] = v
+  end
+  local base = dirname(path)
+  cfg.handlers = resolve(base, cfg.handlers)
+  cfg.data = resolve(base, cfg.data)
+  if type(cfg.sources) == "table" then
+    for _, s in pairs(cfg.sources) do
+      if type(s) == "table" then
+        if type(s.public_key) == "table" then
+          for i, k in ipairs(s.public_key) do s.public_key[i] = resolve(base, k) end
+        else
+          s.public_key = resolve(base, s.public_key)
+        end
+      end
+    end
+  end
+  return cfg
+end
+
+-- The config with the command's flags applied.
+local function settings(opts)
+  local cfg = load_config(opts.config)
+  for _, k in ipairs { "listen", "admin", "handlers", "data" } do
+    if opts[k] then cfg[k] = opts[k] end
+  end
+  if opts["log-level"] then
+    cfg.log = type(cfg.log) == "table" and cfg.log or {}
+    cfg.log.level = opts["log-level"]
+  end
+  return cfg
+end
+
+-- ---- commands ---------------------------------------------------------------------------------
+
+COMMANDS.serve = {
+  options = { config = true, listen = true, admin = true, handlers = true, data = true, ["log-level"] = true },
+  help = [[
+usage: certhook serve [--config FILE] [--listen ADDR:PORT] [--admin ADDR:PORT]
+                      [--handlers DIR] [--data DIR] [--log-level LEVEL]
+
+Receives webhooks on POST /hooks/<source>, journals every accepted event and runs the
+handlers. Health on the admin listener: GET /healthz, GET /readyz. Stops on SIGTERM/SIGINT.
+Defaults: listen 127.0.0.1:8080, admin 127.0.0.1:9090, handlers ./handlers,
+data ./certhook-data.]],
+  run = function(opts)
+    local cfg = settings(opts)
+    if cfg.tls ~= nil then
+      die(1, "tls: HTTPS on the webhook listener is not available in this version; " ..
+        "terminate TLS in a reverse proxy (see README, Operations)")
+    end
+    local ok, err = core.serve(cfg)
+    if not ok then die(1, "serve: %s", err) end
+    return 0
+  end,
+}
+
+COMMANDS.check = {
+  options = { config = true, handlers = true },
+  help = [[
+usage: certhook check [--config FILE] [--handlers DIR]
+
+Loads every *.lua of the handlers directory exactly as serve does. Exit 0 and a list of the
+handlers, or exit 1 with file:line of every broken file.]],
+  run = function(opts)
+    local cfg = settings(opts)
+    local dir = cfg.handlers or "./handlers"
+    local r, err = core.check(dir)
+    if not r then
+      io.stderr:write(err, "\n")
+      return 1
+    end
+    io.stdout:write(("%s: %d file%s, %d handler%s\n"):format(dir, r.files, r.files == 1 and "" or "s",
+      #r.handlers, #r.handlers == 1 and "" or "s"))
+    for _, h in ipairs(r.handlers) do io.stdout:write("  ", h, "\n") end
+    return 0
+  end,
+}
+
+COMMANDS.normalize = {
+  args = 1,
+  options = { config = true, provider = true, source = true, ["public-key"] = true },
+  help = [[
+usage: certhook normalize FILE|- [--provider cloudflare|ibm-cm] [--source NAME]
+                          [--public-key PEM]
+
+Prints the event handlers would receive for a payload (pretty JSON, sorted keys). The
+provider is detected from the payload unless given. An IBM {"data": "<JWT>"} body is decoded;
+its signature is verified only with --public-key.]],
+  run = function(opts, pos)
+    local file = pos[1] or die(2, "normalize: which file? (- reads standard input)")
+    local body = read_file(file)
+    local event, payload = core.normalize(body, {
+      provider = opts.provider, source = opts.source, public_key = opts["public-key"],
+    })
+    if not event then die(1, "%s: %s", file, payload) end
+    if payload ~= body and not opts["public-key"] then
+      io.stderr:write("note: JWT signature not verified (pass --public-key PEM to verify it)\n")
+    end
+    io.stdout:write(pretty(event), "\n")
+    return 0
+  end,
+}
+
+COMMANDS.run = {
+  options = { config = true, event = true, handlers = true, provider = true, source = true },
+  help = [[
+usage: certhook run --event FILE [--handlers DIR] [--provider P] [--source NAME]
+
+Normalizes the payload in FILE and runs every matching handler once, in this process, as
+serve would. Exit 1 if a handler failed.]],
+  run = function(opts)
+    local file = opts.event or die(2, "run: --event FILE is required")
+    local cfg = settings(opts)
+    local dir = cfg.handlers or "./handlers"
+    local r, err = core.run(dir, read_file(file), { provider = opts.provider, source = opts.source })
+    if not r then die(1, "%s", err) end
+    if #r.results == 0 then
+      io.stdout:write(("%s (%s): no handler matches\n"):format(r.event, r.type))
+      return 0
+    end
+    local failed = 0
+    for _, res in ipairs(r.results) do
+      if res.ok then
+        io.stdout:write(("ok    %s (%.1f ms)\n"):format(res.handler, res.duration * 1000))
+      else
+        failed = failed + 1
+        io.stdout:write(("FAIL  %s: %s\n"):format(res.handler, res.error))
+      end
+    end
+    return failed > 0 and 1 or 0
+  end,
+}
+
+-- The source a payload goes to: --source, else the configured source of its provider.
+local function pick_source(cfg, opts, provider)
+  if opts.source then
+    return opts.source, type(cfg.sources) == "table" and cfg.sources[opts.source] or nil
+  end
+  local names = {}
+  for name, s in pairs(type(cfg.sources) == "table" and cfg.sources or {}) do
+    if type(s) == "table" and s.provider == provider then names[#names + 1] = name end
+  end
+  table.sort(names)
+  if names[1] then return names[1], cfg.sources[names[1]] end
+  return provider, nil
+end
+
+local function local_address(listen)
+  local host, port = (listen or "127.0.0.1:8080"):match("^(.*):(%d+)$")
+  if host == "" or host == "0.0.0.0" or host == "*" then host = "127.0.0.1" end
+  if host == "[::]" then host = "[::1]" end
+  return (host or "127.0.0.1") .. ":" .. (port or "8080")
+end
+
+COMMANDS.send = {
+  args = 1,
+  options = { config = true, url = true, secret = true, source = true, provider = true, ["sign-key"] = true },
+  help = [[
+usage: certhook send FILE [--url URL] [--secret S] [--source NAME] [--provider P]
+                     [--sign-key PEM]
+
+POSTs a payload to a running server and prints the reply; exit 1 unless it is 2xx. The URL
+defaults to http://<listen>/hooks/<source> from the config, the secret to the source's.
+--sign-key signs a bare IBM payload as an RS256 JWT with that RSA private key.]],
+  run = function(opts, pos)
+    local file = pos[1] or die(2, "send: which file? (- reads standard input)")
+    local body = read_file(file)
+    local cfg = settings(opts)
+    local provider = opts.provider or core.detect(body)
+    if not provider then die(1, "%s: cannot tell the provider; pass --provider", file) end
+    local name, source = pick_source(cfg, opts, provider)
+    local url = opts.url or ("http://%s/hooks/%s"):format(local_address(cfg.listen), name)
+    local headers = { ["Content-Type"] = "application/json" }
+    if provider == "cloudflare" then
+      local secret = opts.secret or (source and source.secret)
+      if type(secret) == "table" then secret = secret[1] end
+      if secret then headers["cf-webhook-auth"] = secret end
+    elseif opts["sign-key"] and not body:match('^%s*{%s*"data"%s*:') then
+      local jwt, err = core.jwt_sign(opts["sign-key"], body)
+      if not jwt then die(1, "%s", err) end
+      body = cjson.encode { data = jwt }
+    end
+    local resp, err = core.http.request { url = url, method = "POST", headers = headers, body = body }
+    if not resp then die(1, "%s: %s", url, err) end
+    io.stdout:write(resp.status, " ", resp.body, resp.body:sub(-1) == "\n" and "" or "\n")
+    return (resp.status >= 200 and resp.status < 300) and 0 or 1
+  end,
+}
+
+COMMANDS.version = {
+  options = { config = true },
+  help = "usage: certhook version\n\nPrints the versions of certhook and the libraries it uses.",
+  run = function()
+    io.stdout:write(core.versions(), "\n")
+    return 0
+  end,
+}
+
+function M.main(args)
+  local name = args[1]
+  if name == nil or name == "-h" or name == "--help" or name == "help" then
+    io.stdout:write(USAGE)
+    return name and 0 or 2
+  end
+  local cmd = COMMANDS[name]
+  if not cmd then
+    io.stderr:write(("certhook: unknown command %q\n\n"):format(name), USAGE)
+    return 2
+  end
+  local rest = table.move(args, 2, #args, 1, {})
+  local ok, code = pcall(function()
+    local opts, pos = parse_args(cmd, name, rest)
+    return cmd.run(opts, pos)
+  end)
+  if ok then return code end
+  if type(code) == "table" and code[1] == Exit then return code[2] end
+  io.stderr:write("certhook: internal error: ", tostring(code), "\n")
+  return 1
+end
+
+return M

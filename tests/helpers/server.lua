@@ -1,0 +1,104 @@
+-- Starts `certhook serve` on ephemeral ports in a temporary directory, as the e2e specs need
+-- it: real process, real HTTP. The server's log is JSON lines in <dir>/server.log.
+local cjson = require "cjson"
+local fs = require "helpers.fs"
+local http = require "helpers.http"
+
+local M = {}
+M.__index = M
+
+M.certhook = os.getenv("CERTHOOK") or "build/certhook-dev"
+
+-- start{ config = "lua text", handlers = { ["x.lua"] = "source" }, dir = optional }
+-- The config gets listen/admin on port 0 and handlers/data in dir unless it sets them.
+function M.start(opts)
+  local self = setmetatable({ dir = opts.dir or fs.tmpdir() }, M)
+  for name, src in pairs(opts.handlers or {}) do
+    fs.write(self.dir .. "/handlers/" .. name, src)
+  end
+  os.execute("mkdir -p '" .. self.dir .. "/handlers'")
+  local config = 'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nhandlers = "handlers"\ndata = "data"\n' ..
+    "journal = { busy_timeout = 0.3 }\n" .. (opts.config or "")
+  fs.write(self.dir .. "/certhook.conf.lua", config)
+  self:launch()
+  return self
+end
+
+function M:launch()
+  os.remove(self.dir .. "/exit")
+  local log_before = fs.read(self.dir .. "/server.log") or ""
+  self.log_offset = #log_before
+  local cmd = ("cd '%s' && (%s serve --config certhook.conf.lua %s >>server.log 2>&1 & pid=$!; echo $pid >pid; wait $pid; echo $? >exit) >/dev/null 2>&1 &")
+    :format(self.dir, M.certhook, self.extra_args or "")
+  os.execute(cmd)
+  local ready = fs.wait_for(function()
+    local log = (fs.read(self.dir .. "/server.log") or ""):sub(self.log_offset + 1)
+    local line = log:match('[^\n]*"message":"listening"[^\n]*')
+    if line then return cjson.decode(line) end
+    if fs.read(self.dir .. "/exit") then return false end
+  end, 15)
+  if not ready then
+    error("certhook serve did not start:\n" .. (fs.read(self.dir .. "/server.log") or ""))
+  end
+  self.pid = tonumber(fs.read(self.dir .. "/pid"))
+  self.port = tonumber(ready.listen:match(":(%d+)$"))
+  self.admin = tonumber(ready.admin:match(":(%d+)$"))
+end
+
+-- The log lines written since the last launch, decoded.
+function M:logs()
+  local out = {}
+  local text = (fs.read(self.dir .. "/server.log") or ""):sub(self.log_offset + 1)
+  for line in text:gmatch("[^\n]+") do
+    local ok, v = pcall(cjson.decode, line)
+    out[#out + 1] = ok and v or { message = line }
+  end
+  return out
+end
+
+function M:log_text()
+  return fs.read(self.dir .. "/server.log") or ""
+end
+
+function M:post(path, body, headers)
+  return http.post(self.port, path, body, headers)
+end
+
+function M:request(...)
+  return http.request(self.port, ...)
+end
+
+function M:signal(sig)
+  os.execute(("kill -%s %d 2>/dev/null"):format(sig, self.pid))
+end
+
+-- Stops with SIGTERM (or sig); returns the exit status.
+function M:stop(sig)
+  self:signal(sig or "TERM")
+  local code = fs.wait_for(function() return fs.read(self.dir .. "/exit") end, 15)
+  if not code then
+    self:signal("KILL")
+    error("certhook serve did not exit after SIG" .. (sig or "TERM"))
+  end
+  return tonumber(code)
+end
+
+function M:cleanup()
+  if self.pid and not fs.read(self.dir .. "/exit") then self:stop("KILL") end
+  fs.rm(self.dir)
+end
+
+-- Rows of an SQL query on the journal (via the sqlite3 command line), as arrays of strings.
+function M:sql(query)
+  local out, err, code = fs.run(("sqlite3 -separator '|' '%s/data/certhook.db' \"%s\""):format(self.dir, query))
+  assert(code == 0, err)
+  local rows = {}
+  for line in out:gmatch("[^\n]+") do
+    local row = {}
+    for v in (line .. "|"):gmatch("(.-)|") do row[#row + 1] = v end
+    rows[#rows + 1] = row
+  end
+  return rows
+end
+
+return M

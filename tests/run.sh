@@ -1,0 +1,49 @@
+#!/bin/sh
+# Runs every test and ends with one line "N passed, M failed" (exit 1 if any failed):
+#   C unit tests (build/unit/test_*), then busted specs (tests/spec) and end-to-end tests
+#   (tests/e2e, which start `certhook serve`). All of them print TAP.
+# Environment: BUILD (build dir, build/san for SANITIZE=1), LUA (lua5.4).
+BUILD=${BUILD:-build}
+LUA=${LUA:-lua5.4}
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+passed=0
+failed=0
+
+tally() { # NAME STATUS TAPFILE
+    p=$(grep -c '^ok ' "$3")
+    f=$(grep -c '^not ok ' "$3")
+    if [ "$2" -ne 0 ] && [ "$f" -eq 0 ]; then
+        echo "not ok - $1 exited with status $2"
+        f=1
+    fi
+    passed=$((passed + p))
+    failed=$((failed + f))
+}
+
+for t in "$root/$BUILD"/unit/test_*; do
+    [ -x "$t" ] || continue
+    echo "# $(basename "$t")"
+    "$t" >"$out/unit.tap" 2>&1
+    status=$?
+    cat "$out/unit.tap"
+    tally "$(basename "$t")" "$status" "$out/unit.tap"
+done
+
+export CERTHOOK="$root/$BUILD/certhook-dev"
+export LUA_PATH="$root/lua/?.lua;$root/lua/?/init.lua;$root/tests/?.lua;;"
+export LUA_CPATH="$root/$BUILD/?.so;;"
+if [ "$BUILD" != "${BUILD%san}" ]; then # the sanitizer build: busted itself loads the module
+    LD_PRELOAD=$(cc -print-file-name=libasan.so)
+    export LD_PRELOAD ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1"
+fi
+cd "$root" || exit 1
+echo "# busted: tests/spec tests/e2e"
+"$LUA" /usr/bin/busted --output=TAP --pattern=_spec tests/spec tests/e2e >"$out/busted.tap" 2>&1
+status=$?
+cat "$out/busted.tap"
+tally busted "$status" "$out/busted.tap"
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
