@@ -10,6 +10,7 @@
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <curl/curl.h>
 #include <lauxlib.h>
@@ -312,7 +313,7 @@ static int http_get(lua_State *L)
 static int http_post(lua_State *L)
 {
     luaL_checkstring(L, 1);
-    if (!lua_isstring(L, 2) && !lua_istable(L, 2))
+    if (lua_type(L, 2) != LUA_TSTRING && !lua_istable(L, 2))
         luaL_typeerror(L, 2, "string or table");
     lua_settop(L, 3);
     with_options(L, 3);

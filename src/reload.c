@@ -91,7 +91,8 @@ static int load_file(struct generation *g, const char *dir, const char *file, st
             goto done;
         }
     }
-    qsort(g->h + first, g->n - first, sizeof *g->h, by_pattern);
+    if (g->n > first)
+        qsort(g->h + first, g->n - first, sizeof *g->h, by_pattern);
     g->nfiles++;
     rc = 0;
 done:

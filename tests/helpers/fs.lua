@@ -32,7 +32,7 @@ end
 -- Runs a shell command; returns its stdout, stderr and exit status.
 function M.run(cmd)
   local out, err = os.tmpname(), os.tmpname()
-  local ok, _, code = os.execute(("%s >%s 2>%s"):format(cmd, out, err))
+  local ok, _, code = os.execute(("(%s) >%s 2>%s"):format(cmd, out, err))
   local o, e = M.read(out), M.read(err)
   os.remove(out)
   os.remove(err)

@@ -48,12 +48,11 @@ end
 -- An HS256 JWT with the given secret (e.g. the RSA public key: the alg confusion attack).
 function M.hs256(claims, secret)
   local input = sign_input('{"alg":"HS256","typ":"JWT"}', claims)
-  local tmp, key = os.tmpname(), os.tmpname()
+  local tmp = os.tmpname()
   fs.write(tmp, input)
-  fs.write(key, secret)
-  local sig, err, code = fs.run(("openssl dgst -sha256 -mac HMAC -macopt keyfile:%s -binary %s"):format(key, tmp))
+  local hex = secret:gsub(".", function(c) return ("%02x"):format(c:byte()) end)
+  local sig, err, code = fs.run(("openssl dgst -sha256 -mac HMAC -macopt hexkey:%s -binary %s"):format(hex, tmp))
   os.remove(tmp)
-  os.remove(key)
   assert(code == 0, err)
   return input .. "." .. M.b64url(sig)
 end

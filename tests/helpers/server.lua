@@ -7,7 +7,7 @@ local http = require "helpers.http"
 local M = {}
 M.__index = M
 
-M.certhook = os.getenv("CERTHOOK") or "build/certhook-dev"
+M.certhook = os.getenv("CERTHOOK") or (io.popen("pwd"):read("l") .. "/build/certhook-dev")
 
 -- start{ config = "lua text", handlers = { ["x.lua"] = "source" }, dir = optional }
 -- The config gets listen/admin on port 0 and handlers/data in dir unless it sets them.

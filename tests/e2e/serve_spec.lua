@@ -1,0 +1,413 @@
+-- End to end: `certhook serve` on ephemeral ports, real HTTP, real handlers. Every reply code
+-- of DESIGN §7, both providers' authentication, dedup, what the handlers received, and that a
+-- failing handler never stops the server.
+local cjson = require "cjson"
+local socket = require "socket"
+local fs = require "helpers.fs"
+local http = require "helpers.http"
+local jwt = require "helpers.jwt"
+local Server = require "helpers.server"
+
+local FIX = "tests/fixtures/"
+local CF = { ["cf-webhook-auth"] = "s3cret" }
+
+-- Appends every event it gets (without raw) to received.jsonl in the server's directory.
+local RECORDER = [[
+local json = require("certhook").json
+return {
+  ["*"] = function(event)
+    local copy = {}
+    for k, v in pairs(event) do if k ~= "raw" then copy[k] = v end end
+    copy.raw_keys = 0
+    for _ in pairs(event.raw) do copy.raw_keys = copy.raw_keys + 1 end
+    local f = assert(io.open("received.jsonl", "a"))
+    f:write(json.encode(copy), "\n")
+    f:close()
+  end,
+}
+]]
+
+local FAILING = [[
+return {
+  ["certificate.*.failed"] = function(event)
+    error("cannot reach the ticket system for " .. tostring(event.hostname))
+  end,
+}
+]]
+
+-- A Cloudflare SSL for SaaS event with a fresh id.
+local n = 0
+local function cf_event(kind)
+  n = n + 1
+  local body = fs.read(FIX .. "cloudflare/ssl.custom_hostname_certificate." .. (kind or "validation.failed") .. ".json")
+  local id = ("e2e-%d-%d"):format(os.time(), n)
+  return body:gsub("<<WEBHOOK_ID>", id), "cloudflare:" .. id
+end
+
+describe("certhook serve", function()
+  local srv, dir, priv, pub, other_priv
+
+  local function received()
+    local out = {}
+    for line in (fs.read(srv.dir .. "/received.jsonl") or ""):gmatch("[^\n]+") do
+      out[#out + 1] = cjson.decode(line)
+    end
+    return out
+  end
+
+  local function received_for(id, count)
+    return fs.wait_for(function()
+      local got = {}
+      for _, e in ipairs(received()) do
+        if e.id == id then got[#got + 1] = e end
+      end
+      if #got >= (count or 1) then return got end
+    end, 5)
+  end
+
+  local function events_in_journal(id)
+    return #srv:sql(("SELECT seq FROM events WHERE id = '%s'"):format(id))
+  end
+
+  setup(function()
+    dir = fs.tmpdir()
+    priv, pub = jwt.keypair(dir, "ibm")
+    other_priv = jwt.keypair(dir, "other")
+    srv = Server.start {
+      dir = dir,
+      config = ([[
+sources = {
+  cloudflare = { provider = "cloudflare", secret = "s3cret" },
+  ibm = { provider = "ibm-cm", public_key = "%s" },
+  ["ibm-dev"] = { provider = "ibm-cm", insecure = true },
+}
+limits = { max_body = 65536 }
+]]):format(pub),
+      handlers = { ["record.lua"] = RECORDER, ["zz-failing.lua"] = FAILING },
+    }
+  end)
+
+  teardown(function()
+    if srv then srv:cleanup() end
+  end)
+
+  describe("202 accepted", function()
+    it("journals the event, replies with its id and type, and runs the handlers", function()
+      local body, id = cf_event()
+      local r = srv:post("/hooks/cloudflare", body, CF)
+      assert.are.equal(202, r.status)
+      assert.are.same({ id = id, type = "certificate.validation.failed" }, r.json)
+      assert.are.equal("application/json", r.headers["content-type"])
+      assert.are.equal(1, events_in_journal(id))
+      local got = assert(received_for(id), "the handler did not receive " .. id)[1]
+      assert.are.equal("cloudflare", got.source)
+      assert.are.equal("cloudflare", got.provider)
+      assert.are.equal("blog.com", got.hostname)
+      assert.are.equal("ssl.custom_hostname_certificate.validation.failed", got.provider_type)
+      assert.are.equal("dcv.digicert.com", got.validation.cname_target)
+      assert.are.equal("number", type(got.received_at))
+      assert.is_true(got.raw_keys > 0)
+    end)
+
+    it("accepts a body without Content-Type", function()
+      local body, id = cf_event("issuance.succeeded")
+      local r = srv:request("POST", "/hooks/cloudflare", { ["cf-webhook-auth"] = "s3cret" }, body)
+      assert.are.equal(202, r.status)
+      assert.are.equal(id, r.json.id)
+    end)
+
+    it("accepts the destination test message", function()
+      local r = srv:post("/hooks/cloudflare", fs.read(FIX .. "cloudflare/test-message.json"), CF)
+      assert.is_true(r.status == 202 or r.status == 200)
+      assert.are.equal("notification.test", r.json.type or "notification.test")
+    end)
+
+    it("accepts an unknown type from an authenticated source as unknown", function()
+      local body = fs.read(FIX .. "cloudflare/ssl.custom_hostname_certificate.unknown-type.json")
+      local r = srv:post("/hooks/cloudflare", body, CF)
+      assert.are.equal(202, r.status)
+      assert.are.equal("unknown", r.json.type)
+      local got = assert(received_for(r.json.id))[1]
+      assert.are.equal("ssl.custom_hostname_certificate.something.new", got.provider_type)
+    end)
+  end)
+
+  describe("200 duplicate", function()
+    it("answers a repeat with duplicate=true and does not dispatch it again", function()
+      local body, id = cf_event("deployment.succeeded")
+      assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+      local r = srv:post("/hooks/cloudflare", body, CF)
+      assert.are.equal(200, r.status)
+      assert.are.same({ id = id, duplicate = true }, r.json)
+      assert(received_for(id))
+      socket.sleep(0.3)
+      assert.are.equal(1, #received_for(id))
+      assert.are.equal(1, events_in_journal(id))
+    end)
+  end)
+
+  describe("401 unauthorized", function()
+    it("refuses a missing or wrong cf-webhook-auth without saying anything about the secret", function()
+      local body, id = cf_event()
+      for _, headers in ipairs { {}, { ["cf-webhook-auth"] = "wrong" }, { ["cf-webhook-auth"] = "s3cre" },
+                                 { ["cf-webhook-auth"] = "s3cret2" } } do
+        local r = srv:post("/hooks/cloudflare", body, headers)
+        assert.are.equal(401, r.status)
+        assert.are.equal("unauthorized", r.json.error)
+        assert.is_nil(r.body:find("s3cret", 1, true))
+      end
+      assert.are.equal(0, events_in_journal(id))
+    end)
+  end)
+
+  describe("IBM Certificate Manager", function()
+    local claims = fs.read(FIX .. "ibm-cm/v4.cert_issued.json")
+
+    it("accepts an RS256 JWT signed with the instance key", function()
+      local body = jwt.body(jwt.rs256(claims, priv))
+      local r = srv:post("/hooks/ibm", body, {})
+      assert.are.equal(202, r.status)
+      assert.are.equal("certificate.issuance.succeeded", r.json.type)
+      local hex = fs.run("printf '%s' '" .. body .. "' | sha256sum"):match("^(%x+)")
+      assert.are.equal("ibm:sha256:" .. hex, r.json.id) -- IBM ids: the hash of the raw body
+      local got = assert(received_for(r.json.id))[1]
+      assert.are.equal("ibm", got.source)
+      assert.are.equal("ibm-cm", got.provider)
+      assert.are.equal(4, got.payload_version)
+      assert.are.equal("example.com", got.hostname)
+      assert.are.equal(200, srv:post("/hooks/ibm", body, {}).status) -- the same body again
+    end)
+
+    it("journals the verified claims, not the token", function()
+      local body = jwt.body(jwt.rs256(fs.read(FIX .. "ibm-cm/v4.cert_renewed.json"), priv))
+      local r = srv:post("/hooks/ibm", body, {})
+      assert.are.equal(202, r.status)
+      local rows = srv:sql(("SELECT json_extract(payload, '$.event_type'), instr(payload, 'eyJ') FROM events WHERE id = '%s'"):format(r.json.id))
+      assert.are.same({ "cert_renewed", "0" }, rows[1])
+    end)
+
+    local function refused(body, pattern)
+      local r = srv:post("/hooks/ibm", body, {})
+      assert.are.equal(401, r.status, r.body)
+      assert.are.equal("unauthorized", r.json.error)
+      if pattern then assert.truthy(r.json.message:match(pattern), r.json.message) end
+    end
+
+    it("refuses a token signed with another key", function()
+      refused(jwt.body(jwt.rs256(claims, other_priv)), "does not verify")
+    end)
+
+    it("refuses a tampered payload", function()
+      local token = jwt.rs256(claims, priv)
+      local h, _, s = token:match("^([^.]+)%.([^.]+)%.([^.]+)$")
+      local forged = claims:gsub("cert_issued", "cert_order_failed")
+      refused(jwt.body(h .. "." .. jwt.b64url(forged) .. "." .. s), "does not verify")
+    end)
+
+    it("refuses alg none", function()
+      refused(jwt.body(jwt.none(claims)), "only RS256")
+    end)
+
+    it("refuses HS256, even keyed with the public key (algorithm confusion)", function()
+      refused(jwt.body(jwt.hs256(claims, fs.read(pub))), "only RS256")
+    end)
+
+    it("refuses an RS256 header with another alg spelled in", function()
+      refused(jwt.body(jwt.rs256(claims, priv, '{"alg":"RS512"}')), "only RS256")
+    end)
+
+    it("refuses a bare, unsigned payload", function()
+      refused(claims, "signed")
+    end)
+
+    it("refuses the real published IBM tokens (signed by a key we do not have)", function()
+      refused(fs.read(FIX .. "ibm-cm/jwt.real.test_notification_channel.json"), "does not verify")
+    end)
+
+    it("accepts a bare payload on a source marked insecure", function()
+      local body = fs.read(FIX .. "ibm-cm/v4.cert_domain_validation_required.json")
+      local r = srv:post("/hooks/ibm-dev", body, {})
+      assert.are.equal(202, r.status)
+      assert.are.equal("certificate.validation.required", r.json.type)
+      local got = assert(received_for(r.json.id))[1]
+      assert.are.equal("_acme-challenge.example.com", got.validation.txt_name)
+    end)
+  end)
+
+  describe("404 not found", function()
+    it("for an unknown source and for any other path", function()
+      for _, path in ipairs { "/hooks/nope", "/hooks/", "/", "/hooks/cloudflare/x", "/healthz" } do
+        local r = srv:post(path, "{}", CF)
+        assert.are.equal(404, r.status, path)
+        assert.are.equal("not_found", r.json.error)
+      end
+    end)
+  end)
+
+  describe("405 method not allowed", function()
+    it("for anything but POST, with Allow: POST", function()
+      for _, m in ipairs { "GET", "PUT", "DELETE" } do
+        local r = srv:request(m, "/hooks/cloudflare", CF)
+        assert.are.equal(405, r.status, m)
+        assert.are.equal("POST", r.headers["allow"])
+        assert.are.equal("method_not_allowed", r.json.error)
+      end
+    end)
+  end)
+
+  describe("413 payload too large", function()
+    it("is answered from the headers, before any of the body is sent", function()
+      local r = http.request(srv.port, "POST", "/hooks/cloudflare",
+        { ["Content-Type"] = "application/json", ["cf-webhook-auth"] = "s3cret", ["Content-Length"] = "10000000" },
+        ("x"):rep(10), { send_body = false, timeout = 5 })
+      assert.are.equal(413, r.status)
+      assert.are.equal("payload_too_large", r.json.error)
+      assert.truthy(r.json.message:match("65536"))
+    end)
+
+    it("stops a chunked body at the limit", function()
+      local chunk = ("x"):rep(40000)
+      local body = ("%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n"):format(#chunk, chunk, #chunk, chunk)
+      local c = socket.tcp()
+      c:settimeout(5)
+      assert(c:connect("127.0.0.1", srv.port))
+      c:send("POST /hooks/cloudflare HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" ..
+        "cf-webhook-auth: s3cret\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" .. body)
+      local status = c:receive("*l")
+      c:close()
+      assert.truthy(status:match(" 413 "), status)
+    end)
+  end)
+
+  describe("415 unsupported media type", function()
+    it("for a body declared as something other than JSON", function()
+      local body = cf_event()
+      for _, ct in ipairs { "text/plain", "application/x-www-form-urlencoded", "application/xml" } do
+        local r = srv:request("POST", "/hooks/cloudflare", { ["Content-Type"] = ct, ["cf-webhook-auth"] = "s3cret" }, body)
+        assert.are.equal(415, r.status, ct)
+        assert.are.equal("unsupported_media_type", r.json.error)
+        assert.truthy(r.json.message:find(ct, 1, true))
+      end
+    end)
+
+    it("but not for JSON with parameters or a +json type", function()
+      for _, ct in ipairs { "application/json; charset=utf-8", "Application/JSON", "application/vnd.cloudflare+json" } do
+        local body = cf_event()
+        local r = srv:request("POST", "/hooks/cloudflare", { ["Content-Type"] = ct, ["cf-webhook-auth"] = "s3cret" }, body)
+        assert.are.equal(202, r.status, ct)
+      end
+    end)
+  end)
+
+  describe("400 bad request", function()
+    it("for invalid JSON, saying where", function()
+      local r = srv:post("/hooks/cloudflare", '{"metadata": {"event": ', CF)
+      assert.are.equal(400, r.status)
+      assert.are.equal("bad_request", r.json.error)
+      assert.truthy(r.json.message:match("^invalid JSON: .*character %d+"), r.json.message)
+    end)
+
+    it("for JSON that is no payload of the source's provider", function()
+      local r = srv:post("/hooks/cloudflare", '{"hello": "world"}', CF)
+      assert.are.equal(400, r.status)
+      assert.truthy(r.json.message:match("not a recognizable Cloudflare payload"), r.json.message)
+      r = srv:post("/hooks/ibm-dev", '{"instance_crn": "crn:x"}', {})
+      assert.are.equal(400, r.status)
+      assert.truthy(r.json.message:match("event_type"), r.json.message)
+    end)
+  end)
+
+  describe("a failing handler", function()
+    it("is logged with its traceback, recorded, and the server keeps serving", function()
+      local body, id = cf_event("renewal.failed")
+      assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+      local line = fs.wait_for(function()
+        for _, l in ipairs(srv:logs()) do
+          if l.message == "handler failed" and l.event == id then return l end
+        end
+      end, 5)
+      assert(line, "no 'handler failed' log line")
+      assert.are.equal("zz-failing.lua:certificate.*.failed", line.handler)
+      assert.truthy(line.error:match("zz%-failing%.lua:3: cannot reach the ticket system for blog.com"), line.error)
+      assert.truthy(line.traceback:match("stack traceback"))
+      assert(received_for(id)) -- the other handler of the same event ran
+      local rows = fs.wait_for(function()
+        local r = srv:sql(("SELECT d.handler, d.status, d.last_error FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE e.id = '%s' ORDER BY d.handler"):format(id))
+        return #r == 2 and r
+      end, 5)
+      assert(rows, "deliveries not recorded")
+      assert.are.same({ "record.lua:*", "done", "" }, rows[1])
+      assert.are.equal("dead", rows[2][2])
+      local next_body = cf_event()
+      assert.are.equal(202, srv:post("/hooks/cloudflare", next_body, CF).status)
+    end)
+  end)
+
+  describe("admin listener", function()
+    it("answers /healthz and /readyz", function()
+      local h = http.get(srv.admin, "/healthz")
+      assert.are.equal(200, h.status)
+      assert.are.equal("ok", h.json.status)
+      local r = http.get(srv.admin, "/readyz")
+      assert.are.equal(200, r.status)
+      assert.are.equal("ready", r.json.status)
+      assert.are.equal("ok", r.json.journal)
+      assert.are.equal(2, r.json.handlers)
+      assert.are.equal(1, r.json.generation)
+      assert.are.equal(404, http.get(srv.admin, "/hooks/cloudflare").status)
+      assert.are.equal(405, http.request(srv.admin, "POST", "/healthz", {}, "").status)
+    end)
+  end)
+
+  describe("503 journal unavailable", function()
+    it("answers 503 with Retry-After and stores nothing while the journal cannot be written", function()
+      -- another process holds the write lock longer than journal.busy_timeout (0.3 s)
+      local lock = io.popen(("sqlite3 '%s/data/certhook.db' >/dev/null 2>&1"):format(srv.dir), "w")
+      lock:write("BEGIN IMMEDIATE;\nSELECT 1;\n")
+      lock:flush()
+      socket.sleep(0.3)
+      local body, id = cf_event()
+      local r = srv:post("/hooks/cloudflare", body, CF)
+      assert.are.equal(503, r.status)
+      assert.are.equal("unavailable", r.json.error)
+      assert.truthy(tonumber(r.headers["retry-after"]))
+      assert.truthy(r.json.message:match("locked"), r.json.message)
+      local ready = http.get(srv.admin, "/readyz")
+      assert.are.equal(503, ready.status)
+      lock:write("ROLLBACK;\n.quit\n")
+      lock:close()
+      assert.are.equal(0, events_in_journal(id))
+      assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status) -- nothing half-written
+      assert.are.equal(200, http.get(srv.admin, "/readyz").status)
+      assert(received_for(id))
+    end)
+  end)
+
+  describe("restarts", function()
+    it("stops cleanly on SIGTERM and dispatches, at the next start, what it had accepted", function()
+      -- a handler that blocks the dispatcher, so accepted events wait in the queue
+      fs.write(srv.dir .. "/handlers/record.lua", RECORDER:gsub('%["%*"%] = function%(event%)',
+        '["*"] = function(event)\n    if event.hostname == "slow.example" then local t = os.clock() + 1 while os.clock() < t do end end'))
+      assert.are.equal(0, srv:stop())
+      srv:launch()
+      local slow = cf_event():gsub('"hostname": "blog.com"', '"hostname": "slow.example"')
+      assert.are.equal(202, srv:post("/hooks/cloudflare", slow, CF).status)
+      local ids = {}
+      for i = 1, 5 do
+        local body, id = cf_event("issuance.succeeded")
+        assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+        ids[i] = id
+      end
+      srv:signal("KILL") -- a crash while the dispatcher is busy
+      fs.wait_for(function() return fs.read(srv.dir .. "/exit") end, 5)
+      local before = #received()
+      srv:launch()
+      for _, id in ipairs(ids) do assert(received_for(id), "event " .. id .. " was lost") end
+      assert.is_true(#received() > before)
+      assert.truthy(srv:log_text():match("dispatching events accepted before the restart"))
+      assert.are.equal(0, srv:stop())
+      local last = srv:logs()
+      assert.are.equal("stopped", last[#last].message)
+    end)
+  end)
+end)

@@ -1,0 +1,253 @@
+-- The command line (DESIGN §6): exit statuses 0 / 1 (act on it) / 2 (usage), config loading,
+-- flags over config, and each command's output.
+local cjson = require "cjson"
+local fs = require "helpers.fs"
+local Server = require "helpers.server"
+
+local FIX = "tests/fixtures/"
+
+local function certhook(args, cwd)
+  return fs.run((cwd and ("cd '" .. cwd .. "' && ") or "") .. Server.certhook .. " " .. args)
+end
+
+describe("certhook CLI", function()
+  it("prints usage and exits 2 without a command, 2 for an unknown one", function()
+    local out, _, code = certhook("")
+    assert.are.equal(2, code)
+    assert.truthy(out:match("usage: certhook <command>"))
+    local _, err, code2 = certhook("frobnicate")
+    assert.are.equal(2, code2)
+    assert.truthy(err:match('unknown command "frobnicate"'))
+  end)
+
+  it("describes each command with --help", function()
+    for _, cmd in ipairs { "serve", "check", "normalize", "run", "send", "version" } do
+      local out, _, code = certhook(cmd .. " --help")
+      assert.are.equal(0, code, cmd)
+      assert.truthy(out:match("usage: certhook " .. cmd), cmd)
+    end
+  end)
+
+  it("exits 2 on an unknown option or a missing value", function()
+    local _, err, code = certhook("check --frob")
+    assert.are.equal(2, code)
+    assert.truthy(err:match("unknown option %-%-frob"))
+    _, _, code = certhook("check --handlers")
+    assert.are.equal(2, code)
+    _, _, code = certhook("run")
+    assert.are.equal(2, code)
+  end)
+
+  it("prints versions", function()
+    local out, _, code = certhook("version")
+    assert.are.equal(0, code)
+    assert.truthy(out:match("^certhook %d+%.%d+%.%d+ %(Lua 5%.4"))
+    assert.truthy(out:match("libmicrohttpd"))
+  end)
+
+  describe("normalize", function()
+    it("prints the event as JSON", function()
+      local out, _, code = certhook("normalize " .. FIX .. "cloudflare/ssl.custom_hostname_certificate.issuance.failed.json")
+      assert.are.equal(0, code)
+      local e = cjson.decode(out)
+      assert.are.equal("certificate.issuance.failed", e.type)
+      assert.are.equal("blog.com", e.hostname)
+      assert.truthy(out:find('"dashboard_url"', 1, true) == nil)
+    end)
+
+    it("reads standard input and takes --provider and --source", function()
+      local out, _, code = certhook("normalize - --provider ibm-cm --source ibm-eu < " .. FIX .. "ibm-cm/v2.cert_reimported.json")
+      assert.are.equal(0, code)
+      local e = cjson.decode(out)
+      assert.are.equal("ibm-eu", e.source)
+      assert.are.equal("certificate.import.succeeded", e.type)
+    end)
+
+    it("decodes an IBM JWT body and says the signature was not verified", function()
+      local out, err, code = certhook("normalize " .. FIX .. "ibm-cm/jwt.real.test_notification_channel.json")
+      assert.are.equal(0, code)
+      assert.truthy(err:match("not verified"))
+      assert.are.equal("notification.test", cjson.decode(out).type)
+    end)
+
+    it("exits 1 with the reason for a payload it cannot use", function()
+      local dir = fs.tmpdir()
+      fs.write(dir .. "/bad.json", '{"hello": ')
+      local _, err, code = certhook("normalize " .. dir .. "/bad.json --provider cloudflare")
+      assert.are.equal(1, code)
+      assert.truthy(err:match("bad%.json: invalid JSON"))
+      fs.write(dir .. "/who.json", '{"hello": "world"}')
+      _, err, code = certhook("normalize " .. dir .. "/who.json")
+      assert.are.equal(1, code)
+      assert.truthy(err:match("%-%-provider"))
+      fs.rm(dir)
+    end)
+  end)
+
+  describe("check", function()
+    it("lists the handlers of a good directory", function()
+      local out, _, code = certhook("check --handlers examples/handlers")
+      assert.are.equal(0, code)
+      assert.truthy(out:match("examples/handlers: 2 files, 3 handlers"))
+      assert.truthy(out:match("dcv%.lua:certificate%.validation%.failed"))
+    end)
+
+    it("exits 1 naming file:line of a broken handler", function()
+      local dir = fs.tmpdir()
+      fs.write(dir .. "/h/broken.lua", "return {\n  ['*'] = function(e)\n    if e then\n  end\n")
+      local _, err, code = certhook("check --handlers h", dir)
+      assert.are.equal(1, code)
+      assert.truthy(err:match("h/broken%.lua:5:"), err)
+      fs.rm(dir)
+    end)
+
+    it("takes the handlers directory from the config, relative to the config file", function()
+      local dir = fs.tmpdir()
+      fs.write(dir .. "/conf/certhook.conf.lua", 'handlers = "hooks"\n')
+      fs.write(dir .. "/conf/hooks/a.lua", 'return { ["*"] = function() end }')
+      local out, err, code = certhook("check --config " .. dir .. "/conf/certhook.conf.lua")
+      assert.are.equal(0, code, err)
+      assert.truthy(out:match("1 file, 1 handler"))
+      fs.rm(dir)
+    end)
+  end)
+
+  describe("run", function()
+    it("runs the matching handlers once and exits 1 if one failed", function()
+      local dir = fs.tmpdir()
+      fs.write(dir .. "/h/ok.lua", 'return { ["*"] = function() end }')
+      local out, _, code = certhook("run --handlers " .. dir .. "/h --event " .. FIX .. "cloudflare/test-message.json")
+      assert.are.equal(0, code)
+      assert.truthy(out:match("ok    ok%.lua:%*"))
+      fs.write(dir .. "/h/fail.lua", 'return { ["notification.*"] = function() error("nope") end }')
+      out, _, code = certhook("run --handlers " .. dir .. "/h --event " .. FIX .. "cloudflare/test-message.json")
+      assert.are.equal(1, code)
+      assert.truthy(out:match("FAIL  fail%.lua:notification%.%*: .*fail%.lua:1: nope"))
+      fs.rm(dir)
+    end)
+  end)
+
+  describe("config", function()
+    local dir
+    before_each(function() dir = fs.tmpdir() end)
+    after_each(function() fs.rm(dir) end)
+
+    it("refuses an unknown setting, naming it", function()
+      fs.write(dir .. "/c.lua", 'sources = {}\nsoruces = {}\n')
+      local _, err, code = certhook("check --config " .. dir .. "/c.lua")
+      assert.are.equal(1, code)
+      assert.truthy(err:match('unknown setting "soruces"'))
+    end)
+
+    it("reports an error in the config file with its line", function()
+      fs.write(dir .. "/c.lua", 'listen = "x"\n\nerror("no secret set")\n')
+      local _, err, code = certhook("check --config " .. dir .. "/c.lua")
+      assert.are.equal(1, code)
+      assert.truthy(err:match("c%.lua:3: no secret set"), err)
+    end)
+
+    it("exits 1 when an explicit config file is missing", function()
+      local _, err, code = certhook("check --config " .. dir .. "/missing.lua")
+      assert.are.equal(1, code)
+      assert.truthy(err:match("cannot read config"))
+    end)
+  end)
+
+  describe("serve refuses to start", function()
+    local dir
+    before_each(function()
+      dir = fs.tmpdir()
+      fs.write(dir .. "/handlers/a.lua", "return {}")
+    end)
+    after_each(function() fs.rm(dir) end)
+
+    local function serve_fails(config, pattern)
+      fs.write(dir .. "/certhook.conf.lua", 'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\n' .. config)
+      local _, err, code = certhook("serve", dir)
+      assert.are.equal(1, code)
+      assert.truthy(err:match(pattern), err)
+    end
+
+    it("without sources", function()
+      serve_fails("", "no sources configured")
+    end)
+
+    it("with a source that has no credentials", function()
+      serve_fails('sources = { cloudflare = { provider = "cloudflare", secret = os.getenv("UNSET_SECRET_VAR") } }',
+        "sources%.cloudflare has no credentials")
+      serve_fails('sources = { ibm = { provider = "ibm-cm" } }', "sources%.ibm has no credentials")
+    end)
+
+    it("with an unknown provider or an unreadable key", function()
+      serve_fails('sources = { x = { provider = "acme", insecure = true } }', 'provider must be "cloudflare" or "ibm%-cm"')
+      serve_fails('sources = { ibm = { provider = "ibm-cm", public_key = "nope.pem" } }', "sources%.ibm%.public_key: cannot read public key")
+    end)
+
+    it("with a wrongly typed limit", function()
+      serve_fails('sources = { c = { provider = "cloudflare", secret = "s" } }\nlimits = { max_body = "big" }',
+        "limits%.max_body must be a number")
+    end)
+
+    it("with a broken handler, naming it", function()
+      fs.write(dir .. "/handlers/b.lua", "return 42")
+      serve_fails('sources = { c = { provider = "cloudflare", secret = "s" } }', "handlers/b%.lua: must return a table")
+    end)
+
+    it("when the port is taken", function()
+      local socket = require "socket"
+      local s = assert(socket.bind("127.0.0.1", 0))
+      local _, port = s:getsockname()
+      fs.write(dir .. "/certhook.conf.lua", ('listen = "127.0.0.1:%d"\nadmin = "127.0.0.1:0"\nsources = { c = { provider = "cloudflare", secret = "s" } }'):format(port))
+      local _, err, code = certhook("serve", dir)
+      s:close()
+      assert.are.equal(1, code)
+      assert.truthy(err:match("cannot listen on 127%.0%.0%.1:" .. port), err)
+    end)
+  end)
+
+  describe("send", function()
+    local srv
+    setup(function()
+      srv = Server.start {
+        config = 'sources = { cloudflare = { provider = "cloudflare", secret = "t0p" }, ibm = { provider = "ibm-cm", public_key = "pub.pem" } }',
+        handlers = { ["a.lua"] = "return {}" },
+        dir = (function()
+          local d = fs.tmpdir()
+          local jwt = require "helpers.jwt"
+          local priv, pub = jwt.keypair(d, "k")
+          os.rename(pub, d .. "/pub.pem")
+          os.rename(priv, d .. "/priv.pem")
+          return d
+        end)(),
+      }
+    end)
+    teardown(function() srv:cleanup() end)
+
+    it("posts a payload with the configured secret and prints the reply", function()
+      local conf = srv.dir .. "/certhook.conf.lua"
+      local url = ("http://127.0.0.1:%d/hooks/cloudflare"):format(srv.port)
+      local out, _, code = certhook(("send %scloudflare/test-message.json --config %s --url %s"):format(FIX, conf, url))
+      assert.are.equal(0, code)
+      assert.truthy(out:match("^20[02] "))
+      out, _, code = certhook(("send %scloudflare/test-message.json --url %s --secret wrong"):format(FIX, url))
+      assert.are.equal(1, code)
+      assert.truthy(out:match("^401 "))
+    end)
+
+    it("signs a bare IBM payload with --sign-key", function()
+      local url = ("http://127.0.0.1:%d/hooks/ibm"):format(srv.port)
+      local out, _, code = certhook(("send %sibm-cm/v4.cert_issued.json --url %s --sign-key %s/priv.pem"):format(FIX, url, srv.dir))
+      assert.are.equal(0, code, out)
+      assert.truthy(out:match('^202 .*"certificate.issuance.succeeded"'))
+      out, _, code = certhook(("send %sibm-cm/v4.cert_issued.json --url %s"):format(FIX, url))
+      assert.are.equal(1, code)
+      assert.truthy(out:match("^401 "))
+    end)
+
+    it("exits 1 when nothing listens", function()
+      local _, err, code = certhook("send " .. FIX .. "cloudflare/test-message.json --url http://127.0.0.1:1/hooks/x")
+      assert.are.equal(1, code)
+      assert.truthy(err:match("http://127%.0%.0%.1:1/hooks/x"))
+    end)
+  end)
+end)
