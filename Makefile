@@ -45,7 +45,7 @@ RUN_DEBS  = gcc libc6-dev pkg-config lua5.4 liblua5.4-dev lua-cjson libmicrohttp
             libcurl4-openssl-dev libsqlite3-dev libssl-dev openssl curl
 TEST_DEBS = $(RUN_DEBS) lua-busted lua-socket sqlite3
 
-.PHONY: all test run bench install clean deps-run deps-test unit
+.PHONY: all test run bench install clean deps-run deps-test deps-bench unit
 
 all: $(MODULE) $(LAUNCH)
 
@@ -82,9 +82,9 @@ test: deps-test all unit
 	@BUILD=$(BUILD) LUA=$(LUA) sh tests/run.sh
 
 run: deps-run all
-	@sh tests/demo.sh $(LAUNCH)
+	@sh tests/demo.sh $(CURDIR)/$(LAUNCH)
 
-bench: deps-test all
+bench: deps-bench all
 	@BUILD=$(BUILD) sh tests/bench/run.sh
 
 install: $(MODULE)
@@ -113,5 +113,8 @@ deps-run:
 
 deps-test:
 	$(call install_debs,$(TEST_DEBS))
+
+deps-bench:
+	$(call install_debs,$(TEST_DEBS) wrk)
 
 -include $(OBJS:.o=.d)

@@ -70,7 +70,7 @@ static lua_State *parser_state(struct intake *in)
         free(p);
         return NULL;
     }
-    lua_gc(p->L, LUA_GCGEN, 0, 0);
+    lua_gc(p->L, LUA_GCINC, 0, 0, 0);
     pthread_mutex_lock(&in->mu);
     p->next = in->parsers;
     in->parsers = p;
@@ -190,9 +190,12 @@ static enum MHD_Result on_headers(struct intake *in, struct MHD_Connection *c, c
     return MHD_YES;
 }
 
+/* Writer thread: the journal has answered. Count it here, not when the reply is queued: a
+ * client that hung up meanwhile gets no further access-handler call. */
 static void on_journal_done(struct journal_req *jr)
 {
     struct request *r = (struct request *)jr;
+    atomic_fetch_sub(&r->in->suspended, 1);
     MHD_resume_connection(r->conn);
 }
 
@@ -247,11 +250,10 @@ static enum MHD_Result on_body(struct intake *in, struct request *r)
 }
 
 /* Resumed by the writer: answer with what the commit did. */
-static enum MHD_Result on_journaled(struct intake *in, struct request *r)
+static enum MHD_Result on_journaled(struct request *r)
 {
     struct buf b;
     enum MHD_Result rc;
-    atomic_fetch_sub(&in->suspended, 1);
     r->waiting = 0;
     if (r->jr.result == JOURNAL_FAILED)
         return reply_error(r->conn, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", r->src->name,
@@ -296,7 +298,7 @@ static enum MHD_Result on_hook(void *cls, struct MHD_Connection *c, const char *
         *upload_size = 0;
         return MHD_YES;
     }
-    return r->waiting ? on_journaled(in, r) : on_body(in, r);
+    return r->waiting ? on_journaled(r) : on_body(in, r);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,

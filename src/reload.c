@@ -140,7 +140,7 @@ struct generation *reload_build(const char *dir, const char *path, const char *c
     for (int i = 0; i < n; i++)
         free(names[i]);
     free(names);
-    lua_gc(g->L, LUA_GCGEN, 0, 0);
+    lua_gc(g->L, LUA_GCINC, 0, 0, 0);
     *err = NULL;
     return g;
 fail:

@@ -1,0 +1,80 @@
+#!/bin/sh
+# make bench: intake and end-to-end figures of certhook serve on this machine.
+#
+# For 1, 10 and 50 keep-alive connections, wrk POSTs a Cloudflare event with a new id per
+# request for DURATION seconds; every request is journaled (fsync) and dispatched to a
+# trivial handler. Reported: requests/s and p50/p99 of the 202, server CPU microseconds per
+# event including the backlog the dispatcher drains after wrk stops, and peak RSS. The server
+# runs on CPU 1 and wrk on CPU 0 when there are two. Every loop is bounded in time.
+# Results: tests/bench/results/latest.md (and stdout).
+#   DURATION=10 CONNS="1 10 50" BUILD=build sh tests/bench/run.sh
+set -eu
+root=$(cd "$(dirname "$0")/../.." && pwd)
+here=$root/tests/bench
+BUILD=${BUILD:-build}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-"1 10 50"}
+SETTLE_MAX=${SETTLE_MAX:-60}
+certhook=$root/$BUILD/certhook-dev
+command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)" >&2; exit 1; }
+pin_server="" pin_client=""
+if [ "$(nproc)" -ge 2 ]; then pin_server="taskset -c 1" pin_client="taskset -c 0"; fi
+run=$(mktemp -d)
+trap 'kill $pid 2>/dev/null; rm -rf "$run"; true' EXIT
+hz=$(getconf CLK_TCK)
+mkdir -p "$here/results"
+out=$here/results/latest.md
+
+cat >"$run/certhook.conf.lua" <<CONF
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+sources = { cloudflare = { provider = "cloudflare", secret = "bench-secret" } }
+log = { level = "warn" }
+CONF
+
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+pending() { sqlite3 "$run/data/certhook.db" "SELECT count(*) FROM events WHERE state = 0" 2>/dev/null || echo 1; }
+
+{
+echo "# certhook bench, $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo
+echo "$($certhook version); $(nproc) CPUs ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo))."
+echo "Server ${pin_server:-unpinned}, wrk ${pin_client:-unpinned}; ${DURATION}s per row; payload examples/payloads/cloudflare-validation-failed.json with a new id per request;"
+echo "durable journal (WAL, synchronous=FULL), one handler. CPU us/event includes the dispatcher's backlog after wrk stops."
+echo
+echo "| connections | req/s | p50 ms | p99 ms | errors | server CPU us/event | backlog drained in s | peak RSS MiB |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+} >"$out"
+
+for c in $CONNS; do
+    rm -rf "$run/data" "$run/log"
+    $pin_server "$certhook" serve --config "$run/certhook.conf.lua" --handlers "$here/handlers" --data "$run/data" \
+        --log-level info 2>"$run/log" &
+    pid=$!
+    i=0
+    until grep -q '"listening"' "$run/log" 2>/dev/null; do
+        i=$((i + 1)); [ $i -lt 100 ] || { cat "$run/log" >&2; exit 1; }; sleep 0.1
+    done
+    port=$(sed -n 's/.*"listen":"[^"]*:\([0-9]*\)".*/\1/p' "$run/log")
+    url=http://127.0.0.1:$port/hooks/cloudflare
+    BENCH_PAYLOAD=$root/examples/payloads/cloudflare-validation-failed.json BENCH_RUN=w$c \
+        $pin_client wrk -t1 -c"$c" -d2s -s "$here/post.lua" "$url" >/dev/null # warm-up
+    i=0; while [ "$(pending)" != 0 ] && [ $i -lt $((SETTLE_MAX * 10)) ]; do sleep 0.1; i=$((i + 1)); done
+    echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true
+    t0=$(cpu_ticks $pid)
+    BENCH_PAYLOAD=$root/examples/payloads/cloudflare-validation-failed.json BENCH_RUN=r$c \
+        $pin_client wrk -t1 -c"$c" -d"${DURATION}s" --latency -s "$here/post.lua" "$url" >"$run/wrk.txt"
+    s0=$(date +%s%N)
+    i=0; while [ "$(pending)" != 0 ] && [ $i -lt $((SETTLE_MAX * 10)) ]; do sleep 0.1; i=$((i + 1)); done
+    s1=$(date +%s%N)
+    t1=$(cpu_ticks $pid)
+    hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")
+    kill -TERM $pid; wait $pid || true
+    line=$(grep '^BENCH' "$run/wrk.txt")
+    get() { echo "$line" | sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
+    awk -v c="$c" -v rps="$(get rps)" -v p50="$(get p50_us)" -v p99="$(get p99_us)" -v err="$(get errors)" \
+        -v n="$(get requests)" -v ticks=$((t1 - t0)) -v hz="$hz" -v settle=$(( (s1 - s0) / 1000000 )) -v hwm="$hwm" \
+        'BEGIN { printf "| %d | %.0f | %.2f | %.2f | %d | %.1f | %.1f | %.1f |\n", c, rps, p50 / 1000, p99 / 1000, err,
+                 (ticks / hz) / n * 1e6, settle / 1000, hwm / 1024 }' >>"$out"
+done
+cat "$out"
