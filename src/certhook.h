@@ -5,7 +5,8 @@
  * visible outside its file carries the file's prefix):
  *
  *   provider --POST--> intake.c     MHD thread(s): limits, route, auth.c, parse (cjson),
- *                                    normalize.c -> struct journal_event; suspends the request
+ *                                    normalize.c (cloudflare.c, ibm_cm.c) -> struct journal_event;
+ *                                    suspends the request
  *                  --> journal.c    writer thread: one transaction + fsync per batch of requests,
  *                                    then resumes them (202/200/503) and hands the accepted
  *                                    events to the dispatcher in one list

@@ -19,8 +19,6 @@
 
 #include "certhook.h"
 
-enum { EVENT_NEW = 0, EVENT_FINISHED = 2 }; /* events.state */
-
 struct journal {
     sqlite3 *db;  /* the writer's */
     sqlite3 *rdb; /* the main thread's */
@@ -48,7 +46,7 @@ static const char schema[] =
     "  hostname TEXT,"
     "  received_at REAL NOT NULL,"
     "  payload TEXT NOT NULL,"
-    "  state INTEGER NOT NULL DEFAULT 0);"
+    "  state INTEGER NOT NULL DEFAULT 0);" /* 0: not yet dispatched, 2: dispatched */
     "CREATE INDEX IF NOT EXISTS events_new ON events(seq) WHERE state = 0;"
     "CREATE TABLE IF NOT EXISTS deliveries ("
     "  event_seq INTEGER NOT NULL,"
