@@ -32,6 +32,8 @@
 
 #define CERTHOOK_VERSION "0.1.0"
 
+struct journal;
+
 /* ---- buf.c: growable byte buffer ---------------------------------------------------- */
 
 struct buf {
@@ -85,6 +87,13 @@ size_t time_format_iso8601(double t, char out[40]); /* UTC, ms when t has a frac
 void time_push_epoch(lua_State *L, double t);        /* integer when whole */
 int time_open(lua_State *L);                         /* pushes the certhook.time table */
 
+/* ---- api_state.c ---------------------------------------------------------------------- */
+
+/* Gives the certhook.state of L a journal: j (not owned), or the journal in dir, opened on
+ * first use and closed with L. */
+void state_attach(lua_State *L, struct journal *j, const char *dir, double busy_timeout);
+int state_open(lua_State *L); /* pushes the certhook.state table */
+
 /* ---- api_http.c ---------------------------------------------------------------------- */
 
 int http_open(lua_State *L); /* pushes the certhook.http table */
@@ -109,13 +118,22 @@ struct source {
 
 /* ---- config.c --------------------------------------------------------------------------- */
 
+/* delivery = {...}: how handlers are retried (DESIGN §8, §9). Times in seconds. */
+struct delivery_cfg {
+    int max_attempts;
+    double backoff, max_backoff, timeout, shutdown_grace;
+    unsigned concurrency;
+};
+
 struct config {
     char *listen, *admin, *handlers, *data;
     struct source *sources;
     size_t nsources;
     size_t max_body;
     unsigned max_connections, request_timeout; /* request_timeout: seconds */
+    struct delivery_cfg delivery;
     double busy_timeout;       /* journal: seconds to wait for a locked database */
+    double retention;          /* journal: seconds finished events are kept */
     int log_level;
     char *lua_path, *lua_cpath; /* package paths of every state certhook creates */
 };
@@ -201,54 +219,124 @@ struct journal_event *journal_event_new(enum provider p, double received_at, con
                                         const char *payload, size_t payload_len);
 void journal_event_free(struct journal_event *ev);
 
-enum journal_result { JOURNAL_PENDING, JOURNAL_ACCEPTED, JOURNAL_DUPLICATE, JOURNAL_FAILED };
-
-/* An append request; the caller owns it (intake embeds it in its request). */
-struct journal_req {
-    struct journal_req *next;
-    struct journal_event *ev;  /* ownership passes to the dispatcher when ACCEPTED */
-    enum journal_result result;
-    char error[200];           /* FAILED: why */
-    void (*done)(struct journal_req *); /* called on the writer thread after the commit */
+enum journal_op {
+    JOURNAL_APPEND,       /* ev: a new event */
+    JOURNAL_STATE_SET,    /* key = value (JSON text), expires_at (0: never) */
+    JOURNAL_STATE_DELETE, /* key */
+    JOURNAL_STATE_INCR,   /* key += by; the new value in number */
 };
 
-enum delivery_status { DELIVERY_DONE, DELIVERY_DEAD };
+enum journal_result {
+    JOURNAL_PENDING,
+    JOURNAL_ACCEPTED,  /* committed */
+    JOURNAL_DUPLICATE, /* APPEND: the id was journaled before */
+    JOURNAL_REFUSED,   /* this request cannot be done (error says why); the batch went on */
+    JOURNAL_FAILED,    /* the batch could not be written (error says why); nothing of it was */
+};
 
+/* A request to the writer; the caller owns it (intake embeds it in its request). */
+struct journal_req {
+    struct journal_req *next;
+    enum journal_op op;
+    struct journal_event *ev; /* APPEND: ownership passes to the dispatcher when ACCEPTED */
+    const char *key;          /* STATE_*: borrowed until done runs */
+    const char *value;        /* STATE_SET: JSON text, borrowed */
+    size_t value_len;
+    double expires_at, by;
+    enum journal_result result;
+    char error[200];  /* REFUSED, FAILED: why */
+    char number[48];  /* STATE_INCR: the new value, as JSON */
+    void (*done)(struct journal_req *); /* called on the writer thread after the commit */
+    void *cls;
+};
+
+enum delivery_status { DELIVERY_PENDING, DELIVERY_RUNNING, DELIVERY_RETRYING, DELIVERY_DONE,
+                       DELIVERY_DEAD };
+extern const char *const delivery_status_names[]; /* "pending", ... as journaled */
+
+/* The latest state of one delivery, as the journal keeps it. */
 struct delivery_result {
     char *handler; /* "<file>:<pattern>" */
     enum delivery_status status;
     int attempts;
-    unsigned generation;
-    double started_at, duration;
-    char *error; /* NULL when it succeeded */
+    unsigned generation;      /* of the last attempt */
+    double first_at, started_at, duration, next_at; /* next_at: RETRYING, PENDING */
+    char *error, *traceback;  /* of this attempt, when it failed; NULL otherwise */
 };
 
-/* The outcome of dispatching one event; the writer takes ownership and frees it. */
+/* Delivery states of one event (seq 0: none), and replay requests handled (replays_upto).
+ * The writer takes ownership and frees it. */
 struct journal_done {
     struct journal_done *next;
-    int64_t seq;
+    int64_t seq, replays_upto;
     size_t n;
     struct delivery_result r[];
 };
 
-struct journal;
 typedef void (*journal_sink)(void *cls, struct journal_event *list);
 
-int journal_open(struct journal **jp, const char *dir, double busy_timeout, char *err,
-                 size_t errlen);
+enum { JOURNAL_CREATE = 1, JOURNAL_READONLY = 2 };
+
+/* Opens dir/certhook.db: JOURNAL_CREATE makes the directory and schema (else the journal must
+ * exist); JOURNAL_READONLY opens only a read connection (no writer). */
+int journal_open(struct journal **jp, const char *dir, int flags, double busy_timeout,
+                 double retention, char *err, size_t errlen);
 void journal_close(struct journal *j);
-/* Starts the writer thread; accepted events go to sink, in commit order, a batch per call. */
+/* After a crash: deliveries left "running" are "pending" again. Before journal_start. */
+int journal_recover(struct journal *j, char *err, size_t errlen);
+/* Starts the writer thread; accepted events go to sink (may be NULL), in commit order, a
+ * batch per call. */
 int journal_start(struct journal *j, journal_sink sink, void *cls);
 void journal_stop(struct journal *j); /* writes what is queued, joins the writer */
 void journal_append(struct journal *j, struct journal_req *r);  /* thread-safe */
+void journal_call(struct journal *j, struct journal_req *r);    /* append, wait for the commit */
 void journal_finish(struct journal *j, struct journal_done *d); /* thread-safe, takes d */
 int journal_healthy(struct journal *j, char *why, size_t n);   /* 1 if the last write worked */
-int64_t journal_max_seq(struct journal *j);
-/* Calls fn for up to limit events with after < seq <= upto not yet dispatched, in order.
- * fn takes ownership of the event. Returns how many, or -1. Main thread only. */
-int journal_scan_pending(struct journal *j, int64_t after, int64_t upto, int limit,
-                         void (*fn)(void *cls, struct journal_event *ev), void *cls);
 void journal_done_free(struct journal_done *d);
+struct journal_done *journal_done_new(int64_t seq, size_t n);
+
+/* Reads on the read connection; main thread only. Events handed to fn are theirs to free. */
+int64_t journal_max_seq(struct journal *j);
+/* Up to limit events with after < seq <= upto in state (0: never dispatched), in order. */
+int journal_scan_events(struct journal *j, int state, int64_t after, int64_t upto, int limit,
+                        void (*fn)(void *cls, struct journal_event *ev), void *cls);
+struct journal_event *journal_load(struct journal *j, int64_t seq, const char *id);
+/* Deliveries in a status (NULL: pending and retrying): fn(cls, seq, handler, attempts,
+ * next_at, first_at) for each. */
+int journal_scan_deliveries(struct journal *j, const char *status,
+                            void (*fn)(void *cls, int64_t seq, const char *handler, int attempts,
+                                       double next_at, double first_at),
+                            void *cls);
+/* Replay requests after id: fn(cls, id, event_id or NULL, dead). Returns how many, or -1. */
+int journal_scan_replays(struct journal *j, int64_t after,
+                         void (*fn)(void *cls, int64_t id, const char *event_id, int dead),
+                         void *cls);
+/* certhook.state reads. get pushes nothing; it returns the JSON text in *out (malloc'd) or
+ * NULL when absent or expired. keys calls fn for each live key with the prefix, in order. */
+int journal_state_get(struct journal *j, const char *key, char **out, size_t *len, char *err,
+                      size_t errlen);
+int journal_state_keys(struct journal *j, const char *prefix, void (*fn)(void *, const char *),
+                       void *cls, char *err, size_t errlen);
+
+/* The command line's view (certhook events / replay). */
+struct journal_filter {
+    const char *status, *type; /* NULL: any; type is a glob (`*`) on type or provider_type */
+    int limit;
+};
+struct journal_row { /* one event with one of its deliveries (handler NULL when none) */
+    int64_t seq;
+    const char *id, *source, *type, *provider_type, *hostname, *handler, *status, *error;
+    double received_at, next_at, started_at;
+    int state, attempts, generation;
+};
+int journal_list(struct journal *j, const struct journal_filter *f,
+                 void (*fn)(void *cls, const struct journal_row *row), void *cls, char *err,
+                 size_t errlen);
+/* Queues a replay for the server: the event event_id (its deliveries run again on the current
+ * handlers), or every dead delivery when event_id is NULL. *count: the deliveries of the
+ * event / the dead ones now. 0, or -1 with err (no such event, journal locked, ...). */
+int journal_request_replay(struct journal *j, const char *event_id, int *count, char *err,
+                           size_t errlen);
 
 /* ---- reload.c: handler generations --------------------------------------------------------- */
 
@@ -266,10 +354,19 @@ struct generation {
     size_t nfiles;
 };
 
+/* What a generation's state gets: package paths, and the journal behind certhook.state (j,
+ * or the one in data, opened on first use; neither: certhook.state raises). */
+struct reload_env {
+    const char *path, *cpath;
+    struct journal *j;
+    const char *data;
+    double busy_timeout;
+};
+
 /* Loads every *.lua of dir (sorted) into a fresh state and validates what each returns.
  * On failure returns NULL and a malloc'd message naming every broken file:line. */
-struct generation *reload_build(const char *dir, const char *path, const char *cpath,
-                                unsigned number, char **err);
+struct generation *reload_build(const char *dir, const struct reload_env *env, unsigned number,
+                                char **err);
 void reload_free(struct generation *g);
 
 /* ---- dispatch.c -------------------------------------------------------------------------- */
@@ -277,14 +374,17 @@ void reload_free(struct generation *g);
 struct dispatch;
 
 /* recover_upto: the journal's last seq before intake started (journal_max_seq). */
-struct dispatch *dispatch_new(struct generation *g, struct journal *j, int64_t recover_upto);
+struct dispatch *dispatch_new(struct generation *g, struct journal *j,
+                              const struct delivery_cfg *cfg, int64_t recover_upto);
 void dispatch_free(struct dispatch *d); /* does not free the generation */
+void dispatch_set_generation(struct dispatch *d, struct generation *g);
 void dispatch_enqueue(void *d, struct journal_event *list); /* a journal_sink; thread-safe */
-/* Runs pending events from the journal, then the loop, until a signal from sigfd asks to
- * stop. Returns the signal number. */
+/* Resumes what the journal holds (deliveries to retry, events never dispatched), then runs
+ * the loop until a signal from sigfd asks to stop; the delivery states are handed to the
+ * journal writer before it returns the signal number. */
 int dispatch_run(struct dispatch *d, int sigfd);
-/* Runs the handlers matching ev once, on the calling thread. Fills *done (malloc'd, caller
- * frees with journal_done_free) when done is not NULL. Returns the number that failed. */
+/* Runs the handlers matching ev once, on the calling thread, without retries (certhook run).
+ * Fills *done (caller frees with journal_done_free). Returns how many failed, or -1. */
 int dispatch_event(struct generation *g, const struct journal_event *ev,
                    struct journal_done **done);
 size_t dispatch_backlog(struct dispatch *d);

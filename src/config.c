@@ -166,6 +166,9 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     c->max_connections = 1024;
     c->request_timeout = 10;
     c->busy_timeout = 5;
+    c->retention = 30 * 86400;
+    c->delivery = (struct delivery_cfg){.max_attempts = 10, .backoff = 5, .max_backoff = 3600,
+                                        .timeout = 30, .shutdown_grace = 10, .concurrency = 256};
     c->log_level = LOG_INFO;
     if (!c->listen || !c->admin || !c->handlers || !c->data) {
         snprintf(err, errlen, "out of memory");
@@ -196,9 +199,34 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         c->request_timeout = (unsigned)v;
     }
     if (opt_table(L, t, "journal", &sub, err, errlen) ||
-        (sub && opt_number(L, sub, "busy_timeout", 0, 3600, &c->busy_timeout, "journal.", err,
-                           errlen)))
+        (sub && (opt_number(L, sub, "busy_timeout", 0, 3600, &c->busy_timeout, "journal.", err,
+                            errlen) ||
+                 opt_number(L, sub, "retention", 1, 100 * 365 * 86400.0, &c->retention,
+                            "journal.", err, errlen))))
         goto done;
+    if (opt_table(L, t, "delivery", &sub, err, errlen))
+        goto done;
+    if (sub) {
+        struct delivery_cfg *d = &c->delivery;
+        v = d->max_attempts;
+        if (opt_number(L, sub, "max_attempts", 1, 1000, &v, "delivery.", err, errlen) ||
+            opt_number(L, sub, "backoff", 0.001, 86400, &d->backoff, "delivery.", err, errlen) ||
+            opt_number(L, sub, "max_backoff", 0.001, 30 * 86400.0, &d->max_backoff, "delivery.",
+                       err, errlen) ||
+            opt_number(L, sub, "timeout", 0.001, 86400, &d->timeout, "delivery.", err, errlen) ||
+            opt_number(L, sub, "shutdown_grace", 0, 3600, &d->shutdown_grace, "delivery.", err,
+                       errlen))
+            goto done;
+        d->max_attempts = (int)v;
+        v = d->concurrency;
+        if (opt_number(L, sub, "concurrency", 1, 100000, &v, "delivery.", err, errlen))
+            goto done;
+        d->concurrency = (unsigned)v;
+        if (d->max_backoff < d->backoff) {
+            snprintf(err, errlen, "delivery.max_backoff must be at least delivery.backoff");
+            goto done;
+        }
+    }
     if (opt_table(L, t, "log", &sub, err, errlen))
         goto done;
     if (sub) {

@@ -1,15 +1,17 @@
 /*
- * dispatch.c -- the dispatcher: event queue, matching, handler coroutines (DESIGN §4, §9).
+ * dispatch.c -- the dispatcher: deliveries, retries, replays (DESIGN §4, §9).
  *
- * Runs on the main thread and owns the handler generation (reload.c). The journal writer
- * hands it each committed batch (dispatch_enqueue); at start-up it first runs the events a
- * previous run accepted but never dispatched. For each event it decodes the journaled
- * payload, normalizes it (normalize.c) and runs every matching handler in its own coroutine
- * with a fresh copy of the event; a handler that raises is logged with its traceback and
- * never stops the loop. The results go back to the journal writer in one list per batch.
+ * Runs on the main thread and owns the handler generation (reload.c). Work comes from the
+ * journal writer (each committed batch, dispatch_enqueue), from the journal at start-up
+ * (deliveries to retry, events never dispatched), from its retry heap, and from replay
+ * requests the CLI leaves in the journal. Every matching handler of an event is one
+ * delivery, run in its own coroutine with a fresh copy of the event: success is done; an
+ * error is logged with its traceback and retried with exponential backoff and full jitter
+ * until delivery.max_attempts, then dead. Delivery states go to the journal writer in one
+ * list per round; the writer derives the event's state from them.
  */
 #include <errno.h>
-#include <poll.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -24,19 +26,37 @@
 
 #include "certhook.h"
 
-#define RECOVER_CHUNK 256
+#define RECOVER_CHUNK 256 /* events read from the journal at a time */
+#define ROUND 128         /* deliveries run before states are flushed and signals checked */
+#define REPLAY_POLL 1.0   /* seconds between looks for replay requests */
+
+/* A delivery waiting for its next attempt: the retry heap's entries. */
+struct scheduled {
+    int64_t seq;
+    double next_at, first_at;
+    int attempts; /* made so far */
+    char handler[];
+};
 
 struct dispatch {
     struct generation *gen;
     struct journal *j;
+    const struct delivery_cfg *cfg;
     int64_t recover_upto; /* events up to this seq were in the journal before we started */
     int efd;              /* eventfd: the queue went from empty to not empty */
     pthread_mutex_t mu;
     struct journal_event *head, **tail;
     size_t backlog;
+    struct scheduled **heap; /* min-heap on next_at */
+    size_t nheap, capheap;
+    struct journal_done *out, **out_tail; /* delivery states not yet handed to the writer */
+    int64_t replays_seen;
+    double next_poll;
+    unsigned short rng[3];
 };
 
-struct dispatch *dispatch_new(struct generation *g, struct journal *j, int64_t recover_upto)
+struct dispatch *dispatch_new(struct generation *g, struct journal *j,
+                              const struct delivery_cfg *cfg, int64_t recover_upto)
 {
     struct dispatch *d = calloc(1, sizeof *d);
     if (d == NULL)
@@ -48,10 +68,19 @@ struct dispatch *dispatch_new(struct generation *g, struct journal *j, int64_t r
     }
     d->gen = g;
     d->j = j;
+    d->cfg = cfg;
     d->recover_upto = recover_upto;
     d->tail = &d->head;
+    d->out_tail = &d->out;
+    uint64_t seed = (uint64_t)(time_now() * 1e6) ^ ((uint64_t)getpid() << 32);
+    memcpy(d->rng, &seed, sizeof d->rng);
     pthread_mutex_init(&d->mu, NULL);
     return d;
+}
+
+void dispatch_set_generation(struct dispatch *d, struct generation *g)
+{
+    d->gen = g;
 }
 
 void dispatch_free(struct dispatch *d)
@@ -61,6 +90,13 @@ void dispatch_free(struct dispatch *d)
     for (struct journal_event *ev = d->head, *next; ev; ev = next) {
         next = ev->next;
         journal_event_free(ev); /* still "new" in the journal: dispatched at the next start */
+    }
+    for (size_t i = 0; i < d->nheap; i++)
+        free(d->heap[i]); /* "retrying" / "pending" in the journal */
+    free(d->heap);
+    for (struct journal_done *o = d->out, *next; o; o = next) {
+        next = o->next;
+        journal_done_free(o);
     }
     close(d->efd);
     pthread_mutex_destroy(&d->mu);
@@ -93,6 +129,72 @@ size_t dispatch_backlog(struct dispatch *d)
     size_t n = d->backlog;
     pthread_mutex_unlock(&d->mu);
     return n;
+}
+
+/* ---- the retry heap ---------------------------------------------------------------------------- */
+
+static void heap_swap(struct dispatch *d, size_t a, size_t b)
+{
+    struct scheduled *t = d->heap[a];
+    d->heap[a] = d->heap[b];
+    d->heap[b] = t;
+}
+
+static void heap_push(struct dispatch *d, int64_t seq, const char *handler, int attempts,
+                      double next_at, double first_at)
+{
+    if (d->nheap == d->capheap) {
+        size_t cap = d->capheap ? d->capheap * 2 : 64;
+        struct scheduled **h = realloc(d->heap, cap * sizeof *h);
+        if (h == NULL)
+            goto oom;
+        d->heap = h;
+        d->capheap = cap;
+    }
+    size_t n = strlen(handler) + 1;
+    struct scheduled *s = malloc(sizeof *s + n);
+    if (s == NULL)
+        goto oom;
+    s->seq = seq;
+    s->next_at = next_at;
+    s->first_at = first_at;
+    s->attempts = attempts;
+    memcpy(s->handler, handler, n);
+    size_t i = d->nheap++;
+    d->heap[i] = s;
+    while (i > 0 && d->heap[(i - 1) / 2]->next_at > d->heap[i]->next_at) {
+        heap_swap(d, i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+    return;
+oom: /* the journal keeps it "retrying": it runs again at the next start */
+    log_msg(LOG_ERROR, "out of memory scheduling %s of event #%lld", handler, (long long)seq);
+}
+
+static struct scheduled *heap_pop(struct dispatch *d)
+{
+    struct scheduled *top = d->heap[0];
+    d->heap[0] = d->heap[--d->nheap];
+    for (size_t i = 0;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < d->nheap && d->heap[l]->next_at < d->heap[m]->next_at)
+            m = l;
+        if (r < d->nheap && d->heap[r]->next_at < d->heap[m]->next_at)
+            m = r;
+        if (m == i)
+            break;
+        heap_swap(d, i, m);
+        i = m;
+    }
+    return top;
+}
+
+static int heap_has(struct dispatch *d, int64_t seq, const char *handler)
+{
+    for (size_t i = 0; i < d->nheap; i++)
+        if (d->heap[i]->seq == seq && strcmp(d->heap[i]->handler, handler) == 0)
+            return 1;
+    return 0;
 }
 
 /* ---- running handlers ------------------------------------------------------------------------ */
@@ -139,10 +241,10 @@ static int describe_error(lua_State *L)
     return 2;
 }
 
-/* Runs handler h with the event at idx in a new coroutine. Returns 0, or -1 with a
- * malloc'd message in *error (and the traceback logged). Leaves the stack balanced. */
+/* Runs handler h with the event at idx in a new coroutine: 0, or -1 with a malloc'd message
+ * and traceback. Leaves the stack balanced. */
 static int run_handler(lua_State *L, const struct handler *h, int idx, struct delivery_ctx *ctx,
-                       char **error)
+                       char **error, char **traceback)
 {
     int top = lua_gettop(L), nres, rc = 0;
     lua_State *co = lua_newthread(L); /* ..., co */
@@ -151,7 +253,7 @@ static int run_handler(lua_State *L, const struct handler *h, int idx, struct de
     lua_pushvalue(L, idx);
     lua_xmove(L, co, 1);
     int status = lua_resume(co, L, 1, &nres);
-    *error = NULL;
+    *error = *traceback = NULL;
     if (status == LUA_OK) {
         lua_pop(co, nres);
     } else {
@@ -170,16 +272,7 @@ static int run_handler(lua_State *L, const struct handler *h, int idx, struct de
             }
         }
         *error = strdup(msg);
-        struct log_line l;
-        log_begin(&l, LOG_ERROR, "handler failed");
-        log_str(&l, "event", ctx->event_id);
-        log_str(&l, "type", ctx->event_type);
-        log_str(&l, "hostname", ctx->hostname);
-        log_str(&l, "handler", h->name);
-        log_num(&l, "generation", ctx->generation);
-        log_str(&l, "error", msg);
-        log_str(&l, "traceback", tb);
-        log_end(&l);
+        *traceback = tb ? strdup(tb) : NULL;
         lua_resetthread(co); /* closes its to-be-closed variables */
         rc = -1;
     }
@@ -187,122 +280,283 @@ static int run_handler(lua_State *L, const struct handler *h, int idx, struct de
     return rc;
 }
 
-static int matches(const struct handler *h, const char *type, const char *ptype)
+static int matches(const struct handler *h, const struct journal_event *ev)
 {
-    return normalize_glob(h->pattern, type) || (ptype && normalize_glob(h->pattern, ptype));
+    return normalize_glob(h->pattern, ev->type) ||
+           (ev->provider_type && normalize_glob(h->pattern, ev->provider_type));
+}
+
+static const struct handler *find_handler(const struct generation *g, const char *name)
+{
+    for (size_t i = 0; i < g->n; i++)
+        if (strcmp(g->h[i].name, name) == 0)
+            return &g->h[i];
+    return NULL;
+}
+
+/* Pushes the event handlers receive, built from the journaled payload; -1 if it cannot be
+ * (logged; nothing pushed). */
+static int push_event(lua_State *L, const struct journal_event *ev)
+{
+    char err[512];
+    if (module_decode(L, ev->payload, ev->payload_len, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "event %s: journaled payload does not decode: %s", ev->id, err);
+        return -1;
+    }
+    normalize_fixup(L, -1);
+    if (normalize_push(L, ev->provider, -1, err, sizeof err) != 0) {
+        lua_pop(L, 1);
+        log_msg(LOG_ERROR, "event %s: journaled payload does not normalize: %s", ev->id, err);
+        return -1;
+    }
+    lua_remove(L, -2);
+    lua_pushstring(L, ev->id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, ev->source);
+    lua_setfield(L, -2, "source");
+    time_push_epoch(L, ev->received_at);
+    lua_setfield(L, -2, "received_at");
+    return 0;
+}
+
+/* Runs the given handlers (all of them once) for ev and fills r[i] with what each attempt
+ * did: DONE, or DEAD with the error (the caller decides about retries); r[i].attempts is
+ * this attempt's number. Returns 0, or -1 when the event cannot be built. */
+static int run_deliveries(struct generation *g, const struct journal_event *ev,
+                          const struct handler **hs, size_t n, struct delivery_result *r)
+{
+    lua_State *L = g->L;
+    int top = lua_gettop(L);
+    if (push_event(L, ev) != 0)
+        return -1;
+    int event = lua_gettop(L);
+    lua_newtable(L); /* memo for deep_copy */
+    int memo = lua_gettop(L);
+    struct delivery_ctx ctx = {ev->id, ev->type, ev->hostname, NULL, g->number};
+    for (size_t i = 0; i < n; i++) {
+        int arg = event; /* the last handler gets the original: nobody else sees it */
+        if (i + 1 < n) {
+            deep_copy(L, event, memo);
+            arg = lua_gettop(L);
+            lua_newtable(L);
+            lua_replace(L, memo);
+        }
+        ctx.handler = hs[i]->name;
+        r[i].started_at = time_now();
+        double m0 = time_mono();
+        int rc = run_handler(L, hs[i], arg, &ctx, &r[i].error, &r[i].traceback);
+        r[i].duration = time_mono() - m0;
+        r[i].status = rc == 0 ? DELIVERY_DONE : DELIVERY_DEAD;
+        r[i].generation = g->number;
+        if (rc != 0) {
+            struct log_line l;
+            log_begin(&l, LOG_ERROR, "handler failed");
+            log_str(&l, "event", ev->id);
+            log_str(&l, "type", ev->type);
+            log_str(&l, "hostname", ev->hostname);
+            log_str(&l, "handler", hs[i]->name);
+            log_num(&l, "generation", g->number);
+            log_num(&l, "attempt", r[i].attempts);
+            log_str(&l, "error", r[i].error);
+            log_str(&l, "traceback", r[i].traceback);
+            log_end(&l);
+        }
+        if (arg != event)
+            lua_pop(L, 1);
+    }
+    lua_settop(L, top);
+    return 0;
 }
 
 int dispatch_event(struct generation *g, const struct journal_event *ev,
                    struct journal_done **donep)
 {
-    lua_State *L = g->L;
-    int top = lua_gettop(L), failed = 0;
-    char err[512];
-    struct journal_done *done = NULL;
-    size_t m = 0;
-
-    for (size_t i = 0; i < g->n; i++)
-        m += matches(&g->h[i], ev->type, ev->provider_type);
-    if (donep != NULL) {
-        *donep = done = calloc(1, sizeof *done + m * sizeof done->r[0]);
-        if (done == NULL) {
-            log_msg(LOG_ERROR, "out of memory dispatching %s", ev->id);
-            return -1;
-        }
-        done->seq = ev->seq;
+    const struct handler **hs = calloc(g->n + 1, sizeof *hs);
+    size_t n = 0;
+    int failed = 0;
+    for (size_t i = 0; hs && i < g->n; i++)
+        if (matches(&g->h[i], ev))
+            hs[n++] = &g->h[i];
+    struct journal_done *done = hs ? journal_done_new(ev->seq, n) : NULL;
+    *donep = done;
+    for (size_t i = 0; done && i < n; i++)
+        done->r[i].attempts = 1;
+    if (done == NULL || (n > 0 && run_deliveries(g, ev, hs, n, done->r) != 0)) {
+        free(hs);
+        return -1;
     }
-    if (m == 0)
-        return 0;
-    if (module_decode(L, ev->payload, ev->payload_len, err, sizeof err) != 0) {
-        log_msg(LOG_ERROR, "event %s: journaled payload does not decode: %s", ev->id, err);
-        goto done;
+    done->n = n;
+    for (size_t i = 0; i < n; i++) {
+        done->r[i].handler = strdup(hs[i]->name);
+        done->r[i].first_at = done->r[i].started_at;
+        failed += done->r[i].status != DELIVERY_DONE;
     }
-    normalize_fixup(L, -1);
-    if (normalize_push(L, ev->provider, -1, err, sizeof err) != 0) {
-        log_msg(LOG_ERROR, "event %s: journaled payload does not normalize: %s", ev->id, err);
-        goto done;
-    }
-    int event = lua_gettop(L);
-    lua_pushstring(L, ev->id);
-    lua_setfield(L, event, "id");
-    lua_pushstring(L, ev->source);
-    lua_setfield(L, event, "source");
-    time_push_epoch(L, ev->received_at);
-    lua_setfield(L, event, "received_at");
-    lua_newtable(L); /* memo for deep_copy */
-    int memo = lua_gettop(L);
-
-    struct delivery_ctx ctx = {ev->id, ev->type, ev->hostname, NULL, g->number};
-    size_t k = 0;
-    for (size_t i = 0; i < g->n; i++) {
-        const struct handler *h = &g->h[i];
-        if (!matches(h, ev->type, ev->provider_type))
-            continue;
-        int arg = event; /* the last handler gets the original: nobody else sees it */
-        if (++k < m) {
-            deep_copy(L, event, memo);
-            arg = lua_gettop(L);
-            lua_newtable(L);
-            lua_replace(L, memo); /* a fresh memo for the next copy */
-        }
-        ctx.handler = h->name;
-        double t0 = time_now(), m0 = time_mono();
-        char *error;
-        if (run_handler(L, h, arg, &ctx, &error) != 0)
-            failed++;
-        double dur = time_mono() - m0;
-        if (done != NULL) {
-            struct delivery_result *r = &done->r[done->n++];
-            r->handler = strdup(h->name);
-            r->status = error ? DELIVERY_DEAD : DELIVERY_DONE;
-            r->attempts = 1;
-            r->generation = g->number;
-            r->started_at = t0;
-            r->duration = dur;
-            r->error = error;
-        } else {
-            free(error);
-        }
-        if (arg != event)
-            lua_pop(L, 1);
-    }
-done:
-    lua_settop(L, top);
+    free(hs);
     return failed;
 }
 
-/* ---- the loop -------------------------------------------------------------------------------- */
+/* ---- the serve loop ------------------------------------------------------------------------------ */
 
-/* Dispatches a list of events, sends the results to the journal in one list and frees the
- * events. Returns how many there were. */
-static size_t dispatch_list(struct dispatch *d, struct journal_event *list)
+static void emit(struct dispatch *d, struct journal_done *done)
 {
-    struct journal_done *dones = NULL, **tail = &dones;
-    size_t n = 0;
-    for (struct journal_event *ev = list, *next; ev; ev = next) {
-        next = ev->next;
-        struct journal_done *done = NULL;
-        dispatch_event(d->gen, ev, &done);
-        if (done != NULL) {
-            *tail = done;
-            tail = &done->next;
-        }
-        journal_event_free(ev);
-        n++;
+    *d->out_tail = done;
+    d->out_tail = &done->next;
+}
+
+static void flush(struct dispatch *d)
+{
+    if (d->out != NULL)
+        journal_finish(d->j, d->out);
+    d->out = NULL;
+    d->out_tail = &d->out;
+}
+
+/* After an attempt: retry with exponential backoff and full jitter, or dead. */
+static void settle(struct dispatch *d, int64_t seq, struct delivery_result *r)
+{
+    if (r->status == DELIVERY_DONE || r->attempts >= d->cfg->max_attempts)
+        return;
+    double cap = d->cfg->backoff * pow(2, r->attempts - 1);
+    if (cap > d->cfg->max_backoff)
+        cap = d->cfg->max_backoff;
+    r->status = DELIVERY_RETRYING;
+    r->next_at = time_now() + erand48(d->rng) * cap;
+    heap_push(d, seq, r->handler, r->attempts, r->next_at, r->first_at);
+}
+
+/* Runs handlers hs (with the attempts each made before) for ev and emits their states. */
+static void deliver(struct dispatch *d, const struct journal_event *ev,
+                    const struct handler **hs, const int *before, const double *first_at,
+                    size_t n)
+{
+    struct journal_done *done = journal_done_new(ev->seq, n);
+    if (done == NULL) {
+        log_msg(LOG_ERROR, "out of memory dispatching %s", ev->id);
+        return;
     }
-    if (dones != NULL)
-        journal_finish(d->j, dones);
-    return n;
+    for (size_t i = 0; i < n; i++)
+        done->r[i].attempts = before[i] + 1;
+    if (n > 0 && run_deliveries(d->gen, ev, hs, n, done->r) != 0) {
+        journal_done_free(done); /* logged; the journal keeps what it had */
+        return;
+    }
+    done->n = n;
+    for (size_t i = 0; i < n; i++) {
+        struct delivery_result *r = &done->r[i];
+        r->handler = strdup(hs[i]->name);
+        r->first_at = first_at && first_at[i] > 0 ? first_at[i] : r->started_at;
+        settle(d, ev->seq, r);
+    }
+    emit(d, done);
 }
 
-static void collect(void *cls, struct journal_event *ev)
+/* A new (or replayed) event: every matching handler not already scheduled runs now. */
+static void dispatch_fresh(struct dispatch *d, const struct journal_event *ev, int replay)
 {
-    struct journal_event ***tail = cls;
-    **tail = ev;
-    *tail = &ev->next;
+    struct generation *g = d->gen;
+    const struct handler **hs = malloc((g->n + 1) * sizeof *hs);
+    int *before = calloc(g->n + 1, sizeof *before);
+    size_t n = 0;
+    for (size_t i = 0; hs && before && i < g->n; i++)
+        if (matches(&g->h[i], ev) && !(replay && heap_has(d, ev->seq, g->h[i].name)))
+            hs[n++] = &g->h[i];
+    if (hs && before)
+        deliver(d, ev, hs, before, NULL, n);
+    free(hs);
+    free(before);
 }
 
-/* Returns the stop signal if one is pending, else 0 (SIGHUP is logged and ignored). */
+/* A delivery from the heap whose time has come. */
+static void dispatch_due(struct dispatch *d, struct scheduled *s)
+{
+    struct journal_event *ev = journal_load(d->j, s->seq, NULL);
+    const struct handler *h = find_handler(d->gen, s->handler);
+    if (ev == NULL) {
+        log_msg(LOG_WARN, "event #%lld of a scheduled delivery is gone from the journal",
+                (long long)s->seq);
+    } else if (h == NULL) { /* its file or pattern is gone from the handlers */
+        struct journal_done *done = journal_done_new(s->seq, 1);
+        if (done) {
+            done->n = 1;
+            done->r[0] = (struct delivery_result){
+                .handler = strdup(s->handler), .status = DELIVERY_DEAD, .attempts = s->attempts,
+                .error = strdup("the handler is no longer loaded")};
+            emit(d, done);
+        }
+        log_msg(LOG_WARN, "%s of %s is dead: the handler is no longer loaded", s->handler, ev->id);
+    } else {
+        deliver(d, ev, &h, &s->attempts, &s->first_at, 1);
+    }
+    journal_event_free(ev);
+    free(s);
+}
+
+static void schedule_loaded(void *cls, int64_t seq, const char *handler, int attempts,
+                            double next_at, double first_at)
+{
+    struct dispatch *d = cls;
+    heap_push(d, seq, handler, attempts, next_at > 0 ? next_at : time_now(), first_at);
+}
+
+/* Every dead delivery: pending again, attempts from zero, run now. */
+static void requeue_dead(void *cls, int64_t seq, const char *handler, int attempts,
+                         double next_at, double first_at)
+{
+    struct dispatch *d = cls;
+    (void)attempts, (void)next_at;
+    struct journal_done *done = journal_done_new(seq, 1);
+    if (done == NULL)
+        return;
+    double now = time_now();
+    done->n = 1;
+    done->r[0] = (struct delivery_result){.handler = strdup(handler), .status = DELIVERY_PENDING,
+                                          .next_at = now, .first_at = first_at};
+    emit(d, done);
+    heap_push(d, seq, handler, 0, now, first_at);
+}
+
+struct replay_round {
+    struct dispatch *d;
+    int64_t upto;
+    int dead;
+};
+
+static void on_replay(void *cls, int64_t id, const char *event_id, int dead)
+{
+    struct replay_round *rr = cls;
+    rr->upto = id;
+    if (dead) {
+        rr->dead = 1; /* once per round, however many asked */
+        return;
+    }
+    struct journal_event *ev = journal_load(rr->d->j, 0, event_id);
+    if (ev == NULL) {
+        log_msg(LOG_WARN, "replay of %s: no such event in the journal", event_id);
+        return;
+    }
+    log_msg(LOG_INFO, "replaying %s", event_id);
+    dispatch_fresh(rr->d, ev, 1);
+    journal_event_free(ev);
+}
+
+static void poll_replays(struct dispatch *d)
+{
+    struct replay_round rr = {d, 0, 0};
+    if (journal_scan_replays(d->j, d->replays_seen, on_replay, &rr) <= 0)
+        return;
+    if (rr.dead) {
+        int n = journal_scan_deliveries(d->j, "dead", requeue_dead, d);
+        log_msg(LOG_INFO, "replaying %d dead deliveries", n < 0 ? 0 : n);
+    }
+    struct journal_done *done = journal_done_new(0, 0);
+    if (done) {
+        done->replays_upto = rr.upto;
+        emit(d, done);
+    }
+    d->replays_seen = rr.upto;
+}
+
+/* The pending stop signal, else 0 (SIGHUP is logged and ignored). */
 static int check_signal(int sigfd)
 {
     struct signalfd_siginfo si;
@@ -314,46 +568,83 @@ static int check_signal(int sigfd)
     return 0;
 }
 
-int dispatch_run(struct dispatch *d, int sigfd)
+static void collect(void *cls, struct journal_event *ev)
+{
+    struct journal_event ***tail = cls;
+    **tail = ev;
+    *tail = &ev->next;
+}
+
+/* Dispatches a list of events, flushing and checking for a stop every ROUND. Frees the
+ * events; returns the stop signal (the rest of the list is freed undispatched) or 0. */
+static int dispatch_list(struct dispatch *d, struct journal_event *list, int sigfd, size_t *n)
+{
+    int sig = 0, i = 0;
+    *n = 0;
+    for (struct journal_event *ev = list, *next; ev; ev = next) {
+        next = ev->next;
+        if (!sig)
+            dispatch_fresh(d, ev, 0);
+        journal_event_free(ev);
+        (*n)++;
+        if (!sig && ++i % ROUND == 0) {
+            flush(d);
+            sig = check_signal(sigfd);
+        }
+    }
+    flush(d);
+    return sig;
+}
+
+/* What the journal holds from before: deliveries to resume, events never dispatched. */
+static int recover(struct dispatch *d, int sigfd)
 {
     int64_t after = 0;
-    int sig, n;
-    do { /* what an earlier run accepted but did not dispatch */
+    int n, sig;
+    size_t count;
+    n = journal_scan_deliveries(d->j, NULL, schedule_loaded, d);
+    if (n > 0)
+        log_msg(LOG_INFO, "%d deliveries to retry from before the restart", n);
+    do {
         struct journal_event *list = NULL, **tail = &list;
-        n = journal_scan_pending(d->j, after, d->recover_upto, RECOVER_CHUNK, collect, &tail);
+        n = journal_scan_events(d->j, 0, after, d->recover_upto, RECOVER_CHUNK, collect, &tail);
         if (n > 0 && after == 0)
             log_msg(LOG_INFO, "dispatching events accepted before the restart");
         for (struct journal_event *ev = list; ev; ev = ev->next)
             after = ev->seq;
-        if (list != NULL)
-            dispatch_list(d, list);
-        if ((sig = check_signal(sigfd)) != 0)
+        if ((sig = dispatch_list(d, list, sigfd, &count)) != 0)
             return sig;
     } while (n == RECOVER_CHUNK);
+    return check_signal(sigfd);
+}
 
+int dispatch_run(struct dispatch *d, int sigfd)
+{
+    int sig = recover(d, sigfd);
     int ep = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event e = {.events = EPOLLIN};
     e.data.fd = sigfd;
     epoll_ctl(ep, EPOLL_CTL_ADD, sigfd, &e);
     e.data.fd = d->efd;
     epoll_ctl(ep, EPOLL_CTL_ADD, d->efd, &e);
-    for (;;) {
+    while (!sig) {
+        double now = time_now(), wake = d->next_poll;
+        if (d->nheap > 0 && d->heap[0]->next_at < wake)
+            wake = d->heap[0]->next_at;
+        int timeout = wake <= now ? 0 : (int)ceil((wake - now) * 1000);
         struct epoll_event ready[2];
-        int nr = epoll_wait(ep, ready, 2, -1);
+        int nr = epoll_wait(ep, ready, 2, timeout);
         if (nr < 0 && errno != EINTR) {
             log_msg(LOG_ERROR, "epoll_wait: %s", strerror(errno));
+            sig = SIGTERM;
             break;
         }
-        for (int i = 0; i < nr; i++) {
-            if (ready[i].data.fd == sigfd && (sig = check_signal(sigfd)) != 0) {
-                close(ep);
-                return sig;
-            }
-        }
+        if ((sig = check_signal(sigfd)) != 0)
+            break;
         uint64_t count;
         if (read(d->efd, &count, sizeof count) < 0 && errno != EAGAIN)
             log_msg(LOG_ERROR, "eventfd read: %s", strerror(errno));
-        for (;;) {
+        for (;;) { /* new events */
             pthread_mutex_lock(&d->mu);
             struct journal_event *list = d->head;
             d->head = NULL;
@@ -361,12 +652,28 @@ int dispatch_run(struct dispatch *d, int sigfd)
             pthread_mutex_unlock(&d->mu);
             if (list == NULL)
                 break;
-            size_t n_list = dispatch_list(d, list);
+            size_t n;
+            sig = dispatch_list(d, list, sigfd, &n);
             pthread_mutex_lock(&d->mu);
-            d->backlog -= n_list;
+            d->backlog -= n;
             pthread_mutex_unlock(&d->mu);
+            if (sig)
+                break;
         }
+        for (int i = 0; !sig && d->nheap > 0 && d->heap[0]->next_at <= time_now(); i++) {
+            dispatch_due(d, heap_pop(d)); /* retries whose time has come */
+            if (i % ROUND == ROUND - 1) {
+                flush(d);
+                sig = check_signal(sigfd);
+            }
+        }
+        if (!sig && time_now() >= d->next_poll) {
+            poll_replays(d);
+            d->next_poll = time_now() + REPLAY_POLL;
+        }
+        flush(d);
     }
+    flush(d);
     close(ep);
-    return SIGTERM;
+    return sig;
 }

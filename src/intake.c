@@ -241,6 +241,7 @@ static enum MHD_Result on_body(struct intake *in, struct request *r)
     if (r->jr.ev == NULL || r->id == NULL || r->type == NULL)
         return reply_error(r->conn, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", r->src->name,
                            "Retry-After", "5", "out of memory");
+    r->jr.op = JOURNAL_APPEND;
     r->jr.done = on_journal_done;
     r->waiting = 1;
     atomic_fetch_add(&in->suspended, 1);

@@ -1,28 +1,33 @@
 /*
  * journal.c -- the durable journal: SQLite in WAL mode, synchronous=FULL (DESIGN §9).
  *
- * One writer thread owns the write connection. Intake threads queue append requests and
- * the dispatcher queues delivery results; the writer takes everything queued, writes it in
- * one transaction and commits with one fsync (group commit), and only then answers the
- * requests and hands the accepted events to the dispatcher (sink). A failed batch rolls
- * back whole: nothing half-written, every request in it is answered FAILED (-> 503).
- * The main thread has a second, read connection for scans.
+ * One writer thread owns the write connection. Intake threads queue new events, handlers
+ * queue certhook.state writes, the dispatcher queues delivery states; the writer takes
+ * everything queued, writes it in one transaction and commits with one fsync (group
+ * commit), and only then answers the requests and hands the accepted events to the
+ * dispatcher (sink). A failed batch rolls back whole: nothing half-written, every request in
+ * it is answered FAILED (-> 503). Between batches the writer prunes what is older than the
+ * retention. The main thread reads on a second connection (scans, state reads, the CLI).
  */
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <sqlite3.h>
 
 #include "certhook.h"
 
+#define PRUNE_BATCH 1000
+
 struct journal {
-    sqlite3 *db;  /* the writer's */
+    sqlite3 *db;  /* the writer's; NULL when read-only */
     sqlite3 *rdb; /* the main thread's */
-    sqlite3_stmt *ins, *fin, *del;
+    sqlite3_stmt *ins, *fin, *del, *sset, *sdel, *sget, *rload, *rload_id;
     pthread_t thread;
     int started, stop;
     pthread_mutex_t mu;
@@ -31,12 +36,18 @@ struct journal {
     struct journal_done *dones, **dones_tail;
     journal_sink sink;
     void *sink_cls;
+    double retention, next_prune;
     int healthy;
     char why[200];
 };
 
-static const char schema[] =
-    "CREATE TABLE IF NOT EXISTS events ("
+const char *const delivery_status_names[] = {"pending", "running", "retrying", "done", "dead"};
+
+/* Schema versions, in order: migration i takes user_version i to i + 1. events.state: 0 not
+ * yet dispatched, 1 deliveries not all final, 2 all final (done/dead, or no handler matched),
+ * 3 replay requested. */
+static const char *const migrations[] = {
+    "CREATE TABLE events ("
     "  seq INTEGER PRIMARY KEY,"
     "  id TEXT NOT NULL UNIQUE,"
     "  source TEXT NOT NULL,"
@@ -46,9 +57,9 @@ static const char schema[] =
     "  hostname TEXT,"
     "  received_at REAL NOT NULL,"
     "  payload TEXT NOT NULL,"
-    "  state INTEGER NOT NULL DEFAULT 0);" /* 0: not yet dispatched, 2: dispatched */
-    "CREATE INDEX IF NOT EXISTS events_new ON events(seq) WHERE state = 0;"
-    "CREATE TABLE IF NOT EXISTS deliveries ("
+    "  state INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX events_new ON events(seq) WHERE state = 0;"
+    "CREATE TABLE deliveries ("
     "  event_seq INTEGER NOT NULL,"
     "  handler TEXT NOT NULL,"
     "  status TEXT NOT NULL,"
@@ -57,8 +68,20 @@ static const char schema[] =
     "  started_at REAL,"
     "  duration REAL,"
     "  last_error TEXT,"
-    "  PRIMARY KEY (event_seq, handler)) WITHOUT ROWID;"
-    "PRAGMA user_version = 1;";
+    "  PRIMARY KEY (event_seq, handler)) WITHOUT ROWID;",
+
+    "ALTER TABLE deliveries ADD COLUMN next_at REAL;"
+    "ALTER TABLE deliveries ADD COLUMN first_at REAL;"
+    "ALTER TABLE deliveries ADD COLUMN traceback TEXT;"
+    "CREATE INDEX deliveries_todo ON deliveries(status) WHERE status IN ('pending', 'running', 'retrying');"
+    "CREATE INDEX deliveries_dead ON deliveries(status) WHERE status = 'dead';"
+    "DROP INDEX events_new;"
+    "CREATE INDEX events_todo ON events(state) WHERE state IN (0, 3);"
+    "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL) WITHOUT ROWID;"
+    "CREATE TABLE replays (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT,"
+    "  dead INTEGER NOT NULL DEFAULT 0,"
+    "  requested_at REAL NOT NULL);",
+};
 
 struct journal_event *journal_event_new(enum provider p, double received_at, const char *id,
                                         const char *source, const char *type,
@@ -94,6 +117,14 @@ void journal_event_free(struct journal_event *ev)
     free(ev);
 }
 
+struct journal_done *journal_done_new(int64_t seq, size_t n)
+{
+    struct journal_done *d = calloc(1, sizeof *d + n * sizeof d->r[0]);
+    if (d != NULL)
+        d->seq = seq;
+    return d;
+}
+
 void journal_done_free(struct journal_done *d)
 {
     if (d == NULL)
@@ -101,9 +132,12 @@ void journal_done_free(struct journal_done *d)
     for (size_t i = 0; i < d->n; i++) {
         free(d->r[i].handler);
         free(d->r[i].error);
+        free(d->r[i].traceback);
     }
     free(d);
 }
+
+/* ---- opening ------------------------------------------------------------------------------- */
 
 static int mkdirs(const char *dir)
 {
@@ -129,13 +163,57 @@ static int open_db(sqlite3 **db, const char *path, int flags, double busy_timeou
         return -1;
     }
     sqlite3_busy_timeout(*db, (int)(busy_timeout * 1000));
+    sqlite3_extended_result_codes(*db, 1);
     return 0;
 }
 
-int journal_open(struct journal **jp, const char *dir, double busy_timeout, char *err,
-                 size_t errlen)
+/* Brings the schema to the newest version, in one transaction. */
+static int migrate(sqlite3 *db, const char *path, char *err, size_t errlen)
+{
+    sqlite3_stmt *s;
+    int version = 0, n = (int)(sizeof migrations / sizeof migrations[0]);
+    char *msg = NULL;
+    if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL) == SQLITE_OK &&
+        sqlite3_step(s) == SQLITE_ROW)
+        version = sqlite3_column_int(s, 0);
+    sqlite3_finalize(s);
+    if (version > n) {
+        snprintf(err, errlen, "journal %s is from a newer certhook (schema %d, this one knows %d)",
+                 path, version, n);
+        return -1;
+    }
+    if (version == n)
+        return 0;
+    int ok = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, &msg) == SQLITE_OK;
+    for (int i = version; ok && i < n; i++)
+        ok = sqlite3_exec(db, migrations[i], NULL, NULL, &msg) == SQLITE_OK;
+    if (ok) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA user_version = %d; COMMIT", n);
+        ok = sqlite3_exec(db, sql, NULL, NULL, &msg) == SQLITE_OK;
+    }
+    if (!ok) {
+        snprintf(err, errlen, "cannot initialize journal %s: %s", path,
+                 msg ? msg : sqlite3_errmsg(db));
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    }
+    sqlite3_free(msg);
+    return ok ? 0 : -1;
+}
+
+static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **s, char *err, size_t errlen)
+{
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, s, NULL) == SQLITE_OK)
+        return 0;
+    snprintf(err, errlen, "cannot prepare journal statements: %s", sqlite3_errmsg(db));
+    return -1;
+}
+
+int journal_open(struct journal **jp, const char *dir, int flags, double busy_timeout,
+                 double retention, char *err, size_t errlen)
 {
     char path[4096];
+    struct stat st;
     struct journal *j = calloc(1, sizeof *j);
     *jp = NULL;
     if (j == NULL) {
@@ -147,39 +225,70 @@ int journal_open(struct journal **jp, const char *dir, double busy_timeout, char
     j->reqs_tail = &j->reqs;
     j->dones_tail = &j->dones;
     j->healthy = 1;
-    if (mkdirs(dir) != 0) {
-        snprintf(err, errlen, "cannot create data directory %s: %s", dir, strerror(errno));
-        goto fail;
-    }
+    j->retention = retention;
     snprintf(path, sizeof path, "%s/certhook.db", dir);
-    if (open_db(&j->db, path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, busy_timeout, err,
-                errlen) != 0)
-        goto fail;
-    char *msg = NULL;
-    if (sqlite3_exec(j->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL,
-                     &msg) != SQLITE_OK ||
-        sqlite3_exec(j->db, schema, NULL, NULL, &msg) != SQLITE_OK) {
-        snprintf(err, errlen, "cannot initialize journal %s: %s", path,
-                 msg ? msg : sqlite3_errmsg(j->db));
-        sqlite3_free(msg);
+    if (flags & JOURNAL_CREATE) {
+        if (mkdirs(dir) != 0) {
+            snprintf(err, errlen, "cannot create data directory %s: %s", dir, strerror(errno));
+            goto fail;
+        }
+    } else if (stat(path, &st) != 0) {
+        snprintf(err, errlen, "no journal at %s (is --data right?)", path);
         goto fail;
     }
-    if (sqlite3_prepare_v3(j->db,
-                           "INSERT INTO events (id, source, provider, type, provider_type, "
-                           "hostname, received_at, payload) VALUES (?,?,?,?,?,?,?,?) "
-                           "ON CONFLICT (id) DO NOTHING",
-                           -1, SQLITE_PREPARE_PERSISTENT, &j->ins, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v3(j->db, "UPDATE events SET state = 2 WHERE seq = ?", -1,
-                           SQLITE_PREPARE_PERSISTENT, &j->fin, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v3(j->db,
-                           "INSERT OR REPLACE INTO deliveries (event_seq, handler, status, "
-                           "attempts, generation, started_at, duration, last_error) "
-                           "VALUES (?,?,?,?,?,?,?,?)",
-                           -1, SQLITE_PREPARE_PERSISTENT, &j->del, NULL) != SQLITE_OK) {
-        snprintf(err, errlen, "cannot prepare journal statements: %s", sqlite3_errmsg(j->db));
-        goto fail;
+    if (!(flags & JOURNAL_READONLY)) {
+        if (open_db(&j->db, path, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, busy_timeout, err,
+                    errlen) != 0)
+            goto fail;
+        char *msg = NULL;
+        if (sqlite3_exec(j->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL,
+                         &msg) != SQLITE_OK) {
+            snprintf(err, errlen, "cannot initialize journal %s: %s", path,
+                     msg ? msg : sqlite3_errmsg(j->db));
+            sqlite3_free(msg);
+            goto fail;
+        }
+        if (migrate(j->db, path, err, errlen) != 0 ||
+            prepare(j->db,
+                    "INSERT INTO events (id, source, provider, type, provider_type, hostname, "
+                    "received_at, payload) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
+                    &j->ins, err, errlen) ||
+            prepare(j->db,
+                    "UPDATE events SET state = CASE WHEN EXISTS (SELECT 1 FROM deliveries WHERE "
+                    "event_seq = ?1 AND status NOT IN ('done', 'dead')) THEN 1 ELSE 2 END "
+                    "WHERE seq = ?1",
+                    &j->fin, err, errlen) ||
+            prepare(j->db,
+                    "INSERT INTO deliveries (event_seq, handler, status, attempts, generation, "
+                    "first_at, started_at, duration, next_at, last_error, traceback) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (event_seq, handler) DO UPDATE SET "
+                    "status = excluded.status, attempts = excluded.attempts, "
+                    "generation = coalesce(excluded.generation, generation), "
+                    "first_at = coalesce(first_at, excluded.first_at), "
+                    "started_at = coalesce(excluded.started_at, started_at), "
+                    "duration = coalesce(excluded.duration, duration), next_at = excluded.next_at, "
+                    "last_error = coalesce(excluded.last_error, last_error), "
+                    "traceback = coalesce(excluded.traceback, traceback)",
+                    &j->del, err, errlen) ||
+            prepare(j->db,
+                    "INSERT INTO state (key, value, expires_at) VALUES (?,?,?) ON CONFLICT (key) "
+                    "DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                    &j->sset, err, errlen) ||
+            prepare(j->db, "DELETE FROM state WHERE key = ?", &j->sdel, err, errlen) ||
+            prepare(j->db, "SELECT value FROM state WHERE key = ? AND (expires_at IS NULL OR "
+                           "expires_at > ?)", &j->sget, err, errlen))
+            goto fail;
     }
     if (open_db(&j->rdb, path, SQLITE_OPEN_READONLY, busy_timeout, err, errlen) != 0)
+        goto fail;
+    static const char load[] = "SELECT seq, id, source, provider, type, provider_type, hostname, "
+                               "received_at, payload FROM events WHERE ";
+    char sql[256];
+    snprintf(sql, sizeof sql, "%sseq = ?", load);
+    if (prepare(j->rdb, sql, &j->rload, err, errlen) != 0)
+        goto fail;
+    snprintf(sql, sizeof sql, "%sid = ?", load);
+    if (prepare(j->rdb, sql, &j->rload_id, err, errlen) != 0)
         goto fail;
     *jp = j;
     return 0;
@@ -192,14 +301,30 @@ void journal_close(struct journal *j)
 {
     if (j == NULL)
         return;
-    sqlite3_finalize(j->ins);
-    sqlite3_finalize(j->fin);
-    sqlite3_finalize(j->del);
+    sqlite3_stmt *stmts[] = {j->ins, j->fin, j->del, j->sset, j->sdel, j->sget, j->rload,
+                             j->rload_id};
+    for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
+        sqlite3_finalize(stmts[i]);
     sqlite3_close(j->db);
     sqlite3_close(j->rdb);
     pthread_mutex_destroy(&j->mu);
     pthread_cond_destroy(&j->cv);
     free(j);
+}
+
+int journal_recover(struct journal *j, char *err, size_t errlen)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(j->db, "UPDATE deliveries SET status = 'pending' WHERE status = 'running'",
+                     NULL, NULL, &msg) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot recover the journal: %s", msg ? msg : "?");
+        sqlite3_free(msg);
+        return -1;
+    }
+    if (sqlite3_changes(j->db) > 0)
+        log_msg(LOG_INFO, "%d deliveries interrupted by the last stop will run again",
+                sqlite3_changes(j->db));
+    return 0;
 }
 
 /* ---- the writer ------------------------------------------------------------------------------- */
@@ -229,28 +354,111 @@ static int insert_event(struct journal *j, struct journal_req *r)
     return 0;
 }
 
-static const char *const status_names[] = {"done", "dead"};
+static int step_reset(sqlite3_stmt *s)
+{
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* Reads a JSON number (as certhook.state stores numbers) into *v; 0, or -1 if not one. */
+static int json_number(const char *s, double *v)
+{
+    char *end;
+    if (s == NULL)
+        return -1;
+    *v = strtod(s, &end);
+    return end != s && *end == '\0' ? 0 : -1;
+}
+
+static int state_op(struct journal *j, struct journal_req *r)
+{
+    double now = time_now();
+    if (r->op == JOURNAL_STATE_DELETE) {
+        sqlite3_bind_text(j->sdel, 1, r->key, -1, SQLITE_STATIC);
+        if (step_reset(j->sdel) != 0)
+            return -1;
+        r->result = JOURNAL_ACCEPTED;
+        return 0;
+    }
+    const char *value = r->value;
+    size_t len = r->value_len;
+    if (r->op == JOURNAL_STATE_INCR) {
+        double cur = 0, next;
+        sqlite3_bind_text(j->sget, 1, r->key, -1, SQLITE_STATIC);
+        sqlite3_bind_double(j->sget, 2, now);
+        int rc = sqlite3_step(j->sget);
+        if (rc == SQLITE_ROW &&
+            json_number((const char *)sqlite3_column_text(j->sget, 0), &cur) != 0) {
+            snprintf(r->error, sizeof r->error, "the value of %.100s is not a number", r->key);
+            r->result = JOURNAL_REFUSED;
+        }
+        sqlite3_reset(j->sget);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            return -1;
+        if (r->result == JOURNAL_REFUSED)
+            return 0;
+        next = cur + r->by;
+        if (next == floor(next) && fabs(next) < 9007199254740992.0)
+            snprintf(r->number, sizeof r->number, "%lld", (long long)next);
+        else
+            snprintf(r->number, sizeof r->number, "%.17g", next);
+        value = r->number;
+        len = strlen(value);
+        r->expires_at = 0; /* incr keeps no TTL */
+    }
+    sqlite3_bind_text(j->sset, 1, r->key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(j->sset, 2, value, (int)len, SQLITE_STATIC);
+    if (r->expires_at > 0)
+        sqlite3_bind_double(j->sset, 3, r->expires_at);
+    if (step_reset(j->sset) != 0)
+        return -1;
+    r->result = JOURNAL_ACCEPTED;
+    return 0;
+}
 
 static int write_done(struct journal *j, struct journal_done *d)
 {
-    sqlite3_bind_int64(j->fin, 1, d->seq);
-    int rc = sqlite3_step(j->fin);
-    sqlite3_reset(j->fin);
-    for (size_t i = 0; rc == SQLITE_DONE && i < d->n; i++) {
+    sqlite3_stmt *s = j->del;
+    for (size_t i = 0; i < d->n; i++) {
         const struct delivery_result *r = &d->r[i];
-        sqlite3_stmt *s = j->del;
         sqlite3_bind_int64(s, 1, d->seq);
         sqlite3_bind_text(s, 2, r->handler, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 3, status_names[r->status], -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, delivery_status_names[r->status], -1, SQLITE_STATIC);
         sqlite3_bind_int(s, 4, r->attempts);
-        sqlite3_bind_int64(s, 5, r->generation);
-        sqlite3_bind_double(s, 6, r->started_at);
-        sqlite3_bind_double(s, 7, r->duration);
-        sqlite3_bind_text(s, 8, r->error, -1, SQLITE_STATIC);
-        rc = sqlite3_step(s);
-        sqlite3_reset(s);
+        if (r->generation)
+            sqlite3_bind_int64(s, 5, r->generation);
+        if (r->first_at > 0)
+            sqlite3_bind_double(s, 6, r->first_at);
+        if (r->started_at > 0) {
+            sqlite3_bind_double(s, 7, r->started_at);
+            sqlite3_bind_double(s, 8, r->duration);
+        }
+        if (r->status == DELIVERY_RETRYING || r->status == DELIVERY_PENDING)
+            sqlite3_bind_double(s, 9, r->next_at);
+        sqlite3_bind_text(s, 10, r->error, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 11, r->traceback, -1, SQLITE_STATIC);
+        if (step_reset(s) != 0)
+            return -1;
     }
-    return rc == SQLITE_DONE ? 0 : -1;
+    if (d->seq > 0) {
+        sqlite3_bind_int64(j->fin, 1, d->seq);
+        if (step_reset(j->fin) != 0)
+            return -1;
+    }
+    if (d->replays_upto > 0) {
+        char sql[96];
+        snprintf(sql, sizeof sql, "DELETE FROM replays WHERE id <= %lld", (long long)d->replays_upto);
+        if (sqlite3_exec(j->db, sql, NULL, NULL, NULL) != SQLITE_OK)
+            return -1;
+    }
+    return 0;
+}
+
+static int do_request(struct journal *j, struct journal_req *r)
+{
+    return r->op == JOURNAL_APPEND ? insert_event(j, r) : state_op(j, r);
 }
 
 /* Writes one batch in one transaction; answers every request. */
@@ -258,7 +466,7 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
 {
     int ok = sqlite3_exec(j->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK;
     for (struct journal_req *r = reqs; ok && r; r = r->next)
-        ok = insert_event(j, r) == 0;
+        ok = do_request(j, r) == 0;
     for (struct journal_done *d = dones; ok && d; d = d->next)
         ok = write_done(j, d) == 0;
     if (ok)
@@ -283,33 +491,97 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
         if (!ok) {
             r->result = JOURNAL_FAILED;
             snprintf(r->error, sizeof r->error, "%s", why);
-        } else if (r->result == JOURNAL_ACCEPTED) {
+        } else if (r->op == JOURNAL_APPEND && r->result == JOURNAL_ACCEPTED) {
             *tail = r->ev;
             tail = &r->ev->next;
             r->ev->next = NULL;
             r->ev = NULL;
         }
     }
-    if (accepted != NULL)
-        j->sink(j->sink_cls, accepted);
+    if (accepted != NULL) {
+        if (j->sink)
+            j->sink(j->sink_cls, accepted);
+        else
+            while (accepted) {
+                struct journal_event *next = accepted->next;
+                journal_event_free(accepted);
+                accepted = next;
+            }
+    }
     for (struct journal_req *r = reqs, *next; r; r = next) {
         next = r->next;
         r->done(r);
     }
-    /* unwritten results stay "new" in the journal: dispatched again at the next start */
+    /* unwritten delivery states: the journal still has the previous ones, which are redone at
+     * the next start (at least once) */
     for (struct journal_done *d = dones, *next; d; d = next) {
         next = d->next;
         journal_done_free(d);
     }
 }
 
+/* Deletes finished events (and their deliveries) received before the retention, and expired
+ * state, a chunk per transaction. seq follows received_at, so the old events come first. */
+static void prune(struct journal *j)
+{
+    double now = time_now();
+    sqlite3_stmt *s;
+    int64_t cutoff = 0;
+    int n = 0, chunk = 0;
+    if (sqlite3_prepare_v2(j->db, "SELECT coalesce((SELECT seq FROM events WHERE received_at >= ? "
+                                  "ORDER BY seq LIMIT 1), (SELECT max(seq) + 1 FROM events), 0)",
+                           -1, &s, NULL) == SQLITE_OK) {
+        sqlite3_bind_double(s, 1, now - j->retention);
+        if (sqlite3_step(s) == SQLITE_ROW)
+            cutoff = sqlite3_column_int64(s, 0);
+    }
+    sqlite3_finalize(s);
+    do {
+        char pick[320], drop[256];
+        snprintf(pick, sizeof pick,
+                 "BEGIN IMMEDIATE; CREATE TEMP TABLE IF NOT EXISTS doomed (seq INTEGER PRIMARY KEY);"
+                 "DELETE FROM doomed; INSERT INTO doomed SELECT seq FROM events WHERE seq < %lld "
+                 "AND state = 2 ORDER BY seq LIMIT %d",
+                 (long long)cutoff, PRUNE_BATCH);
+        snprintf(drop, sizeof drop,
+                 "DELETE FROM deliveries WHERE event_seq IN (SELECT seq FROM doomed);"
+                 "DELETE FROM events WHERE seq IN (SELECT seq FROM doomed);"
+                 "DELETE FROM state WHERE expires_at < %.6f; COMMIT",
+                 now);
+        if (sqlite3_exec(j->db, pick, NULL, NULL, NULL) != SQLITE_OK ||
+            (chunk = sqlite3_changes(j->db),
+             sqlite3_exec(j->db, drop, NULL, NULL, NULL) != SQLITE_OK)) {
+            log_msg(LOG_WARN, "journal pruning failed: %s", sqlite3_errmsg(j->db));
+            if (sqlite3_get_autocommit(j->db) == 0)
+                sqlite3_exec(j->db, "ROLLBACK", NULL, NULL, NULL);
+            return;
+        }
+        n += chunk;
+    } while (chunk == PRUNE_BATCH);
+    if (n > 0)
+        log_msg(LOG_INFO, "pruned %d finished events older than the retention", n);
+}
+
 static void *writer_main(void *arg)
 {
     struct journal *j = arg;
+    double interval = j->retention / 4 < 600 ? j->retention / 4 : 600;
+    if (interval < 0.25)
+        interval = 0.25;
+    j->next_prune = time_now() + 1;
     for (;;) {
         pthread_mutex_lock(&j->mu);
-        while (!j->reqs && !j->dones && !j->stop)
-            pthread_cond_wait(&j->cv, &j->mu);
+        while (!j->reqs && !j->dones && !j->stop) {
+            double wait = j->next_prune - time_now();
+            if (wait <= 0)
+                break;
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            double at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + wait;
+            ts.tv_sec = (time_t)at;
+            ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
+            pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+        }
         struct journal_req *reqs = j->reqs;
         struct journal_done *dones = j->dones;
         int stop = j->stop;
@@ -318,9 +590,14 @@ static void *writer_main(void *arg)
         j->dones = NULL;
         j->dones_tail = &j->dones;
         pthread_mutex_unlock(&j->mu);
-        if (reqs == NULL && dones == NULL && stop)
+        if (reqs != NULL || dones != NULL)
+            commit_batch(j, reqs, dones);
+        else if (stop)
             return NULL;
-        commit_batch(j, reqs, dones);
+        if (time_now() >= j->next_prune) {
+            prune(j);
+            j->next_prune = time_now() + interval;
+        }
     }
 }
 
@@ -336,7 +613,7 @@ int journal_start(struct journal *j, journal_sink sink, void *cls)
 
 void journal_stop(struct journal *j)
 {
-    if (!j->started)
+    if (j == NULL || !j->started)
         return;
     pthread_mutex_lock(&j->mu);
     j->stop = 1;
@@ -355,6 +632,35 @@ void journal_append(struct journal *j, struct journal_req *r)
     j->reqs_tail = &r->next;
     pthread_cond_signal(&j->cv);
     pthread_mutex_unlock(&j->mu);
+}
+
+struct waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+};
+
+static void wake(struct journal_req *r)
+{
+    struct waiter *w = r->cls;
+    pthread_mutex_lock(&w->mu);
+    w->done = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+void journal_call(struct journal *j, struct journal_req *r)
+{
+    struct waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    r->done = wake;
+    r->cls = &w;
+    journal_append(j, r);
+    pthread_mutex_lock(&w.mu);
+    while (!w.done)
+        pthread_cond_wait(&w.cv, &w.mu);
+    pthread_mutex_unlock(&w.mu);
+    pthread_mutex_destroy(&w.mu);
+    pthread_cond_destroy(&w.cv);
 }
 
 void journal_finish(struct journal *j, struct journal_done *d)
@@ -379,56 +685,269 @@ int journal_healthy(struct journal *j, char *why, size_t n)
     return ok;
 }
 
-/* ---- scans (main thread, read connection) -------------------------------------------------- */
-
-int64_t journal_max_seq(struct journal *j)
-{
-    sqlite3_stmt *s;
-    int64_t seq = 0;
-    if (sqlite3_prepare_v2(j->rdb, "SELECT coalesce(max(seq), 0) FROM events", -1, &s, NULL) ==
-        SQLITE_OK &&
-        sqlite3_step(s) == SQLITE_ROW)
-        seq = sqlite3_column_int64(s, 0);
-    sqlite3_finalize(s);
-    return seq;
-}
+/* ---- reads (main thread, read connection) ----------------------------------------------------- */
 
 static const char *column(sqlite3_stmt *s, int i)
 {
     return (const char *)sqlite3_column_text(s, i);
 }
 
-int journal_scan_pending(struct journal *j, int64_t after, int64_t upto, int limit,
-                         void (*fn)(void *cls, struct journal_event *ev), void *cls)
+static void read_failed(struct journal *j, const char *what)
+{
+    log_msg(LOG_ERROR, "journal read failed (%s): %s", what, sqlite3_errmsg(j->rdb));
+}
+
+int64_t journal_max_seq(struct journal *j)
+{
+    sqlite3_stmt *s;
+    int64_t seq = 0;
+    if (sqlite3_prepare_v2(j->rdb, "SELECT coalesce(max(seq), 0) FROM events", -1, &s, NULL) ==
+            SQLITE_OK &&
+        sqlite3_step(s) == SQLITE_ROW)
+        seq = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    return seq;
+}
+
+/* The event of the current row of a statement that selects the columns of rload. */
+static struct journal_event *row_event(sqlite3_stmt *s)
+{
+    const char *payload = column(s, 8);
+    struct journal_event *ev = journal_event_new(
+        provider_parse(column(s, 3)), sqlite3_column_double(s, 7), column(s, 1), column(s, 2),
+        column(s, 4), column(s, 5), column(s, 6), payload, (size_t)sqlite3_column_bytes(s, 8));
+    if (ev != NULL)
+        ev->seq = sqlite3_column_int64(s, 0);
+    return ev;
+}
+
+int journal_scan_events(struct journal *j, int state, int64_t after, int64_t upto, int limit,
+                        void (*fn)(void *cls, struct journal_event *ev), void *cls)
 {
     sqlite3_stmt *s;
     int n = 0, rc;
     if (sqlite3_prepare_v2(j->rdb,
                            "SELECT seq, id, source, provider, type, provider_type, hostname, "
-                           "received_at, payload FROM events WHERE state = 0 AND seq > ? AND "
+                           "received_at, payload FROM events WHERE state = ? AND seq > ? AND "
                            "seq <= ? ORDER BY seq LIMIT ?",
                            -1, &s, NULL) != SQLITE_OK) {
-        log_msg(LOG_ERROR, "journal scan failed: %s", sqlite3_errmsg(j->rdb));
+        read_failed(j, "events");
         return -1;
     }
-    sqlite3_bind_int64(s, 1, after);
-    sqlite3_bind_int64(s, 2, upto);
-    sqlite3_bind_int(s, 3, limit);
+    sqlite3_bind_int(s, 1, state);
+    sqlite3_bind_int64(s, 2, after);
+    sqlite3_bind_int64(s, 3, upto);
+    sqlite3_bind_int(s, 4, limit);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        struct journal_event *ev = journal_event_new(
-            provider_parse(column(s, 3)), sqlite3_column_double(s, 7), column(s, 1),
-            column(s, 2), column(s, 4), column(s, 5), column(s, 6), column(s, 8),
-            (size_t)sqlite3_column_bytes(s, 8));
+        struct journal_event *ev = row_event(s);
         if (ev == NULL)
             break;
-        ev->seq = sqlite3_column_int64(s, 0);
         fn(cls, ev);
         n++;
     }
     if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
-        log_msg(LOG_ERROR, "journal scan failed: %s", sqlite3_errmsg(j->rdb));
+        read_failed(j, "events");
         n = -1;
     }
     sqlite3_finalize(s);
     return n;
+}
+
+struct journal_event *journal_load(struct journal *j, int64_t seq, const char *id)
+{
+    sqlite3_stmt *s = id ? j->rload_id : j->rload;
+    struct journal_event *ev = NULL;
+    if (id)
+        sqlite3_bind_text(s, 1, id, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_int64(s, 1, seq);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        ev = row_event(s);
+    else if (rc != SQLITE_DONE)
+        read_failed(j, "event");
+    sqlite3_reset(s);
+    return ev;
+}
+
+int journal_scan_deliveries(struct journal *j, const char *status,
+                            void (*fn)(void *cls, int64_t seq, const char *handler, int attempts,
+                                       double next_at, double first_at),
+                            void *cls)
+{
+    sqlite3_stmt *s;
+    int n = 0, rc;
+    if (sqlite3_prepare_v2(j->rdb,
+                           status ? "SELECT event_seq, handler, attempts, next_at, first_at FROM "
+                                    "deliveries WHERE status = ?"
+                                  : "SELECT event_seq, handler, attempts, next_at, first_at FROM "
+                                    "deliveries WHERE status IN ('pending', 'retrying')",
+                           -1, &s, NULL) != SQLITE_OK) {
+        read_failed(j, "deliveries");
+        return -1;
+    }
+    if (status)
+        sqlite3_bind_text(s, 1, status, -1, SQLITE_STATIC);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        fn(cls, sqlite3_column_int64(s, 0), column(s, 1), sqlite3_column_int(s, 2),
+           sqlite3_column_double(s, 3), sqlite3_column_double(s, 4));
+        n++;
+    }
+    if (rc != SQLITE_DONE)
+        read_failed(j, "deliveries");
+    sqlite3_finalize(s);
+    return rc == SQLITE_DONE ? n : -1;
+}
+
+int journal_scan_replays(struct journal *j, int64_t after,
+                         void (*fn)(void *cls, int64_t id, const char *event_id, int dead),
+                         void *cls)
+{
+    sqlite3_stmt *s;
+    int n = 0, rc;
+    if (sqlite3_prepare_v2(j->rdb, "SELECT id, event_id, dead FROM replays WHERE id > ? ORDER BY id",
+                           -1, &s, NULL) != SQLITE_OK) {
+        read_failed(j, "replays");
+        return -1;
+    }
+    sqlite3_bind_int64(s, 1, after);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        fn(cls, sqlite3_column_int64(s, 0), column(s, 1), sqlite3_column_int(s, 2));
+        n++;
+    }
+    sqlite3_finalize(s);
+    return rc == SQLITE_DONE ? n : -1;
+}
+
+int journal_state_get(struct journal *j, const char *key, char **out, size_t *len, char *err,
+                      size_t errlen)
+{
+    sqlite3_stmt *s;
+    *out = NULL;
+    if (sqlite3_prepare_v2(j->rdb, "SELECT value FROM state WHERE key = ? AND (expires_at IS NULL "
+                                   "OR expires_at > ?)", -1, &s, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
+        return -1;
+    }
+    sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+    sqlite3_bind_double(s, 2, time_now());
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW) {
+        *len = (size_t)sqlite3_column_bytes(s, 0);
+        *out = malloc(*len + 1);
+        if (*out)
+            memcpy(*out, sqlite3_column_text(s, 0), *len + 1);
+    } else if (rc != SQLITE_DONE) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
+    }
+    sqlite3_finalize(s);
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
+}
+
+int journal_state_keys(struct journal *j, const char *prefix, void (*fn)(void *, const char *),
+                       void *cls, char *err, size_t errlen)
+{
+    sqlite3_stmt *s;
+    if (sqlite3_prepare_v2(j->rdb, "SELECT key FROM state WHERE substr(key, 1, length(?1)) = ?1 "
+                                   "AND (expires_at IS NULL OR expires_at > ?2) ORDER BY key",
+                           -1, &s, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
+        return -1;
+    }
+    sqlite3_bind_text(s, 1, prefix, -1, SQLITE_STATIC);
+    sqlite3_bind_double(s, 2, time_now());
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+        fn(cls, column(s, 0));
+    if (rc != SQLITE_DONE)
+        snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
+    sqlite3_finalize(s);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* ---- the command line's view --------------------------------------------------------------- */
+
+int journal_list(struct journal *j, const struct journal_filter *f,
+                 void (*fn)(void *cls, const struct journal_row *row), void *cls, char *err,
+                 size_t errlen)
+{
+    sqlite3_stmt *s;
+    int rc;
+    /* the newest events that have a delivery in the status (when asked) and match the type */
+    const char *sql =
+        "WITH picked AS (SELECT seq FROM events e WHERE (?1 IS NULL OR type GLOB ?1 OR "
+        "provider_type GLOB ?1) AND (?2 IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE "
+        "d.event_seq = e.seq AND d.status = ?2)) ORDER BY seq DESC LIMIT ?3) "
+        "SELECT e.seq, e.id, e.source, e.type, e.provider_type, e.hostname, e.received_at, "
+        "e.state, d.handler, d.status, d.attempts, d.last_error, d.next_at, d.started_at, "
+        "d.generation FROM picked JOIN events e ON e.seq = picked.seq LEFT JOIN deliveries d "
+        "ON d.event_seq = e.seq ORDER BY e.seq DESC, d.handler";
+    if (sqlite3_prepare_v2(j->rdb, sql, -1, &s, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
+        return -1;
+    }
+    sqlite3_bind_text(s, 1, f->type, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, f->status, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 3, f->limit);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        struct journal_row r = {
+            .seq = sqlite3_column_int64(s, 0), .id = column(s, 1), .source = column(s, 2),
+            .type = column(s, 3), .provider_type = column(s, 4), .hostname = column(s, 5),
+            .received_at = sqlite3_column_double(s, 6), .state = sqlite3_column_int(s, 7),
+            .handler = column(s, 8), .status = column(s, 9), .attempts = sqlite3_column_int(s, 10),
+            .error = column(s, 11), .next_at = sqlite3_column_double(s, 12),
+            .started_at = sqlite3_column_double(s, 13), .generation = sqlite3_column_int(s, 14),
+        };
+        fn(cls, &r);
+    }
+    if (rc != SQLITE_DONE)
+        snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
+    sqlite3_finalize(s);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+int journal_request_replay(struct journal *j, const char *event_id, int *count, char *err,
+                           size_t errlen)
+{
+    sqlite3_stmt *s = NULL;
+    int rc = -1;
+    *count = 0;
+    if (sqlite3_exec(j->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    if (sqlite3_prepare_v2(j->db,
+                           event_id ? "SELECT e.seq, (SELECT count(*) FROM deliveries WHERE "
+                                      "event_seq = e.seq) FROM events e WHERE e.id = ?"
+                                    : "SELECT 0, count(*) FROM deliveries WHERE status = 'dead'",
+                           -1, &s, NULL) != SQLITE_OK)
+        goto fail;
+    if (event_id)
+        sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
+    int step = sqlite3_step(s);
+    if (step == SQLITE_DONE) {
+        snprintf(err, errlen, "no event with id %s in the journal", event_id);
+        sqlite3_finalize(s);
+        sqlite3_exec(j->db, "ROLLBACK", NULL, NULL, NULL);
+        return -1;
+    }
+    if (step != SQLITE_ROW)
+        goto fail;
+    *count = sqlite3_column_int(s, 1);
+    sqlite3_finalize(s);
+    s = NULL;
+    if (sqlite3_prepare_v2(j->db, "INSERT INTO replays (event_id, dead, requested_at) VALUES (?,?,?)",
+                           -1, &s, NULL) != SQLITE_OK)
+        goto fail;
+    sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 2, event_id == NULL);
+    sqlite3_bind_double(s, 3, time_now());
+    if (sqlite3_step(s) != SQLITE_DONE || sqlite3_exec(j->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+        goto fail;
+    rc = 0;
+    goto done;
+fail:
+    snprintf(err, errlen, "cannot write to the journal: %s", sqlite3_errmsg(j->db));
+    sqlite3_exec(j->db, "ROLLBACK", NULL, NULL, NULL);
+done:
+    sqlite3_finalize(s);
+    return rc;
 }

@@ -149,22 +149,24 @@ static int core_serve(lua_State *L)
     return 1;
 }
 
-/* Builds generation 1 of dir with this state's package paths; NULL with *err on failure. */
-static struct generation *build(lua_State *L, const char *dir, char **err)
+/* Builds generation 1 of dir with this state's package paths; certhook.state opens the
+ * journal in data on first use (none without data). NULL with *err on failure. */
+static struct generation *build(lua_State *L, const char *dir, const char *data, char **err)
 {
     char *path, *cpath;
     package_paths(L, &path, &cpath);
-    struct generation *g = reload_build(dir, path, cpath, 1, err);
+    struct reload_env env = {path, cpath, NULL, data, 5};
+    struct generation *g = reload_build(dir, &env, 1, err);
     free(path);
     free(cpath);
     return g;
 }
 
-/* dir -> {files = n, handlers = {"file:pattern", ...}} | nil, message */
+/* dir [, data] -> {files = n, handlers = {"file:pattern", ...}} | nil, message */
 static int core_check(lua_State *L)
 {
     char *err;
-    struct generation *g = build(L, luaL_checkstring(L, 1), &err);
+    struct generation *g = build(L, luaL_checkstring(L, 1), luaL_optstring(L, 2, NULL), &err);
     if (g == NULL) {
         lua_pushnil(L);
         lua_pushstring(L, err);
@@ -265,7 +267,8 @@ static int core_normalize(lua_State *L)
 }
 
 /* dir, body [, options] -> {event = id, type =, results = {{handler=, ok=, error=,
- * duration=}...}} | nil, message. Runs the matching handlers once, here. */
+ * duration=}...}} | nil, message. Runs the matching handlers once, here; options.data is
+ * where certhook.state keeps its values. */
 static int core_run(lua_State *L)
 {
     char *err;
@@ -279,7 +282,12 @@ static int core_run(lua_State *L)
     if (lua_isnil(L, -2))
         return 2;
     int event = lua_gettop(L) - 1;
-    struct generation *g = build(L, dir, &err);
+    const char *data = NULL;
+    if (lua_istable(L, 3) && lua_getfield(L, 3, "data") == LUA_TSTRING)
+        data = lua_tostring(L, -1); /* anchored in the options table */
+    if (lua_istable(L, 3))
+        lua_pop(L, 1);
+    struct generation *g = build(L, dir, data, &err);
     if (g == NULL) {
         lua_pushnil(L);
         lua_pushstring(L, err);
@@ -325,6 +333,109 @@ static int core_run(lua_State *L)
     journal_done_free(done);
     journal_event_free(ev);
     reload_free(g);
+    return 1;
+}
+
+static void push_row(void *cls, const struct journal_row *r)
+{
+    lua_State *L = cls;
+    /* events: {seq, id, ..., deliveries = {...}}, newest first; rows come grouped by event */
+    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+    int fresh = 1;
+    if (n > 0) {
+        lua_rawgeti(L, -1, n);
+        lua_getfield(L, -1, "seq");
+        fresh = lua_tointeger(L, -1) != r->seq;
+        lua_pop(L, 2);
+    }
+    if (fresh) {
+        lua_createtable(L, 0, 10);
+        lua_pushinteger(L, r->seq);
+        lua_setfield(L, -2, "seq");
+        static const char *const names[] = {"id", "source", "type", "provider_type", "hostname"};
+        const char *vals[] = {r->id, r->source, r->type, r->provider_type, r->hostname};
+        for (int i = 0; i < 5; i++) {
+            if (vals[i]) {
+                lua_pushstring(L, vals[i]);
+                lua_setfield(L, -2, names[i]);
+            }
+        }
+        time_push_epoch(L, r->received_at);
+        lua_setfield(L, -2, "received_at");
+        static const char *const states[] = {"new", "dispatching", "finished", "replay"};
+        lua_pushstring(L, r->state >= 0 && r->state <= 3 ? states[r->state] : "?");
+        lua_setfield(L, -2, "state");
+        lua_newtable(L);
+        lua_setfield(L, -2, "deliveries");
+        lua_rawseti(L, -2, ++n);
+    }
+    if (r->handler == NULL)
+        return;
+    lua_rawgeti(L, -1, n);
+    lua_getfield(L, -1, "deliveries");
+    lua_createtable(L, 0, 7);
+    lua_pushstring(L, r->handler);
+    lua_setfield(L, -2, "handler");
+    lua_pushstring(L, r->status);
+    lua_setfield(L, -2, "status");
+    lua_pushinteger(L, r->attempts);
+    lua_setfield(L, -2, "attempts");
+    if (r->error) {
+        lua_pushstring(L, r->error);
+        lua_setfield(L, -2, "last_error");
+    }
+    if (r->next_at > 0) {
+        time_push_epoch(L, r->next_at);
+        lua_setfield(L, -2, "next_at");
+    }
+    if (r->started_at > 0) {
+        time_push_epoch(L, r->started_at);
+        lua_setfield(L, -2, "last_attempt_at");
+    }
+    if (r->generation > 0) {
+        lua_pushinteger(L, r->generation);
+        lua_setfield(L, -2, "generation");
+    }
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    lua_pop(L, 2);
+}
+
+/* data, {status=, type=, limit=} -> {event...} | nil, message */
+static int core_events(lua_State *L)
+{
+    char err[600];
+    struct journal *j;
+    const char *data = luaL_checkstring(L, 1);
+    struct journal_filter f = {NULL, NULL, 50};
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_getfield(L, 2, "status");
+    f.status = lua_tostring(L, -1);
+    lua_getfield(L, 2, "type");
+    f.type = lua_tostring(L, -1);
+    lua_getfield(L, 2, "limit");
+    f.limit = (int)luaL_optinteger(L, -1, 50);
+    if (journal_open(&j, data, JOURNAL_READONLY, 5, 0, err, sizeof err) != 0)
+        return fail(L, err);
+    lua_newtable(L);
+    int rc = journal_list(j, &f, push_row, L, err, sizeof err);
+    journal_close(j);
+    return rc == 0 ? 1 : fail(L, err);
+}
+
+/* data, event_id | nil (every dead delivery) -> count | nil, message */
+static int core_replay(lua_State *L)
+{
+    char err[600];
+    struct journal *j;
+    int count;
+    const char *data = luaL_checkstring(L, 1), *id = luaL_optstring(L, 2, NULL);
+    if (journal_open(&j, data, 0, 5, 0, err, sizeof err) != 0)
+        return fail(L, err);
+    int rc = journal_request_replay(j, id, &count, err, sizeof err);
+    journal_close(j);
+    if (rc != 0)
+        return fail(L, err);
+    lua_pushinteger(L, count);
     return 1;
 }
 
@@ -375,8 +486,10 @@ static void curl_init(void)
 static const luaL_Reg core_funcs[] = {
     {"check", core_check},
     {"detect", core_detect},
+    {"events", core_events},
     {"jwt_sign", core_jwt_sign},
     {"normalize", core_normalize},
+    {"replay", core_replay},
     {"run", core_run},
     {"serve", core_serve},
     {"versions", core_versions},
@@ -390,6 +503,7 @@ static const struct {
 } areas[] = {
     {"http", http_open},
     {"log", log_open},
+    {"state", state_open},
     {"time", time_open},
 };
 

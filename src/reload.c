@@ -100,8 +100,8 @@ done:
     return rc;
 }
 
-struct generation *reload_build(const char *dir, const char *path, const char *cpath,
-                                unsigned number, char **err)
+struct generation *reload_build(const char *dir, const struct reload_env *env, unsigned number,
+                                char **err)
 {
     char msg[512];
     struct dirent **names = NULL;
@@ -126,11 +126,13 @@ struct generation *reload_build(const char *dir, const char *path, const char *c
         buf_printf(&errs, "handlers directory %s: %s", dir, strerror(errno));
         goto fail;
     }
-    g->L = module_newstate(path, cpath, NULL, NULL, msg, sizeof msg);
+    g->L = module_newstate(env->path, env->cpath, NULL, NULL, msg, sizeof msg);
     if (g->L == NULL) {
         buf_adds(&errs, msg);
         goto fail;
     }
+    if (env->j != NULL || env->data != NULL)
+        state_attach(g->L, env->j, env->data, env->busy_timeout);
     for (int i = 0; i < n; i++)
         load_file(g, dir, names[i]->d_name, &errs);
     if (errs.n > 0) {

@@ -1,11 +1,12 @@
 /*
  * server.c -- `certhook serve`: the start-up and shutdown order of the units.
  *
- * Start: handlers (reload.c) and journal (journal.c) first, so a broken handler or an
- * unwritable data directory fails before anything listens; then the journal writer, then
- * the listeners (intake.c); the dispatcher (dispatch.c) runs on this thread until SIGTERM or
- * SIGINT. Stop: close the intake gate, let the writer answer every request it holds, stop
- * the listeners, then the writer. Events not yet dispatched stay "new" in the journal.
+ * Start: the journal (journal.c) and its writer, then the handlers (reload.c; they may use
+ * certhook.state while loading), so an unwritable data directory or a broken handler fails
+ * before anything listens; then the listeners (intake.c). The dispatcher (dispatch.c) runs
+ * on this thread until SIGTERM or SIGINT. Stop: the dispatcher hands its delivery states to
+ * the writer, the intake gate closes, the writer answers every request it holds, the
+ * listeners stop, then the writer. What was not dispatched stays in the journal.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -35,18 +36,22 @@ int server_run(const struct config *c, char *err, size_t errlen)
     sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     log_set_level(c->log_level);
 
-    gen = reload_build(c->handlers, c->lua_path, c->lua_cpath, 1, &msg);
-    if (gen == NULL) {
-        snprintf(err, errlen, "%s", msg);
+    if (journal_open(&j, c->data, JOURNAL_CREATE, c->busy_timeout, c->retention, err,
+                     errlen) != 0 ||
+        journal_recover(j, err, errlen) != 0)
         goto done;
-    }
-    if (journal_open(&j, c->data, c->busy_timeout, err, errlen) != 0)
-        goto done;
-    d = dispatch_new(gen, j, journal_max_seq(j));
+    d = dispatch_new(NULL, j, &c->delivery, journal_max_seq(j));
     if (sigfd < 0 || d == NULL || journal_start(j, dispatch_enqueue, d) != 0) {
         snprintf(err, errlen, "cannot start: out of resources");
         goto done;
     }
+    struct reload_env env = {c->lua_path, c->lua_cpath, j, NULL, c->busy_timeout};
+    gen = reload_build(c->handlers, &env, 1, &msg);
+    if (gen == NULL) {
+        snprintf(err, errlen, "%s", msg);
+        goto done;
+    }
+    dispatch_set_generation(d, gen);
     if (intake_start(&in, c, j, d, &gen, err, errlen) != 0)
         goto done;
 

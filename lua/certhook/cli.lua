@@ -21,6 +21,8 @@ usage: certhook <command> [options]
   normalize  print the normalized event of a payload file
   run        run the handlers matching a payload once, locally
   send       POST a payload file to a running server
+  events     list journaled events and their deliveries
+  replay     run an event's deliveries, or every dead one, again
   version    print the versions of certhook and its libraries
 
 Every command takes --config FILE (default: ./certhook.conf.lua if it exists).
@@ -122,7 +124,10 @@ local function parse_args(cmd, name, args)
       if not cmd.options[key] then
         die(2, "%s: unknown option --%s\n%s", name, key, cmd.help)
       end
-      if value == nil then
+      if cmd.options[key] == "flag" then
+        if value ~= nil then die(2, "%s: --%s takes no value", name, key) end
+        value = true
+      elseif value == nil then
         i = i + 1
         value = args[i]
         if value == nil then die(2, "%s: --%s needs a value", name, key) end
@@ -197,6 +202,12 @@ end
 
 -- ---- commands ---------------------------------------------------------------------------------
 
+-- The data directory of a command: --data, else the config's, else the default.
+local function data_dir(cfg)
+  return cfg.data or "./certhook-data"
+end
+
+
 COMMANDS.serve = {
   options = { config = true, listen = true, admin = true, handlers = true, data = true, ["log-level"] = true },
   help = [[
@@ -220,16 +231,16 @@ data ./certhook-data.]],
 }
 
 COMMANDS.check = {
-  options = { config = true, handlers = true },
+  options = { config = true, handlers = true, data = true },
   help = [[
-usage: certhook check [--config FILE] [--handlers DIR]
+usage: certhook check [--config FILE] [--handlers DIR] [--data DIR]
 
 Loads every *.lua of the handlers directory exactly as serve does. Exit 0 and a list of the
 handlers, or exit 1 with file:line of every broken file.]],
   run = function(opts)
     local cfg = settings(opts)
     local dir = cfg.handlers or "./handlers"
-    local r, err = core.check(dir)
+    local r, err = core.check(dir, data_dir(cfg))
     if not r then
       io.stderr:write(err, "\n")
       return 1
@@ -267,17 +278,18 @@ its signature is verified only with --public-key.]],
 }
 
 COMMANDS.run = {
-  options = { config = true, event = true, handlers = true, provider = true, source = true },
+  options = { config = true, event = true, handlers = true, provider = true, source = true, data = true },
   help = [[
-usage: certhook run --event FILE [--handlers DIR] [--provider P] [--source NAME]
+usage: certhook run --event FILE [--handlers DIR] [--provider P] [--source NAME] [--data DIR]
 
 Normalizes the payload in FILE and runs every matching handler once, in this process, as
-serve would. Exit 1 if a handler failed.]],
+serve would (without retries). certhook.state uses the journal in the data directory.
+Exit 1 if a handler failed.]],
   run = function(opts)
     local file = opts.event or die(2, "run: --event FILE is required")
     local cfg = settings(opts)
     local dir = cfg.handlers or "./handlers"
-    local r, err = core.run(dir, read_file(file), { provider = opts.provider, source = opts.source })
+    local r, err = core.run(dir, read_file(file), { provider = opts.provider, source = opts.source, data = data_dir(cfg) })
     if not r then die(1, "%s", err) end
     if #r.results == 0 then
       io.stdout:write(("%s (%s): no handler matches\n"):format(r.event, r.type))
@@ -349,6 +361,89 @@ defaults to http://<listen>/hooks/<source> from the config, the secret to the so
     if not resp then die(1, "%s: %s", url, err) end
     io.stdout:write(resp.status, " ", resp.body, resp.body:sub(-1) == "\n" and "" or "\n")
     return (resp.status >= 200 and resp.status < 300) and 0 or 1
+  end,
+}
+
+local STATUSES = { pending = true, running = true, retrying = true, done = true, dead = true }
+
+local function plural(n, word)
+  return ("%d %s%s"):format(n, word, n == 1 and "" or "s")
+end
+
+COMMANDS.events = {
+  options = { config = true, data = true, status = true, type = true, limit = true, json = "flag" },
+  help = [[
+usage: certhook events [--status pending|running|retrying|done|dead] [--type PATTERN]
+                       [--limit N] [--json] [--config FILE] [--data DIR]
+
+Lists journaled events, newest first, with their deliveries: handler, status, attempts,
+last error. --status keeps events with a delivery in that status; --type matches the
+canonical or provider type (`*` wildcards). --json prints one JSON object per event and
+line. Reads the journal directly, also while a server runs.]],
+  run = function(opts)
+    local cfg = settings(opts)
+    if opts.status and not STATUSES[opts.status] then
+      die(2, "events: --status must be pending, running, retrying, done or dead")
+    end
+    local limit = 50
+    if opts.limit then
+      limit = math.tointeger(tonumber(opts.limit))
+      if not limit or limit < 1 then die(2, "events: --limit must be a positive integer") end
+    end
+    local events, err = core.events(data_dir(cfg), { status = opts.status, type = opts.type, limit = limit })
+    if not events then die(1, "events: %s", err) end
+    if opts.json then
+      for _, e in ipairs(events) do
+        setmetatable(e.deliveries, cjson.array_mt)
+        io.stdout:write(cjson.encode(e), "\n")
+      end
+      return 0
+    end
+    if #events == 0 then
+      io.stderr:write("no events", (opts.status or opts.type) and " match" or "", "\n")
+      return 0
+    end
+    for _, e in ipairs(events) do
+      io.stdout:write(("%s  %s  %s  %s  %s\n"):format(core.time.iso8601(e.received_at), e.id, e.type,
+        e.hostname or "-", e.state))
+      if #e.deliveries == 0 and e.state == "finished" then
+        io.stdout:write("    (no handler matched)\n")
+      end
+      for _, dl in ipairs(e.deliveries) do
+        local extra = ""
+        if dl.status == "retrying" and dl.next_at then
+          extra = "  next " .. core.time.iso8601(dl.next_at)
+        end
+        if dl.last_error then extra = extra .. "  " .. dl.last_error:gsub("\n.*", "") end
+        io.stdout:write(("    %-44s %-9s %s%s\n"):format(dl.handler, dl.status, plural(dl.attempts, "attempt"), extra))
+      end
+    end
+    return 0
+  end,
+}
+
+COMMANDS.replay = {
+  args = 1,
+  options = { config = true, data = true, dead = "flag" },
+  help = [[
+usage: certhook replay ID [--config FILE] [--data DIR]
+       certhook replay --dead [--config FILE] [--data DIR]
+
+Queues deliveries to run again: those of event ID (every handler that matches it now, with
+attempts counted from zero), or every dead delivery. A running server picks the request up
+within a second; otherwise it runs at the next start.]],
+  run = function(opts, pos)
+    local cfg = settings(opts)
+    local id = pos[1]
+    if (id == nil) == (opts.dead == nil) then die(2, "replay: give an event ID or --dead") end
+    local n, err = core.replay(data_dir(cfg), id)
+    if not n then die(1, "replay: %s", err) end
+    if id then
+      io.stdout:write(("queued a replay of %s (%s so far)\n"):format(id, plural(n, "delivery"):gsub("ys$", "ies")))
+    else
+      io.stdout:write(("queued a replay of %s\n"):format(plural(n, "dead delivery"):gsub("ys$", "ies")))
+    end
+    return 0
   end,
 }
 

@@ -1,0 +1,378 @@
+-- Delivery guarantees (DESIGN §9): retries with backoff, one delivery per handler, dead
+-- letters listed and replayed, crash safety under load, graceful stop, state across
+-- restarts, and 503 when the journal cannot be written (read-only file, full disk).
+local cjson = require "cjson"
+local socket = require "socket"
+local fs = require "helpers.fs"
+local Server = require "helpers.server"
+
+local FIX = "tests/fixtures/"
+local CF = { ["cf-webhook-auth"] = "s3cret" }
+local SOURCES = 'sources = { cloudflare = { provider = "cloudflare", secret = "s3cret" } }\n'
+
+local n = 0
+local function cf_event(kind, hostname)
+  n = n + 1
+  local body = fs.read(FIX .. "cloudflare/ssl.custom_hostname_certificate." .. (kind or "validation.failed") .. ".json")
+  local id = ("dl-%d-%d-%d"):format(os.time(), math.random(1e6), n)
+  body = body:gsub("<<WEBHOOK_ID>", id)
+  if hostname then body = body:gsub('"hostname": "blog.com"', ('"hostname": %q'):format(hostname)) end
+  return body, "cloudflare:" .. id
+end
+
+-- Appends "<tag> <event id>" to calls.log in the server directory for every call.
+local function recorder(tag)
+  return ([[
+    return { ["*"] = function(e)
+      local f = assert(io.open("calls.log", "a")) f:write(%q, " ", e.id, "\n") f:close()
+    end }]]):format(tag)
+end
+
+-- Fails until the file "fixed" exists in the server directory (or until `times` failures).
+local function flaky(tag, times)
+  return ([[
+    local state = require("certhook").state
+    return { ["*"] = function(e)
+      local n = state.incr(%q .. ":" .. e.id)
+      local f = assert(io.open("calls.log", "a")) f:write(%q, " ", e.id, " ", n, "\n") f:close()
+      if io.open("fixed") == nil and n <= %d then error("attempt " .. n .. " fails") end
+    end }]]):format(tag, tag, times)
+end
+
+local function calls(srv, tag, id)
+  local count = 0
+  for line in (fs.read(srv.dir .. "/calls.log") or ""):gmatch("[^\n]+") do
+    local t, i = line:match("^(%S+) (%S+)")
+    if t == tag and i == id then count = count + 1 end
+  end
+  return count
+end
+
+local function delivery(srv, id, handler)
+  local rows = srv:sql(("SELECT d.status, d.attempts, coalesce(d.last_error, ''), e.state FROM deliveries d " ..
+    "JOIN events e ON e.seq = d.event_seq WHERE e.id = '%s' AND d.handler = '%s'"):format(id, handler))
+  return rows[1]
+end
+
+local function wait_status(srv, id, handler, status, seconds)
+  return fs.wait_for(function()
+    local row = delivery(srv, id, handler)
+    return row and row[1] == status and row
+  end, seconds or 10)
+end
+
+local function certhook(args)
+  return fs.run(Server.certhook .. " " .. args)
+end
+
+describe("deliveries", function()
+  local srv
+  setup(function()
+    srv = Server.start {
+      config = SOURCES .. "delivery = { max_attempts = 4, backoff = 0.05, max_backoff = 0.2 }\n",
+      handlers = {
+        ["a-steady.lua"] = recorder("steady"),
+        ["b-flaky.lua"] = flaky("flaky", 2),
+        ["c-broken.lua"] = [[
+          return { ["certificate.deployment.*"] = function(e)
+            local f = assert(io.open("calls.log", "a")) f:write("broken ", e.id, "\n") f:close()
+            if io.open("fixed") == nil then error("the ticket system is down") end
+          end }]],
+      },
+    }
+  end)
+  teardown(function() srv:cleanup() end)
+
+  it("retries a failing handler until it succeeds, and only that handler", function()
+    local body, id = cf_event("validation.succeeded")
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    local row = assert(wait_status(srv, id, "b-flaky.lua:*", "done"), "the flaky handler never succeeded")
+    assert.are.equal("3", row[2]) -- failed twice, then succeeded
+    assert.truthy(row[3]:match("b%-flaky%.lua:%d+: attempt 2 fails$"), row[3]) -- the last error is kept
+    assert.are.equal("2", row[4]) -- the event is finished
+    assert.are.equal(3, calls(srv, "flaky", id))
+    assert.are.equal(1, calls(srv, "steady", id)) -- the steady handler is never re-run
+    assert.are.same({ "done", "1", "", "2" }, delivery(srv, id, "a-steady.lua:*"))
+  end)
+
+  it("logs each failed attempt with its number", function()
+    local body, id = cf_event("issuance.succeeded")
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    assert(wait_status(srv, id, "b-flaky.lua:*", "done"))
+    local attempts = {}
+    for _, l in ipairs(srv:logs()) do
+      if l.message == "handler failed" and l.event == id then attempts[#attempts + 1] = l.attempt end
+    end
+    assert.are.same({ 1, 2 }, attempts)
+  end)
+
+  it("marks a delivery dead after max_attempts, lists it, and replays it", function()
+    local body, id = cf_event("deployment.failed")
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    local row = assert(wait_status(srv, id, "c-broken.lua:certificate.deployment.*", "dead"))
+    assert.are.equal("4", row[2])
+    assert.truthy(row[3]:match("the ticket system is down"))
+    assert.are.equal(4, calls(srv, "broken", id))
+
+    local conf = " --config " .. srv.dir .. "/certhook.conf.lua"
+    local out, err, code = certhook("events --status dead" .. conf)
+    assert.are.equal(0, code, err)
+    assert.truthy(out:find(id, 1, true))
+    assert.truthy(out:match("c%-broken%.lua:certificate%.deployment%.%*%s+dead%s+4 attempts%s+[^\n]*the ticket system is down"), out)
+    out = certhook("events --json --status dead" .. conf)
+    local found
+    for line in out:gmatch("[^\n]+") do
+      local e = cjson.decode(line)
+      if e.id == id then found = e end
+    end
+    assert(found, "the dead event is not in --json")
+    assert.are.equal("finished", found.state)
+
+    fs.write(srv.dir .. "/fixed", "")
+    out, err, code = certhook("replay --dead" .. conf)
+    assert.are.equal(0, code, err)
+    assert.truthy(out:match("queued a replay of %d+ dead deliver"))
+    row = assert(wait_status(srv, id, "c-broken.lua:certificate.deployment.*", "done", 5), "replay did not run")
+    assert.are.equal("1", row[2]) -- attempts count from zero again
+    assert.are.equal(5, calls(srv, "broken", id))
+    out = certhook("events --status dead" .. conf)
+    assert.is_nil(out:find(id, 1, true))
+    os.remove(srv.dir .. "/fixed")
+  end)
+
+  it("replays one event on the handlers that match it now", function()
+    local body, id = cf_event("issuance.failed")
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    assert(wait_status(srv, id, "b-flaky.lua:*", "done"))
+    local out, err, code = certhook("replay " .. id .. " --data " .. srv.dir .. "/data")
+    assert.are.equal(0, code, err)
+    assert.truthy(out:match("queued a replay of " .. id:gsub("%p", "%%%0")))
+    assert(fs.wait_for(function() return calls(srv, "steady", id) == 2 end, 5), "replay did not run")
+    local _, err2, code2 = certhook("replay cloudflare:nope --data " .. srv.dir .. "/data")
+    assert.are.equal(1, code2)
+    assert.truthy(err2:match("no event with id cloudflare:nope"))
+  end)
+
+  it("rejects bad filters with status 2", function()
+    local _, err, code = certhook("events --status sleeping --data " .. srv.dir .. "/data")
+    assert.are.equal(2, code)
+    assert.truthy(err:match("%-%-status must be"))
+    _, _, code = certhook("replay --data " .. srv.dir .. "/data")
+    assert.are.equal(2, code)
+  end)
+end)
+
+describe("certhook.state", function()
+  it("survives a restart and is shared by handlers", function()
+    local srv = Server.start {
+      config = SOURCES,
+      handlers = {
+        ["count.lua"] = [[
+          local state = require("certhook").state
+          return { ["*"] = function(e)
+            state.incr("seen")
+            state.set("last:" .. e.hostname, { id = e.id, at = e.received_at, tags = { "a", "b" } })
+          end }]],
+      },
+    }
+    for i = 1, 3 do
+      local body = cf_event("issuance.succeeded", ("h%d.example"):format(i))
+      assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    end
+    assert(fs.wait_for(function()
+      local r = srv:sql("SELECT value FROM state WHERE key = 'seen'")
+      return r[1] and r[1][1] == "3"
+    end, 5), "state not written")
+    assert.are.equal(0, srv:stop())
+    srv:launch()
+    local body = cf_event("issuance.succeeded", "h9.example")
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    assert(fs.wait_for(function()
+      local r = srv:sql("SELECT value FROM state WHERE key = 'seen'")
+      return r[1] and r[1][1] == "4"
+    end, 5), "the count did not continue after the restart")
+    -- the same state, read by `certhook run` on the same data directory
+    fs.write(srv.dir .. "/read/r.lua", ([[
+      local state = require("certhook").state
+      return { ["*"] = function()
+        local f = io.open(%q, "w")
+        local last = state.get("last:h2.example")
+        f:write(state.get("seen"), " ", last.tags[2], " ", table.concat(state.keys("last:"), ","))
+        f:close()
+      end }]]):format(srv.dir .. "/read.out"))
+    local _, err, code = certhook(("run --handlers %s/read --data %s/data --event %s"):format(
+      srv.dir, srv.dir, FIX .. "cloudflare/test-message.json"))
+    assert.are.equal(0, code, err)
+    assert.are.equal("4 b last:h1.example,last:h2.example,last:h3.example,last:h9.example", fs.read(srv.dir .. "/read.out"))
+    srv:cleanup()
+  end)
+end)
+
+describe("crash safety", function()
+  -- posts `count` events from `procs` concurrent shell loops (curl, keep no connection); each
+  -- line of results.<k> is "<event id> <http status>"
+  local function load(srv, procs, count)
+    local body = fs.read(FIX .. "cloudflare/ssl.custom_hostname_certificate.issuance.succeeded.json")
+    fs.write(srv.dir .. "/body.json", body)
+    for k = 1, procs do
+      os.execute(([[cd '%s' && (unset LD_PRELOAD; for i in $(seq 1 %d); do [ -e stop ] && break; id=load-%d-$i; sed "s/<<WEBHOOK_ID>/$id/" body.json > b.%d;
+        code=$(curl -s -o /dev/null -w '%%{http_code}' --max-time 5 -H 'Content-Type: application/json' -H 'cf-webhook-auth: s3cret' --data-binary @b.%d http://127.0.0.1:%d/hooks/cloudflare);
+        echo "cloudflare:$id $code" >> results.%d; done) >/dev/null 2>&1 &]]):format(srv.dir, count, k, k, k, srv.port, k))
+    end
+  end
+
+  local function accepted(srv, procs)
+    local ids, total = {}, 0
+    for k = 1, procs do
+      for line in (fs.read(srv.dir .. "/results." .. k) or ""):gmatch("[^\n]+") do
+        local id, code = line:match("^(%S+) (%d+)$")
+        total = total + 1
+        if code == "202" or code == "200" then ids[#ids + 1] = id end
+      end
+    end
+    return ids, total
+  end
+
+  local function handled(srv)
+    local seen = {}
+    for line in (fs.read(srv.dir .. "/calls.log") or ""):gmatch("[^\n]+") do
+      seen[line:match("^%S+ (%S+)")] = true
+    end
+    return seen
+  end
+
+  it("loses none of the events that got a 2xx when killed with SIGKILL under load", function()
+    local srv = Server.start { config = SOURCES, handlers = { ["rec.lua"] = recorder("rec") } }
+    load(srv, 6, 400)
+    socket.sleep(1.0)
+    srv:signal("KILL")
+    fs.wait_for(function() return fs.read(srv.dir .. "/exit") end, 5)
+    fs.write(srv.dir .. "/stop", "")
+    socket.sleep(0.5) -- the clients see refused connections, then stop
+    local ids, total = accepted(srv, 6)
+    assert.is_true(#ids > 50, ("only %d events were accepted before the kill"):format(#ids))
+    assert.is_true(total > #ids or total < 2400, "the kill came after the load ended")
+    srv:launch()
+    local missing
+    assert(fs.wait_for(function()
+      local seen = handled(srv)
+      missing = nil
+      for _, id in ipairs(ids) do
+        if not seen[id] then missing = id return false end
+      end
+      return true
+    end, 15), "an accepted event was never handled: " .. tostring(missing))
+    for _, id in ipairs(ids) do
+      assert.are.equal(1, #srv:sql(("SELECT 1 FROM events WHERE id = '%s'"):format(id)), id .. " is not in the journal")
+    end
+    print(("# kill -9: %d of %d requests got a 2xx before the kill; all %d handled after the restart"):format(#ids, total, #ids))
+    assert.are.equal(0, srv:stop())
+    srv:cleanup()
+  end)
+
+  it("stops with status 0 on SIGTERM under load, losing nothing", function()
+    local srv = Server.start { config = SOURCES, handlers = { ["rec.lua"] = recorder("rec") } }
+    load(srv, 4, 300)
+    socket.sleep(0.8)
+    assert.are.equal(0, srv:stop("TERM"))
+    fs.write(srv.dir .. "/stop", "")
+    socket.sleep(0.5)
+    local ids = accepted(srv, 4)
+    assert.is_true(#ids > 20)
+    srv:launch()
+    assert(fs.wait_for(function()
+      local seen = handled(srv)
+      for _, id in ipairs(ids) do if not seen[id] then return false end end
+      return true
+    end, 15), "an accepted event was never handled")
+    assert.are.equal(0, srv:stop())
+    srv:cleanup()
+  end)
+
+  it("lets a running delivery finish on SIGTERM", function()
+    local srv = Server.start {
+      config = SOURCES,
+      handlers = { ["slow.lua"] = [[
+        return { ["*"] = function(e)
+          local t = os.clock() + 0.8 while os.clock() < t do end
+          local f = io.open("finished", "w") f:write(e.id) f:close()
+        end }]] },
+    }
+    local body, id = cf_event()
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    socket.sleep(0.2)
+    assert.are.equal(0, srv:stop("TERM"))
+    assert.are.equal(id, fs.read(srv.dir .. "/finished"))
+    assert.are.same({ "done", "1", "", "2" }, delivery(srv, id, "slow.lua:*"))
+    srv:cleanup()
+  end)
+end)
+
+describe("retention", function()
+  it("prunes finished events after journal.retention; their ids are new again", function()
+    local srv = Server.start {
+      config = SOURCES .. "journal = { busy_timeout = 0.3, retention = 1 }\n",
+      handlers = { ["rec.lua"] = recorder("rec") },
+    }
+    local body, id = cf_event()
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    assert.are.equal(200, srv:post("/hooks/cloudflare", body, CF).status) -- within the window
+    assert(fs.wait_for(function() return #srv:sql(("SELECT 1 FROM events WHERE id = '%s'"):format(id)) == 0 end, 6),
+      "the finished event was not pruned")
+    assert.are.equal(0, #srv:sql("SELECT 1 FROM deliveries"))
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    srv:cleanup()
+  end)
+end)
+
+describe("journal write failures", function()
+  it("answer 503 with Retry-After and store nothing while the WAL file is read-only", function()
+    local srv = Server.start { config = SOURCES, handlers = { ["rec.lua"] = recorder("rec") } }
+    local warm = cf_event()
+    assert.are.equal(202, srv:post("/hooks/cloudflare", warm, CF).status)
+    local wal = srv.dir .. "/data/certhook.db-wal"
+    local _, err, code = fs.run("chattr +i '" .. wal .. "'")
+    assert.are.equal(0, code, "chattr +i is needed for this test: " .. tostring(err))
+    local body, id = cf_event()
+    local ok, r = pcall(function() return srv:post("/hooks/cloudflare", body, CF) end)
+    fs.run("chattr -i '" .. wal .. "'")
+    assert(ok, r)
+    assert.are.equal(503, r.status)
+    assert.truthy(tonumber(r.headers["retry-after"]))
+    assert.are.equal(0, #srv:sql(("SELECT 1 FROM events WHERE id = '%s'"):format(id)))
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    assert(fs.wait_for(function() return calls(srv, "rec", id) == 1 end, 5))
+    srv:cleanup()
+  end)
+
+  it("answer 503 while the disk is full, and recover when there is room", function()
+    local dir = fs.tmpdir()
+    local mnt = dir .. "/small"
+    os.execute("mkdir -p '" .. mnt .. "'")
+    local _, err, code = fs.run(("mount -t tmpfs -o size=1m tmpfs '%s'"):format(mnt))
+    assert.are.equal(0, code, "mounting a small tmpfs is needed for this test: " .. tostring(err))
+    local srv
+    local ok, failure = pcall(function()
+      srv = Server.start { dir = dir, config = SOURCES .. ('data = %q\n'):format(mnt .. "/data"),
+        handlers = { ["rec.lua"] = recorder("rec") } }
+      assert.are.equal(202, srv:post("/hooks/cloudflare", (cf_event()), CF).status)
+      fs.run(("dd if=/dev/zero of='%s/filler' bs=4k 2>/dev/null"):format(mnt)) -- fills it up
+      local got503 = 0
+      local body, id = cf_event()
+      local r = srv:post("/hooks/cloudflare", body, CF)
+      if r.status == 503 then got503 = 1 end
+      assert.are.equal(503, r.status, r.body)
+      assert.truthy(r.json.message:match("full"), r.json.message)
+      assert.truthy(tonumber(r.headers["retry-after"]))
+      os.remove(mnt .. "/filler")
+      r = srv:post("/hooks/cloudflare", body, CF)
+      assert.are.equal(202, r.status, r.body)
+      assert(fs.wait_for(function() return calls(srv, "rec", id) == 1 end, 5))
+      assert.are.equal(1, got503)
+    end)
+    if srv then srv:stop("KILL") end
+    fs.run(("umount '%s'"):format(mnt))
+    fs.rm(dir)
+    assert(ok, failure)
+  end)
+end)
