@@ -1,9 +1,10 @@
--- Domain control validation failed: log the DNS record the customer must create.
+-- Domain control validation failed: log the DNS record the customer must create, and how many
+-- times validation has failed for this hostname so far (kept in certhook.state for a week).
 --
 -- Cloudflare SSL for SaaS (CNAME or TXT validation) and IBM Certificate Manager (dns-01)
 -- both arrive as certificate.validation.failed / .required with event.validation filled in.
 local certhook = require "certhook"
-local log = certhook.log
+local log, state = certhook.log, certhook.state
 
 local function record(v)
   if v.cname and v.cname_target then
@@ -15,16 +16,23 @@ end
 
 local function dcv(event)
   local v = event.validation or {}
+  local host = event.hostname or v.domain or "?"
+  local failures = state.incr("dcv-failures:" .. host)
   log.warn(("DCV pending for %s: customer must create %s"):format(
-    event.hostname or v.domain or "?", record(v) or "the record shown in the dashboard"), {
+    host, record(v) or "the record shown in the dashboard"), {
     hostname = event.hostname,
     hostname_id = event.hostname_id,
     method = v.method,
     errors = v.errors,
+    failures = failures,
   })
 end
 
 return {
   ["certificate.validation.failed"] = dcv,
   ["certificate.validation.required"] = dcv,
+  -- validated: forget the count
+  ["certificate.validation.succeeded"] = function(event)
+    if event.hostname then state.delete("dcv-failures:" .. event.hostname) end
+  end,
 }

@@ -20,7 +20,7 @@ command -v wrk >/dev/null || { echo "bench: wrk is missing (apt-get install wrk)
 pin_server="" pin_client=""
 if [ "$(nproc)" -ge 2 ]; then pin_server="taskset -c 1" pin_client="taskset -c 0"; fi
 run=$(mktemp -d)
-trap 'kill $pid 2>/dev/null; rm -rf "$run"; true' EXIT
+trap 'kill $pid 2>/dev/null || true; rm -rf "$run"' EXIT
 hz=$(getconf CLK_TCK)
 mkdir -p "$here/results"
 out=$here/results/latest.md

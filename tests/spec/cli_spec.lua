@@ -88,7 +88,7 @@ describe("certhook CLI", function()
     it("lists the handlers of a good directory", function()
       local out, _, code = certhook("check --handlers examples/handlers")
       assert.are.equal(0, code)
-      assert.truthy(out:match("examples/handlers: 2 files, 3 handlers"))
+      assert.truthy(out:match("examples/handlers: 2 files, 4 handlers"))
       assert.truthy(out:match("dcv%.lua:certificate%.validation%.failed"))
     end)
 
