@@ -289,6 +289,37 @@ describe("crash safety", function()
     srv:cleanup()
   end)
 
+  it("runs again, at the next start, a delivery interrupted by a crash", function()
+    local srv = Server.start {
+      config = SOURCES,
+      handlers = { ["slow.lua"] = [[
+        return { ["*"] = function(e)
+          local f = io.open("calls.log", "a") f:write("slow ", e.id, "\n") f:close()
+          local t = os.clock() + 0.6 while os.clock() < t do end
+        end }]] },
+    }
+    local body, id = cf_event()
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    assert(fs.wait_for(function() return calls(srv, "slow", id) == 1 end, 5))
+    srv:signal("KILL") -- in the middle of the handler
+    fs.wait_for(function() return fs.read(srv.dir .. "/exit") end, 5)
+    -- a delivery the journal knew as running (as an attempt that waits on the network is)
+    local body2, id2 = cf_event("issuance.succeeded")
+    srv:launch()
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body2, CF).status)
+    assert(wait_status(srv, id2, "slow.lua:*", "done"))
+    assert.are.equal(0, srv:stop())
+    srv:sql(("UPDATE deliveries SET status = 'running' WHERE handler = 'slow.lua:*' AND event_seq = (SELECT seq FROM events WHERE id = '%s')"):format(id2))
+    srv:launch()
+    assert(wait_status(srv, id, "slow.lua:*", "done"), "the interrupted delivery did not run again")
+    assert.are.equal(2, calls(srv, "slow", id))
+    assert(wait_status(srv, id2, "slow.lua:*", "done"))
+    assert.are.equal(2, calls(srv, "slow", id2))
+    assert.truthy(srv:log_text():match("1 deliveries interrupted by the last stop will run again"))
+    assert.are.equal(0, srv:stop())
+    srv:cleanup()
+  end)
+
   it("lets a running delivery finish on SIGTERM", function()
     local srv = Server.start {
       config = SOURCES,
