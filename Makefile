@@ -39,6 +39,7 @@ OBJS   = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE = $(BUILD)/certhook/core.so
 LAUNCH = $(BUILD)/certhook-dev
 UNITS  = $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(wildcard tests/unit/test_*.c))
+SINK   = $(BUILD)/sink
 
 # Debian packages: to build and run, and additionally to test.
 RUN_DEBS  = gcc libc6-dev pkg-config lua5.4 liblua5.4-dev lua-cjson libmicrohttpd-dev \
@@ -76,7 +77,11 @@ $(BUILD)/unit/%: tests/unit/%.c $(OBJS)
 	$(CC) $(ALL_CFLAGS) -Isrc -o $@ $< $(OBJS) \
 		$(DEP_LIBS) -llua$(LUA_VERSION) -lpthread -lm
 
-unit: $(UNITS)
+# The HTTP server tests and benchmarks send certhook.http requests to.
+$(SINK): tests/helpers/sink.c $(BUILD)/obj/buf.o
+	$(CC) $(ALL_CFLAGS) -Isrc -o $@ $< $(BUILD)/obj/buf.o $(DEP_LIBS) -lpthread
+
+unit: $(UNITS) $(SINK)
 
 test: deps-test all unit
 	@BUILD=$(BUILD) LUA=$(LUA) sh tests/run.sh
@@ -84,7 +89,7 @@ test: deps-test all unit
 run: deps-run all
 	@sh tests/demo.sh $(CURDIR)/$(LAUNCH)
 
-bench: deps-bench all
+bench: deps-bench all $(SINK)
 	@BUILD=$(BUILD) sh tests/bench/run.sh
 
 install: $(MODULE)

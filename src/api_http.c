@@ -1,16 +1,21 @@
 /*
  * api_http.c -- certhook.http (DESIGN §5) on libcurl.
  *
- * A request is built from the Lua arguments (build), transferred, and turned into a
- * response table (push_response). Redirects are off, TLS peers are verified, only http and
- * https are allowed, the response size is capped and the timeout defaults to 10 s. A 4xx or
- * 5xx reply is a response; transport failures return nil, message, code with a stable code
- * (timeout, connrefused, resolve, tls, toolarge, url, http). The transfer is synchronous.
+ * A request is built from the Lua arguments (http_build), transferred, and turned into a
+ * response table (push_response). Inside a handler run by the dispatcher the transfer goes to
+ * a curl multi handle driven by the dispatcher's epoll loop (http_multi_*): the handler's
+ * coroutine yields and a continuation builds the response when the dispatcher resumes it, so
+ * hundreds of handlers wait on the network at once on one thread. Elsewhere (certhook run,
+ * plain Lua) the transfer is synchronous. Redirects are off unless asked for, TLS peers are
+ * verified, only http and https are allowed, the response is capped (16 MiB) and the timeout
+ * defaults to 10 s. A 4xx or 5xx reply is a response; transport failures return nil, message,
+ * code with a stable code (timeout, connrefused, resolve, tls, toolarge, busy, url, http).
  */
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
 
 #include <curl/curl.h>
 #include <lauxlib.h>
@@ -26,24 +31,36 @@ struct http_req {
     struct buf body, resp, resp_headers;
     size_t max_size;
     int too_large;
+    CURLcode result;
+    char *host; /* lower-case, for per-host limits */
     char errbuf[CURL_ERROR_SIZE];
+    void (*done)(struct http_req *, void *); /* multi: called when the transfer ended */
+    void *cls;
 };
 
-static void req_free(struct http_req *r)
+void http_req_free(struct http_req *r)
 {
+    if (r == NULL)
+        return;
     if (r->easy)
         curl_easy_cleanup(r->easy);
     curl_slist_free_all(r->headers);
     buf_free(&r->body);
     buf_free(&r->resp);
     buf_free(&r->resp_headers);
-    memset(r, 0, sizeof *r);
+    free(r->host);
+    free(r);
+}
+
+const char *http_req_host(const struct http_req *r)
+{
+    return r->host;
 }
 
 static size_t on_data(char *p, size_t size, size_t n, void *cls)
 {
     struct http_req *r = cls;
-    if (r->resp.n + n > r->max_size) {
+    if (r->resp.n + n * size > r->max_size) {
         r->too_large = 1;
         return 0; /* aborts the transfer */
     }
@@ -53,7 +70,7 @@ static size_t on_data(char *p, size_t size, size_t n, void *cls)
 static size_t on_header(char *p, size_t size, size_t n, void *cls)
 {
     struct http_req *r = cls;
-    if (strncmp(p, "HTTP/", 5) == 0) /* a new response (after 100 Continue): start over */
+    if (strncmp(p, "HTTP/", 5) == 0) /* a new response (after 100 Continue, a redirect) */
         r->resp_headers.n = 0;
     return buf_add(&r->resp_headers, p, n * size) == 0 ? n * size : 0;
 }
@@ -71,24 +88,42 @@ static int add_header(struct http_req *r, const char *name, const char *value)
     return 0;
 }
 
-/* Configures r from the options table at idx. Raises on misuse (after freeing r). */
-static void build(lua_State *L, int idx, struct http_req *r)
+/* The lower-case host of url, or NULL. */
+static char *url_host(const char *url)
+{
+    char *host = NULL, *out = NULL;
+    CURLU *u = curl_url();
+    if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
+        out = strdup(host);
+        for (char *p = out; p && *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+    }
+    curl_free(host);
+    curl_url_cleanup(u);
+    return out;
+}
+
+/* A request from the options table at idx. Raises on misuse (nothing leaks). */
+static struct http_req *http_build(lua_State *L, int idx)
 {
     const char *msg = NULL;
     double timeout = DEFAULT_TIMEOUT;
     int has_type = 0;
-    memset(r, 0, sizeof *r);
-    r->max_size = DEFAULT_MAX_SIZE;
-    r->easy = curl_easy_init();
-    if (r->easy == NULL)
+    struct http_req *r = calloc(1, sizeof *r);
+    if (r == NULL || (r->easy = curl_easy_init()) == NULL) {
+        free(r);
         luaL_error(L, "certhook.http: out of memory");
+    }
+    r->max_size = DEFAULT_MAX_SIZE;
     if (lua_getfield(L, idx, "url") != LUA_TSTRING) {
         msg = "certhook.http.request: url must be a string";
         goto misuse;
     }
     curl_easy_setopt(r->easy, CURLOPT_URL, lua_tostring(L, -1));
+    r->host = url_host(lua_tostring(L, -1));
     if (lua_getfield(L, idx, "method") != LUA_TNIL) {
-        if (!lua_isstring(L, -1)) {
+        if (lua_type(L, -1) != LUA_TSTRING) {
             msg = "certhook.http.request: method must be a string";
             goto misuse;
         }
@@ -115,6 +150,21 @@ static void build(lua_State *L, int idx, struct http_req *r)
             goto misuse;
         }
         r->max_size = (size_t)lua_tointeger(L, -1);
+    }
+    if (lua_getfield(L, idx, "redirects") != LUA_TNIL) {
+        if (!lua_isinteger(L, -1) || lua_tointeger(L, -1) < 0) {
+            msg = "certhook.http.request: redirects must be a number of redirects to follow";
+            goto misuse;
+        }
+        curl_easy_setopt(r->easy, CURLOPT_FOLLOWLOCATION, lua_tointeger(L, -1) > 0 ? 1L : 0L);
+        curl_easy_setopt(r->easy, CURLOPT_MAXREDIRS, (long)lua_tointeger(L, -1));
+    }
+    if (lua_getfield(L, idx, "ca_file") != LUA_TNIL) {
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            msg = "certhook.http.request: ca_file must be the path of a PEM file";
+            goto misuse;
+        }
+        curl_easy_setopt(r->easy, CURLOPT_CAINFO, lua_tostring(L, -1));
     }
     if (lua_getfield(L, idx, "headers") != LUA_TNIL) {
         if (!lua_istable(L, -1)) {
@@ -167,10 +217,10 @@ static void build(lua_State *L, int idx, struct http_req *r)
     }
     curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers);
     curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
-    curl_easy_setopt(r->easy, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(r->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(r->easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(r->easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(r->easy, CURLOPT_USERAGENT, "certhook/" CERTHOOK_VERSION);
     curl_easy_setopt(r->easy, CURLOPT_WRITEFUNCTION, on_data);
@@ -178,10 +228,12 @@ static void build(lua_State *L, int idx, struct http_req *r)
     curl_easy_setopt(r->easy, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(r->easy, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(r->easy, CURLOPT_ERRORBUFFER, r->errbuf);
-    return;
+    curl_easy_setopt(r->easy, CURLOPT_PRIVATE, r);
+    return r;
 misuse:
-    req_free(r);
+    http_req_free(r);
     luaL_error(L, "%s", msg);
+    return NULL;
 }
 
 static const char *error_code(CURLcode rc)
@@ -199,23 +251,24 @@ static const char *error_code(CURLcode rc)
     case CURLE_SSL_ISSUER_ERROR: return "tls";
     case CURLE_URL_MALFORMAT:
     case CURLE_UNSUPPORTED_PROTOCOL: return "url";
+    case CURLE_TOO_MANY_REDIRECTS: return "redirects";
     default: return "http";
     }
 }
 
 /* Pushes the response table, or nil, message, code. Returns the number of values. */
-static int push_response(lua_State *L, struct http_req *r, CURLcode rc)
+static int push_response(lua_State *L, struct http_req *r)
 {
     if (r->too_large) {
         lua_pushnil(L);
-        lua_pushfstring(L, "response larger than %d bytes (max_size)", (int)r->max_size);
+        lua_pushfstring(L, "response larger than %I bytes (max_size)", (lua_Integer)r->max_size);
         lua_pushliteral(L, "toolarge");
         return 3;
     }
-    if (rc != CURLE_OK) {
+    if (r->result != CURLE_OK) {
         lua_pushnil(L);
-        lua_pushstring(L, r->errbuf[0] ? r->errbuf : curl_easy_strerror(rc));
-        lua_pushstring(L, error_code(rc));
+        lua_pushstring(L, r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result));
+        lua_pushstring(L, error_code(r->result));
         return 3;
     }
     long status = 0;
@@ -252,7 +305,7 @@ static int push_response(lua_State *L, struct http_req *r, CURLcode rc)
             lua_pop(L, 1);
             lua_pushstring(L, v);
         }
-        if (strncmp(line, "content-type", 12) == 0 && colon - line == 12)
+        if (colon - line == 12 && strncmp(line, "content-type", 12) == 0)
             is_json = strstr(v, "json") != NULL;
         lua_rawset(L, -3);
     }
@@ -267,20 +320,40 @@ static int push_response(lua_State *L, struct http_req *r, CURLcode rc)
     return 1;
 }
 
-/* {url=, method=, headers=, body=, json=, timeout=, max_size=} -> response | nil, msg, code */
-static int http_request(lua_State *L)
+/* The continuation of a request that yielded: the dispatcher resumed us after the transfer. */
+static int request_done(lua_State *L, int status, lua_KContext k)
 {
-    struct http_req r;
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 1);
-    build(L, 1, &r);
-    CURLcode rc = curl_easy_perform(r.easy);
-    int n = push_response(L, &r, rc);
-    req_free(&r);
+    struct http_req *r = (struct http_req *)k;
+    (void)status;
+    int n = push_response(L, r);
+    http_req_free(r);
     return n;
 }
 
-/* Copies opts (or a new table) and sets key = value in it; leaves it at index top+1. */
+/* {url=, method=, headers=, body=, json=, timeout=, max_size=, redirects=, ca_file=} ->
+ * response | nil, msg, code */
+static int http_request(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    struct http_req *r = http_build(L, 1);
+    struct delivery_ctx *ctx = log_ctx(L);
+    if (ctx != NULL && ctx->delivery != NULL && lua_isyieldable(L)) {
+        int rc = dispatch_http_start(ctx->delivery, r);
+        if (rc == 0)
+            return lua_yieldk(L, 0, (lua_KContext)r, request_done);
+        http_req_free(r);
+        lua_pushnil(L);
+        lua_pushliteral(L, "too many requests are waiting (delivery.concurrency with "
+                           "delivery.per_host); try again later");
+        lua_pushliteral(L, "busy");
+        return 3;
+    }
+    r->result = curl_easy_perform(r->easy);
+    return request_done(L, LUA_OK, (lua_KContext)r);
+}
+
+/* Copies opts (or a new table) into a new table at the top. */
 static void with_options(lua_State *L, int opts)
 {
     lua_newtable(L);
@@ -343,4 +416,121 @@ int http_open(lua_State *L)
 {
     luaL_newlib(L, http_funcs);
     return 1;
+}
+
+/* ---- the multi interface, driven by the dispatcher's epoll ------------------------------------ */
+
+struct http_multi {
+    CURLM *multi;
+    int epfd;
+    uint64_t tag; /* or'ed into epoll data with the socket */
+    double timer; /* when curl wants to be called (time_mono), or < 0 */
+    int running;
+};
+
+/* curl: watch socket s for `what` (CURL_POLL_*), or stop watching it. */
+static int on_socket(CURL *easy, curl_socket_t s, int what, void *cls, void *sockp)
+{
+    struct http_multi *m = cls;
+    (void)easy;
+    struct epoll_event e = {.data.u64 = m->tag | (uint64_t)(uint32_t)s};
+    if (what == CURL_POLL_REMOVE) {
+        epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, NULL);
+        curl_multi_assign(m->multi, s, NULL);
+        return 0;
+    }
+    e.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+    if (sockp == NULL) {
+        epoll_ctl(m->epfd, EPOLL_CTL_ADD, s, &e);
+        curl_multi_assign(m->multi, s, m); /* any non-NULL: "watched" */
+    } else {
+        epoll_ctl(m->epfd, EPOLL_CTL_MOD, s, &e);
+    }
+    return 0;
+}
+
+static int on_timer(CURLM *multi, long ms, void *cls)
+{
+    struct http_multi *m = cls;
+    (void)multi;
+    m->timer = ms < 0 ? -1 : time_mono() + (double)ms / 1000;
+    return 0;
+}
+
+struct http_multi *http_multi_new(int epfd, uint64_t tag, long per_host)
+{
+    struct http_multi *m = calloc(1, sizeof *m);
+    if (m == NULL || (m->multi = curl_multi_init()) == NULL) {
+        free(m);
+        return NULL;
+    }
+    m->epfd = epfd;
+    m->tag = tag;
+    m->timer = -1;
+    curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
+    curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
+    if (per_host > 0)
+        curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_host);
+    return m;
+}
+
+void http_multi_free(struct http_multi *m)
+{
+    if (m == NULL)
+        return;
+    curl_multi_cleanup(m->multi);
+    free(m);
+}
+
+/* Reports finished transfers to their done callbacks. */
+static void reap(struct http_multi *m)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(m->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        struct http_req *r = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
+        r->result = msg->data.result;
+        curl_multi_remove_handle(m->multi, r->easy);
+        r->done(r, r->cls);
+    }
+}
+
+int http_multi_add(struct http_multi *m, struct http_req *r,
+                   void (*done)(struct http_req *, void *), void *cls)
+{
+    r->done = done;
+    r->cls = cls;
+    return curl_multi_add_handle(m->multi, r->easy) == CURLM_OK ? 0 : -1;
+}
+
+void http_multi_cancel(struct http_multi *m, struct http_req *r)
+{
+    curl_multi_remove_handle(m->multi, r->easy);
+}
+
+void http_multi_socket(struct http_multi *m, int fd, uint32_t events)
+{
+    int mask = (events & EPOLLIN ? CURL_CSELECT_IN : 0) | (events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+               (events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+    curl_multi_socket_action(m->multi, fd, mask, &m->running);
+    reap(m);
+}
+
+void http_multi_timeout(struct http_multi *m)
+{
+    if (m->timer < 0 || time_mono() < m->timer)
+        return;
+    m->timer = -1;
+    curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &m->running);
+    reap(m);
+}
+
+double http_multi_next(struct http_multi *m)
+{
+    return m->timer;
 }

@@ -96,8 +96,7 @@ void log_msg(int level, const char *fmt, ...)
 
 struct delivery_ctx *log_ctx(lua_State *L)
 {
-    /* only states made by module_newstate keep a delivery_ctx in their extra space */
-    return module_owns(L) ? *(struct delivery_ctx **)lua_getextraspace(L) : NULL;
+    return module_ctx(L);
 }
 
 /* ---- certhook.log ------------------------------------------------------------------------ */

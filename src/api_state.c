@@ -5,9 +5,10 @@
  * Values are stored as JSON: nil (deletes), booleans, finite numbers, strings, and tables
  * JSON can hold -- 1..n keys (an array) or string keys (an object) -- checked before
  * encoding, so what a get returns is a copy of what was set. Writes go through the journal
- * writer (journal.c) and return once committed; reads use the read connection, so a handler
- * reads its own writes. The state of `serve` uses the server's journal; that of `certhook
- * run` opens the data directory on first use.
+ * writer (journal.c) and return once committed -- inside a delivery the handler yields to the
+ * dispatcher meanwhile; reads use the read connection, so a handler reads its own writes. The
+ * state of `serve` uses the server's journal; that of `certhook run` opens the data
+ * directory on first use.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -168,15 +169,42 @@ static const char *check_key(lua_State *L, int idx)
     return key;
 }
 
-/* Runs a write request and pushes its outcome: true, or nil, message, "journal". */
+/* Pushes a write's outcome: true (incr: the new value), or nil, message, "journal". Raises for
+ * an incr on a value that is not a number. */
+static int write_result(lua_State *L, struct journal_req *r)
+{
+    if (r->result == JOURNAL_REFUSED)
+        return luaL_error(L, "certhook.state.incr: %s", r->error);
+    if (r->result != JOURNAL_ACCEPTED)
+        return fail(L, r->error, "journal");
+    if (r->op == JOURNAL_STATE_INCR)
+        push_json(L, r->number, strlen(r->number));
+    else
+        lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* The continuation of a write that yielded: the dispatcher resumed us after the commit. */
+static int write_done(lua_State *L, int status, lua_KContext k)
+{
+    (void)status;
+    return write_result(L, dispatch_journal_req((struct delivery *)k));
+}
+
+/* Runs a write: inside a delivery of the dispatcher the handler yields until the writer has
+ * committed it (other handlers run meanwhile); elsewhere this waits. The strings r points to
+ * stay on this coroutine's stack until then. */
 static int write(lua_State *L, struct journal *j, struct journal_req *r)
 {
-    journal_call(j, r);
-    if (r->result == JOURNAL_ACCEPTED) {
-        lua_pushboolean(L, 1);
-        return 1;
+    struct delivery_ctx *ctx = module_ctx(L);
+    if (ctx != NULL && ctx->delivery != NULL && lua_isyieldable(L)) {
+        struct journal_req *req = dispatch_journal_req(ctx->delivery);
+        *req = *r;
+        dispatch_journal_start(ctx->delivery);
+        return lua_yieldk(L, 0, (lua_KContext)ctx->delivery, write_done);
     }
-    return fail(L, r->error, "journal");
+    journal_call(j, r);
+    return write_result(L, r);
 }
 
 /* key -> value | nil; nil, message, "journal" when the journal cannot be read */
@@ -233,15 +261,7 @@ static int state_incr(lua_State *L)
     r.by = luaL_optnumber(L, 2, 1);
     luaL_argcheck(L, isfinite(r.by), 2, "must be a finite number");
     struct journal *j = state_journal(L);
-    if (j == NULL)
-        return fail(L, lua_tostring(L, -1), "journal");
-    journal_call(j, &r);
-    if (r.result == JOURNAL_REFUSED)
-        return luaL_error(L, "certhook.state.incr: %s", r.error);
-    if (r.result != JOURNAL_ACCEPTED)
-        return fail(L, r.error, "journal");
-    push_json(L, r.number, strlen(r.number));
-    return 1;
+    return j ? write(L, j, &r) : fail(L, lua_tostring(L, -1), "journal");
 }
 
 static void add_key(void *cls, const char *key)

@@ -51,13 +51,22 @@ char *buf_take(struct buf *b);                             /* NUL-terminated; ca
 
 /* ---- api_log.c: one JSON object per line on stderr -------------------------------- */
 
-/* What a running handler knows about itself. The dispatcher stores a pointer to it in the
- * LUA_EXTRASPACE of the handler's coroutine, where the certhook.* API finds it. */
+struct delivery;    /* dispatch.c: a delivery in flight */
+struct generation;
+
+/* What a running handler knows about itself. The runner (run.c) makes it the state's current
+ * context for each resume (module_set_ctx), where the certhook.* API and the limits hook
+ * find it, also in coroutines the handler creates. */
 struct delivery_ctx {
     const char *event_id, *event_type, *hostname, *handler;
     unsigned generation;
+    struct generation *gen;
+    double deadline;           /* time_mono() after which it is stopped; 0: never */
+    int killed;                /* RUN_TIMEOUT, RUN_MEMORY, RUN_STOP when it must stop */
+    int waiting;               /* set by the API when it yields to wait for something */
+    struct delivery *delivery; /* serve: waits yield to the dispatcher; NULL: synchronous */
 };
-struct delivery_ctx *log_ctx(lua_State *L); /* NULL outside a handler */
+struct delivery_ctx *log_ctx(lua_State *L); /* the current context; NULL outside a handler */
 
 enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
@@ -98,6 +107,21 @@ int state_open(lua_State *L); /* pushes the certhook.state table */
 
 int http_open(lua_State *L); /* pushes the certhook.http table */
 
+/* The transfer of one certhook.http call, and a curl multi handle on the dispatcher's epoll:
+ * its sockets are registered with epoll data tag | fd. */
+struct http_req;
+struct http_multi;
+void http_req_free(struct http_req *r);
+const char *http_req_host(const struct http_req *r); /* lower-case; NULL if none */
+struct http_multi *http_multi_new(int epfd, uint64_t tag, long per_host);
+void http_multi_free(struct http_multi *m);
+int http_multi_add(struct http_multi *m, struct http_req *r,
+                   void (*done)(struct http_req *, void *), void *cls);
+void http_multi_cancel(struct http_multi *m, struct http_req *r); /* done is not called */
+void http_multi_socket(struct http_multi *m, int fd, uint32_t events);
+void http_multi_timeout(struct http_multi *m); /* call when time_mono() >= http_multi_next */
+double http_multi_next(struct http_multi *m);  /* time_mono() of curl's timer, or < 0 */
+
 /* ---- providers and sources ----------------------------------------------------------- */
 
 enum provider { PROVIDER_NONE = 0, PROVIDER_CLOUDFLARE, PROVIDER_IBM_CM };
@@ -122,7 +146,8 @@ struct source {
 struct delivery_cfg {
     int max_attempts;
     double backoff, max_backoff, timeout, shutdown_grace;
-    unsigned concurrency;
+    unsigned concurrency, per_host; /* per_host: requests in flight to one host; 0: no bound */
+    size_t memory_limit;            /* bytes a handler generation's Lua state may hold */
 };
 
 struct config {
@@ -191,8 +216,9 @@ int normalize_glob(const char *pattern, const char *s); /* `*` matches any run o
  * NULL with a message on failure. */
 lua_State *module_newstate(const char *path, const char *cpath, lua_Alloc alloc, void *ud,
                            char *err, size_t errlen);
-/* 1 if L was made by module_newstate (its extra space holds a delivery_ctx pointer). */
-int module_owns(lua_State *L);
+/* Makes ctx (or NULL) the current delivery context of L's state. */
+void module_set_ctx(lua_State *L, struct delivery_ctx *ctx);
+struct delivery_ctx *module_ctx(lua_State *L);
 /* Pushes the decoded JSON text (not fixed up) or returns -1 with cjson's message. */
 int module_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen);
 /* Encodes the value at idx; returns a pointer valid while the pushed string stays on the
@@ -352,6 +378,8 @@ struct generation {
     struct handler *h;
     size_t n;
     size_t nfiles;
+    size_t mem_used, mem_limit; /* bytes the state holds; its bound (0: none) */
+    int mem_over;               /* an allocation was refused for the bound since last look */
 };
 
 /* What a generation's state gets: package paths, and the journal behind certhook.state (j,
@@ -361,6 +389,7 @@ struct reload_env {
     struct journal *j;
     const char *data;
     double busy_timeout;
+    size_t memory_limit; /* bytes; 0: none */
 };
 
 /* Loads every *.lua of dir (sorted) into a fresh state and validates what each returns.
@@ -368,6 +397,33 @@ struct reload_env {
 struct generation *reload_build(const char *dir, const struct reload_env *env, unsigned number,
                                 char **err);
 void reload_free(struct generation *g);
+
+/* ---- run.c: running one handler ------------------------------------------------------------ */
+
+enum { RUN_TIMEOUT = 1, RUN_MEMORY, RUN_STOP }; /* delivery_ctx.killed */
+enum run_status { RUN_DONE, RUN_FAILED, RUN_WAITING };
+
+/* Pushes the event handlers receive, built from the journaled payload; -1 when it cannot be
+ * (logged; nothing pushed). */
+int run_push_event(lua_State *L, const struct journal_event *ev);
+/* Pushes a deep copy of the table at src; memo (a table) keeps shared subtables shared. */
+void run_copy(lua_State *L, int src, int memo);
+/* A new coroutine calling handler h with the value at idx, anchored in the registry (*ref),
+ * with the limits hook set. */
+lua_State *run_new(lua_State *L, const struct handler *h, int idx, int *ref);
+/* Resumes co (nargs values on its stack) as ctx: RUN_DONE; RUN_WAITING when it yielded to wait
+ * through the API; RUN_FAILED with a malloc'd message and traceback (also when it was killed,
+ * saying why). */
+enum run_status run_resume(lua_State *L, lua_State *co, int nargs, struct delivery_ctx *ctx,
+                           char **error, char **traceback);
+void run_free(lua_State *L, lua_State *co, int ref); /* closes it and drops the anchor */
+char *run_stopped(const struct delivery_ctx *ctx);   /* why a killed one stopped (malloc'd) */
+void run_log_failure(const struct delivery_ctx *ctx, int attempt, const char *error,
+                     const char *traceback);
+/* Runs handlers hs for ev once each, synchronously (certhook run): fills r[i] (attempts set by
+ * the caller). Returns 0, or -1 when the event cannot be built. */
+int run_sync(struct generation *g, const struct journal_event *ev, const struct handler **hs,
+             size_t n, double timeout, struct delivery_result *r);
 
 /* ---- dispatch.c -------------------------------------------------------------------------- */
 
@@ -378,6 +434,8 @@ struct dispatch *dispatch_new(struct generation *g, struct journal *j,
                               const struct delivery_cfg *cfg, int64_t recover_upto);
 void dispatch_free(struct dispatch *d); /* does not free the generation */
 void dispatch_set_generation(struct dispatch *d, struct generation *g);
+/* fn(cls) runs once, when a stop signal arrives (server.c closes the intake gate). */
+void dispatch_on_stop(struct dispatch *d, void (*fn)(void *), void *cls);
 void dispatch_enqueue(void *d, struct journal_event *list); /* a journal_sink; thread-safe */
 /* Resumes what the journal holds (deliveries to retry, events never dispatched), then runs
  * the loop until a signal from sigfd asks to stop; the delivery states are handed to the
@@ -385,9 +443,14 @@ void dispatch_enqueue(void *d, struct journal_event *list); /* a journal_sink; t
 int dispatch_run(struct dispatch *d, int sigfd);
 /* Runs the handlers matching ev once, on the calling thread, without retries (certhook run).
  * Fills *done (caller frees with journal_done_free). Returns how many failed, or -1. */
-int dispatch_event(struct generation *g, const struct journal_event *ev,
+int dispatch_event(struct generation *g, const struct journal_event *ev, double timeout,
                    struct journal_done **done);
 size_t dispatch_backlog(struct dispatch *d);
+/* For the API, inside a delivery: wait for a transfer (0; -1 when too many wait: busy) or for
+ * the journal request the delivery holds (dispatch_journal_req), then resume the handler. */
+int dispatch_http_start(struct delivery *dl, struct http_req *r);
+struct journal_req *dispatch_journal_req(struct delivery *dl);
+void dispatch_journal_start(struct delivery *dl);
 
 /* ---- intake.c ------------------------------------------------------------------------------ */
 

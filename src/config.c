@@ -168,7 +168,8 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     c->busy_timeout = 5;
     c->retention = 30 * 86400;
     c->delivery = (struct delivery_cfg){.max_attempts = 10, .backoff = 5, .max_backoff = 3600,
-                                        .timeout = 30, .shutdown_grace = 10, .concurrency = 256};
+                                        .timeout = 30, .shutdown_grace = 10, .concurrency = 256,
+                                        .memory_limit = 64 << 20};
     c->log_level = LOG_INFO;
     if (!c->listen || !c->admin || !c->handlers || !c->data) {
         snprintf(err, errlen, "out of memory");
@@ -222,6 +223,14 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         if (opt_number(L, sub, "concurrency", 1, 100000, &v, "delivery.", err, errlen))
             goto done;
         d->concurrency = (unsigned)v;
+        v = d->per_host;
+        if (opt_number(L, sub, "per_host", 0, 100000, &v, "delivery.", err, errlen))
+            goto done;
+        d->per_host = (unsigned)v;
+        v = (double)d->memory_limit;
+        if (opt_number(L, sub, "memory_limit", 1 << 20, 1e12, &v, "delivery.", err, errlen))
+            goto done;
+        d->memory_limit = (size_t)v;
         if (d->max_backoff < d->backoff) {
             snprintf(err, errlen, "delivery.max_backoff must be at least delivery.backoff");
             goto done;

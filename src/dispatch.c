@@ -1,14 +1,16 @@
 /*
- * dispatch.c -- the dispatcher: deliveries, retries, replays (DESIGN §4, §9).
+ * dispatch.c -- the dispatcher: deliveries in flight, retries, replays (DESIGN §4, §9).
  *
- * Runs on the main thread and owns the handler generation (reload.c). Work comes from the
- * journal writer (each committed batch, dispatch_enqueue), from the journal at start-up
- * (deliveries to retry, events never dispatched), from its retry heap, and from replay
- * requests the CLI leaves in the journal. Every matching handler of an event is one
- * delivery, run in its own coroutine with a fresh copy of the event: success is done; an
- * error is logged with its traceback and retried with exponential backoff and full jitter
- * until delivery.max_attempts, then dead. Delivery states go to the journal writer in one
- * list per round; the writer derives the event's state from them.
+ * Runs on the main thread, owns the handler generation (reload.c) and one epoll loop that
+ * drives everything that can wait: new events from the journal writer (dispatch_enqueue),
+ * certhook.http transfers (a curl multi handle, api_http.c), certhook.state writes (the
+ * journal writer answers through a completion list), the retry heap, replay requests left in
+ * the journal by the CLI, and signals. Every matching handler of an event is one delivery:
+ * a coroutine (run.c) that runs until it returns, fails, or yields to wait; up to
+ * delivery.concurrency deliveries are in flight at once. A failure is retried with
+ * exponential backoff and full jitter until delivery.max_attempts, then dead. Delivery
+ * states go to the journal writer once per round: a delivery that finishes within the round
+ * it started costs one write; one still waiting is written as running.
  */
 #include <errno.h>
 #include <math.h>
@@ -26,9 +28,34 @@
 
 #include "certhook.h"
 
-#define RECOVER_CHUNK 256 /* events read from the journal at a time */
-#define ROUND 128         /* deliveries run before states are flushed and signals checked */
-#define REPLAY_POLL 1.0   /* seconds between looks for replay requests */
+#define RECOVER_CHUNK 256  /* events read from the journal at a time */
+#define ROUND 128          /* deliveries started before states are flushed */
+#define REPLAY_POLL 1.0    /* seconds between looks for replay requests */
+#define CURL_TAG (1ULL << 32)
+
+/* An event shared by the deliveries it started; freed with the last of them. */
+struct event_ref {
+    struct journal_event *ev;
+    int refs;
+};
+
+/* One attempt of one delivery, from its start until it returns, fails or is stopped. */
+struct delivery {
+    struct delivery *prev, *next; /* the dispatcher's in-flight list */
+    struct delivery *next_ready;  /* a wait ended: resume it */
+    struct dispatch *d;
+    struct event_ref *ev;
+    const struct handler *h;
+    lua_State *co;
+    int co_ref;
+    struct delivery_ctx ctx;
+    struct delivery_result r; /* its latest state */
+    int dirty;                /* r not yet handed to the journal */
+    double m0;
+    struct http_req *xfer;    /* waiting on this transfer */
+    int in_journal;           /* waiting on jreq */
+    struct journal_req jreq;
+};
 
 /* A delivery waiting for its next attempt: the retry heap's entries. */
 struct scheduled {
@@ -38,22 +65,39 @@ struct scheduled {
     char handler[];
 };
 
+struct host {
+    char *name;
+    int inflight; /* transfers to it in the multi handle */
+};
+
 struct dispatch {
     struct generation *gen;
     struct journal *j;
     const struct delivery_cfg *cfg;
-    int64_t recover_upto; /* events up to this seq were in the journal before we started */
-    int efd;              /* eventfd: the queue went from empty to not empty */
-    pthread_mutex_t mu;
+    int epfd, efd;
+    struct http_multi *http;
+    pthread_mutex_t mu; /* guards head/tail/backlog and done_journal */
     struct journal_event *head, **tail;
     size_t backlog;
+    struct delivery *done_journal; /* state writes the writer answered */
+    struct delivery *ready;        /* transfers that ended */
+    struct delivery *active;       /* in flight */
+    size_t nactive;
+    struct host *hosts;
+    size_t nhosts;
     struct scheduled **heap; /* min-heap on next_at */
     size_t nheap, capheap;
+    int64_t recover_after, recover_upto; /* never-dispatched events still to read */
+    struct journal_event *recovered;
     struct journal_done *out, **out_tail; /* delivery states not yet handed to the writer */
     int64_t replays_seen;
     double next_poll;
     unsigned short rng[3];
+    void (*on_stop)(void *);
+    void *on_stop_cls;
 };
+
+/* ---- setup ------------------------------------------------------------------------------------ */
 
 struct dispatch *dispatch_new(struct generation *g, struct journal *j,
                               const struct delivery_cfg *cfg, int64_t recover_upto)
@@ -61,11 +105,15 @@ struct dispatch *dispatch_new(struct generation *g, struct journal *j,
     struct dispatch *d = calloc(1, sizeof *d);
     if (d == NULL)
         return NULL;
+    d->epfd = epoll_create1(EPOLL_CLOEXEC);
     d->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (d->efd < 0) {
-        free(d);
+    d->http = d->epfd >= 0 ? http_multi_new(d->epfd, CURL_TAG, (long)cfg->per_host) : NULL;
+    if (d->efd < 0 || d->http == NULL) {
+        dispatch_free(d);
         return NULL;
     }
+    struct epoll_event e = {.events = EPOLLIN, .data.u64 = (uint64_t)d->efd};
+    epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->efd, &e);
     d->gen = g;
     d->j = j;
     d->cfg = cfg;
@@ -83,24 +131,50 @@ void dispatch_set_generation(struct dispatch *d, struct generation *g)
     d->gen = g;
 }
 
+void dispatch_on_stop(struct dispatch *d, void (*fn)(void *), void *cls)
+{
+    d->on_stop = fn;
+    d->on_stop_cls = cls;
+}
+
+static void free_events(struct journal_event *ev)
+{
+    for (struct journal_event *next; ev; ev = next) {
+        next = ev->next;
+        journal_event_free(ev); /* still "new" in the journal: dispatched at the next start */
+    }
+}
+
 void dispatch_free(struct dispatch *d)
 {
     if (d == NULL)
         return;
-    for (struct journal_event *ev = d->head, *next; ev; ev = next) {
-        next = ev->next;
-        journal_event_free(ev); /* still "new" in the journal: dispatched at the next start */
-    }
+    free_events(d->head);
+    free_events(d->recovered);
     for (size_t i = 0; i < d->nheap; i++)
         free(d->heap[i]); /* "retrying" / "pending" in the journal */
     free(d->heap);
+    for (size_t i = 0; i < d->nhosts; i++)
+        free(d->hosts[i].name);
+    free(d->hosts);
     for (struct journal_done *o = d->out, *next; o; o = next) {
         next = o->next;
         journal_done_free(o);
     }
-    close(d->efd);
+    http_multi_free(d->http);
+    if (d->efd >= 0)
+        close(d->efd);
+    if (d->epfd >= 0)
+        close(d->epfd);
     pthread_mutex_destroy(&d->mu);
     free(d);
+}
+
+static void wake(struct dispatch *d)
+{
+    uint64_t one = 1;
+    if (write(d->efd, &one, sizeof one) < 0 && errno != EAGAIN)
+        log_msg(LOG_ERROR, "dispatcher wake-up failed: %s", strerror(errno));
 }
 
 void dispatch_enqueue(void *cls, struct journal_event *list)
@@ -116,11 +190,8 @@ void dispatch_enqueue(void *cls, struct journal_event *list)
     d->tail = &last->next;
     d->backlog += n;
     pthread_mutex_unlock(&d->mu);
-    if (was_empty) {
-        uint64_t one = 1;
-        if (write(d->efd, &one, sizeof one) < 0 && errno != EAGAIN)
-            log_msg(LOG_ERROR, "dispatcher wake-up failed: %s", strerror(errno));
-    }
+    if (was_empty)
+        wake(d);
 }
 
 size_t dispatch_backlog(struct dispatch *d)
@@ -155,10 +226,7 @@ static void heap_push(struct dispatch *d, int64_t seq, const char *handler, int 
     struct scheduled *s = malloc(sizeof *s + n);
     if (s == NULL)
         goto oom;
-    s->seq = seq;
-    s->next_at = next_at;
-    s->first_at = first_at;
-    s->attempts = attempts;
+    *s = (struct scheduled){seq, next_at, first_at, attempts};
     memcpy(s->handler, handler, n);
     size_t i = d->nheap++;
     d->heap[i] = s;
@@ -189,95 +257,208 @@ static struct scheduled *heap_pop(struct dispatch *d)
     return top;
 }
 
-static int heap_has(struct dispatch *d, int64_t seq, const char *handler)
+/* A delivery of seq to handler is scheduled or in flight. */
+static int busy_with(struct dispatch *d, int64_t seq, const char *handler)
 {
     for (size_t i = 0; i < d->nheap; i++)
         if (d->heap[i]->seq == seq && strcmp(d->heap[i]->handler, handler) == 0)
             return 1;
+    for (struct delivery *dl = d->active; dl; dl = dl->next)
+        if (dl->ev->ev->seq == seq && strcmp(dl->h->name, handler) == 0)
+            return 1;
     return 0;
 }
 
-/* ---- running handlers ------------------------------------------------------------------------ */
+/* ---- journal states ----------------------------------------------------------------------------- */
 
-/* Pushes a deep copy of the table at src; memo maps tables already copied, so a table
- * reachable twice (event.certificate is event.certificates[1]) stays one table. */
-static void deep_copy(lua_State *L, int src, int memo)
+static void emit(struct dispatch *d, int64_t seq, const struct delivery_result *r)
 {
-    luaL_checkstack(L, 6, "event nesting");
-    lua_pushvalue(L, src);
-    if (lua_rawget(L, memo) != LUA_TNIL)
+    struct journal_done *done = journal_done_new(seq, r ? 1 : 0);
+    if (done == NULL) {
+        log_msg(LOG_ERROR, "out of memory recording a delivery of event #%lld", (long long)seq);
         return;
-    lua_pop(L, 1);
-    lua_createtable(L, (int)lua_rawlen(L, src), 0);
-    int dst = lua_gettop(L);
-    lua_pushvalue(L, src);
-    lua_pushvalue(L, dst);
-    lua_rawset(L, memo);
-    lua_pushnil(L);
-    while (lua_next(L, src) != 0) { /* dst, key, value */
-        if (lua_type(L, -1) == LUA_TTABLE) {
-            deep_copy(L, lua_gettop(L), memo);
-            lua_remove(L, -2);
+    }
+    if (r) {
+        done->n = 1;
+        done->r[0] = *r;
+        done->r[0].handler = strdup(r->handler);
+        done->r[0].error = r->error ? strdup(r->error) : NULL;
+        done->r[0].traceback = r->traceback ? strdup(r->traceback) : NULL;
+    }
+    *d->out_tail = done;
+    d->out_tail = &done->next;
+}
+
+/* Hands the round's delivery states to the journal writer: those that ended, and "running"
+ * for deliveries that started and still wait. */
+static void flush(struct dispatch *d)
+{
+    for (struct delivery *dl = d->active; dl; dl = dl->next) {
+        if (dl->dirty) {
+            emit(d, dl->ev->ev->seq, &dl->r);
+            dl->dirty = 0;
         }
-        lua_pushvalue(L, -2);
-        lua_insert(L, -2);
-        lua_rawset(L, dst);
+    }
+    if (d->out != NULL)
+        journal_finish(d->j, d->out);
+    d->out = NULL;
+    d->out_tail = &d->out;
+}
+
+/* ---- deliveries ----------------------------------------------------------------------------------- */
+
+static void event_release(struct event_ref *er)
+{
+    if (--er->refs == 0) {
+        journal_event_free(er->ev);
+        free(er);
     }
 }
 
-/* error object, coroutine -> message, traceback. Run protected: __tostring may raise. */
-static int describe_error(lua_State *L)
+static struct host *host_of(struct dispatch *d, const char *name, int create)
 {
-    lua_State *co = lua_tothread(L, 2);
-    if (lua_type(L, 1) != LUA_TSTRING) {
-        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-            lua_replace(L, 1);
-        else
-            lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1)),
-                lua_replace(L, 1);
-    }
-    lua_settop(L, 1);
-    luaL_traceback(L, co, NULL, 0);
-    return 2;
+    name = name ? name : "";
+    for (size_t i = 0; i < d->nhosts; i++)
+        if (strcmp(d->hosts[i].name, name) == 0)
+            return &d->hosts[i];
+    if (!create)
+        return NULL;
+    struct host *h = realloc(d->hosts, (d->nhosts + 1) * sizeof *h);
+    if (h == NULL)
+        return NULL;
+    d->hosts = h;
+    h = &d->hosts[d->nhosts];
+    h->name = strdup(name);
+    h->inflight = 0;
+    if (h->name == NULL)
+        return NULL;
+    d->nhosts++;
+    return h;
 }
 
-/* Runs handler h with the event at idx in a new coroutine: 0, or -1 with a malloc'd message
- * and traceback. Leaves the stack balanced. */
-static int run_handler(lua_State *L, const struct handler *h, int idx, struct delivery_ctx *ctx,
-                       char **error, char **traceback)
+/* Deliveries waiting because their host is past delivery.per_host: they do not hold a slot
+ * of delivery.concurrency, so one slow host cannot starve the others. */
+static size_t parked(struct dispatch *d)
 {
-    int top = lua_gettop(L), nres, rc = 0;
-    lua_State *co = lua_newthread(L); /* ..., co */
-    *(struct delivery_ctx **)lua_getextraspace(co) = ctx;
-    lua_rawgeti(co, LUA_REGISTRYINDEX, h->ref);
-    lua_pushvalue(L, idx);
-    lua_xmove(L, co, 1);
-    int status = lua_resume(co, L, 1, &nres);
-    *error = *traceback = NULL;
-    if (status == LUA_OK) {
-        lua_pop(co, nres);
+    size_t n = 0;
+    for (size_t i = 0; d->cfg->per_host && i < d->nhosts; i++)
+        if ((unsigned)d->hosts[i].inflight > d->cfg->per_host)
+            n += (size_t)d->hosts[i].inflight - d->cfg->per_host;
+    return n;
+}
+
+static void host_done(struct dispatch *d, struct http_req *r)
+{
+    struct host *h = host_of(d, http_req_host(r), 0);
+    if (h && --h->inflight == 0) { /* forget it: keeps the table to the busy hosts */
+        free(h->name);
+        *h = d->hosts[--d->nhosts];
+    }
+}
+
+static int slots_free(struct dispatch *d)
+{
+    return d->nactive - parked(d) < d->cfg->concurrency;
+}
+
+/* The attempt ended (error NULL: it succeeded). Decides done / retrying / dead, records it
+ * and frees the delivery. */
+static void finish(struct dispatch *d, struct delivery *dl, char *error, char *traceback)
+{
+    struct delivery_result *r = &dl->r;
+    lua_State *L = d->gen->L;
+    r->duration = time_mono() - dl->m0;
+    r->error = error;
+    r->traceback = traceback;
+    if (dl->xfer) { /* stopped while a transfer ran */
+        http_multi_cancel(d->http, dl->xfer);
+        host_done(d, dl->xfer);
+        http_req_free(dl->xfer);
+        dl->xfer = NULL;
+    }
+    if (dl->ctx.killed == RUN_STOP) { /* not a failed attempt: runs again at the next start */
+        r->status = DELIVERY_PENDING;
+        r->attempts--;
+        r->next_at = time_now();
+        free(r->error);
+        free(r->traceback);
+        r->error = r->traceback = NULL;
+    } else if (error == NULL) {
+        r->status = DELIVERY_DONE;
     } else {
-        const char *msg = "handler yielded outside the certhook API";
-        const char *tb = NULL;
-        if (status != LUA_YIELD) {
-            lua_pushcfunction(L, describe_error);
-            lua_xmove(co, L, 1); /* the error object */
-            lua_pushthread(co);
-            lua_xmove(co, L, 1);
-            if (lua_pcall(L, 2, 2, 0) == LUA_OK) {
-                msg = lua_tostring(L, -2);
-                tb = lua_tostring(L, -1);
-            } else {
-                msg = "handler failed (its error could not be described)";
-            }
+        run_log_failure(&dl->ctx, r->attempts, error, traceback);
+        r->status = DELIVERY_DEAD;
+        if (r->attempts < d->cfg->max_attempts) { /* exponential backoff, full jitter */
+            double cap = d->cfg->backoff * pow(2, r->attempts - 1);
+            if (cap > d->cfg->max_backoff)
+                cap = d->cfg->max_backoff;
+            r->status = DELIVERY_RETRYING;
+            r->next_at = time_now() + erand48(d->rng) * cap;
+            heap_push(d, dl->ev->ev->seq, r->handler, r->attempts, r->next_at, r->first_at);
         }
-        *error = strdup(msg);
-        *traceback = tb ? strdup(tb) : NULL;
-        lua_resetthread(co); /* closes its to-be-closed variables */
-        rc = -1;
     }
-    lua_settop(L, top);
-    return rc;
+    emit(d, dl->ev->ev->seq, r);
+    run_free(L, dl->co, dl->co_ref);
+    if (dl->ctx.killed == RUN_MEMORY)
+        lua_gc(L, LUA_GCCOLLECT); /* give the memory back to the others at once */
+    if (dl->prev)
+        dl->prev->next = dl->next;
+    else
+        d->active = dl->next;
+    if (dl->next)
+        dl->next->prev = dl->prev;
+    d->nactive--;
+    free(r->handler);
+    free(r->error);
+    free(r->traceback);
+    event_release(dl->ev);
+    free(dl);
+}
+
+/* Resumes a delivery (nargs values on its coroutine) and handles what it did. */
+static void step(struct dispatch *d, struct delivery *dl, int nargs)
+{
+    char *error, *traceback;
+    enum run_status st = run_resume(d->gen->L, dl->co, nargs, &dl->ctx, &error, &traceback);
+    if (st == RUN_DONE)
+        finish(d, dl, NULL, NULL);
+    else if (st == RUN_FAILED)
+        finish(d, dl, error, traceback);
+}
+
+/* Starts one attempt of handler h with the event value at idx of the generation's state. */
+static void start(struct dispatch *d, struct event_ref *er, const struct handler *h, int idx,
+                  int before, double first_at)
+{
+    struct journal_event *ev = er->ev;
+    struct delivery *dl = calloc(1, sizeof *dl);
+    if (dl == NULL || (dl->r.handler = strdup(h->name)) == NULL) {
+        free(dl);
+        log_msg(LOG_ERROR, "out of memory starting %s for %s", h->name, ev->id);
+        return;
+    }
+    er->refs++;
+    dl->d = d;
+    dl->ev = er;
+    dl->h = h;
+    dl->m0 = time_mono();
+    dl->r.status = DELIVERY_RUNNING;
+    dl->r.attempts = before + 1;
+    dl->r.generation = d->gen->number;
+    dl->r.started_at = time_now();
+    dl->r.first_at = first_at > 0 ? first_at : dl->r.started_at;
+    dl->dirty = 1;
+    dl->ctx = (struct delivery_ctx){.event_id = ev->id, .event_type = ev->type,
+                                    .hostname = ev->hostname, .handler = h->name,
+                                    .generation = d->gen->number, .gen = d->gen,
+                                    .deadline = dl->m0 + d->cfg->timeout, .delivery = dl};
+    dl->co = run_new(d->gen->L, h, idx, &dl->co_ref);
+    dl->next = d->active;
+    if (d->active)
+        d->active->prev = dl;
+    d->active = dl;
+    d->nactive++;
+    step(d, dl, 1);
 }
 
 static int matches(const struct handler *h, const struct journal_event *ev)
@@ -286,184 +467,67 @@ static int matches(const struct handler *h, const struct journal_event *ev)
            (ev->provider_type && normalize_glob(h->pattern, ev->provider_type));
 }
 
+/* Starts attempts of the given handlers for ev (before[i]: attempts made; first_at[i]: when
+ * the first was). Takes ev. */
+static void start_event(struct dispatch *d, struct journal_event *ev, const struct handler **hs,
+                        const int *before, const double *first_at, size_t n)
+{
+    lua_State *L = d->gen->L;
+    int top = lua_gettop(L);
+    struct event_ref *er = malloc(sizeof *er);
+    if (er == NULL) {
+        journal_event_free(ev);
+        return;
+    }
+    er->ev = ev;
+    er->refs = 1; /* ours, until every delivery started */
+    if (n == 0) {
+        emit(d, ev->seq, NULL); /* nothing matches: the event is finished */
+    } else if (run_push_event(L, ev) == 0) {
+        int event = lua_gettop(L);
+        lua_newtable(L);
+        int memo = lua_gettop(L);
+        for (size_t i = 0; i < n; i++) {
+            int arg = event; /* the last delivery gets the original: nobody else sees it */
+            if (i + 1 < n) {
+                run_copy(L, event, memo);
+                arg = lua_gettop(L);
+                lua_newtable(L);
+                lua_replace(L, memo);
+            }
+            start(d, er, hs[i], arg, before ? before[i] : 0, first_at ? first_at[i] : 0);
+            lua_settop(L, memo);
+        }
+    } else {
+        emit(d, ev->seq, NULL); /* logged; it cannot be dispatched, retrying would not help */
+    }
+    lua_settop(L, top);
+    event_release(er);
+}
+
+/* A new (or replayed) event: every matching handler not already busy with it runs now. */
+static void dispatch_fresh(struct dispatch *d, struct journal_event *ev, int replay)
+{
+    struct generation *g = d->gen;
+    const struct handler **hs = malloc((g->n + 1) * sizeof *hs);
+    size_t n = 0;
+    if (hs == NULL) {
+        journal_event_free(ev);
+        return;
+    }
+    for (size_t i = 0; i < g->n; i++)
+        if (matches(&g->h[i], ev) && !(replay && busy_with(d, ev->seq, g->h[i].name)))
+            hs[n++] = &g->h[i];
+    start_event(d, ev, hs, NULL, NULL, n);
+    free(hs);
+}
+
 static const struct handler *find_handler(const struct generation *g, const char *name)
 {
     for (size_t i = 0; i < g->n; i++)
         if (strcmp(g->h[i].name, name) == 0)
             return &g->h[i];
     return NULL;
-}
-
-/* Pushes the event handlers receive, built from the journaled payload; -1 if it cannot be
- * (logged; nothing pushed). */
-static int push_event(lua_State *L, const struct journal_event *ev)
-{
-    char err[512];
-    if (module_decode(L, ev->payload, ev->payload_len, err, sizeof err) != 0) {
-        log_msg(LOG_ERROR, "event %s: journaled payload does not decode: %s", ev->id, err);
-        return -1;
-    }
-    normalize_fixup(L, -1);
-    if (normalize_push(L, ev->provider, -1, err, sizeof err) != 0) {
-        lua_pop(L, 1);
-        log_msg(LOG_ERROR, "event %s: journaled payload does not normalize: %s", ev->id, err);
-        return -1;
-    }
-    lua_remove(L, -2);
-    lua_pushstring(L, ev->id);
-    lua_setfield(L, -2, "id");
-    lua_pushstring(L, ev->source);
-    lua_setfield(L, -2, "source");
-    time_push_epoch(L, ev->received_at);
-    lua_setfield(L, -2, "received_at");
-    return 0;
-}
-
-/* Runs the given handlers (all of them once) for ev and fills r[i] with what each attempt
- * did: DONE, or DEAD with the error (the caller decides about retries); r[i].attempts is
- * this attempt's number. Returns 0, or -1 when the event cannot be built. */
-static int run_deliveries(struct generation *g, const struct journal_event *ev,
-                          const struct handler **hs, size_t n, struct delivery_result *r)
-{
-    lua_State *L = g->L;
-    int top = lua_gettop(L);
-    if (push_event(L, ev) != 0)
-        return -1;
-    int event = lua_gettop(L);
-    lua_newtable(L); /* memo for deep_copy */
-    int memo = lua_gettop(L);
-    struct delivery_ctx ctx = {ev->id, ev->type, ev->hostname, NULL, g->number};
-    for (size_t i = 0; i < n; i++) {
-        int arg = event; /* the last handler gets the original: nobody else sees it */
-        if (i + 1 < n) {
-            deep_copy(L, event, memo);
-            arg = lua_gettop(L);
-            lua_newtable(L);
-            lua_replace(L, memo);
-        }
-        ctx.handler = hs[i]->name;
-        r[i].started_at = time_now();
-        double m0 = time_mono();
-        int rc = run_handler(L, hs[i], arg, &ctx, &r[i].error, &r[i].traceback);
-        r[i].duration = time_mono() - m0;
-        r[i].status = rc == 0 ? DELIVERY_DONE : DELIVERY_DEAD;
-        r[i].generation = g->number;
-        if (rc != 0) {
-            struct log_line l;
-            log_begin(&l, LOG_ERROR, "handler failed");
-            log_str(&l, "event", ev->id);
-            log_str(&l, "type", ev->type);
-            log_str(&l, "hostname", ev->hostname);
-            log_str(&l, "handler", hs[i]->name);
-            log_num(&l, "generation", g->number);
-            log_num(&l, "attempt", r[i].attempts);
-            log_str(&l, "error", r[i].error);
-            log_str(&l, "traceback", r[i].traceback);
-            log_end(&l);
-        }
-        if (arg != event)
-            lua_pop(L, 1);
-    }
-    lua_settop(L, top);
-    return 0;
-}
-
-int dispatch_event(struct generation *g, const struct journal_event *ev,
-                   struct journal_done **donep)
-{
-    const struct handler **hs = calloc(g->n + 1, sizeof *hs);
-    size_t n = 0;
-    int failed = 0;
-    for (size_t i = 0; hs && i < g->n; i++)
-        if (matches(&g->h[i], ev))
-            hs[n++] = &g->h[i];
-    struct journal_done *done = hs ? journal_done_new(ev->seq, n) : NULL;
-    *donep = done;
-    for (size_t i = 0; done && i < n; i++)
-        done->r[i].attempts = 1;
-    if (done == NULL || (n > 0 && run_deliveries(g, ev, hs, n, done->r) != 0)) {
-        free(hs);
-        return -1;
-    }
-    done->n = n;
-    for (size_t i = 0; i < n; i++) {
-        done->r[i].handler = strdup(hs[i]->name);
-        done->r[i].first_at = done->r[i].started_at;
-        failed += done->r[i].status != DELIVERY_DONE;
-    }
-    free(hs);
-    return failed;
-}
-
-/* ---- the serve loop ------------------------------------------------------------------------------ */
-
-static void emit(struct dispatch *d, struct journal_done *done)
-{
-    *d->out_tail = done;
-    d->out_tail = &done->next;
-}
-
-static void flush(struct dispatch *d)
-{
-    if (d->out != NULL)
-        journal_finish(d->j, d->out);
-    d->out = NULL;
-    d->out_tail = &d->out;
-}
-
-/* After an attempt: retry with exponential backoff and full jitter, or dead. */
-static void settle(struct dispatch *d, int64_t seq, struct delivery_result *r)
-{
-    if (r->status == DELIVERY_DONE || r->attempts >= d->cfg->max_attempts)
-        return;
-    double cap = d->cfg->backoff * pow(2, r->attempts - 1);
-    if (cap > d->cfg->max_backoff)
-        cap = d->cfg->max_backoff;
-    r->status = DELIVERY_RETRYING;
-    r->next_at = time_now() + erand48(d->rng) * cap;
-    heap_push(d, seq, r->handler, r->attempts, r->next_at, r->first_at);
-}
-
-/* Runs handlers hs (with the attempts each made before) for ev and emits their states. */
-static void deliver(struct dispatch *d, const struct journal_event *ev,
-                    const struct handler **hs, const int *before, const double *first_at,
-                    size_t n)
-{
-    struct journal_done *done = journal_done_new(ev->seq, n);
-    if (done == NULL) {
-        log_msg(LOG_ERROR, "out of memory dispatching %s", ev->id);
-        return;
-    }
-    for (size_t i = 0; i < n; i++)
-        done->r[i].attempts = before[i] + 1;
-    if (n > 0 && run_deliveries(d->gen, ev, hs, n, done->r) != 0) {
-        journal_done_free(done); /* logged; the journal keeps what it had */
-        return;
-    }
-    done->n = n;
-    for (size_t i = 0; i < n; i++) {
-        struct delivery_result *r = &done->r[i];
-        r->handler = strdup(hs[i]->name);
-        r->first_at = first_at && first_at[i] > 0 ? first_at[i] : r->started_at;
-        settle(d, ev->seq, r);
-    }
-    emit(d, done);
-}
-
-/* A new (or replayed) event: every matching handler not already scheduled runs now. */
-static void dispatch_fresh(struct dispatch *d, const struct journal_event *ev, int replay)
-{
-    struct generation *g = d->gen;
-    const struct handler **hs = malloc((g->n + 1) * sizeof *hs);
-    int *before = calloc(g->n + 1, sizeof *before);
-    size_t n = 0;
-    for (size_t i = 0; hs && before && i < g->n; i++)
-        if (matches(&g->h[i], ev) && !(replay && heap_has(d, ev->seq, g->h[i].name)))
-            hs[n++] = &g->h[i];
-    if (hs && before)
-        deliver(d, ev, hs, before, NULL, n);
-    free(hs);
-    free(before);
 }
 
 /* A delivery from the heap whose time has come. */
@@ -475,44 +539,127 @@ static void dispatch_due(struct dispatch *d, struct scheduled *s)
         log_msg(LOG_WARN, "event #%lld of a scheduled delivery is gone from the journal",
                 (long long)s->seq);
     } else if (h == NULL) { /* its file or pattern is gone from the handlers */
-        struct journal_done *done = journal_done_new(s->seq, 1);
-        if (done) {
-            done->n = 1;
-            done->r[0] = (struct delivery_result){
-                .handler = strdup(s->handler), .status = DELIVERY_DEAD, .attempts = s->attempts,
-                .error = strdup("the handler is no longer loaded")};
-            emit(d, done);
-        }
+        struct delivery_result r = {.handler = s->handler, .status = DELIVERY_DEAD,
+                                    .attempts = s->attempts,
+                                    .error = "the handler is no longer loaded"};
+        emit(d, s->seq, &r);
         log_msg(LOG_WARN, "%s of %s is dead: the handler is no longer loaded", s->handler, ev->id);
+        journal_event_free(ev);
     } else {
-        deliver(d, ev, &h, &s->attempts, &s->first_at, 1);
+        start_event(d, ev, &h, &s->attempts, &s->first_at, 1);
     }
-    journal_event_free(ev);
     free(s);
 }
 
-static void schedule_loaded(void *cls, int64_t seq, const char *handler, int attempts,
-                            double next_at, double first_at)
+/* ---- waits (for the API) ----------------------------------------------------------------------- */
+
+static void on_transfer_done(struct http_req *r, void *cls)
 {
-    struct dispatch *d = cls;
-    heap_push(d, seq, handler, attempts, next_at > 0 ? next_at : time_now(), first_at);
+    struct delivery *dl = cls;
+    struct dispatch *d = dl->d;
+    host_done(d, r);
+    dl->xfer = NULL; /* the continuation owns r now */
+    dl->next_ready = d->ready;
+    d->ready = dl;
 }
 
-/* Every dead delivery: pending again, attempts from zero, run now. */
+int dispatch_http_start(struct delivery *dl, struct http_req *r)
+{
+    struct dispatch *d = dl->d;
+    struct host *h = host_of(d, http_req_host(r), 1);
+    if (h == NULL)
+        return -1;
+    if (d->cfg->per_host && (unsigned)h->inflight >= d->cfg->per_host &&
+        parked(d) >= d->cfg->concurrency)
+        return -1;
+    if (http_multi_add(d->http, r, on_transfer_done, dl) != 0)
+        return -1;
+    h->inflight++;
+    dl->xfer = r;
+    dl->ctx.waiting = 1;
+    return 0;
+}
+
+struct journal_req *dispatch_journal_req(struct delivery *dl)
+{
+    return &dl->jreq;
+}
+
+/* Writer thread: a state write of a delivery is committed. */
+static void on_journal_done(struct journal_req *r)
+{
+    struct delivery *dl = r->cls;
+    struct dispatch *d = dl->d;
+    pthread_mutex_lock(&d->mu);
+    dl->next_ready = d->done_journal;
+    d->done_journal = dl;
+    pthread_mutex_unlock(&d->mu);
+    wake(d);
+}
+
+void dispatch_journal_start(struct delivery *dl)
+{
+    dl->jreq.done = on_journal_done;
+    dl->jreq.cls = dl;
+    dl->in_journal = 1;
+    dl->ctx.waiting = 1;
+    journal_append(dl->d->j, &dl->jreq);
+}
+
+/* Resumes the deliveries whose waits ended; those killed meanwhile finish instead. */
+static void resume_ready(struct dispatch *d)
+{
+    pthread_mutex_lock(&d->mu);
+    struct delivery *journal = d->done_journal;
+    d->done_journal = NULL;
+    pthread_mutex_unlock(&d->mu);
+    for (struct delivery *dl = journal, *next; dl; dl = next) {
+        next = dl->next_ready;
+        dl->in_journal = 0;
+        if (dl->ctx.killed) /* stopped while the writer had its request */
+            finish(d, dl, run_stopped(&dl->ctx), NULL);
+        else
+            step(d, dl, 0);
+    }
+    while (d->ready) {
+        struct delivery *dl = d->ready;
+        d->ready = dl->next_ready;
+        step(d, dl, 0);
+    }
+}
+
+/* Stops deliveries past their deadline (waiting ones: those running are stopped by the hook)
+ * or all of them (why = RUN_STOP). Returns the earliest deadline still to come, or 0. */
+static double enforce(struct dispatch *d, int why)
+{
+    double now = time_mono(), next = 0;
+    for (struct delivery *dl = d->active, *n; dl; dl = n) {
+        n = dl->next;
+        if (why == 0 && dl->ctx.deadline > now) {
+            if (next == 0 || dl->ctx.deadline < next)
+                next = dl->ctx.deadline;
+            continue;
+        }
+        if (!dl->ctx.killed)
+            dl->ctx.killed = why ? why : RUN_TIMEOUT;
+        if (dl->in_journal)
+            continue; /* the writer holds its request: finishes when it answers */
+        finish(d, dl, run_stopped(&dl->ctx), NULL);
+    }
+    return next;
+}
+
+/* ---- replays ------------------------------------------------------------------------------------- */
+
 static void requeue_dead(void *cls, int64_t seq, const char *handler, int attempts,
                          double next_at, double first_at)
 {
     struct dispatch *d = cls;
     (void)attempts, (void)next_at;
-    struct journal_done *done = journal_done_new(seq, 1);
-    if (done == NULL)
-        return;
-    double now = time_now();
-    done->n = 1;
-    done->r[0] = (struct delivery_result){.handler = strdup(handler), .status = DELIVERY_PENDING,
-                                          .next_at = now, .first_at = first_at};
-    emit(d, done);
-    heap_push(d, seq, handler, 0, now, first_at);
+    struct delivery_result r = {.handler = (char *)handler, .status = DELIVERY_PENDING,
+                                .next_at = time_now(), .first_at = first_at};
+    emit(d, seq, &r);
+    heap_push(d, seq, handler, 0, r.next_at, first_at);
 }
 
 struct replay_round {
@@ -536,7 +683,6 @@ static void on_replay(void *cls, int64_t id, const char *event_id, int dead)
     }
     log_msg(LOG_INFO, "replaying %s", event_id);
     dispatch_fresh(rr->d, ev, 1);
-    journal_event_free(ev);
 }
 
 static void poll_replays(struct dispatch *d)
@@ -551,9 +697,79 @@ static void poll_replays(struct dispatch *d)
     struct journal_done *done = journal_done_new(0, 0);
     if (done) {
         done->replays_upto = rr.upto;
-        emit(d, done);
+        *d->out_tail = done;
+        d->out_tail = &done->next;
     }
     d->replays_seen = rr.upto;
+}
+
+/* ---- the loop ------------------------------------------------------------------------------------ */
+
+static void schedule_loaded(void *cls, int64_t seq, const char *handler, int attempts,
+                            double next_at, double first_at)
+{
+    struct dispatch *d = cls;
+    heap_push(d, seq, handler, attempts, next_at > 0 ? next_at : time_now(), first_at);
+}
+
+static void collect(void *cls, struct journal_event *ev)
+{
+    struct journal_event ***tail = cls;
+    **tail = ev;
+    *tail = &ev->next;
+}
+
+/* The next event to dispatch: never-dispatched ones from before the start first (read from
+ * the journal a chunk at a time), then those the writer handed over. NULL if none. */
+static struct journal_event *next_event(struct dispatch *d)
+{
+    if (d->recovered == NULL && d->recover_after < d->recover_upto) {
+        struct journal_event **tail = &d->recovered;
+        int n = journal_scan_events(d->j, 0, d->recover_after, d->recover_upto, RECOVER_CHUNK,
+                                    collect, &tail);
+        if (n > 0 && d->recover_after == 0)
+            log_msg(LOG_INFO, "dispatching events accepted before the restart");
+        if (n < RECOVER_CHUNK)
+            d->recover_upto = 0; /* no more */
+        for (struct journal_event *ev = d->recovered; ev; ev = ev->next)
+            d->recover_after = ev->seq;
+    }
+    struct journal_event *ev = d->recovered;
+    if (ev != NULL) {
+        d->recovered = ev->next;
+        ev->next = NULL;
+        return ev;
+    }
+    pthread_mutex_lock(&d->mu);
+    ev = d->head;
+    if (ev != NULL) {
+        d->head = ev->next;
+        if (d->head == NULL)
+            d->tail = &d->head;
+        d->backlog--;
+        ev->next = NULL;
+    }
+    pthread_mutex_unlock(&d->mu);
+    return ev;
+}
+
+/* Starts what is due, while slots are free: retries, then new events. Returns 1 if work
+ * remains that could start now (more slots would take it). */
+static int start_work(struct dispatch *d)
+{
+    int started = 0;
+    while (slots_free(d) && started < ROUND) {
+        if (d->nheap > 0 && d->heap[0]->next_at <= time_now()) {
+            dispatch_due(d, heap_pop(d));
+        } else {
+            struct journal_event *ev = next_event(d);
+            if (ev == NULL)
+                return 0;
+            dispatch_fresh(d, ev, 0);
+        }
+        started++;
+    }
+    return 1;
 }
 
 /* The pending stop signal, else 0 (SIGHUP is logged and ignored). */
@@ -568,112 +784,106 @@ static int check_signal(int sigfd)
     return 0;
 }
 
-static void collect(void *cls, struct journal_event *ev)
-{
-    struct journal_event ***tail = cls;
-    **tail = ev;
-    *tail = &ev->next;
-}
-
-/* Dispatches a list of events, flushing and checking for a stop every ROUND. Frees the
- * events; returns the stop signal (the rest of the list is freed undispatched) or 0. */
-static int dispatch_list(struct dispatch *d, struct journal_event *list, int sigfd, size_t *n)
-{
-    int sig = 0, i = 0;
-    *n = 0;
-    for (struct journal_event *ev = list, *next; ev; ev = next) {
-        next = ev->next;
-        if (!sig)
-            dispatch_fresh(d, ev, 0);
-        journal_event_free(ev);
-        (*n)++;
-        if (!sig && ++i % ROUND == 0) {
-            flush(d);
-            sig = check_signal(sigfd);
-        }
-    }
-    flush(d);
-    return sig;
-}
-
-/* What the journal holds from before: deliveries to resume, events never dispatched. */
-static int recover(struct dispatch *d, int sigfd)
-{
-    int64_t after = 0;
-    int n, sig;
-    size_t count;
-    n = journal_scan_deliveries(d->j, NULL, schedule_loaded, d);
-    if (n > 0)
-        log_msg(LOG_INFO, "%d deliveries to retry from before the restart", n);
-    do {
-        struct journal_event *list = NULL, **tail = &list;
-        n = journal_scan_events(d->j, 0, after, d->recover_upto, RECOVER_CHUNK, collect, &tail);
-        if (n > 0 && after == 0)
-            log_msg(LOG_INFO, "dispatching events accepted before the restart");
-        for (struct journal_event *ev = list; ev; ev = ev->next)
-            after = ev->seq;
-        if ((sig = dispatch_list(d, list, sigfd, &count)) != 0)
-            return sig;
-    } while (n == RECOVER_CHUNK);
-    return check_signal(sigfd);
-}
-
 int dispatch_run(struct dispatch *d, int sigfd)
 {
-    int sig = recover(d, sigfd);
-    int ep = epoll_create1(EPOLL_CLOEXEC);
-    struct epoll_event e = {.events = EPOLLIN};
-    e.data.fd = sigfd;
-    epoll_ctl(ep, EPOLL_CTL_ADD, sigfd, &e);
-    e.data.fd = d->efd;
-    epoll_ctl(ep, EPOLL_CTL_ADD, d->efd, &e);
-    while (!sig) {
-        double now = time_now(), wake = d->next_poll;
-        if (d->nheap > 0 && d->heap[0]->next_at < wake)
-            wake = d->heap[0]->next_at;
-        int timeout = wake <= now ? 0 : (int)ceil((wake - now) * 1000);
-        struct epoll_event ready[2];
-        int nr = epoll_wait(ep, ready, 2, timeout);
+    int sig = 0;
+    double grace_until = 0;
+    struct epoll_event e = {.events = EPOLLIN, .data.u64 = (uint64_t)sigfd};
+    epoll_ctl(d->epfd, EPOLL_CTL_ADD, sigfd, &e);
+    int n = journal_scan_deliveries(d->j, NULL, schedule_loaded, d);
+    if (n > 0)
+        log_msg(LOG_INFO, "%d deliveries to retry from before the restart", n);
+    for (int more = 1;;) {
+        double now = time_mono(), wake_at = now + 3600, t;
+        if (!sig) {
+            double poll = d->next_poll - time_now(), retry = 3600;
+            if (d->nheap > 0)
+                retry = d->heap[0]->next_at - time_now();
+            if (poll < retry)
+                retry = poll;
+            if (now + retry < wake_at)
+                wake_at = now + retry;
+        } else if (grace_until < wake_at) {
+            wake_at = grace_until;
+        }
+        if ((t = http_multi_next(d->http)) >= 0 && t < wake_at)
+            wake_at = t;
+        if ((t = enforce(d, 0)) > 0 && t < wake_at)
+            wake_at = t;
+        int timeout = more && !sig && slots_free(d) ? 0
+                      : wake_at <= now         ? 0
+                                               : (int)ceil((wake_at - now) * 1000);
+        struct epoll_event ready[64];
+        int nr = epoll_wait(d->epfd, ready, 64, timeout);
         if (nr < 0 && errno != EINTR) {
             log_msg(LOG_ERROR, "epoll_wait: %s", strerror(errno));
-            sig = SIGTERM;
-            break;
+            sig = sig ? sig : SIGTERM;
         }
-        if ((sig = check_signal(sigfd)) != 0)
-            break;
-        uint64_t count;
-        if (read(d->efd, &count, sizeof count) < 0 && errno != EAGAIN)
-            log_msg(LOG_ERROR, "eventfd read: %s", strerror(errno));
-        for (;;) { /* new events */
-            pthread_mutex_lock(&d->mu);
-            struct journal_event *list = d->head;
-            d->head = NULL;
-            d->tail = &d->head;
-            pthread_mutex_unlock(&d->mu);
-            if (list == NULL)
-                break;
-            size_t n;
-            sig = dispatch_list(d, list, sigfd, &n);
-            pthread_mutex_lock(&d->mu);
-            d->backlog -= n;
-            pthread_mutex_unlock(&d->mu);
-            if (sig)
-                break;
-        }
-        for (int i = 0; !sig && d->nheap > 0 && d->heap[0]->next_at <= time_now(); i++) {
-            dispatch_due(d, heap_pop(d)); /* retries whose time has come */
-            if (i % ROUND == ROUND - 1) {
-                flush(d);
-                sig = check_signal(sigfd);
+        for (int i = 0; i < nr; i++) {
+            uint64_t tag = ready[i].data.u64;
+            if (tag & CURL_TAG) {
+                http_multi_socket(d->http, (int)(uint32_t)tag, ready[i].events);
+            } else if ((int)tag == sigfd) {
+                int s = check_signal(sigfd);
+                if (s && !sig) {
+                    sig = s;
+                    grace_until = time_mono() + d->cfg->shutdown_grace;
+                    log_msg(LOG_INFO, "stopping on %s: %zu deliveries in flight, %.0f s to finish",
+                            strsignal(sig), d->nactive, d->cfg->shutdown_grace);
+                    if (d->on_stop)
+                        d->on_stop(d->on_stop_cls);
+                }
+            } else {
+                uint64_t count;
+                if (read(d->efd, &count, sizeof count) < 0 && errno != EAGAIN)
+                    log_msg(LOG_ERROR, "eventfd read: %s", strerror(errno));
             }
         }
-        if (!sig && time_now() >= d->next_poll) {
-            poll_replays(d);
-            d->next_poll = time_now() + REPLAY_POLL;
+        http_multi_timeout(d->http);
+        resume_ready(d);
+        if (!sig) {
+            more = start_work(d);
+            if (time_now() >= d->next_poll) {
+                poll_replays(d);
+                d->next_poll = time_now() + REPLAY_POLL;
+            }
+        } else if (d->nactive > 0 && time_mono() >= grace_until) {
+            log_msg(LOG_WARN, "shutdown grace over: %zu deliveries will run again at the next "
+                              "start", d->nactive);
+            enforce(d, RUN_STOP);
         }
         flush(d);
+        if (sig && d->nactive == 0)
+            break;
     }
-    flush(d);
-    close(ep);
     return sig;
+}
+
+/* ---- certhook run ------------------------------------------------------------------------------ */
+
+int dispatch_event(struct generation *g, const struct journal_event *ev, double timeout,
+                   struct journal_done **donep)
+{
+    const struct handler **hs = calloc(g->n + 1, sizeof *hs);
+    size_t n = 0;
+    int failed = 0;
+    for (size_t i = 0; hs && i < g->n; i++)
+        if (matches(&g->h[i], ev))
+            hs[n++] = &g->h[i];
+    struct journal_done *done = hs ? journal_done_new(ev->seq, n) : NULL;
+    *donep = done;
+    for (size_t i = 0; done && i < n; i++)
+        done->r[i].attempts = 1;
+    if (done == NULL || (n > 0 && run_sync(g, ev, hs, n, timeout, done->r) != 0)) {
+        free(hs);
+        return -1;
+    }
+    done->n = n;
+    for (size_t i = 0; i < n; i++) {
+        done->r[i].handler = strdup(hs[i]->name);
+        done->r[i].first_at = done->r[i].started_at;
+        failed += done->r[i].status != DELIVERY_DONE;
+    }
+    free(hs);
+    return failed;
 }

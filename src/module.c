@@ -22,7 +22,7 @@
 
 #include "certhook.h"
 
-static const char decode_key = 'd', encode_key = 'e', ours_key = 'o';
+static const char decode_key = 'd', encode_key = 'e', ctx_key = 'c';
 
 /* Registers cjson.encode/decode for module_encode/decode. Raises if cjson is missing. */
 static int register_cjson(lua_State *L)
@@ -52,8 +52,6 @@ static int init_state(lua_State *L)
     lua_getfield(L, -1, "preload");
     lua_pushcfunction(L, luaopen_certhook_core);
     lua_setfield(L, -2, "certhook.core");
-    lua_pushboolean(L, 1);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &ours_key);
     return register_cjson(L);
 }
 
@@ -65,7 +63,6 @@ lua_State *module_newstate(const char *path, const char *cpath, lua_Alloc alloc,
         snprintf(err, errlen, "cannot create a Lua state: out of memory");
         return NULL;
     }
-    *(struct delivery_ctx **)lua_getextraspace(L) = NULL; /* coroutines copy it */
     lua_pushcfunction(L, init_state);
     path ? (void)lua_pushstring(L, path) : lua_pushnil(L);
     cpath ? (void)lua_pushstring(L, cpath) : lua_pushnil(L);
@@ -77,11 +74,18 @@ lua_State *module_newstate(const char *path, const char *cpath, lua_Alloc alloc,
     return L;
 }
 
-int module_owns(lua_State *L)
+void module_set_ctx(lua_State *L, struct delivery_ctx *ctx)
 {
-    int ours = lua_rawgetp(L, LUA_REGISTRYINDEX, &ours_key) == LUA_TBOOLEAN;
+    lua_pushlightuserdata(L, ctx);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &ctx_key);
+}
+
+struct delivery_ctx *module_ctx(lua_State *L)
+{
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &ctx_key);
+    struct delivery_ctx *ctx = lua_touserdata(L, -1); /* NULL when unset */
     lua_pop(L, 1);
-    return ours;
+    return ctx;
 }
 
 int module_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen)
@@ -155,7 +159,7 @@ static struct generation *build(lua_State *L, const char *dir, const char *data,
 {
     char *path, *cpath;
     package_paths(L, &path, &cpath);
-    struct reload_env env = {path, cpath, NULL, data, 5};
+    struct reload_env env = {path, cpath, NULL, data, 5, 64 << 20};
     struct generation *g = reload_build(dir, &env, 1, err);
     free(path);
     free(cpath);
@@ -306,8 +310,11 @@ static int core_run(lua_State *L)
     struct journal_event *ev = journal_event_new(provider_parse(lua_tostring(L, -1)), time_now(),
                                                  f[0], f[1], f[2], f[3], f[4], payload, plen);
     struct journal_done *done = NULL;
+    double timeout = 30;
+    if (lua_istable(L, 3) && lua_getfield(L, 3, "timeout") == LUA_TNUMBER)
+        timeout = lua_tonumber(L, -1);
     if (ev != NULL)
-        dispatch_event(g, ev, &done);
+        dispatch_event(g, ev, timeout, &done);
     lua_createtable(L, 0, 3);
     lua_pushstring(L, f[0]);
     lua_setfield(L, -2, "event");

@@ -100,6 +100,26 @@ done:
     return rc;
 }
 
+/* The generation state's allocator: counts what it holds and refuses past the bound. */
+static void *gen_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    struct generation *g = ud;
+    size_t old = ptr ? osize : 0; /* without ptr, osize tells the kind of object */
+    if (nsize == 0) {
+        free(ptr);
+        g->mem_used -= old;
+        return NULL;
+    }
+    if (g->mem_limit && nsize > old && g->mem_used + (nsize - old) > g->mem_limit) {
+        g->mem_over = 1;
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (p != NULL)
+        g->mem_used = g->mem_used - old + nsize;
+    return p;
+}
+
 struct generation *reload_build(const char *dir, const struct reload_env *env, unsigned number,
                                 char **err)
 {
@@ -126,7 +146,8 @@ struct generation *reload_build(const char *dir, const struct reload_env *env, u
         buf_printf(&errs, "handlers directory %s: %s", dir, strerror(errno));
         goto fail;
     }
-    g->L = module_newstate(env->path, env->cpath, NULL, NULL, msg, sizeof msg);
+    g->mem_limit = env->memory_limit;
+    g->L = module_newstate(env->path, env->cpath, gen_alloc, g, msg, sizeof msg);
     if (g->L == NULL) {
         buf_adds(&errs, msg);
         goto fail;

@@ -17,6 +17,11 @@
 
 #include "certhook.h"
 
+static void close_gate(void *in)
+{
+    intake_close_gate(in); /* stop accepting while the deliveries in flight finish */
+}
+
 int server_run(const struct config *c, char *err, size_t errlen)
 {
     struct generation *gen = NULL;
@@ -45,7 +50,8 @@ int server_run(const struct config *c, char *err, size_t errlen)
         snprintf(err, errlen, "cannot start: out of resources");
         goto done;
     }
-    struct reload_env env = {c->lua_path, c->lua_cpath, j, NULL, c->busy_timeout};
+    struct reload_env env = {c->lua_path, c->lua_cpath, j, NULL, c->busy_timeout,
+                             c->delivery.memory_limit};
     gen = reload_build(c->handlers, &env, 1, &msg);
     if (gen == NULL) {
         snprintf(err, errlen, "%s", msg);
@@ -54,6 +60,7 @@ int server_run(const struct config *c, char *err, size_t errlen)
     dispatch_set_generation(d, gen);
     if (intake_start(&in, c, j, d, &gen, err, errlen) != 0)
         goto done;
+    dispatch_on_stop(d, close_gate, in);
 
     char listen[300], admin[300];
     intake_addresses(in, listen, admin, sizeof listen);
@@ -68,8 +75,7 @@ int server_run(const struct config *c, char *err, size_t errlen)
     log_str(&l, "version", CERTHOOK_VERSION);
     log_end(&l);
 
-    int sig = dispatch_run(d, sigfd);
-    log_msg(LOG_INFO, "stopping on %s", strsignal(sig));
+    dispatch_run(d, sigfd);
     rc = 0;
 done:
     if (in != NULL) {

@@ -1,5 +1,6 @@
 #!/bin/sh
 # make bench: intake and end-to-end figures of certhook serve on this machine.
+# (Part 2, tests/bench/drain.sh: the outbound-HTTP drain.)
 #
 # For 1, 10 and 50 keep-alive connections, wrk POSTs a Cloudflare event with a new id per
 # request for DURATION seconds; every request is journaled (fsync) and dispatched to a
@@ -77,4 +78,13 @@ for c in $CONNS; do
         'BEGIN { printf "| %d | %.0f | %.2f | %.2f | %d | %.1f | %.1f | %.1f |\n", c, rps, p50 / 1000, p99 / 1000, err,
                  (ticks / hz) / n * 1e6, settle / 1000, hwm / 1024 }' >>"$out"
 done
+{
+echo
+echo "Outbound HTTP: 10,000 events already journaled when certhook starts, each delivery one HTTP call"
+echo "to a local sink that answers after 100 ms (delivery.concurrency 256):"
+echo
+echo "| backlog | deliveries | time to drain | rate | memory |"
+echo "|---|---|---:|---:|---:|"
+BUILD=$BUILD sh "$here/drain.sh"
+} >>"$out"
 cat "$out"

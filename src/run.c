@@ -1,0 +1,246 @@
+/*
+ * run.c -- running one handler: its coroutine, the event it gets, the limits that stop it.
+ *
+ * Used by the dispatcher (dispatch.c, deliveries that may wait on the network) and by
+ * `certhook run` (run_sync, everything synchronous). Each handler call gets its own
+ * coroutine and its own copy of the event. A count hook stops a handler past its deadline
+ * (delivery.timeout, wall clock) or after its state refused memory (delivery.memory_limit):
+ * it yields the coroutine when it can -- a pcall in the handler cannot catch a yield -- and
+ * raises only inside C calls that cannot yield, until a yieldable point is reached.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "certhook.h"
+
+#define HOOK_COUNT 10000 /* VM instructions between looks at the clock */
+
+int run_push_event(lua_State *L, const struct journal_event *ev)
+{
+    char err[512];
+    if (module_decode(L, ev->payload, ev->payload_len, err, sizeof err) != 0) {
+        log_msg(LOG_ERROR, "event %s: journaled payload does not decode: %s", ev->id, err);
+        return -1;
+    }
+    normalize_fixup(L, -1);
+    if (normalize_push(L, ev->provider, -1, err, sizeof err) != 0) {
+        lua_pop(L, 1);
+        log_msg(LOG_ERROR, "event %s: journaled payload does not normalize: %s", ev->id, err);
+        return -1;
+    }
+    lua_remove(L, -2);
+    lua_pushstring(L, ev->id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, ev->source);
+    lua_setfield(L, -2, "source");
+    time_push_epoch(L, ev->received_at);
+    lua_setfield(L, -2, "received_at");
+    return 0;
+}
+
+void run_copy(lua_State *L, int src, int memo)
+{
+    luaL_checkstack(L, 6, "event nesting");
+    lua_pushvalue(L, src);
+    if (lua_rawget(L, memo) != LUA_TNIL)
+        return;
+    lua_pop(L, 1);
+    lua_createtable(L, (int)lua_rawlen(L, src), 0);
+    int dst = lua_gettop(L);
+    lua_pushvalue(L, src);
+    lua_pushvalue(L, dst);
+    lua_rawset(L, memo);
+    lua_pushnil(L);
+    while (lua_next(L, src) != 0) { /* dst, key, value */
+        if (lua_type(L, -1) == LUA_TTABLE) {
+            run_copy(L, lua_gettop(L), memo);
+            lua_remove(L, -2);
+        }
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, dst);
+    }
+}
+
+static const char *kill_reason(const struct delivery_ctx *ctx, char *buf, size_t n)
+{
+    switch (ctx->killed) {
+    case RUN_TIMEOUT:
+        snprintf(buf, n, "the handler ran past its deadline (delivery.timeout) and was stopped");
+        break;
+    case RUN_MEMORY:
+        snprintf(buf, n, "the handler needed more memory than delivery.memory_limit (%zu bytes) "
+                         "and was stopped", ctx->gen ? ctx->gen->mem_limit : 0);
+        break;
+    default:
+        snprintf(buf, n, "the handler was stopped by the shutdown");
+    }
+    return buf;
+}
+
+char *run_stopped(const struct delivery_ctx *ctx)
+{
+    char why[200];
+    return strdup(kill_reason(ctx, why, sizeof why));
+}
+
+/* Every HOOK_COUNT instructions of any coroutine of the state: stop the current delivery if
+ * it must stop. */
+static void limits_hook(lua_State *L, lua_Debug *ar)
+{
+    struct delivery_ctx *ctx = module_ctx(L);
+    (void)ar;
+    if (ctx == NULL)
+        return;
+    if (ctx->gen && ctx->gen->mem_over) {
+        ctx->gen->mem_over = 0;
+        ctx->killed = RUN_MEMORY;
+    }
+    if (!ctx->killed && ctx->deadline > 0 && time_mono() > ctx->deadline)
+        ctx->killed = RUN_TIMEOUT;
+    if (!ctx->killed)
+        return;
+    if (lua_isyieldable(L)) {
+        lua_yield(L, 0); /* to the runner, whatever pcall is in between */
+        return;
+    }
+    char why[200];
+    luaL_error(L, "%s", kill_reason(ctx, why, sizeof why));
+}
+
+lua_State *run_new(lua_State *L, const struct handler *h, int idx, int *ref)
+{
+    idx = lua_absindex(L, idx);
+    lua_State *co = lua_newthread(L);
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_sethook(co, limits_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, h->ref);
+    lua_pushvalue(L, idx);
+    lua_xmove(L, co, 1);
+    return co;
+}
+
+void run_free(lua_State *L, lua_State *co, int ref)
+{
+    if (co != NULL && lua_status(co) != LUA_OK)
+        lua_resetthread(co); /* closes its to-be-closed variables */
+    luaL_unref(L, LUA_REGISTRYINDEX, ref);
+}
+
+/* error object, coroutine -> message, traceback. Run protected: __tostring may raise. */
+static int describe_error(lua_State *L)
+{
+    lua_State *co = lua_tothread(L, 2);
+    if (lua_type(L, 1) != LUA_TSTRING) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+            lua_replace(L, 1);
+        else
+            lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1)),
+                lua_replace(L, 1);
+    }
+    lua_settop(L, 1);
+    luaL_traceback(L, co, NULL, 0);
+    return 2;
+}
+
+enum run_status run_resume(lua_State *L, lua_State *co, int nargs, struct delivery_ctx *ctx,
+                           char **error, char **traceback)
+{
+    int nres, top = lua_gettop(L);
+    char why[200];
+    ctx->waiting = 0;
+    module_set_ctx(L, ctx);
+    int status = lua_resume(co, L, nargs, &nres);
+    module_set_ctx(L, NULL);
+    if (ctx->gen && ctx->gen->mem_over) { /* refused memory: this delivery asked for it */
+        ctx->gen->mem_over = 0;
+        if (status != LUA_OK)
+            ctx->killed = RUN_MEMORY;
+    }
+    *error = *traceback = NULL;
+    if (status == LUA_OK) {
+        lua_pop(co, nres);
+        return RUN_DONE;
+    }
+    if (status == LUA_YIELD && !ctx->killed && ctx->waiting)
+        return RUN_WAITING;
+    const char *msg = "the handler yielded outside the certhook API";
+    const char *tb = NULL;
+    if (ctx->killed) {
+        msg = kill_reason(ctx, why, sizeof why);
+    } else if (status != LUA_YIELD) {
+        lua_pushcfunction(L, describe_error);
+        lua_xmove(co, L, 1); /* the error object */
+        lua_pushthread(co);
+        lua_xmove(co, L, 1);
+        if (lua_pcall(L, 2, 2, 0) == LUA_OK) {
+            msg = lua_tostring(L, -2);
+            tb = lua_tostring(L, -1);
+        } else {
+            msg = "the handler failed (its error could not be described)";
+        }
+    }
+    *error = strdup(msg);
+    *traceback = tb ? strdup(tb) : NULL;
+    lua_settop(L, top);
+    return RUN_FAILED;
+}
+
+void run_log_failure(const struct delivery_ctx *ctx, int attempt, const char *error,
+                     const char *traceback)
+{
+    struct log_line l;
+    log_begin(&l, LOG_ERROR, "handler failed");
+    log_str(&l, "event", ctx->event_id);
+    log_str(&l, "type", ctx->event_type);
+    log_str(&l, "hostname", ctx->hostname);
+    log_str(&l, "handler", ctx->handler);
+    log_num(&l, "generation", ctx->generation);
+    log_num(&l, "attempt", attempt);
+    log_str(&l, "error", error);
+    log_str(&l, "traceback", traceback);
+    log_end(&l);
+}
+
+int run_sync(struct generation *g, const struct journal_event *ev, const struct handler **hs,
+             size_t n, double timeout, struct delivery_result *r)
+{
+    lua_State *L = g->L;
+    int top = lua_gettop(L);
+    if (run_push_event(L, ev) != 0)
+        return -1;
+    int event = lua_gettop(L);
+    lua_newtable(L); /* memo for run_copy */
+    int memo = lua_gettop(L);
+    for (size_t i = 0; i < n; i++) {
+        int arg = event; /* the last handler gets the original: nobody else sees it */
+        if (i + 1 < n) {
+            run_copy(L, event, memo);
+            arg = lua_gettop(L);
+            lua_newtable(L);
+            lua_replace(L, memo);
+        }
+        struct delivery_ctx ctx = {.event_id = ev->id, .event_type = ev->type,
+                                   .hostname = ev->hostname, .handler = hs[i]->name,
+                                   .generation = g->number, .gen = g,
+                                   .deadline = timeout > 0 ? time_mono() + timeout : 0};
+        int ref;
+        lua_State *co = run_new(L, hs[i], arg, &ref);
+        r[i].started_at = time_now();
+        double m0 = time_mono();
+        enum run_status st = run_resume(L, co, 1, &ctx, &r[i].error, &r[i].traceback);
+        r[i].duration = time_mono() - m0;
+        r[i].status = st == RUN_DONE ? DELIVERY_DONE : DELIVERY_DEAD;
+        r[i].generation = g->number;
+        if (st != RUN_DONE)
+            run_log_failure(&ctx, r[i].attempts, r[i].error, r[i].traceback);
+        run_free(L, co, ref);
+        if (arg != event)
+            lua_pop(L, 1);
+    }
+    lua_settop(L, top);
+    return 0;
+}
