@@ -9,10 +9,14 @@ M.__index = M
 
 M.certhook = os.getenv("CERTHOOK") or (io.popen("pwd"):read("l") .. "/build/certhook-dev")
 
--- start{ config = "lua text", handlers = { ["x.lua"] = "source" }, dir = optional }
+-- start{ config = "lua text", handlers = { ["x.lua"] = "source" }, dir = optional,
+--        env = { NAME = "value" } }
 -- The config gets listen/admin on port 0 and handlers/data in dir unless it sets them.
 function M.start(opts)
-  local self = setmetatable({ dir = opts.dir or fs.tmpdir() }, M)
+  local self = setmetatable({ dir = opts.dir or fs.tmpdir(), env = "" }, M)
+  for k, v in pairs(opts.env or {}) do
+    self.env = self.env .. ("%s='%s' "):format(k, v)
+  end
   for name, src in pairs(opts.handlers or {}) do
     fs.write(self.dir .. "/handlers/" .. name, src)
   end
@@ -28,8 +32,8 @@ function M:launch()
   os.remove(self.dir .. "/exit")
   local log_before = fs.read(self.dir .. "/server.log") or ""
   self.log_offset = #log_before
-  local cmd = ("cd '%s' && (%s serve --config certhook.conf.lua %s >>server.log 2>&1 & pid=$!; echo $pid >pid; wait $pid; echo $? >exit) >/dev/null 2>&1 &")
-    :format(self.dir, M.certhook, self.extra_args or "")
+  local cmd = ("cd '%s' && (%s%s serve --config certhook.conf.lua %s >>server.log 2>&1 & pid=$!; echo $pid >pid; wait $pid; echo $? >exit) >/dev/null 2>&1 &")
+    :format(self.dir, self.env, M.certhook, self.extra_args or "")
   os.execute(cmd)
   local ready = fs.wait_for(function()
     local log = (fs.read(self.dir .. "/server.log") or ""):sub(self.log_offset + 1)

@@ -5,7 +5,10 @@
  *
  * Any request gets, after ?delay=MS, status ?status=N (200) and either ?size=N bytes of 'x'
  * or a JSON echo of the request: {"method","path","query","headers":{lower-case},"body"}.
- * ?hang=1 never answers. GET /stats -> {"requests":N,"in_flight":N,"max_in_flight":N}.
+ * ?hang=1 never answers. GET /stats -> {"requests":N,"in_flight":N,"max_in_flight":N};
+ * GET /requests -> the echoes of the last requests, oldest first. Paths under /cloudflare/
+ * answer like the Cloudflare API ({"success":true,...,"result":<echo>}); under
+ * /cloudflare-refuse/ with 400 and {"success":false,"errors":[...]}.
  * One thread per connection, so delays cost nothing but a sleeping thread.
  */
 #include <arpa/inet.h>
@@ -19,10 +22,16 @@
 #include <ctype.h>
 
 #include <microhttpd.h>
+#include <pthread.h>
 
 #include "certhook.h"
 
 static atomic_int requests, in_flight, max_in_flight;
+
+#define KEEP 200
+static pthread_mutex_t kept_mu = PTHREAD_MUTEX_INITIALIZER;
+static char *kept[KEEP]; /* echoes of the last requests, a ring */
+static unsigned nkept;
 
 struct req {
     struct buf body;
@@ -50,6 +59,22 @@ static const char *arg(struct MHD_Connection *c, const char *name)
     return MHD_lookup_connection_value(c, MHD_GET_ARGUMENT_KIND, name);
 }
 
+static void echo(struct buf *b, struct MHD_Connection *c, const char *url, const char *method,
+                 struct req *r)
+{
+    buf_adds(b, "{\"method\":");
+    buf_json_str(b, method, strlen(method));
+    buf_adds(b, ",\"path\":");
+    buf_json_str(b, url, strlen(url));
+    buf_adds(b, ",\"query\":{");
+    MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, add_pair, b);
+    buf_adds(b, "},\"headers\":{");
+    MHD_get_connection_values(c, MHD_HEADER_KIND, add_pair, b);
+    buf_adds(b, "},\"body\":");
+    buf_json_str(b, r->body.p ? r->body.p : "", r->body.n);
+    buf_adds(b, "}");
+}
+
 static enum MHD_Result answer(struct MHD_Connection *c, const char *url, const char *method,
                               struct req *r)
 {
@@ -59,22 +84,29 @@ static enum MHD_Result answer(struct MHD_Connection *c, const char *url, const c
     if (strcmp(url, "/stats") == 0) {
         buf_printf(&b, "{\"requests\":%d,\"in_flight\":%d,\"max_in_flight\":%d}",
                    atomic_load(&requests), atomic_load(&in_flight), atomic_load(&max_in_flight));
+    } else if (strcmp(url, "/requests") == 0) {
+        pthread_mutex_lock(&kept_mu);
+        buf_adds(&b, "[");
+        unsigned first = nkept > KEEP ? nkept - KEEP : 0;
+        for (unsigned i = first; i < nkept; i++) {
+            buf_adds(&b, i > first ? "," : "");
+            buf_adds(&b, kept[i % KEEP]);
+        }
+        buf_adds(&b, "]");
+        pthread_mutex_unlock(&kept_mu);
     } else if (arg(c, "size")) {
         long n = atol(arg(c, "size"));
         for (long i = 0; i < n; i++)
             buf_add(&b, "x", 1);
-    } else {
-        buf_adds(&b, "{\"method\":");
-        buf_json_str(&b, method, strlen(method));
-        buf_adds(&b, ",\"path\":");
-        buf_json_str(&b, url, strlen(url));
-        buf_adds(&b, ",\"query\":{");
-        MHD_get_connection_values(c, MHD_GET_ARGUMENT_KIND, add_pair, &b);
-        buf_adds(&b, "},\"headers\":{");
-        MHD_get_connection_values(c, MHD_HEADER_KIND, add_pair, &b);
-        buf_adds(&b, "},\"body\":");
-        buf_json_str(&b, r->body.p ? r->body.p : "", r->body.n);
+    } else if (strncmp(url, "/cloudflare/", 12) == 0) {
+        buf_adds(&b, "{\"success\":true,\"errors\":[],\"messages\":[],\"result\":");
+        echo(&b, c, url, method, r);
         buf_adds(&b, "}");
+    } else if (strncmp(url, "/cloudflare-refuse/", 19) == 0) {
+        status = 400;
+        buf_adds(&b, "{\"success\":false,\"errors\":[{\"code\":1406,\"message\":\"refused\"}]}");
+    } else {
+        echo(&b, c, url, method, r);
     }
     struct MHD_Response *resp = MHD_create_response_from_buffer(b.n, b.p ? b.p : (char *)"",
                                                                 MHD_RESPMEM_MUST_COPY);
@@ -103,7 +135,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *upload_size = 0;
         return MHD_YES;
     }
-    if (strcmp(url, "/stats") != 0) {
+    if (strcmp(url, "/stats") != 0 && strcmp(url, "/requests") != 0) {
+        struct buf e;
+        buf_init(&e);
+        echo(&e, c, url, method, r);
+        pthread_mutex_lock(&kept_mu);
+        free(kept[nkept % KEEP]);
+        kept[nkept++ % KEEP] = buf_take(&e);
+        pthread_mutex_unlock(&kept_mu);
         atomic_fetch_add(&requests, 1);
         int now = atomic_fetch_add(&in_flight, 1) + 1;
         for (int m = atomic_load(&max_in_flight); now > m;)

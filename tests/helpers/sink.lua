@@ -26,6 +26,12 @@ function M:stats()
   return http.get(self.port, "/stats").json
 end
 
+-- The requests the sink received (echoes: method, path, query, headers, body), oldest first.
+function M:requests()
+  local http = require "helpers.http"
+  return http.get(self.port, "/requests").json
+end
+
 function M:stop()
   os.execute(("kill -KILL %d 2>/dev/null"):format(self.pid))
   fs.rm(self.dir)
