@@ -380,6 +380,7 @@ struct generation {
     size_t nfiles;
     size_t mem_used, mem_limit; /* bytes the state holds; its bound (0: none) */
     int mem_over;               /* an allocation was refused for the bound since last look */
+    int refs;                   /* the dispatcher's current one, and each delivery in flight */
 };
 
 /* What a generation's state gets: package paths, and the journal behind certhook.state (j,
@@ -392,11 +393,23 @@ struct reload_env {
     size_t memory_limit; /* bytes; 0: none */
 };
 
-/* Loads every *.lua of dir (sorted) into a fresh state and validates what each returns.
- * On failure returns NULL and a malloc'd message naming every broken file:line. */
+/* Loads every *.lua of dir (sorted) into a fresh state and validates what each returns;
+ * modules in dir/lib can be required. On failure returns NULL and a malloc'd message naming
+ * every broken file:line. The generation starts with one reference, its creator's. */
 struct generation *reload_build(const char *dir, const struct reload_env *env, unsigned number,
                                 char **err);
+void reload_hold(struct generation *g);
+void reload_release(struct generation *g); /* the last reference frees it */
 void reload_free(struct generation *g);
+
+/* Watches a handlers directory for changes that need a reload: *.lua files appearing,
+ * changing, going (atomic renames included), anything under dir/lib, and the directory
+ * itself being replaced (a symlink switched by a deploy). */
+struct watch;
+struct watch *reload_watch(const char *dir, char *err, size_t errlen);
+int reload_watch_fd(struct watch *w);
+int reload_watch_changed(struct watch *w); /* reads what is pending: 1 if it matters */
+void reload_watch_free(struct watch *w);
 
 /* ---- run.c: running one handler ------------------------------------------------------------ */
 
@@ -433,9 +446,33 @@ struct dispatch;
 struct dispatch *dispatch_new(struct generation *g, struct journal *j,
                               const struct delivery_cfg *cfg, int64_t recover_upto);
 void dispatch_free(struct dispatch *d); /* does not free the generation */
+/* Makes g current, taking the caller's reference; the previous one is released (it closes
+ * when its last delivery ends). */
 void dispatch_set_generation(struct dispatch *d, struct generation *g);
 /* fn(cls) runs once, when a stop signal arrives (server.c closes the intake gate). */
 void dispatch_on_stop(struct dispatch *d, void (*fn)(void *), void *cls);
+/* fn does a reload (server.c): a new generation (and, with_config, the config reread), swapped
+ * in with dispatch_set_generation; 0 and the generation's number, or -1 with a message. The
+ * dispatcher runs it on SIGHUP (with config), when the watched directory changed (handlers
+ * only) and for dispatch_request_reload (with config). */
+void dispatch_on_reload(struct dispatch *d,
+                        int (*fn)(void *cls, int with_config, unsigned *generation, char *err,
+                                  size_t errlen),
+                        void *cls);
+void dispatch_set_config(struct dispatch *d, const struct delivery_cfg *cfg);
+int dispatch_watch(struct dispatch *d, const char *dir, char *err, size_t errlen);
+/* From another thread: reload (config included) and wait for the outcome. 0, or -1 with err. */
+int dispatch_request_reload(struct dispatch *d, unsigned *generation, char *err, size_t errlen);
+
+struct dispatch_status {
+    unsigned generation; /* 0 until handlers are loaded */
+    size_t handlers, files;
+    unsigned long reloads, reload_failures;
+    double last_reload_at;
+    char last_error[2048]; /* of the last reload, when it failed */
+    size_t backlog;
+};
+void dispatch_get_status(struct dispatch *d, struct dispatch_status *st);
 void dispatch_enqueue(void *d, struct journal_event *list); /* a journal_sink; thread-safe */
 /* Resumes what the journal holds (deliveries to retry, events never dispatched), then runs
  * the loop until a signal from sigfd asks to stop; the delivery states are handed to the
@@ -457,13 +494,19 @@ void dispatch_journal_start(struct delivery *dl);
 struct intake;
 
 int intake_start(struct intake **ip, const struct config *c, struct journal *j,
-                 struct dispatch *d, struct generation *const *gen, char *err, size_t errlen);
+                 struct dispatch *d, char *err, size_t errlen);
+/* Applies a new configuration: new requests use c (which must outlive them); a listener
+ * whose address changed is replaced. 0, or -1 with err and nothing changed. */
+int intake_reconfigure(struct intake *in, const struct config *c, char *err, size_t errlen);
 void intake_close_gate(struct intake *in);           /* new requests get 503 from now on */
 void intake_stop(struct intake *in);                 /* waits for requests in flight */
 void intake_addresses(struct intake *in, char *listen, char *admin, size_t n);
 
 /* ---- server.c ------------------------------------------------------------------------------ */
 
-int server_run(const struct config *c, char *err, size_t errlen); /* 0 after a clean stop */
+/* Rereads the configuration file into c (for a reload): 0, or -1 with err. */
+typedef int (*config_loader)(void *cls, struct config *c, char *err, size_t errlen);
+/* Serves until a stop signal; takes c (heap-allocated). 0 after a clean stop. */
+int server_run(struct config *c, config_loader load, void *load_cls, char *err, size_t errlen);
 
 #endif

@@ -32,6 +32,18 @@
 #define ROUND 128          /* deliveries started before states are flushed */
 #define REPLAY_POLL 1.0    /* seconds between looks for replay requests */
 #define CURL_TAG (1ULL << 32)
+#define WATCH_TAG (2ULL << 32)
+#define DEBOUNCE 0.1 /* seconds of quiet after a file change before reloading */
+#define DEBOUNCE_MAX 1.0
+
+/* A reload asked for by another thread (the admin listener), answered when done. */
+struct reload_req {
+    struct reload_req *next;
+    pthread_cond_t cv;
+    int done, rc;
+    unsigned generation;
+    char err[2048];
+};
 
 /* An event shared by the deliveries it started; freed with the last of them. */
 struct event_ref {
@@ -44,6 +56,7 @@ struct delivery {
     struct delivery *prev, *next; /* the dispatcher's in-flight list */
     struct delivery *next_ready;  /* a wait ended: resume it */
     struct dispatch *d;
+    struct generation *gen; /* the generation that started it, held until it ends */
     struct event_ref *ev;
     const struct handler *h;
     lua_State *co;
@@ -95,9 +108,17 @@ struct dispatch {
     unsigned short rng[3];
     void (*on_stop)(void *);
     void *on_stop_cls;
+    int (*reload)(void *cls, int with_config, unsigned *generation, char *err, size_t errlen);
+    void *reload_cls;
+    struct watch *watch;
+    double reload_due, reload_latest; /* a file change waits for quiet, but not forever */
+    struct reload_req *reload_reqs;   /* guarded by mu */
+    struct dispatch_status status;    /* guarded by mu */
 };
 
 /* ---- setup ------------------------------------------------------------------------------------ */
+
+static void wake(struct dispatch *d);
 
 struct dispatch *dispatch_new(struct generation *g, struct journal *j,
                               const struct delivery_cfg *cfg, int64_t recover_upto)
@@ -128,7 +149,65 @@ struct dispatch *dispatch_new(struct generation *g, struct journal *j,
 
 void dispatch_set_generation(struct dispatch *d, struct generation *g)
 {
-    d->gen = g;
+    struct generation *old = d->gen;
+    d->gen = g; /* takes the caller's reference */
+    pthread_mutex_lock(&d->mu);
+    d->status.generation = g->number;
+    d->status.handlers = g->n;
+    d->status.files = g->nfiles;
+    pthread_mutex_unlock(&d->mu);
+    reload_release(old); /* freed now, or when its last delivery ends */
+}
+
+void dispatch_set_config(struct dispatch *d, const struct delivery_cfg *cfg)
+{
+    d->cfg = cfg;
+}
+
+void dispatch_on_reload(struct dispatch *d,
+                        int (*fn)(void *, int, unsigned *, char *, size_t), void *cls)
+{
+    d->reload = fn;
+    d->reload_cls = cls;
+}
+
+int dispatch_watch(struct dispatch *d, const char *dir, char *err, size_t errlen)
+{
+    struct watch *w = reload_watch(dir, err, errlen);
+    if (w == NULL)
+        return -1;
+    if (d->watch)
+        reload_watch_free(d->watch); /* closing the fd drops it from epoll */
+    d->watch = w;
+    struct epoll_event e = {.events = EPOLLIN, .data.u64 = WATCH_TAG};
+    epoll_ctl(d->epfd, EPOLL_CTL_ADD, reload_watch_fd(w), &e);
+    return 0;
+}
+
+void dispatch_get_status(struct dispatch *d, struct dispatch_status *st)
+{
+    pthread_mutex_lock(&d->mu);
+    *st = d->status;
+    st->backlog = d->backlog;
+    pthread_mutex_unlock(&d->mu);
+}
+
+int dispatch_request_reload(struct dispatch *d, unsigned *generation, char *err, size_t errlen)
+{
+    struct reload_req r = {.cv = PTHREAD_COND_INITIALIZER};
+    pthread_mutex_lock(&d->mu);
+    r.next = d->reload_reqs;
+    d->reload_reqs = &r;
+    pthread_mutex_unlock(&d->mu);
+    wake(d);
+    pthread_mutex_lock(&d->mu);
+    while (!r.done)
+        pthread_cond_wait(&r.cv, &d->mu);
+    pthread_mutex_unlock(&d->mu);
+    pthread_cond_destroy(&r.cv);
+    *generation = r.generation;
+    snprintf(err, errlen, "%s", r.err);
+    return r.rc;
 }
 
 void dispatch_on_stop(struct dispatch *d, void (*fn)(void *), void *cls)
@@ -161,6 +240,8 @@ void dispatch_free(struct dispatch *d)
         next = o->next;
         journal_done_free(o);
     }
+    reload_watch_free(d->watch);
+    reload_release(d->gen);
     http_multi_free(d->http);
     if (d->efd >= 0)
         close(d->efd);
@@ -366,7 +447,7 @@ static int slots_free(struct dispatch *d)
 static void finish(struct dispatch *d, struct delivery *dl, char *error, char *traceback)
 {
     struct delivery_result *r = &dl->r;
-    lua_State *L = d->gen->L;
+    lua_State *L = dl->gen->L;
     r->duration = time_mono() - dl->m0;
     r->error = error;
     r->traceback = traceback;
@@ -412,6 +493,7 @@ static void finish(struct dispatch *d, struct delivery *dl, char *error, char *t
     free(r->error);
     free(r->traceback);
     event_release(dl->ev);
+    reload_release(dl->gen); /* may close an old generation: after everything that used it */
     free(dl);
 }
 
@@ -419,7 +501,7 @@ static void finish(struct dispatch *d, struct delivery *dl, char *error, char *t
 static void step(struct dispatch *d, struct delivery *dl, int nargs)
 {
     char *error, *traceback;
-    enum run_status st = run_resume(d->gen->L, dl->co, nargs, &dl->ctx, &error, &traceback);
+    enum run_status st = run_resume(dl->gen->L, dl->co, nargs, &dl->ctx, &error, &traceback);
     if (st == RUN_DONE)
         finish(d, dl, NULL, NULL);
     else if (st == RUN_FAILED)
@@ -439,6 +521,8 @@ static void start(struct dispatch *d, struct event_ref *er, const struct handler
     }
     er->refs++;
     dl->d = d;
+    dl->gen = d->gen;
+    reload_hold(dl->gen);
     dl->ev = er;
     dl->h = h;
     dl->m0 = time_mono();
@@ -772,16 +856,82 @@ static int start_work(struct dispatch *d)
     return 1;
 }
 
-/* The pending stop signal, else 0 (SIGHUP is logged and ignored). */
-static int check_signal(int sigfd)
+/* Reads the pending signals: returns the stop signal, or 0; *hup tells of a SIGHUP. */
+static int check_signal(int sigfd, int *hup)
 {
     struct signalfd_siginfo si;
+    int stop = 0;
     while (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
         if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
-            return (int)si.ssi_signo;
-        log_msg(LOG_INFO, "signal %u ignored", si.ssi_signo);
+            stop = (int)si.ssi_signo;
+        else if (si.ssi_signo == SIGHUP)
+            *hup = 1;
     }
-    return 0;
+    return stop;
+}
+
+/* Builds and swaps in a new generation (and with_config, the configuration); counts it and
+ * logs the outcome. 0, or -1 with err; nothing changed then. */
+static int do_reload(struct dispatch *d, int with_config, unsigned *generation, char *err,
+                     size_t errlen)
+{
+    double t0 = time_mono();
+    int rc = -1;
+    if (d->reload == NULL)
+        snprintf(err, errlen, "reloading is not available");
+    else
+        rc = d->reload(d->reload_cls, with_config, generation, err, errlen);
+    pthread_mutex_lock(&d->mu);
+    if (rc == 0) {
+        d->status.reloads++;
+        d->status.last_error[0] = '\0';
+    } else {
+        d->status.reload_failures++;
+        snprintf(d->status.last_error, sizeof d->status.last_error, "%s", err);
+    }
+    d->status.last_reload_at = time_now();
+    pthread_mutex_unlock(&d->mu);
+    struct log_line l;
+    log_begin(&l, rc == 0 ? LOG_INFO : LOG_ERROR, rc == 0 ? "reloaded" : "reload failed");
+    if (rc == 0) {
+        log_num(&l, "generation", *generation);
+        log_num(&l, "handlers", (double)d->gen->n);
+        log_num(&l, "handler_files", (double)d->gen->nfiles);
+    } else {
+        log_str(&l, "error", err);
+        log_num(&l, "generation", d->gen->number); /* still running */
+    }
+    log_str(&l, "config", with_config ? "reread" : "kept");
+    log_num(&l, "ms", (time_mono() - t0) * 1000);
+    log_end(&l);
+    return rc;
+}
+
+/* Answers the reload requests of other threads: one reload serves all that are waiting. */
+static void serve_reload_requests(struct dispatch *d, int stopping)
+{
+    pthread_mutex_lock(&d->mu);
+    struct reload_req *reqs = d->reload_reqs;
+    d->reload_reqs = NULL;
+    pthread_mutex_unlock(&d->mu);
+    if (reqs == NULL)
+        return;
+    unsigned generation = 0;
+    char err[2048] = "";
+    int rc = -1;
+    if (stopping)
+        snprintf(err, sizeof err, "certhook is stopping");
+    else
+        rc = do_reload(d, 1, &generation, err, sizeof err);
+    pthread_mutex_lock(&d->mu);
+    for (struct reload_req *r = reqs; r; r = r->next) {
+        r->rc = rc;
+        r->generation = generation;
+        snprintf(r->err, sizeof r->err, "%s", err);
+        r->done = 1;
+        pthread_cond_signal(&r->cv);
+    }
+    pthread_mutex_unlock(&d->mu);
 }
 
 int dispatch_run(struct dispatch *d, int sigfd)
@@ -808,13 +958,15 @@ int dispatch_run(struct dispatch *d, int sigfd)
         }
         if ((t = http_multi_next(d->http)) >= 0 && t < wake_at)
             wake_at = t;
+        if (d->reload_due > 0 && (t = fmin(d->reload_due, d->reload_latest)) < wake_at)
+            wake_at = t;
         if ((t = enforce(d, 0)) > 0 && t < wake_at)
             wake_at = t;
         int timeout = more && !sig && slots_free(d) ? 0
                       : wake_at <= now         ? 0
                                                : (int)ceil((wake_at - now) * 1000);
         struct epoll_event ready[64];
-        int nr = epoll_wait(d->epfd, ready, 64, timeout);
+        int nr = epoll_wait(d->epfd, ready, 64, timeout), hup = 0;
         if (nr < 0 && errno != EINTR) {
             log_msg(LOG_ERROR, "epoll_wait: %s", strerror(errno));
             sig = sig ? sig : SIGTERM;
@@ -823,8 +975,15 @@ int dispatch_run(struct dispatch *d, int sigfd)
             uint64_t tag = ready[i].data.u64;
             if (tag & CURL_TAG) {
                 http_multi_socket(d->http, (int)(uint32_t)tag, ready[i].events);
+            } else if (tag == WATCH_TAG) {
+                if (reload_watch_changed(d->watch) && !sig) {
+                    double at = time_mono();
+                    if (d->reload_due == 0)
+                        d->reload_latest = at + DEBOUNCE_MAX;
+                    d->reload_due = at + DEBOUNCE;
+                }
             } else if ((int)tag == sigfd) {
-                int s = check_signal(sigfd);
+                int s = check_signal(sigfd, &hup);
                 if (s && !sig) {
                     sig = s;
                     grace_until = time_mono() + d->cfg->shutdown_grace;
@@ -841,6 +1000,14 @@ int dispatch_run(struct dispatch *d, int sigfd)
         }
         http_multi_timeout(d->http);
         resume_ready(d);
+        serve_reload_requests(d, sig != 0);
+        if (!sig && (hup || (d->reload_due > 0 && time_mono() >= fmin(d->reload_due,
+                                                                      d->reload_latest)))) {
+            unsigned generation;
+            char err[2048];
+            d->reload_due = 0;
+            do_reload(d, hup, &generation, err, sizeof err); /* SIGHUP rereads the config */
+        }
         if (!sig) {
             more = start_work(d);
             if (time_now() >= d->next_poll) {

@@ -6,7 +6,11 @@
  * the limit, Content-Type). With the whole body, the thread's private parser state runs
  * normalize_body (JSON, IBM JWT, normalization); the request is then suspended and queued to
  * the journal writer, which resumes it after the commit: 202, 200 (duplicate) or 503.
- * Admin: GET /healthz and /readyz on their own listener.
+ * Admin: GET /healthz, /readyz, /metrics, POST /reload on their own listener.
+ * The configuration can change while requests run (a reload): each request keeps the one it
+ * started with; a listener whose address changed is replaced, the old one retired once the
+ * requests it holds are answered. Limits are read per connection, so they change without
+ * restarting a listener.
  */
 #include <netdb.h>
 #include <pthread.h>
@@ -16,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -29,23 +34,31 @@ struct parser {
     lua_State *L;
 };
 
-struct intake {
-    const struct config *cfg;
-    struct journal *j;
-    struct dispatch *d;
-    struct generation *const *gen;
-    struct MHD_Daemon *hooks, *admin;
-    MHD_socket quiesced; /* the hooks listen socket once the gate is closed */
-    pthread_mutex_t mu;
-    struct parser *parsers; /* one per intake thread; closed in intake_stop */
-    atomic_int closed;
+struct listener {
+    struct listener *next; /* in the retired list */
+    struct intake *in;
+    struct MHD_Daemon *daemon;
+    char *addr;
+    int hooks;           /* the webhook listener (else admin) */
     atomic_int inflight;  /* requests with state, until MHD completes them */
     atomic_int suspended; /* of those, waiting for the journal */
 };
 
+struct intake {
+    _Atomic(const struct config *) cfg;
+    struct journal *j;
+    struct dispatch *d;
+    struct listener *hooks, *admin;
+    struct listener *retired; /* admin listeners replaced by a reload, stopped later */
+    pthread_mutex_t mu;
+    struct parser *parsers; /* one per intake thread; closed in intake_stop */
+    atomic_int closed;
+};
+
 struct request {
     struct journal_req jr; /* first: the writer's callback gets back to the request */
-    struct intake *in;
+    struct listener *l;
+    const struct config *cfg; /* the configuration it started with */
     struct MHD_Connection *conn;
     const struct source *src;
     struct buf body;
@@ -56,7 +69,7 @@ struct request {
 static __thread struct parser *thread_parser;
 
 /* The calling thread's parser state, created on first use. */
-static lua_State *parser_state(struct intake *in)
+static lua_State *parser_state(struct intake *in, const struct config *cfg)
 {
     char err[256];
     if (thread_parser != NULL)
@@ -64,13 +77,13 @@ static lua_State *parser_state(struct intake *in)
     struct parser *p = calloc(1, sizeof *p);
     if (p == NULL)
         return NULL;
-    p->L = module_newstate(in->cfg->lua_path, in->cfg->lua_cpath, NULL, NULL, err, sizeof err);
+    p->L = module_newstate(cfg->lua_path, cfg->lua_cpath, NULL, NULL, err, sizeof err);
     if (p->L == NULL) {
         log_msg(LOG_ERROR, "cannot create a parser state: %s", err);
         free(p);
         return NULL;
     }
-    lua_gc(p->L, LUA_GCINC, 0, 0, 0);
+    lua_gc(p->L, LUA_GCGEN, 0, 0);
     pthread_mutex_lock(&in->mu);
     p->next = in->parsers;
     in->parsers = p;
@@ -105,7 +118,7 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, co
                                    const char *source, const char *header, const char *value,
                                    const char *fmt, ...)
 {
-    char msg[600];
+    char msg[2400];
     struct buf b;
     va_list ap;
     va_start(ap, fmt);
@@ -144,12 +157,15 @@ static int is_json_type(const char *ct)
 }
 
 /* First call for a request: only the headers are in. */
-static enum MHD_Result on_headers(struct intake *in, struct MHD_Connection *c, const char *url,
+static enum MHD_Result on_headers(struct listener *l, struct MHD_Connection *c, const char *url,
                                   const char *method, void **req_cls)
 {
+    struct intake *in = l->in;
+    const struct config *cfg = atomic_load(&in->cfg);
     const struct source *src = NULL;
+    MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, cfg->request_timeout);
     if (strncmp(url, "/hooks/", 7) == 0)
-        src = config_source(in->cfg, url + 7, strlen(url + 7));
+        src = config_source(cfg, url + 7, strlen(url + 7));
     if (atomic_load(&in->closed))
         return reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL, "Retry-After",
                            "5", "certhook is shutting down; retry later");
@@ -168,10 +184,10 @@ static enum MHD_Result on_headers(struct intake *in, struct MHD_Connection *c, c
                            "missing or wrong cf-webhook-auth header");
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl != NULL && strtoull(cl, NULL, 10) > in->cfg->max_body)
+    if (cl != NULL && strtoull(cl, NULL, 10) > cfg->max_body)
         return reply_error(c, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large", src->name, NULL,
                            NULL, "the body is %.20s bytes; the limit is %zu (limits.max_body)",
-                           cl, in->cfg->max_body);
+                           cl, cfg->max_body);
     const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_CONTENT_TYPE);
     if (ct != NULL && !is_json_type(ct))
@@ -181,12 +197,13 @@ static enum MHD_Result on_headers(struct intake *in, struct MHD_Connection *c, c
     struct request *r = calloc(1, sizeof *r);
     if (r == NULL)
         return MHD_NO;
-    r->in = in;
+    r->l = l;
+    r->cfg = cfg;
     r->conn = c;
     r->src = src;
     buf_init(&r->body);
     *req_cls = r;
-    atomic_fetch_add(&in->inflight, 1);
+    atomic_fetch_add(&l->inflight, 1);
     return MHD_YES;
 }
 
@@ -195,12 +212,12 @@ static enum MHD_Result on_headers(struct intake *in, struct MHD_Connection *c, c
 static void on_journal_done(struct journal_req *jr)
 {
     struct request *r = (struct request *)jr;
-    atomic_fetch_sub(&r->in->suspended, 1);
+    atomic_fetch_sub(&r->l->suspended, 1);
     MHD_resume_connection(r->conn);
 }
 
 /* The whole body is in: parse, normalize, queue to the journal and suspend. */
-static enum MHD_Result on_body(struct intake *in, struct request *r)
+static enum MHD_Result on_body(struct listener *l, struct request *r)
 {
     char err[600];
     char *claims;
@@ -209,8 +226,8 @@ static enum MHD_Result on_body(struct intake *in, struct request *r)
         return reply_error(r->conn, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large",
                            r->src->name, NULL, NULL,
                            "the body is over the limit of %zu bytes (limits.max_body)",
-                           in->cfg->max_body);
-    lua_State *L = parser_state(in);
+                           r->cfg->max_body);
+    lua_State *L = parser_state(l->in, r->cfg);
     if (L == NULL)
         return reply_error(r->conn, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", r->src->name,
                            "Retry-After", "5", "out of memory");
@@ -244,9 +261,9 @@ static enum MHD_Result on_body(struct intake *in, struct request *r)
     r->jr.op = JOURNAL_APPEND;
     r->jr.done = on_journal_done;
     r->waiting = 1;
-    atomic_fetch_add(&in->suspended, 1);
+    atomic_fetch_add(&l->suspended, 1);
     MHD_suspend_connection(r->conn); /* before queueing: the writer may resume at once */
-    journal_append(in->j, &r->jr);
+    journal_append(l->in->j, &r->jr);
     return MHD_YES;
 }
 
@@ -283,13 +300,13 @@ static enum MHD_Result on_hook(void *cls, struct MHD_Connection *c, const char *
                                const char *method, const char *version, const char *upload,
                                size_t *upload_size, void **req_cls)
 {
-    struct intake *in = cls;
+    struct listener *l = cls;
     struct request *r = *req_cls;
     (void)version;
     if (r == NULL)
-        return on_headers(in, c, url, method, req_cls);
+        return on_headers(l, c, url, method, req_cls);
     if (*upload_size != 0) {
-        if (!r->too_big && r->body.n + *upload_size <= in->cfg->max_body) {
+        if (!r->too_big && r->body.n + *upload_size <= r->cfg->max_body) {
             if (buf_add(&r->body, upload, *upload_size) != 0)
                 return MHD_NO;
         } else {
@@ -299,17 +316,17 @@ static enum MHD_Result on_hook(void *cls, struct MHD_Connection *c, const char *
         *upload_size = 0;
         return MHD_YES;
     }
-    return r->waiting ? on_journaled(r) : on_body(in, r);
+    return r->waiting ? on_journaled(r) : on_body(l, r);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-    struct intake *in = cls;
+    struct listener *l = cls;
     struct request *r = *req_cls;
     (void)c;
     (void)toe;
-    if (r == NULL)
+    if (r == NULL || r == (void *)l)
         return;
     buf_free(&r->body);
     journal_event_free(r->jr.ev);
@@ -317,48 +334,45 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     free(r->type);
     free(r);
     *req_cls = NULL;
-    atomic_fetch_sub(&in->inflight, 1);
+    atomic_fetch_sub(&l->inflight, 1);
+}
+
+/* A new connection: refused past limits.max_connections (read now: it can change). */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t len)
+{
+    struct listener *l = cls;
+    (void)addr, (void)len;
+    const union MHD_DaemonInfo *info =
+        l->daemon ? MHD_get_daemon_info(l->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS) : NULL;
+    const struct config *cfg = atomic_load(&l->in->cfg);
+    return info == NULL || info->num_connections < cfg->max_connections ? MHD_YES : MHD_NO;
 }
 
 /* ---- admin ------------------------------------------------------------------------------------ */
 
-static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char *url,
-                                const char *method, const char *version, const char *upload,
-                                size_t *upload_size, void **req_cls)
+static enum MHD_Result admin_ready(struct intake *in, struct MHD_Connection *c)
 {
-    struct intake *in = cls;
-    (void)version, (void)upload;
-    if (*req_cls == NULL) { /* answer once the request is complete: keeps the connection */
-        *req_cls = in;
-        return MHD_YES;
-    }
-    if (*upload_size != 0) { /* a body nobody asked for: discard it */
-        *upload_size = 0;
-        return MHD_YES;
-    }
-    int health = strcmp(url, "/healthz") == 0, ready = strcmp(url, "/readyz") == 0;
-    if (!health && !ready)
-        return reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", NULL, NULL, NULL,
-                           "no admin endpoint at %.200s (try /healthz or /readyz)", url);
-    if (strcmp(method, MHD_HTTP_METHOD_GET) != 0 && strcmp(method, MHD_HTTP_METHOD_HEAD) != 0)
-        return reply_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
-                           MHD_HTTP_HEADER_ALLOW, "GET", "use GET");
-    if (health)
-        return reply(c, MHD_HTTP_OK, "{\"status\":\"ok\"}", 15, NULL, NULL);
     char why[200];
     struct buf b;
-    const struct generation *g = *in->gen;
-    int ok = journal_healthy(in->j, why, sizeof why) && g != NULL;
+    struct dispatch_status st;
+    dispatch_get_status(in->d, &st);
+    int journal_ok = journal_healthy(in->j, why, sizeof why);
+    int ok = journal_ok && st.generation > 0;
     buf_init(&b);
     buf_printf(&b, "{\"status\":\"%s\",\"journal\":", ok ? "ready" : "not_ready");
-    if (journal_healthy(in->j, why, sizeof why))
+    if (journal_ok)
         buf_adds(&b, "\"ok\"");
     else
         buf_json_str(&b, why, strlen(why));
-    if (g != NULL)
-        buf_printf(&b, ",\"generation\":%u,\"handlers\":%zu,\"files\":%zu", g->number, g->n,
-                   g->nfiles);
-    buf_printf(&b, ",\"backlog\":%zu}", dispatch_backlog(in->d));
+    buf_printf(&b, ",\"generation\":%u,\"handlers\":%zu,\"files\":%zu", st.generation,
+               st.handlers, st.files);
+    buf_printf(&b, ",\"reloads\":%lu,\"reload_failures\":%lu,\"last_reload_error\":",
+               st.reloads, st.reload_failures);
+    if (st.last_error[0])
+        buf_json_str(&b, st.last_error, strlen(st.last_error));
+    else
+        buf_adds(&b, "null");
+    buf_printf(&b, ",\"backlog\":%zu}", st.backlog);
     enum MHD_Result rc = b.p ? reply(c, ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, b.p,
                                      b.n, NULL, NULL)
                              : MHD_NO;
@@ -366,7 +380,98 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
     return rc;
 }
 
-/* ---- start and stop ---------------------------------------------------------------------------- */
+static enum MHD_Result admin_metrics(struct intake *in, struct MHD_Connection *c)
+{
+    struct buf b;
+    struct dispatch_status st;
+    dispatch_get_status(in->d, &st);
+    buf_init(&b);
+    buf_printf(&b,
+               "# HELP certhook_info certhook's version.\n"
+               "# TYPE certhook_info gauge\n"
+               "certhook_info{version=\"%s\"} 1\n"
+               "# HELP certhook_handler_generation The handler generation new deliveries run on.\n"
+               "# TYPE certhook_handler_generation gauge\n"
+               "certhook_handler_generation %u\n"
+               "# HELP certhook_reloads_total Reloads that swapped in a new generation.\n"
+               "# TYPE certhook_reloads_total counter\n"
+               "certhook_reloads_total %lu\n"
+               "# HELP certhook_reload_failures_total Reloads that failed and changed nothing.\n"
+               "# TYPE certhook_reload_failures_total counter\n"
+               "certhook_reload_failures_total %lu\n"
+               "# HELP certhook_last_reload_success Whether the last reload succeeded.\n"
+               "# TYPE certhook_last_reload_success gauge\n"
+               "certhook_last_reload_success %d\n",
+               CERTHOOK_VERSION, st.generation, st.reloads, st.reload_failures,
+               st.last_error[0] == '\0');
+    struct MHD_Response *resp = b.p ? MHD_create_response_from_buffer(b.n, b.p,
+                                                                      MHD_RESPMEM_MUST_COPY)
+                                    : NULL;
+    buf_free(&b);
+    if (resp == NULL)
+        return MHD_NO;
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8");
+    enum MHD_Result rc = MHD_queue_response(c, MHD_HTTP_OK, resp);
+    MHD_destroy_response(resp);
+    return rc;
+}
+
+/* POST /reload: rereads the configuration and the handlers; answers once it is done. */
+static enum MHD_Result admin_reload(struct intake *in, struct MHD_Connection *c)
+{
+    char err[2048];
+    unsigned generation;
+    if (dispatch_request_reload(in->d, &generation, err, sizeof err) != 0)
+        return reply_error(c, 422, "reload_failed", NULL, NULL, NULL, "%s", err);
+    char body[96];
+    int n = snprintf(body, sizeof body, "{\"status\":\"reloaded\",\"generation\":%u}", generation);
+    return reply(c, MHD_HTTP_OK, body, (size_t)n, NULL, NULL);
+}
+
+static const struct {
+    const char *path, *method;
+    enum MHD_Result (*fn)(struct intake *, struct MHD_Connection *);
+} admin_routes[] = {
+    {"/healthz", MHD_HTTP_METHOD_GET, NULL},
+    {"/readyz", MHD_HTTP_METHOD_GET, admin_ready},
+    {"/metrics", MHD_HTTP_METHOD_GET, admin_metrics},
+    {"/reload", MHD_HTTP_METHOD_POST, admin_reload},
+};
+
+static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char *url,
+                                const char *method, const char *version, const char *upload,
+                                size_t *upload_size, void **req_cls)
+{
+    struct listener *l = cls;
+    (void)version, (void)upload;
+    if (*req_cls == NULL) { /* answer once the request is complete: keeps the connection */
+        *req_cls = l;
+        return MHD_YES;
+    }
+    if (*upload_size != 0) { /* a body nobody asked for: discard it */
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    for (size_t i = 0; i < sizeof admin_routes / sizeof admin_routes[0]; i++) {
+        if (strcmp(url, admin_routes[i].path) != 0)
+            continue;
+        if (strcmp(method, admin_routes[i].method) != 0 &&
+            !(strcmp(method, MHD_HTTP_METHOD_HEAD) == 0 &&
+              strcmp(admin_routes[i].method, MHD_HTTP_METHOD_GET) == 0))
+            return reply_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method_not_allowed", NULL,
+                               MHD_HTTP_HEADER_ALLOW, admin_routes[i].method, "use %s",
+                               admin_routes[i].method);
+        if (admin_routes[i].fn == NULL)
+            return reply(c, MHD_HTTP_OK, "{\"status\":\"ok\"}", 15, NULL, NULL);
+        return admin_routes[i].fn(l->in, c);
+    }
+    return reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", NULL, NULL, NULL,
+                       "no admin endpoint at %.200s (/healthz, /readyz, /metrics, POST /reload)",
+                       url);
+}
+
+/* ---- listeners ---------------------------------------------------------------------------------- */
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
@@ -378,8 +483,7 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 }
 
 /* "host:port", "[v6]:port" or ":port" -> address. */
-static int parse_address(const char *s, struct sockaddr_storage *out, socklen_t *len, char *err,
-                         size_t errlen)
+static int parse_address(const char *s, struct sockaddr_storage *out, char *err, size_t errlen)
 {
     char host[256];
     const char *colon = strrchr(s, ':');
@@ -399,39 +503,93 @@ static int parse_address(const char *s, struct sockaddr_storage *out, socklen_t 
         return -1;
     }
     memcpy(out, ai->ai_addr, ai->ai_addrlen);
-    *len = ai->ai_addrlen;
     freeaddrinfo(ai);
     return 0;
 }
 
-static struct MHD_Daemon *start_daemon(struct intake *in, const char *addr, int hooks,
-                                       char *err, size_t errlen)
+/* Connections a listener may hold at most, whatever limits.max_connections says later: what
+ * the file descriptor limit allows. */
+static unsigned connection_ceiling(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 64 && rl.rlim_cur != RLIM_INFINITY)
+        return (unsigned)(rl.rlim_cur - 32);
+    return 65536;
+}
+
+static struct listener *listen_on(struct intake *in, const struct config *cfg, const char *addr,
+                                  int hooks, char *err, size_t errlen)
 {
     struct sockaddr_storage sa;
-    socklen_t salen;
-    if (parse_address(addr, &sa, &salen, err, errlen) != 0)
+    if (parse_address(addr, &sa, err, errlen) != 0)
         return NULL;
+    struct listener *l = calloc(1, sizeof *l);
+    if (l == NULL || (l->addr = strdup(addr)) == NULL) {
+        free(l);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    l->in = in;
+    l->hooks = hooks;
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
     if (sa.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     if (hooks)
         flags |= MHD_ALLOW_SUSPEND_RESUME;
-    struct MHD_Daemon *d = MHD_start_daemon(
-        flags, 0, NULL, NULL, hooks ? on_hook : on_admin, in,
+    l->daemon = MHD_start_daemon(
+        flags, 0, hooks ? on_accept : NULL, l, hooks ? on_hook : on_admin, l,
         MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, /* first, or MHD logs on its own */
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)in->cfg->request_timeout,
-        MHD_OPTION_CONNECTION_LIMIT, hooks ? (unsigned)in->cfg->max_connections : 64u,
-        MHD_OPTION_NOTIFY_COMPLETED, hooks ? on_completed : NULL, in,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->request_timeout,
+        MHD_OPTION_CONNECTION_LIMIT, hooks ? connection_ceiling() : 64u,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, l,
         MHD_OPTION_END);
-    if (d == NULL)
+    if (l->daemon == NULL) {
         snprintf(err, errlen, "cannot listen on %s (in use, or not an address of this host)",
                  addr);
-    return d;
+        free(l->addr);
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+/* Stops accepting connections on a listener; closes its socket, freeing the address. */
+static void quiesce(struct listener *l)
+{
+    MHD_socket fd = MHD_quiesce_daemon(l->daemon);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+}
+
+/* Stops a listener: no new connections, the requests waiting for the journal answered, the
+ * others given a moment to send their replies. Not from its own thread. */
+static void retire(struct listener *l)
+{
+    if (l == NULL)
+        return;
+    quiesce(l);
+    for (int i = 0; atomic_load(&l->suspended) > 0 || (atomic_load(&l->inflight) > 0 && i < 100);
+         i++)
+        usleep(10000); /* suspended requests must be resumed before MHD stops */
+    MHD_stop_daemon(l->daemon);
+    free(l->addr);
+    free(l);
+}
+
+static void retire_retired(struct intake *in)
+{
+    for (struct listener *l = in->retired, *next; l; l = next) {
+        next = l->next;
+        MHD_stop_daemon(l->daemon); /* quiesced already */
+        free(l->addr);
+        free(l);
+    }
+    in->retired = NULL;
 }
 
 int intake_start(struct intake **ip, const struct config *c, struct journal *j,
-                 struct dispatch *d, struct generation *const *gen, char *err, size_t errlen)
+                 struct dispatch *d, char *err, size_t errlen)
 {
     struct intake *in = calloc(1, sizeof *in);
     *ip = NULL;
@@ -439,14 +597,12 @@ int intake_start(struct intake **ip, const struct config *c, struct journal *j,
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    in->cfg = c;
+    atomic_store(&in->cfg, c);
     in->j = j;
     in->d = d;
-    in->gen = gen;
-    in->quiesced = MHD_INVALID_SOCKET;
     pthread_mutex_init(&in->mu, NULL);
-    in->hooks = start_daemon(in, c->listen, 1, err, errlen);
-    if (in->hooks == NULL || (in->admin = start_daemon(in, c->admin, 0, err, errlen)) == NULL) {
+    in->hooks = listen_on(in, c, c->listen, 1, err, errlen);
+    if (in->hooks == NULL || (in->admin = listen_on(in, c, c->admin, 0, err, errlen)) == NULL) {
         intake_stop(in);
         return -1;
     }
@@ -454,15 +610,45 @@ int intake_start(struct intake **ip, const struct config *c, struct journal *j,
     return 0;
 }
 
+int intake_reconfigure(struct intake *in, const struct config *c, char *err, size_t errlen)
+{
+    const struct config *old = atomic_load(&in->cfg);
+    struct listener *hooks = NULL, *admin = NULL;
+    if (strcmp(c->listen, old->listen) != 0 &&
+        (hooks = listen_on(in, c, c->listen, 1, err, errlen)) == NULL)
+        return -1;
+    if (strcmp(c->admin, old->admin) != 0 &&
+        (admin = listen_on(in, c, c->admin, 0, err, errlen)) == NULL) {
+        retire(hooks);
+        return -1;
+    }
+    atomic_store(&in->cfg, c); /* requests under way keep the configuration they started with */
+    retire_retired(in);
+    if (hooks) {
+        struct listener *was = in->hooks;
+        in->hooks = hooks;
+        retire(was);
+    }
+    if (admin) { /* a POST /reload waiting on its thread may be what runs this reload: the old
+                  * admin listener stops accepting now and stops at the next reload or exit */
+        struct listener *was = in->admin;
+        in->admin = admin;
+        quiesce(was);
+        was->next = in->retired;
+        in->retired = was;
+    }
+    return 0;
+}
+
 void intake_addresses(struct intake *in, char *listen, char *admin, size_t n)
 {
-    struct MHD_Daemon *ds[] = {in->hooks, in->admin};
-    const char *cfg[] = {in->cfg->listen, in->cfg->admin};
+    struct listener *ls[] = {in->hooks, in->admin};
     char *out[] = {listen, admin};
     for (int i = 0; i < 2; i++) {
-        const union MHD_DaemonInfo *info = MHD_get_daemon_info(ds[i], MHD_DAEMON_INFO_BIND_PORT);
-        const char *colon = strrchr(cfg[i], ':');
-        snprintf(out[i], n, "%.*s:%u", (int)(colon - cfg[i]), cfg[i],
+        const union MHD_DaemonInfo *info =
+            MHD_get_daemon_info(ls[i]->daemon, MHD_DAEMON_INFO_BIND_PORT);
+        const char *colon = strrchr(ls[i]->addr, ':');
+        snprintf(out[i], n, "%.*s:%u", (int)(colon - ls[i]->addr), ls[i]->addr,
                  info ? (unsigned)info->port : 0u);
     }
 }
@@ -470,8 +656,6 @@ void intake_addresses(struct intake *in, char *listen, char *admin, size_t n)
 void intake_close_gate(struct intake *in)
 {
     atomic_store(&in->closed, 1);
-    if (in->hooks != NULL)
-        in->quiesced = MHD_quiesce_daemon(in->hooks); /* stop accepting connections */
 }
 
 void intake_stop(struct intake *in)
@@ -479,17 +663,9 @@ void intake_stop(struct intake *in)
     if (in == NULL)
         return;
     atomic_store(&in->closed, 1);
-    /* suspended requests must be resumed before MHD stops: the writer answers them all;
-     * give requests in flight a moment to get their replies out */
-    for (int i = 0; atomic_load(&in->suspended) > 0 || (atomic_load(&in->inflight) > 0 && i < 100);
-         i++)
-        usleep(10000);
-    if (in->hooks != NULL)
-        MHD_stop_daemon(in->hooks);
-    if (in->admin != NULL)
-        MHD_stop_daemon(in->admin);
-    if (in->quiesced != MHD_INVALID_SOCKET)
-        close(in->quiesced);
+    retire(in->hooks);
+    retire(in->admin);
+    retire_retired(in);
     for (struct parser *p = in->parsers, *next; p; p = next) {
         next = p->next;
         lua_close(p->L);

@@ -135,18 +135,50 @@ static int fail(lua_State *L, const char *msg)
     return 2;
 }
 
-/* config -> true | nil, message. Blocks until SIGTERM/SIGINT. */
+/* The CLI's reload function: returns a fresh config table, or nil, message. */
+struct loader {
+    lua_State *L;
+    int ref;
+};
+
+static int load_config(void *cls, struct config *c, char *err, size_t errlen)
+{
+    struct loader *ld = cls;
+    lua_State *L = ld->L;
+    int top = lua_gettop(L), rc = -1;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ld->ref);
+    if (lua_pcall(L, 0, 2, 0) != LUA_OK) {
+        snprintf(err, errlen, "config: %s", lua_tostring(L, -1));
+    } else if (!lua_istable(L, -2)) {
+        snprintf(err, errlen, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "config: no table");
+    } else if (config_from_lua(L, -2, c, err, errlen) == 0) {
+        package_paths(L, &c->lua_path, &c->lua_cpath);
+        rc = 0;
+    }
+    lua_settop(L, top);
+    return rc;
+}
+
+/* config, reload -> true | nil, message. Blocks until SIGTERM/SIGINT. reload() returns the
+ * configuration again (or nil, message) when the server rereads it (SIGHUP, POST /reload). */
 static int core_serve(lua_State *L)
 {
-    char err[1024];
-    struct config c;
+    char err[2048];
     luaL_checktype(L, 1, LUA_TTABLE);
-    if (config_from_lua(L, 1, &c, err, sizeof err) != 0)
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    struct config *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return fail(L, "out of memory");
+    if (config_from_lua(L, 1, c, err, sizeof err) != 0) {
+        free(c);
         return fail(L, err);
-    if (c.lua_path == NULL && c.lua_cpath == NULL)
-        package_paths(L, &c.lua_path, &c.lua_cpath);
-    int rc = server_run(&c, err, sizeof err);
-    config_free(&c);
+    }
+    if (c->lua_path == NULL && c->lua_cpath == NULL)
+        package_paths(L, &c->lua_path, &c->lua_cpath);
+    lua_pushvalue(L, 2);
+    struct loader ld = {L, luaL_ref(L, LUA_REGISTRYINDEX)};
+    int rc = server_run(c, load_config, &ld, err, sizeof err); /* takes c */
+    luaL_unref(L, LUA_REGISTRYINDEX, ld.ref);
     if (rc != 0)
         return fail(L, err);
     lua_pushboolean(L, 1);

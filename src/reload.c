@@ -2,14 +2,19 @@
  * reload.c -- handler generations (DESIGN §4): build, validate and free.
  *
  * A generation is one fresh Lua state (module.c) holding every *.lua file of the handlers
- * directory, loaded in name order. Each file must compile, run without raising and return
- * a table of pattern -> function; anything else is an error reported with file (and line
- * where Lua knows it) -- at load time, never at the first event. All files are checked so
- * `certhook check` reports every broken one. Used by server.c, module.c (check, run).
+ * directory, loaded in name order, with dir/lib on its module path. Each file must compile,
+ * run without raising and return a table of pattern -> function; anything else is an error
+ * reported with file (and line where Lua knows it) -- at load time, never at the first
+ * event. All files are checked so `certhook check` reports every broken one. A generation
+ * is freed when its last reference goes: the dispatcher's while it is current, one per
+ * delivery it runs. The watcher (inotify) tells the dispatcher when to build a new one.
+ * Used by server.c, dispatch.c, module.c (check, run).
  */
 #define _DEFAULT_SOURCE /* scandir, alphasort */
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
+#include <sys/inotify.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,7 +152,12 @@ struct generation *reload_build(const char *dir, const struct reload_env *env, u
         goto fail;
     }
     g->mem_limit = env->memory_limit;
-    g->L = module_newstate(env->path, env->cpath, gen_alloc, g, msg, sizeof msg);
+    g->refs = 1;
+    struct buf path;
+    buf_init(&path);
+    buf_printf(&path, "%s/lib/?.lua;%s/lib/?/init.lua;%s", dir, dir, env->path ? env->path : ";");
+    g->L = module_newstate(path.p, env->cpath, gen_alloc, g, msg, sizeof msg);
+    buf_free(&path);
     if (g->L == NULL) {
         buf_adds(&errs, msg);
         goto fail;
@@ -175,6 +185,17 @@ fail:
     return NULL;
 }
 
+void reload_hold(struct generation *g)
+{
+    g->refs++;
+}
+
+void reload_release(struct generation *g)
+{
+    if (g != NULL && --g->refs == 0)
+        reload_free(g);
+}
+
 void reload_free(struct generation *g)
 {
     if (g == NULL)
@@ -185,4 +206,143 @@ void reload_free(struct generation *g)
     if (g->L != NULL)
         lua_close(g->L);
     free(g);
+}
+
+/* ---- the watcher ------------------------------------------------------------------------------ */
+
+#define DIR_EVENTS (IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_MOVED_FROM | IN_CLOSE_WRITE | \
+                    IN_ATTRIB | IN_DELETE_SELF | IN_MOVE_SELF)
+
+struct watch {
+    int fd;
+    int dir, parent; /* watch descriptors */
+    int *lib;        /* dir/lib and its subdirectories */
+    size_t nlib;
+    char *name;      /* the handlers directory's entry in its parent */
+    char *path;
+};
+
+static void watch_lib(struct watch *w, const char *path)
+{
+    DIR *dp = opendir(path);
+    if (dp == NULL)
+        return;
+    int wd = inotify_add_watch(w->fd, path, DIR_EVENTS | IN_MODIFY);
+    int *p = wd >= 0 ? realloc(w->lib, (w->nlib + 1) * sizeof *p) : NULL;
+    if (p != NULL) {
+        w->lib = p;
+        w->lib[w->nlib++] = wd;
+    }
+    struct dirent *de;
+    while ((de = readdir(dp)) != NULL) {
+        char sub[PATH_MAX];
+        if (de->d_name[0] == '.' || de->d_type != DT_DIR)
+            continue;
+        snprintf(sub, sizeof sub, "%s/%s", path, de->d_name);
+        watch_lib(w, sub);
+    }
+    closedir(dp);
+}
+
+/* (Re)adds the watches under the directory: it may have been replaced or grown subdirs. */
+static int watch_tree(struct watch *w)
+{
+    char lib[PATH_MAX];
+    if (w->dir >= 0)
+        inotify_rm_watch(w->fd, w->dir);
+    for (size_t i = 0; i < w->nlib; i++)
+        inotify_rm_watch(w->fd, w->lib[i]);
+    w->nlib = 0;
+    w->dir = inotify_add_watch(w->fd, w->path, DIR_EVENTS);
+    snprintf(lib, sizeof lib, "%s/lib", w->path);
+    watch_lib(w, lib);
+    return w->dir >= 0 ? 0 : -1;
+}
+
+struct watch *reload_watch(const char *dir, char *err, size_t errlen)
+{
+    char parent[PATH_MAX];
+    struct watch *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return NULL;
+    w->dir = w->parent = -1;
+    w->fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    w->path = strdup(dir);
+    snprintf(parent, sizeof parent, "%s", dir);
+    size_t n = strlen(parent);
+    while (n > 1 && parent[n - 1] == '/')
+        parent[--n] = '\0';
+    char *slash = strrchr(parent, '/');
+    w->name = strdup(slash ? slash + 1 : parent);
+    if (slash == parent)
+        parent[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        snprintf(parent, sizeof parent, ".");
+    if (w->fd < 0 || w->path == NULL || w->name == NULL || watch_tree(w) != 0) {
+        snprintf(err, errlen, "cannot watch %s for changes: %s", dir, strerror(errno));
+        reload_watch_free(w);
+        return NULL;
+    }
+    w->parent = inotify_add_watch(w->fd, parent, IN_CREATE | IN_MOVED_TO | IN_DELETE);
+    return w;
+}
+
+int reload_watch_fd(struct watch *w)
+{
+    return w->fd;
+}
+
+/* A name that can change what the handlers are: *.lua, not editors' hidden or backup files. */
+static int matters(const char *name)
+{
+    size_t n = strlen(name);
+    return name[0] != '.' && n > 4 && strcmp(name + n - 4, ".lua") == 0;
+}
+
+int reload_watch_changed(struct watch *w)
+{
+    char events[8192] __attribute__((aligned(__alignof__(struct inotify_event))));
+    int changed = 0, retree = 0;
+    ssize_t n;
+    while ((n = read(w->fd, events, sizeof events)) > 0) {
+        for (char *p = events; p < events + n;) {
+            struct inotify_event *e = (struct inotify_event *)p;
+            p += sizeof *e + e->len;
+            const char *name = e->len ? e->name : "";
+            if (e->wd == w->parent) {
+                if (strcmp(name, w->name) == 0)
+                    changed = retree = 1; /* the directory was replaced */
+            } else if (e->mask & (IN_DELETE_SELF | IN_MOVE_SELF | IN_IGNORED)) {
+                if (e->wd == w->dir)
+                    changed = retree = 1;
+            } else if (e->wd == w->dir) {
+                if (matters(name))
+                    changed = 1;
+                else if (strcmp(name, "lib") == 0)
+                    changed = retree = 1;
+            } else { /* under lib/ */
+                if (e->mask & IN_ISDIR)
+                    retree = 1;
+                if (matters(name) || (e->mask & IN_ISDIR))
+                    changed = 1;
+            }
+        }
+    }
+    if (retree)
+        watch_tree(w);
+    return changed;
+}
+
+void reload_watch_free(struct watch *w)
+{
+    if (w == NULL)
+        return;
+    if (w->fd >= 0)
+        close(w->fd);
+    free(w->lib);
+    free(w->name);
+    free(w->path);
+    free(w);
 }

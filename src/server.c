@@ -1,12 +1,14 @@
 /*
- * server.c -- `certhook serve`: the start-up and shutdown order of the units.
+ * server.c -- `certhook serve`: the start-up and shutdown order of the units, and reloads.
  *
  * Start: the journal (journal.c) and its writer, then the handlers (reload.c; they may use
  * certhook.state while loading), so an unwritable data directory or a broken handler fails
  * before anything listens; then the listeners (intake.c). The dispatcher (dispatch.c) runs
- * on this thread until SIGTERM or SIGINT. Stop: the dispatcher hands its delivery states to
- * the writer, the intake gate closes, the writer answers every request it holds, the
- * listeners stop, then the writer. What was not dispatched stays in the journal.
+ * on this thread until SIGTERM or SIGINT, and calls back here to reload: reread the
+ * configuration (SIGHUP, POST /reload), build a new generation, and only when everything
+ * is valid swap both in. Configurations are kept until exit: requests under way may still
+ * use an earlier one. Stop: the dispatcher closes the intake gate and lets deliveries in flight
+ * finish, the writer answers every request it holds, the listeners stop, then the writer.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -17,17 +19,94 @@
 
 #include "certhook.h"
 
+struct server {
+    struct config *cfg;              /* current */
+    struct config **configs;         /* every one used, freed at exit */
+    size_t nconfigs;
+    config_loader load;
+    void *load_cls;
+    struct journal *j;
+    struct dispatch *d;
+    struct intake *in;
+    struct generation *gen;          /* the current one */
+    unsigned next_generation;
+};
+
+static int keep_config(struct server *s, struct config *c)
+{
+    struct config **p = realloc(s->configs, (s->nconfigs + 1) * sizeof *p);
+    if (p == NULL)
+        return -1;
+    s->configs = p;
+    p[s->nconfigs++] = c;
+    return 0;
+}
+
 static void close_gate(void *in)
 {
     intake_close_gate(in); /* stop accepting while the deliveries in flight finish */
 }
 
-int server_run(const struct config *c, char *err, size_t errlen)
+/* Settings a running server cannot take: those need a restart. */
+static int restart_only(const struct config *a, const struct config *b, char *err, size_t errlen)
 {
-    struct generation *gen = NULL;
-    struct journal *j = NULL;
-    struct dispatch *d = NULL;
-    struct intake *in = NULL;
+    if (strcmp(a->data, b->data) != 0) {
+        snprintf(err, errlen, "data changed from %s to %s: that needs a restart", a->data,
+                 b->data);
+        return -1;
+    }
+    if (a->busy_timeout != b->busy_timeout || a->retention != b->retention)
+        log_msg(LOG_WARN, "journal settings changed: they take effect at the next restart");
+    return 0;
+}
+
+static int reload(void *cls, int with_config, unsigned *generation, char *err, size_t errlen)
+{
+    struct server *s = cls;
+    struct config *c = s->cfg, *fresh = NULL;
+    char *msg = NULL;
+    if (with_config) {
+        fresh = calloc(1, sizeof *fresh);
+        if (fresh == NULL || s->load(s->load_cls, fresh, err, errlen) != 0) {
+            free(fresh);
+            return -1;
+        }
+        if (restart_only(s->cfg, fresh, err, errlen) != 0 || keep_config(s, fresh) != 0) {
+            config_free(fresh);
+            free(fresh);
+            return -1;
+        }
+        c = fresh; /* kept from here on, used or not */
+    }
+    struct reload_env env = {c->lua_path, c->lua_cpath, s->j, NULL, c->busy_timeout,
+                             c->delivery.memory_limit};
+    struct generation *g = reload_build(c->handlers, &env, s->next_generation, &msg);
+    if (g == NULL) {
+        snprintf(err, errlen, "%s", msg);
+        free(msg);
+        return -1;
+    }
+    if (fresh != NULL) {
+        if (intake_reconfigure(s->in, fresh, err, errlen) != 0 ||
+            (strcmp(fresh->handlers, s->cfg->handlers) != 0 &&
+             dispatch_watch(s->d, fresh->handlers, err, errlen) != 0)) {
+            reload_free(g);
+            return -1;
+        }
+        log_set_level(fresh->log_level);
+        dispatch_set_config(s->d, &fresh->delivery);
+        s->cfg = fresh;
+    }
+    s->next_generation++;
+    s->gen = g;
+    *generation = g->number;
+    dispatch_set_generation(s->d, g); /* the previous one closes when its deliveries end */
+    return 0;
+}
+
+int server_run(struct config *c, config_loader load, void *load_cls, char *err, size_t errlen)
+{
+    struct server s = {.cfg = c, .load = load, .load_cls = load_cls, .next_generation = 2};
     char *msg = NULL;
     int rc = -1, sigfd = -1;
     sigset_t set, old;
@@ -41,53 +120,67 @@ int server_run(const struct config *c, char *err, size_t errlen)
     sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     log_set_level(c->log_level);
 
-    if (journal_open(&j, c->data, JOURNAL_CREATE, c->busy_timeout, c->retention, err,
-                     errlen) != 0 ||
-        journal_recover(j, err, errlen) != 0)
+    if (keep_config(&s, c) != 0) {
+        config_free(c);
+        free(c);
+        snprintf(err, errlen, "out of memory");
         goto done;
-    d = dispatch_new(NULL, j, &c->delivery, journal_max_seq(j));
-    if (sigfd < 0 || d == NULL || journal_start(j, dispatch_enqueue, d) != 0) {
+    }
+    if (journal_open(&s.j, c->data, JOURNAL_CREATE, c->busy_timeout, c->retention, err,
+                     errlen) != 0 ||
+        journal_recover(s.j, err, errlen) != 0)
+        goto done;
+    s.d = dispatch_new(NULL, s.j, &c->delivery, journal_max_seq(s.j));
+    if (sigfd < 0 || s.d == NULL || journal_start(s.j, dispatch_enqueue, s.d) != 0) {
         snprintf(err, errlen, "cannot start: out of resources");
         goto done;
     }
-    struct reload_env env = {c->lua_path, c->lua_cpath, j, NULL, c->busy_timeout,
+    struct reload_env env = {c->lua_path, c->lua_cpath, s.j, NULL, c->busy_timeout,
                              c->delivery.memory_limit};
-    gen = reload_build(c->handlers, &env, 1, &msg);
-    if (gen == NULL) {
+    s.gen = reload_build(c->handlers, &env, 1, &msg);
+    if (s.gen == NULL) {
         snprintf(err, errlen, "%s", msg);
         goto done;
     }
-    dispatch_set_generation(d, gen);
-    if (intake_start(&in, c, j, d, &gen, err, errlen) != 0)
+    dispatch_set_generation(s.d, s.gen);
+    if (dispatch_watch(s.d, c->handlers, err, errlen) != 0 ||
+        intake_start(&s.in, c, s.j, s.d, err, errlen) != 0)
         goto done;
-    dispatch_on_stop(d, close_gate, in);
+    dispatch_on_stop(s.d, close_gate, s.in);
+    dispatch_on_reload(s.d, reload, &s);
 
     char listen[300], admin[300];
-    intake_addresses(in, listen, admin, sizeof listen);
+    intake_addresses(s.in, listen, admin, sizeof listen);
     struct log_line l;
     log_begin(&l, LOG_INFO, "listening");
     log_str(&l, "listen", listen);
     log_str(&l, "admin", admin);
     log_str(&l, "handlers", c->handlers);
-    log_num(&l, "handler_files", (double)gen->nfiles);
-    log_num(&l, "generation", gen->number);
+    log_num(&l, "handler_files", (double)s.gen->nfiles);
+    log_num(&l, "generation", s.gen->number);
     log_str(&l, "data", c->data);
     log_str(&l, "version", CERTHOOK_VERSION);
     log_end(&l);
 
-    dispatch_run(d, sigfd);
+    dispatch_run(s.d, sigfd);
     rc = 0;
 done:
-    if (in != NULL) {
-        intake_close_gate(in);
-        intake_stop(in);
+    if (s.in != NULL) {
+        intake_close_gate(s.in);
+        intake_stop(s.in);
     }
-    if (j != NULL)
-        journal_stop(j);
-    dispatch_free(d);
-    journal_close(j);
-    reload_free(gen);
+    if (s.j != NULL)
+        journal_stop(s.j);
+    dispatch_free(s.d); /* releases the current generation */
+    if (s.d == NULL)
+        reload_release(s.gen);
+    journal_close(s.j);
     free(msg);
+    for (size_t i = 0; i < s.nconfigs; i++) {
+        config_free(s.configs[i]);
+        free(s.configs[i]);
+    }
+    free(s.configs);
     if (rc == 0)
         log_msg(LOG_INFO, "stopped");
     if (sigfd >= 0)

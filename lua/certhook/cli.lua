@@ -23,6 +23,7 @@ usage: certhook <command> [options]
   send       POST a payload file to a running server
   events     list journaled events and their deliveries
   replay     run an event's deliveries, or every dead one, again
+  reload     make the running server reread its config and handlers
   version    print the versions of certhook and its libraries
 
 Every command takes --config FILE (default: ./certhook.conf.lua if it exists).
@@ -35,9 +36,12 @@ local COMMANDS = {}
 
 local Exit = {} -- raised as {Exit, code} to leave main with a status
 
+local quiet = false -- set while a running server rereads its config: errors are returned
+
 local function die(code, fmt, ...)
-  io.stderr:write("certhook: ", fmt:format(...), "\n")
-  error({ Exit, code }, 0)
+  local msg = fmt:format(...)
+  if not quiet then io.stderr:write("certhook: ", msg, "\n") end
+  error({ Exit, code, msg }, 0)
 end
 
 local function read_file(path)
@@ -208,6 +212,16 @@ local function data_dir(cfg)
 end
 
 
+-- The configuration serve runs with: the file, the flags, and the checks serve adds.
+local function serve_settings(opts)
+  local cfg = settings(opts)
+  if cfg.tls ~= nil then
+    die(1, "tls: HTTPS on the webhook listener is not available in this version; " ..
+      "terminate TLS in a reverse proxy (see README, Operations)")
+  end
+  return cfg
+end
+
 COMMANDS.serve = {
   options = { config = true, listen = true, admin = true, handlers = true, data = true, ["log-level"] = true },
   help = [[
@@ -215,16 +229,19 @@ usage: certhook serve [--config FILE] [--listen ADDR:PORT] [--admin ADDR:PORT]
                       [--handlers DIR] [--data DIR] [--log-level LEVEL]
 
 Receives webhooks on POST /hooks/<source>, journals every accepted event and runs the
-handlers. Health on the admin listener: GET /healthz, GET /readyz. Stops on SIGTERM/SIGINT.
-Defaults: listen 127.0.0.1:8080, admin 127.0.0.1:9090, handlers ./handlers,
-data ./certhook-data.]],
+handlers. Admin listener: GET /healthz, /readyz, /metrics, POST /reload. A change in the
+handlers directory reloads the handlers; SIGHUP (or `certhook reload`) also rereads the
+config. Stops on SIGTERM/SIGINT. Defaults: listen 127.0.0.1:8080, admin 127.0.0.1:9090,
+handlers ./handlers, data ./certhook-data.]],
   run = function(opts)
-    local cfg = settings(opts)
-    if cfg.tls ~= nil then
-      die(1, "tls: HTTPS on the webhook listener is not available in this version; " ..
-        "terminate TLS in a reverse proxy (see README, Operations)")
-    end
-    local ok, err = core.serve(cfg)
+    local cfg = serve_settings(opts)
+    local ok, err = core.serve(cfg, function()
+      quiet = true
+      local ok2, fresh = pcall(serve_settings, opts)
+      quiet = false
+      if ok2 then return fresh end
+      return nil, type(fresh) == "table" and fresh[3] or tostring(fresh)
+    end)
     if not ok then die(1, "serve: %s", err) end
     return 0
   end,
@@ -444,6 +461,28 @@ within a second; otherwise it runs at the next start.]],
       io.stdout:write(("queued a replay of %s\n"):format(plural(n, "dead delivery"):gsub("ys$", "ies")))
     end
     return 0
+  end,
+}
+
+COMMANDS.reload = {
+  options = { config = true, admin = true },
+  help = [[
+usage: certhook reload [--admin ADDR:PORT] [--config FILE]
+
+Asks the running server (its admin listener) to reread the config and reload the handlers,
+and waits for the outcome: exit 0 with the new generation, or exit 1 with what is wrong
+(file:line) -- the server then keeps running what it had.]],
+  run = function(opts)
+    local cfg = settings(opts)
+    local url = ("http://%s/reload"):format(local_address(opts.admin or cfg.admin or "127.0.0.1:9090"))
+    local resp, err = core.http.request { url = url, method = "POST", timeout = 120 }
+    if not resp then die(1, "reload: %s: %s", url, err) end
+    local body = resp.json or {}
+    if resp.status == 200 then
+      io.stdout:write(("reloaded: generation %s\n"):format(tostring(body.generation)))
+      return 0
+    end
+    die(1, "reload failed: %s", body.message or resp.body)
   end,
 }
 
