@@ -86,5 +86,12 @@ echo
 echo "| backlog | deliveries | time to drain | rate | memory |"
 echo "|---|---|---:|---:|---:|"
 BUILD=$BUILD sh "$here/drain.sh"
+echo
+echo "Reload latency: from the rename of an edited handler file to the first event handled by the"
+echo "new generation (debounce 100 ms included):"
+echo
+echo "| reloads | median | fastest | p90 | slowest |"
+echo "|---|---:|---:|---:|---:|"
+(cd "$root" && CERTHOOK="$certhook" LUA_PATH="$root/tests/?.lua;;" $pin_client lua5.4 "$here/reload.lua")
 } >>"$out"
 cat "$out"
