@@ -23,8 +23,8 @@ CC           ?= cc
 CFLAGS       ?= -O2 -g -fPIC
 LIBFLAG      ?= -shared
 PKG_CONFIG   ?= pkg-config
-DEP_CFLAGS   ?= $(shell $(PKG_CONFIG) --cflags libmicrohttpd libcurl sqlite3 libcrypto 2>/dev/null)
-DEP_LIBS     ?= $(shell $(PKG_CONFIG) --libs libmicrohttpd libcurl sqlite3 libcrypto 2>/dev/null || echo -lmicrohttpd -lcurl -lsqlite3 -lcrypto)
+DEP_CFLAGS   ?= $(shell $(PKG_CONFIG) --cflags libmicrohttpd libcurl sqlite3 libcrypto gnutls 2>/dev/null)
+DEP_LIBS     ?= $(shell $(PKG_CONFIG) --libs libmicrohttpd libcurl sqlite3 libcrypto gnutls 2>/dev/null || echo -lmicrohttpd -lcurl -lsqlite3 -lcrypto -lgnutls)
 
 WARN     = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes
 BUILD    = build
@@ -43,7 +43,7 @@ SINK   = $(BUILD)/sink
 
 # Debian packages: to build and run, and additionally to test.
 RUN_DEBS  = gcc libc6-dev pkg-config lua5.4 liblua5.4-dev lua-cjson libmicrohttpd-dev \
-            libcurl4-openssl-dev libsqlite3-dev libssl-dev openssl curl
+            libcurl4-openssl-dev libsqlite3-dev libssl-dev libgnutls28-dev openssl curl
 TEST_DEBS = $(RUN_DEBS) lua-busted lua-socket sqlite3
 
 .PHONY: all test run bench install clean deps-run deps-test deps-bench unit
@@ -121,5 +121,8 @@ deps-test:
 
 deps-bench:
 	$(call install_debs,$(TEST_DEBS) wrk)
+
+# libFuzzer targets (make fuzz) and their regression replays, run by make test.
+-include tests/fuzz/fuzz.mk
 
 -include $(OBJS:.o=.d)

@@ -24,12 +24,13 @@ dependencies = {
   "lua-cjson",
 }
 
--- Debian: libmicrohttpd-dev libcurl4-openssl-dev libsqlite3-dev libssl-dev
+-- Debian: libmicrohttpd-dev libcurl4-openssl-dev libsqlite3-dev libssl-dev libgnutls28-dev
 external_dependencies = {
   MICROHTTPD = { header = "microhttpd.h", library = "microhttpd" },
   CURL = { library = "curl" }, -- Debian keeps curl/curl.h in a multiarch include directory
   SQLITE3 = { header = "sqlite3.h", library = "sqlite3" },
   OPENSSL = { header = "openssl/evp.h", library = "crypto" },
+  GNUTLS = { header = "gnutls/gnutls.h", library = "gnutls" }, -- HTTPS (libmicrohttpd's TLS)
 }
 
 build = {
@@ -39,8 +40,8 @@ build = {
     LIBFLAG = "$(LIBFLAG)",
     LUA = "$(LUA)",
     LUA_INCDIR = "$(LUA_INCDIR)",
-    DEP_CFLAGS = "-I$(MICROHTTPD_INCDIR) -I$(SQLITE3_INCDIR) -I$(OPENSSL_INCDIR)",
-    DEP_LIBS = "-L$(MICROHTTPD_LIBDIR) -L$(CURL_LIBDIR) -L$(SQLITE3_LIBDIR) -L$(OPENSSL_LIBDIR) -lmicrohttpd -lcurl -lsqlite3 -lcrypto",
+    DEP_CFLAGS = "-I$(MICROHTTPD_INCDIR) -I$(SQLITE3_INCDIR) -I$(OPENSSL_INCDIR) -I$(GNUTLS_INCDIR)",
+    DEP_LIBS = "-L$(MICROHTTPD_LIBDIR) -L$(CURL_LIBDIR) -L$(SQLITE3_LIBDIR) -L$(OPENSSL_LIBDIR) -L$(GNUTLS_LIBDIR) -lmicrohttpd -lcurl -lsqlite3 -lcrypto -lgnutls",
   },
   install_variables = {
     LUA = "$(LUA)",

@@ -30,16 +30,21 @@ void auth_digest(const char *s, size_t n, unsigned char out[32])
     EVP_Digest(s, n, out, &len, EVP_sha256(), NULL);
 }
 
-int auth_secret_ok(const struct source *s, const char *header)
+int auth_digest_match(const char *given, const unsigned char (*digests)[32], size_t n)
 {
     unsigned char d[32];
     int ok = 0;
-    if (header == NULL)
+    if (given == NULL)
         return 0;
-    auth_digest(header, strlen(header), d);
-    for (size_t i = 0; i < s->nsecrets; i++)
-        ok |= CRYPTO_memcmp(d, s->secrets[i], sizeof d) == 0;
+    auth_digest(given, strlen(given), d);
+    for (size_t i = 0; i < n; i++) /* every one, whichever matches */
+        ok |= CRYPTO_memcmp(d, digests[i], sizeof d) == 0;
     return ok;
+}
+
+int auth_secret_ok(const struct source *s, const char *header)
+{
+    return auth_digest_match(header, (const unsigned char (*)[32])s->secrets, s->nsecrets);
 }
 
 static BIO *open_pem(const char *pem_or_path)

@@ -150,11 +150,17 @@ struct delivery_cfg {
     size_t memory_limit;            /* bytes a handler generation's Lua state may hold */
 };
 
+struct tls_creds; /* tls.c */
+
 struct config {
     char *listen, *admin, *handlers, *data;
     struct source *sources;
     size_t nsources;
-    size_t max_body;
+    struct tls_creds *tls;       /* the webhook listener's certificate and key; NULL: HTTP */
+    unsigned char admin_token[32]; /* SHA-256 of the admin bearer token, when has_admin_token */
+    int has_admin_token;
+    size_t max_body, max_header;   /* bytes */
+    size_t max_backlog;            /* accepted events waiting for a handler before 503 */
     unsigned max_connections, request_timeout; /* request_timeout: seconds */
     struct delivery_cfg delivery;
     double busy_timeout;       /* journal: seconds to wait for a locked database */
@@ -168,10 +174,23 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
 void config_free(struct config *c);
 const struct source *config_source(const struct config *c, const char *name, size_t len);
 
+/* ---- tls.c: the webhook listener's certificate ------------------------------------------- */
+
+/* Reads a PEM certificate chain and its private key. NULL with a message on failure. */
+struct tls_creds *tls_load(const char *cert, const char *key, char *err, size_t errlen);
+void tls_free(struct tls_creds *t);
+/* Makes t the credentials new handshakes present (a reload swaps them; t must outlive the
+ * handshakes that use it -- configurations live until exit). */
+void tls_use(struct tls_creds *t);
+extern const char tls_priorities[]; /* GnuTLS priorities: TLS 1.2 and later */
+/* tls.h: tls_retrieve, the GnuTLS certificate callback presenting them (intake.c). */
+
 /* ---- auth.c ------------------------------------------------------------------------------ */
 
 void auth_digest(const char *s, size_t n, unsigned char out[32]); /* SHA-256 */
 int auth_secret_ok(const struct source *s, const char *header);   /* 1 if it matches a secret */
+/* 1 if the SHA-256 of given matches one of n digests; constant time in what it compares. */
+int auth_digest_match(const char *given, const unsigned char (*digests)[32], size_t n);
 /* Adds the RSA public key of a PEM file (or PEM text) to *keys, creating the set. 0 / -1. */
 int auth_keys_add(struct auth_keys **keys, const char *pem_or_path, char *err, size_t errlen);
 void auth_keys_free(struct auth_keys *k);

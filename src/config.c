@@ -6,9 +6,12 @@
  * names the setting -- never later. Sources are checked here: a known provider, a name
  * usable in a URL, and credentials (auth.c) unless `insecure = true`.
  */
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <lauxlib.h>
 
@@ -95,9 +98,36 @@ static int add_secret(struct source *s, const char *secret, char *err, size_t er
     return 0;
 }
 
+static int pem_file(const struct dirent *e)
+{
+    size_t n = strlen(e->d_name);
+    return e->d_name[0] != '.' && n > 4 && strcmp(e->d_name + n - 4, ".pem") == 0;
+}
+
+/* A PEM file or text, or a directory: every *.pem in it (rotation: drop the new key in, take
+ * the old one out, reload). */
 static int add_key(struct source *s, const char *pem_or_path, char *err, size_t errlen)
 {
-    char msg[300];
+    char msg[300], path[4096];
+    struct stat st;
+    struct dirent **names;
+    if (strncmp(pem_or_path, "-----BEGIN", 10) != 0 && stat(pem_or_path, &st) == 0 &&
+        S_ISDIR(st.st_mode)) {
+        int n = scandir(pem_or_path, &names, pem_file, alphasort), rc = 0;
+        if (n < 0)
+            FAIL("sources.%s.public_key: cannot read directory %s", s->name, pem_or_path);
+        if (n == 0)
+            snprintf(err, errlen, "sources.%s.public_key: no *.pem file in %s", s->name,
+                     pem_or_path), rc = -1;
+        for (int i = 0; i < n; i++) {
+            snprintf(path, sizeof path, "%s/%s", pem_or_path, names[i]->d_name);
+            if (rc == 0)
+                rc = add_key(s, path, err, errlen);
+            free(names[i]);
+        }
+        free(names);
+        return rc;
+    }
     if (auth_keys_add(&s->keys, pem_or_path, msg, sizeof msg) != 0)
         FAIL("sources.%s.public_key: %s", s->name, msg);
     return 0;
@@ -153,6 +183,72 @@ static int read_source(lua_State *L, struct source *s, char *err, size_t errlen)
     return 0;
 }
 
+/* tls = { cert = FILE, key = FILE }: HTTPS on the webhook listener. */
+static int read_tls(lua_State *L, int t, struct config *c, char *err, size_t errlen)
+{
+    char *cert = NULL, *key = NULL;
+    int sub, rc = -1;
+    if (opt_table(L, t, "tls", &sub, err, errlen) != 0)
+        return -1;
+    if (sub == 0)
+        return 0;
+    if (opt_string(L, sub, "cert", &cert, "tls.", err, errlen) == 0 &&
+        opt_string(L, sub, "key", &key, "tls.", err, errlen) == 0) {
+        if (cert == NULL || key == NULL)
+            snprintf(err, errlen, "tls needs both cert (the PEM certificate chain) and key "
+                                  "(its PEM private key)");
+        else if ((c->tls = tls_load(cert, key, err, errlen)) != NULL)
+            rc = 0;
+    }
+    free(cert);
+    free(key);
+    lua_pop(L, 1);
+    return rc;
+}
+
+/* Whether a listen address's host is a loopback one (127.0.0.0/8, ::1, localhost). */
+static int is_loopback(const char *addr)
+{
+    char host[256];
+    unsigned char a[16];
+    const char *colon = strrchr(addr, ':');
+    size_t n = colon ? (size_t)(colon - addr) : strlen(addr);
+    if (n >= 2 && addr[0] == '[' && addr[n - 1] == ']')
+        addr++, n -= 2;
+    snprintf(host, sizeof host, "%.*s", (int)n, addr);
+    if (strcmp(host, "localhost") == 0)
+        return 1;
+    if (inet_pton(AF_INET, host, a) == 1)
+        return a[0] == 127;
+    static const unsigned char v6_loopback[16] = {[15] = 1};
+    return inet_pton(AF_INET6, host, a) == 1 && memcmp(a, v6_loopback, 16) == 0;
+}
+
+/* admin_token: the bearer token the admin listener requires; without one it must stay on a
+ * loopback address. */
+static int read_admin(lua_State *L, int t, struct config *c, char *err, size_t errlen)
+{
+    int type = lua_getfield(L, t, "admin_token");
+    if (type != LUA_TNIL) {
+        size_t n;
+        const char *s = lua_tolstring(L, -1, &n);
+        if (type != LUA_TSTRING || n < 16) {
+            lua_pop(L, 1);
+            FAIL("admin_token must be a string of at least 16 characters (a random one: "
+                 "openssl rand -hex 32)");
+        }
+        auth_digest(s, n, c->admin_token);
+        c->has_admin_token = 1;
+    }
+    lua_pop(L, 1);
+    if (!c->has_admin_token && !is_loopback(c->admin))
+        FAIL("admin %s is not a loopback address: the admin endpoints (reload, metrics) "
+             "would be open to the network. Set admin_token (clients then send "
+             "Authorization: Bearer <token>), or listen on 127.0.0.1",
+             c->admin);
+    return 0;
+}
+
 int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t errlen)
 {
     int t = lua_absindex(L, idx), top = lua_gettop(L), rc = -1, sub;
@@ -163,6 +259,8 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     c->handlers = strdup("./handlers");
     c->data = strdup("./certhook-data");
     c->max_body = 1048576;
+    c->max_header = 16384;
+    c->max_backlog = 10000;
     c->max_connections = 1024;
     c->request_timeout = 10;
     c->busy_timeout = 5;
@@ -198,7 +296,17 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         if (opt_number(L, sub, "request_timeout", 1, 86400, &v, "limits.", err, errlen))
             goto done;
         c->request_timeout = (unsigned)v;
+        v = (double)c->max_header;
+        if (opt_number(L, sub, "max_header", 1024, 1 << 20, &v, "limits.", err, errlen))
+            goto done;
+        c->max_header = (size_t)v;
+        v = (double)c->max_backlog;
+        if (opt_number(L, sub, "max_backlog", 1, 1e9, &v, "limits.", err, errlen))
+            goto done;
+        c->max_backlog = (size_t)v;
     }
+    if (read_tls(L, t, c, err, errlen) != 0 || read_admin(L, t, c, err, errlen) != 0)
+        goto done;
     if (opt_table(L, t, "journal", &sub, err, errlen) ||
         (sub && (opt_number(L, sub, "busy_timeout", 0, 3600, &c->busy_timeout, "journal.", err,
                             errlen) ||
@@ -292,6 +400,7 @@ void config_free(struct config *c)
     free(c->data);
     free(c->lua_path);
     free(c->lua_cpath);
+    tls_free(c->tls);
     for (size_t i = 0; i < c->nsources; i++) {
         free(c->sources[i].name);
         free(c->sources[i].secrets);

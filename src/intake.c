@@ -12,6 +12,8 @@
  * requests it holds are answered. Limits are read per connection, so they change without
  * restarting a listener.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -28,6 +30,7 @@
 #include <microhttpd.h>
 
 #include "certhook.h"
+#include "tls.h"
 
 struct parser {
     struct parser *next;
@@ -40,8 +43,19 @@ struct listener {
     struct MHD_Daemon *daemon;
     char *addr;
     int hooks;           /* the webhook listener (else admin) */
+    int tls;             /* HTTPS */
+    atomic_int running;  /* started: MHD's messages are about clients from now on */
     atomic_int inflight;  /* requests with state, until MHD completes them */
     atomic_int suspended; /* of those, waiting for the journal */
+};
+
+/* A connection, for the request deadline: a client that has not sent a whole request within
+ * limits.request_timeout of connecting (or of its previous reply) is cut off -- MHD's own
+ * timeout only counts silence, which a client trickling bytes never lets happen. */
+struct conn {
+    struct conn *prev, *next;
+    int fd;          /* a dup of the socket: shutdown() through it never hits a reused fd */
+    double deadline; /* time_mono(); 0 while the request is ours (complete, being answered) */
 };
 
 struct intake {
@@ -53,6 +67,12 @@ struct intake {
     pthread_mutex_t mu;
     struct parser *parsers; /* one per intake thread; closed in intake_stop */
     atomic_int closed;
+    pthread_mutex_t cmu; /* guards conns and the deadlines */
+    pthread_cond_t stop;
+    struct conn conns;   /* list head */
+    pthread_t sweeper;
+    int sweeping;        /* the sweeper runs; cleared (under cmu) to stop it */
+    atomic_ulong cut_off, overloaded;
 };
 
 struct request {
@@ -90,6 +110,91 @@ static lua_State *parser_state(struct intake *in, const struct config *cfg)
     pthread_mutex_unlock(&in->mu);
     thread_parser = p;
     return p->L;
+}
+
+/* ---- request deadlines ------------------------------------------------------------------- */
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    struct listener *l = cls;
+    struct intake *in = l->in;
+    struct conn *k = *socket_context;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *info =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (info == NULL || (k = calloc(1, sizeof *k)) == NULL)
+            return;
+        k->fd = fcntl(info->connect_fd, F_DUPFD_CLOEXEC, 0);
+        if (k->fd < 0) { /* out of descriptors: untracked, MHD's idle timeout still holds */
+            free(k);
+            return;
+        }
+        pthread_mutex_lock(&in->cmu);
+        k->deadline = time_mono() + atomic_load(&in->cfg)->request_timeout;
+        k->next = in->conns.next;
+        k->prev = &in->conns;
+        k->next->prev = k;
+        in->conns.next = k;
+        pthread_mutex_unlock(&in->cmu);
+        *socket_context = k;
+    } else if (k != NULL) {
+        pthread_mutex_lock(&in->cmu);
+        k->prev->next = k->next;
+        k->next->prev = k->prev;
+        pthread_mutex_unlock(&in->cmu);
+        close(k->fd);
+        free(k);
+        *socket_context = NULL;
+    }
+}
+
+/* The request on c is complete (ours == 1: no deadline while it is answered) or answered (the
+ * next one must arrive within request_timeout). */
+static void set_deadline(struct intake *in, struct MHD_Connection *c, int ours)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    struct conn *k = info ? info->socket_context : NULL;
+    if (k == NULL)
+        return;
+    pthread_mutex_lock(&in->cmu);
+    k->deadline = ours ? 0 : time_mono() + atomic_load(&in->cfg)->request_timeout;
+    pthread_mutex_unlock(&in->cmu);
+}
+
+/* Cuts off the connections past their deadline, four times a second. */
+static void *sweep(void *cls)
+{
+    struct intake *in = cls;
+    pthread_mutex_lock(&in->cmu);
+    while (in->sweeping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250000000;
+        if (ts.tv_nsec >= 1000000000)
+            ts.tv_sec++, ts.tv_nsec -= 1000000000;
+        pthread_cond_timedwait(&in->stop, &in->cmu, &ts);
+        double now = time_mono();
+        unsigned long n = 0;
+        for (struct conn *k = in->conns.next; k != &in->conns; k = k->next) {
+            if (k->deadline > 0 && now > k->deadline) {
+                shutdown(k->fd, SHUT_RDWR); /* MHD reads the end and closes it */
+                k->deadline = 0;
+                n++;
+            }
+        }
+        if (n > 0) { /* logged without the lock: a blocked stderr must not block accepts */
+            atomic_fetch_add(&in->cut_off, n);
+            pthread_mutex_unlock(&in->cmu);
+            log_msg(LOG_INFO, "closed %lu connection%s that sent no whole request within "
+                              "limits.request_timeout (%us)",
+                    n, n == 1 ? "" : "s", atomic_load(&in->cfg)->request_timeout);
+            pthread_mutex_lock(&in->cmu);
+        }
+    }
+    pthread_mutex_unlock(&in->cmu);
+    return NULL;
 }
 
 /* ---- replies ------------------------------------------------------------------------------ */
@@ -156,6 +261,22 @@ static int is_json_type(const char *ct)
             strncasecmp(ct + n - 5, "+json", 5) == 0);
 }
 
+static enum MHD_Result add_header_size(void *cls, enum MHD_ValueKind kind, const char *key,
+                                       const char *value)
+{
+    (void)kind;
+    *(size_t *)cls += strlen(key) + (value ? strlen(value) : 0) + 4; /* "k: v\r\n" */
+    return MHD_YES;
+}
+
+/* The size of the request line and headers, as sent (near enough). */
+static size_t header_size(struct MHD_Connection *c, const char *url, const char *method)
+{
+    size_t n = strlen(method) + strlen(url) + 12;
+    MHD_get_connection_values(c, MHD_HEADER_KIND, add_header_size, &n);
+    return n;
+}
+
 /* First call for a request: only the headers are in. */
 static enum MHD_Result on_headers(struct listener *l, struct MHD_Connection *c, const char *url,
                                   const char *method, void **req_cls)
@@ -169,6 +290,12 @@ static enum MHD_Result on_headers(struct listener *l, struct MHD_Connection *c, 
     if (atomic_load(&in->closed))
         return reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL, "Retry-After",
                            "5", "certhook is shutting down; retry later");
+    size_t hsize = header_size(c, url, method);
+    if (hsize > cfg->max_header)
+        return reply_error(c, MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE, "header_too_large",
+                           src ? src->name : NULL, NULL, NULL,
+                           "the request line and headers are %zu bytes; the limit is %zu "
+                           "(limits.max_header)", hsize, cfg->max_header);
     if (src == NULL)
         return reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", NULL, NULL, NULL,
                            "no webhook source at %.200s: webhooks are POSTed to "
@@ -182,6 +309,13 @@ static enum MHD_Result on_headers(struct listener *l, struct MHD_Connection *c, 
         !auth_secret_ok(src, MHD_lookup_connection_value(c, MHD_HEADER_KIND, "cf-webhook-auth")))
         return reply_error(c, MHD_HTTP_UNAUTHORIZED, "unauthorized", src->name, NULL, NULL,
                            "missing or wrong cf-webhook-auth header");
+    if (in->d != NULL && dispatch_backlog(in->d) >= cfg->max_backlog) {
+        atomic_fetch_add(&in->overloaded, 1);
+        return reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "overloaded", src->name,
+                           "Retry-After", "30",
+                           "%zu accepted events are waiting for handlers (limits.max_backlog); "
+                           "retry later", cfg->max_backlog);
+    }
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
                                                  MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl != NULL && strtoull(cl, NULL, 10) > cfg->max_body)
@@ -316,7 +450,10 @@ static enum MHD_Result on_hook(void *cls, struct MHD_Connection *c, const char *
         *upload_size = 0;
         return MHD_YES;
     }
-    return r->waiting ? on_journaled(r) : on_body(l, r);
+    if (r->waiting)
+        return on_journaled(r);
+    set_deadline(l->in, c, 1);
+    return on_body(l, r);
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
@@ -324,8 +461,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
 {
     struct listener *l = cls;
     struct request *r = *req_cls;
-    (void)c;
     (void)toe;
+    set_deadline(l->in, c, 0);
     if (r == NULL || r == (void *)l)
         return;
     buf_free(&r->body);
@@ -401,9 +538,18 @@ static enum MHD_Result admin_metrics(struct intake *in, struct MHD_Connection *c
                "certhook_reload_failures_total %lu\n"
                "# HELP certhook_last_reload_success Whether the last reload succeeded.\n"
                "# TYPE certhook_last_reload_success gauge\n"
-               "certhook_last_reload_success %d\n",
+               "certhook_last_reload_success %d\n"
+               "# HELP certhook_connections_cut_off_total Connections closed for not sending a "
+               "whole request within limits.request_timeout.\n"
+               "# TYPE certhook_connections_cut_off_total counter\n"
+               "certhook_connections_cut_off_total %lu\n"
+               "# HELP certhook_requests_overloaded_total Webhooks answered 503 because "
+               "limits.max_backlog events were waiting.\n"
+               "# TYPE certhook_requests_overloaded_total counter\n"
+               "certhook_requests_overloaded_total %lu\n",
                CERTHOOK_VERSION, st.generation, st.reloads, st.reload_failures,
-               st.last_error[0] == '\0');
+               st.last_error[0] == '\0', atomic_load(&in->cut_off),
+               atomic_load(&in->overloaded));
     struct MHD_Response *resp = b.p ? MHD_create_response_from_buffer(b.n, b.p,
                                                                       MHD_RESPMEM_MUST_COPY)
                                     : NULL;
@@ -429,6 +575,16 @@ static enum MHD_Result admin_reload(struct intake *in, struct MHD_Connection *c)
     return reply(c, MHD_HTTP_OK, body, (size_t)n, NULL, NULL);
 }
 
+/* Authorization: Bearer <admin_token>. */
+static int bearer_ok(const struct config *cfg, struct MHD_Connection *c)
+{
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
+                                                MHD_HTTP_HEADER_AUTHORIZATION);
+    if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
+        return 0;
+    return auth_digest_match(h + 7, (const unsigned char (*)[32])cfg->admin_token, 1);
+}
+
 static const struct {
     const char *path, *method;
     enum MHD_Result (*fn)(struct intake *, struct MHD_Connection *);
@@ -444,6 +600,7 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
                                 size_t *upload_size, void **req_cls)
 {
     struct listener *l = cls;
+    const struct config *cfg = atomic_load(&l->in->cfg);
     (void)version, (void)upload;
     if (*req_cls == NULL) { /* answer once the request is complete: keeps the connection */
         *req_cls = l;
@@ -453,9 +610,14 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
         *upload_size = 0;
         return MHD_YES;
     }
+    set_deadline(l->in, c, 1);
     for (size_t i = 0; i < sizeof admin_routes / sizeof admin_routes[0]; i++) {
         if (strcmp(url, admin_routes[i].path) != 0)
             continue;
+        if (cfg->has_admin_token && admin_routes[i].fn != NULL && !bearer_ok(cfg, c))
+            return reply_error(c, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL,
+                               MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"certhook\"",
+                               "%s needs Authorization: Bearer <admin_token>", url);
         if (strcmp(method, admin_routes[i].method) != 0 &&
             !(strcmp(method, MHD_HTTP_METHOD_HEAD) == 0 &&
               strcmp(admin_routes[i].method, MHD_HTTP_METHOD_GET) == 0))
@@ -473,13 +635,19 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
 
 /* ---- listeners ---------------------------------------------------------------------------------- */
 
+/* MHD's messages: while a listener starts, why it cannot; once it runs, mostly what clients
+ * did (hung up, sent headers too big), which is debug detail -- except running out of
+ * descriptors or memory to accept with. */
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
+    struct listener *l = cls;
     char msg[512];
-    (void)cls;
     vsnprintf(msg, sizeof msg, fmt, ap);
     msg[strcspn(msg, "\n")] = '\0';
-    log_msg(LOG_WARN, "http: %s", msg);
+    int level = !atomic_load(&l->running) || strstr(msg, "accept") || strstr(msg, "memory")
+                    ? LOG_WARN
+                    : LOG_DEBUG;
+    log_msg(level, "http: %s", msg);
 }
 
 /* "host:port", "[v6]:port" or ":port" -> address. */
@@ -508,13 +676,21 @@ static int parse_address(const char *s, struct sockaddr_storage *out, char *err,
 }
 
 /* Connections a listener may hold at most, whatever limits.max_connections says later: what
- * the file descriptor limit allows. */
+ * the file descriptor limit allows (two each: the socket and its dup, struct conn), raised to
+ * the hard limit first. */
 static unsigned connection_ceiling(void)
 {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur > 64 && rl.rlim_cur != RLIM_INFINITY)
-        return (unsigned)(rl.rlim_cur - 32);
-    return 65536;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 256;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > 262144)
+        return 65536;
+    return rl.rlim_cur > 256 ? (unsigned)(rl.rlim_cur - 128) / 2 : 64;
 }
 
 static struct listener *listen_on(struct intake *in, const struct config *cfg, const char *addr,
@@ -531,18 +707,34 @@ static struct listener *listen_on(struct intake *in, const struct config *cfg, c
     }
     l->in = in;
     l->hooks = hooks;
+    l->tls = hooks && cfg->tls != NULL;
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
     if (sa.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     if (hooks)
         flags |= MHD_ALLOW_SUSPEND_RESUME;
+    if (l->tls)
+        flags |= MHD_USE_TLS;
+    /* A connection's memory pool holds its request line and headers and the read buffer:
+     * room for limits.max_header (checked in on_headers) and more; far bigger headers get
+     * MHD's own 431. The size is fixed when the listener starts. */
+    gnutls_certificate_retrieve_function2 *cert_cb = tls_retrieve;
+    struct MHD_OptionItem tls_options[] = {
+        {MHD_OPTION_HTTPS_CERT_CALLBACK, 0, NULL},
+        {MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)tls_priorities},
+        {MHD_OPTION_END, 0, NULL},
+    };
+    memcpy(&tls_options[0].ptr_value, &cert_cb, sizeof cert_cb); /* a function as a pointer */
     l->daemon = MHD_start_daemon(
         flags, 0, hooks ? on_accept : NULL, l, hooks ? on_hook : on_admin, l,
-        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, NULL, /* first, or MHD logs on its own */
+        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, l, /* first, or MHD logs on its own */
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->request_timeout,
         MHD_OPTION_CONNECTION_LIMIT, hooks ? connection_ceiling() : 64u,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, 2 * cfg->max_header + 4096,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, l,
+        MHD_OPTION_NOTIFY_CONNECTION, on_connection, l,
+        MHD_OPTION_ARRAY, l->tls ? tls_options : tls_options + 2,
         MHD_OPTION_END);
     if (l->daemon == NULL) {
         snprintf(err, errlen, "cannot listen on %s (in use, or not an address of this host)",
@@ -551,6 +743,7 @@ static struct listener *listen_on(struct intake *in, const struct config *cfg, c
         free(l);
         return NULL;
     }
+    atomic_store(&l->running, 1);
     return l;
 }
 
@@ -601,6 +794,16 @@ int intake_start(struct intake **ip, const struct config *c, struct journal *j,
     in->j = j;
     in->d = d;
     pthread_mutex_init(&in->mu, NULL);
+    pthread_mutex_init(&in->cmu, NULL);
+    pthread_cond_init(&in->stop, NULL);
+    in->conns.next = in->conns.prev = &in->conns;
+    tls_use(c->tls);
+    in->sweeping = pthread_create(&in->sweeper, NULL, sweep, in) == 0;
+    if (!in->sweeping) {
+        snprintf(err, errlen, "cannot start a thread");
+        intake_stop(in);
+        return -1;
+    }
     in->hooks = listen_on(in, c, c->listen, 1, err, errlen);
     if (in->hooks == NULL || (in->admin = listen_on(in, c, c->admin, 0, err, errlen)) == NULL) {
         intake_stop(in);
@@ -614,6 +817,11 @@ int intake_reconfigure(struct intake *in, const struct config *c, char *err, siz
 {
     const struct config *old = atomic_load(&in->cfg);
     struct listener *hooks = NULL, *admin = NULL;
+    if (strcmp(c->listen, old->listen) == 0 && (c->tls != NULL) != in->hooks->tls) {
+        snprintf(err, errlen, "tls was %s: turning HTTPS on or off needs a restart (or a new "
+                              "listen address)", c->tls ? "added" : "removed");
+        return -1;
+    }
     if (strcmp(c->listen, old->listen) != 0 &&
         (hooks = listen_on(in, c, c->listen, 1, err, errlen)) == NULL)
         return -1;
@@ -623,6 +831,8 @@ int intake_reconfigure(struct intake *in, const struct config *c, char *err, siz
         return -1;
     }
     atomic_store(&in->cfg, c); /* requests under way keep the configuration they started with */
+    if (c->tls != NULL)
+        tls_use(c->tls); /* new handshakes present the certificate just read */
     retire_retired(in);
     if (hooks) {
         struct listener *was = in->hooks;
@@ -666,6 +876,15 @@ void intake_stop(struct intake *in)
     retire(in->hooks);
     retire(in->admin);
     retire_retired(in);
+    if (in->sweeping) {
+        pthread_mutex_lock(&in->cmu);
+        in->sweeping = 0;
+        pthread_cond_signal(&in->stop);
+        pthread_mutex_unlock(&in->cmu);
+        pthread_join(in->sweeper, NULL);
+    }
+    pthread_cond_destroy(&in->stop);
+    pthread_mutex_destroy(&in->cmu);
     for (struct parser *p = in->parsers, *next; p; p = next) {
         next = p->next;
         lua_close(p->L);

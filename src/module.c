@@ -8,12 +8,15 @@
  * intake.c, handler generations in reload.c) comes from module_newstate, with lua-cjson's
  * encode and decode registered for module_encode/module_decode.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <curl/curl.h>
+#include <gnutls/gnutls.h>
 #include <lauxlib.h>
 #include <lualib.h>
 #include <microhttpd.h>
@@ -505,13 +508,26 @@ static int core_detect(lua_State *L)
     return 1;
 }
 
+/* path -> permission bits (e.g. 0644) | nil, message: the CLI refuses a world-readable config
+ * that holds secrets. */
+static int core_mode(lua_State *L)
+{
+    struct stat st;
+    const char *path = luaL_checkstring(L, 1);
+    if (stat(path, &st) != 0)
+        return fail(L, strerror(errno));
+    lua_pushinteger(L, st.st_mode & 07777);
+    return 1;
+}
+
 /* -> "certhook 0.1.0 (Lua 5.4.4, libmicrohttpd 0.9.75, ...)" */
 static int core_versions(lua_State *L)
 {
     curl_version_info_data *cv = curl_version_info(CURLVERSION_NOW);
-    lua_pushfstring(L, "certhook %s (%s, libmicrohttpd %s, libcurl %s, SQLite %s, %s)",
+    lua_pushfstring(L, "certhook %s (%s, libmicrohttpd %s, libcurl %s, SQLite %s, %s, GnuTLS %s)",
                     CERTHOOK_VERSION, LUA_RELEASE, MHD_get_version(), cv->version,
-                    sqlite3_libversion(), OpenSSL_version(OPENSSL_VERSION));
+                    sqlite3_libversion(), OpenSSL_version(OPENSSL_VERSION),
+                    gnutls_check_version(NULL));
     return 1;
 }
 
@@ -527,6 +543,7 @@ static const luaL_Reg core_funcs[] = {
     {"detect", core_detect},
     {"events", core_events},
     {"jwt_sign", core_jwt_sign},
+    {"mode", core_mode},
     {"normalize", core_normalize},
     {"replay", core_replay},
     {"run", core_run},

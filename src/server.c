@@ -154,6 +154,7 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
     struct log_line l;
     log_begin(&l, LOG_INFO, "listening");
     log_str(&l, "listen", listen);
+    log_str(&l, "scheme", c->tls ? "https" : "http");
     log_str(&l, "admin", admin);
     log_str(&l, "handlers", c->handlers);
     log_num(&l, "handler_files", (double)s.gen->nfiles);

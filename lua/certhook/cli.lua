@@ -9,8 +9,8 @@ local cjson = require "cjson"
 local M = {}
 
 local SETTINGS = {
-  listen = true, admin = true, handlers = true, data = true, tls = true, sources = true,
-  delivery = true, limits = true, journal = true, log = true,
+  listen = true, admin = true, admin_token = true, handlers = true, data = true, tls = true,
+  sources = true, delivery = true, limits = true, journal = true, log = true,
 }
 
 local USAGE = [[
@@ -150,6 +150,42 @@ local function parse_args(cmd, name, args)
   return opts, pos
 end
 
+-- The secrets a config holds (source secrets, admin_token): { {setting, value}, ... }.
+local function secrets_of(cfg)
+  local out = {}
+  local function add(where, v)
+    if type(v) == "string" and v ~= "" then out[#out + 1] = { where, v } end
+  end
+  for name, s in pairs(type(cfg.sources) == "table" and cfg.sources or {}) do
+    if type(s) == "table" and type(s.secret) == "table" then
+      for i, v in ipairs(s.secret) do add(("sources.%s.secret[%d]"):format(name, i), v) end
+    elseif type(s) == "table" then
+      add(("sources.%s.secret"):format(name), s.secret)
+    end
+  end
+  add("admin_token", cfg.admin_token)
+  return out
+end
+
+-- Refuses a config file every user can read when secrets are written in it.
+local function check_private(path, cfg)
+  local mode = core.mode(path)
+  if not mode or mode & 4 == 0 then return end
+  local text, found = read_file(path), {}
+  for _, s in ipairs(secrets_of(cfg)) do
+    if text:find(s[2], 1, true) then found[#found + 1] = s[1] end
+  end
+  if #found == 0 then return end
+  local msg = ("%s is readable by every user and holds secrets (%s): make it private with " ..
+    "`chmod 600 %s` (owned by the user certhook runs as), or keep the secrets out of it: " ..
+    "secret = os.getenv(\"CF_WEBHOOK_SECRET\")"):format(path, table.concat(found, ", "), path)
+  if os.getenv("CERTHOOK_ALLOW_READABLE_SECRETS") == "1" then -- throwaway setups only
+    io.stderr:write("certhook: warning: ", msg, "\n")
+    return
+  end
+  die(1, "%s", msg)
+end
+
 -- Loads the config file: its globals are the settings. Relative paths in it are relative to
 -- the file's directory. Returns the settings table ({} without a file).
 local function load_config(path)
@@ -169,14 +205,19 @@ local function load_config(path)
   local cfg = {}
   for k, v in pairs(env) do
     if not SETTINGS[k] then
-      die(1, "%s: unknown setting %q (settings are listen, admin, handlers, data, tls, " ..
-        "sources, delivery, limits, journal, log; make helper variables local)", path, tostring(k))
+      die(1, "%s: unknown setting %q (settings are listen, admin, admin_token, handlers, data, " ..
+        "tls, sources, delivery, limits, journal, log; make helper variables local)", path, tostring(k))
     end
     cfg[k] = v
   end
+  check_private(path, cfg)
   local base = dirname(path)
   cfg.handlers = resolve(base, cfg.handlers)
   cfg.data = resolve(base, cfg.data)
+  if type(cfg.tls) == "table" then
+    cfg.tls.cert = resolve(base, cfg.tls.cert)
+    cfg.tls.key = resolve(base, cfg.tls.key)
+  end
   if type(cfg.sources) == "table" then
     for _, s in pairs(cfg.sources) do
       if type(s) == "table" then
@@ -212,16 +253,6 @@ local function data_dir(cfg)
 end
 
 
--- The configuration serve runs with: the file, the flags, and the checks serve adds.
-local function serve_settings(opts)
-  local cfg = settings(opts)
-  if cfg.tls ~= nil then
-    die(1, "tls: HTTPS on the webhook listener is not available in this version; " ..
-      "terminate TLS in a reverse proxy (see README, Operations)")
-  end
-  return cfg
-end
-
 COMMANDS.serve = {
   options = { config = true, listen = true, admin = true, handlers = true, data = true, ["log-level"] = true },
   help = [[
@@ -234,10 +265,10 @@ handlers directory reloads the handlers; SIGHUP (or `certhook reload`) also rere
 config. Stops on SIGTERM/SIGINT. Defaults: listen 127.0.0.1:8080, admin 127.0.0.1:9090,
 handlers ./handlers, data ./certhook-data.]],
   run = function(opts)
-    local cfg = serve_settings(opts)
+    local cfg = settings(opts)
     local ok, err = core.serve(cfg, function()
       quiet = true
-      local ok2, fresh = pcall(serve_settings, opts)
+      local ok2, fresh = pcall(settings, opts)
       quiet = false
       if ok2 then return fresh end
       return nil, type(fresh) == "table" and fresh[3] or tostring(fresh)
@@ -475,7 +506,9 @@ and waits for the outcome: exit 0 with the new generation, or exit 1 with what i
   run = function(opts)
     local cfg = settings(opts)
     local url = ("http://%s/reload"):format(local_address(opts.admin or cfg.admin or "127.0.0.1:9090"))
-    local resp, err = core.http.request { url = url, method = "POST", timeout = 120 }
+    local headers = {}
+    if type(cfg.admin_token) == "string" then headers.Authorization = "Bearer " .. cfg.admin_token end
+    local resp, err = core.http.request { url = url, method = "POST", headers = headers, timeout = 120 }
     if not resp then die(1, "reload: %s: %s", url, err) end
     local body = resp.json or {}
     if resp.status == 200 then

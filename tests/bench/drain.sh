@@ -29,6 +29,7 @@ admin = "127.0.0.1:0"
 sources = { cloudflare = { provider = "cloudflare", secret = "bench-secret" } }
 log = { level = "warn" }
 CONF
+chmod 600 "$run/certhook.conf.lua"
 # create the journal, then fill it with never-dispatched events
 mkdir -p "$run/empty"
 "$certhook" serve --config "$run/certhook.conf.lua" --handlers "$run/empty" --data "$run/data" 2>"$run/log" &

@@ -32,6 +32,7 @@ admin = "127.0.0.1:0"
 sources = { cloudflare = { provider = "cloudflare", secret = "bench-secret" } }
 log = { level = "warn" }
 CONF
+chmod 600 "$run/certhook.conf.lua"
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 pending() { sqlite3 "$run/data/certhook.db" "SELECT count(*) FROM events WHERE state = 0" 2>/dev/null || echo 1; }

@@ -14,6 +14,8 @@ function M.write(path, content)
   local f = assert(io.open(path, "wb"))
   f:write(content)
   f:close()
+  -- configs hold secrets: private, as certhook requires of them
+  if path:match("%.conf%.lua$") then os.execute("chmod 600 '" .. path .. "'") end
   return path
 end
 

@@ -5,6 +5,16 @@ local cjson = require "cjson"
 
 local M = {}
 
+-- Every credential sent (cf-webhook-auth, Authorization): the server helper checks that none
+-- ever shows up in a server log.
+M.sent_secrets = {}
+
+local function remember(k, v)
+  k = k:lower()
+  if k == "cf-webhook-auth" then M.sent_secrets[v] = true end
+  if k == "authorization" then M.sent_secrets[v:match("^%S+%s+(.*)$") or v] = true end
+end
+
 local function read_response(c)
   local line, err = c:receive("*l")
   if not line then return nil, err end
@@ -34,6 +44,7 @@ function M.request(port, method, path, headers, body, opts)
   local lines = { ("%s %s HTTP/1.1"):format(method, path), "Host: 127.0.0.1", "Connection: close" }
   local has_length = false
   for k, v in pairs(headers or {}) do
+    remember(k, v)
     lines[#lines + 1] = k .. ": " .. v
     has_length = has_length or k:lower() == "content-length"
   end

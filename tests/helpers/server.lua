@@ -87,9 +87,39 @@ function M:stop(sig)
   return tonumber(code)
 end
 
+-- The credentials this server was configured with or was sent (the string literals of
+-- secret = ..., admin_token = ... in its config, and every cf-webhook-auth / bearer token the
+-- specs sent), long enough to be told apart from ordinary words.
+function M:secrets()
+  local out, config = {}, fs.read(self.dir .. "/certhook.conf.lua") or ""
+  for _, key in ipairs { "secret", "admin_token" } do
+    for value in config:gmatch("%f[%w_]" .. key .. "%s*=%s*(%b{})") do
+      for s in value:gmatch('"([^"]*)"') do out[s] = true end
+    end
+    for s in config:gmatch("%f[%w_]" .. key .. '%s*=%s*"([^"]*)"') do out[s] = true end
+  end
+  for s in pairs(http.sent_secrets) do out[s] = true end
+  for s in pairs(out) do
+    if #s < 6 then out[s] = nil end
+  end
+  return out
+end
+
+-- Fails if any credential appears in the server's log (every e2e server is checked here).
+function M:assert_no_secrets()
+  local log = self:log_text()
+  for s in pairs(self:secrets()) do
+    if log:find(s, 1, true) then
+      error(("the credential %q appears in the server log:\n%s"):format(s, log), 2)
+    end
+  end
+end
+
 function M:cleanup()
   if self.pid and not fs.read(self.dir .. "/exit") then self:stop("KILL") end
+  local ok, err = pcall(self.assert_no_secrets, self)
   fs.rm(self.dir)
+  if not ok then error(err, 0) end
 end
 
 -- Rows of an SQL query on the journal (via the sqlite3 command line), as arrays of strings.
