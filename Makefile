@@ -5,6 +5,7 @@
 #   make test       install missing Debian packages, build, run every test; the last line
 #                   says "N passed, M failed"
 #   make run        install missing Debian packages, build, serve examples/ with a demo secret
+#   make memcheck   serve sessions and CLI runs under valgrind: no memory error, no leak
 #   make bench      intake and end-to-end benchmark (tests/bench/)
 #   make install    install into PREFIX (LuaRocks passes LUADIR, LIBDIR, BINDIR instead)
 #   SANITIZE=1      build with ASan + UBSan into build/san (make SANITIZE=1 test)
@@ -46,7 +47,7 @@ RUN_DEBS  = gcc libc6-dev pkg-config lua5.4 liblua5.4-dev lua-cjson libmicrohttp
             libcurl4-openssl-dev libsqlite3-dev libssl-dev libgnutls28-dev openssl curl
 TEST_DEBS = $(RUN_DEBS) lua-busted lua-socket sqlite3
 
-.PHONY: all test run bench install clean deps-run deps-test deps-bench unit
+.PHONY: all test memcheck run bench install clean deps-run deps-test deps-bench deps-memcheck unit
 
 all: $(MODULE) $(LAUNCH)
 
@@ -72,6 +73,19 @@ $(LAUNCH): Makefile
 	   echo 'exec $(LUA) $(CURDIR)/lua/bin/certhook "$$@"'; } >$@
 	@chmod +x $@
 
+# The CLI under valgrind memcheck (make memcheck): every run writes valgrind.<pid>.log in the
+# current directory and exits 99 on a memory error or a leak.
+VALGRIND = $(BUILD)/certhook-valgrind
+$(VALGRIND): Makefile
+	@mkdir -p $(dir $@)
+	@{ echo '#!/bin/sh'; \
+	   echo 'export LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;"'; \
+	   echo 'export LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"'; \
+	   echo 'exec valgrind --leak-check=full --show-leak-kinds=definite,indirect,possible \'; \
+	   echo '  --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=99 \'; \
+	   echo '  --log-file=valgrind.%p.log $(LUA) $(CURDIR)/lua/bin/certhook "$$@"'; } >$@
+	@chmod +x $@
+
 $(BUILD)/unit/%: tests/unit/%.c $(OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Isrc -o $@ $< $(OBJS) \
@@ -85,6 +99,10 @@ unit: $(UNITS) $(SINK)
 
 test: deps-test all unit
 	@BUILD=$(BUILD) LUA=$(LUA) sh tests/run.sh
+
+# Real serve sessions and CLI runs under valgrind: no memory error, no leak (CI runs it).
+memcheck: deps-memcheck all unit $(VALGRIND)
+	@BUILD=$(BUILD) LUA=$(LUA) sh tests/run.sh memcheck
 
 run: deps-run all
 	@sh tests/demo.sh $(CURDIR)/$(LAUNCH)
@@ -118,6 +136,9 @@ deps-run:
 
 deps-test:
 	$(call install_debs,$(TEST_DEBS))
+
+deps-memcheck:
+	$(call install_debs,$(TEST_DEBS) valgrind)
 
 deps-bench:
 	$(call install_debs,$(TEST_DEBS) wrk)

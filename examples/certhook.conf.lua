@@ -2,7 +2,8 @@
 -- Relative paths are relative to this file. Secrets come from the environment, not the file.
 
 listen = "127.0.0.1:8080"   -- webhooks: POST /hooks/<source>
-admin = "127.0.0.1:9090"    -- GET /healthz, GET /readyz
+admin = "127.0.0.1:9090"    -- /healthz, /readyz, /metrics, POST /reload (loopback only, or
+                            -- set admin_token = os.getenv("CERTHOOK_ADMIN_TOKEN"))
 handlers = "handlers"       -- every *.lua in it, loaded in name order
 data = "../certhook-data"   -- the journal (SQLite, WAL)
 
@@ -18,5 +19,9 @@ if os.getenv("IBM_CM_PUBLIC_KEY") then
   sources.ibm = { provider = "ibm-cm", public_key = os.getenv("IBM_CM_PUBLIC_KEY") }
 end
 
-limits = { max_body = 1048576, max_connections = 1024, request_timeout = 10 }
+-- HTTPS on the webhook listener (or terminate TLS in a proxy in front):
+-- tls = { cert = "/etc/certhook/tls.crt", key = "/etc/certhook/tls.key" }
+
+limits = { max_body = 1048576, max_header = 16384, max_connections = 1024,
+           request_timeout = 10, max_backlog = 10000 }
 log = { level = "info" }

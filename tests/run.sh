@@ -2,6 +2,7 @@
 # Runs every test and ends with one line "N passed, M failed" (exit 1 if any failed):
 #   C unit tests (build/unit/test_*), then busted specs (tests/spec) and end-to-end tests
 #   (tests/e2e, which start `certhook serve`). All of them print TAP.
+# `tests/run.sh memcheck` runs tests/memcheck instead, with the CLI under valgrind.
 # Environment: BUILD (build dir, build/san for SANITIZE=1), LUA (lua5.4).
 BUILD=${BUILD:-build}
 LUA=${LUA:-lua5.4}
@@ -22,7 +23,14 @@ tally() { # NAME STATUS TAPFILE
     failed=$((failed + f))
 }
 
-for t in "$root/$BUILD"/unit/test_*; do
+suites="tests/spec tests/e2e"
+units="$root/$BUILD"/unit/test_*
+if [ "${1:-}" = memcheck ]; then
+    suites=tests/memcheck
+    units=
+fi
+
+for t in $units; do
     [ -x "$t" ] || continue
     echo "# $(basename "$t")"
     "$t" >"$out/unit.tap" 2>&1
@@ -32,6 +40,7 @@ for t in "$root/$BUILD"/unit/test_*; do
 done
 
 export CERTHOOK="$root/$BUILD/certhook-dev"
+[ "${1:-}" = memcheck ] && CERTHOOK="$root/$BUILD/certhook-valgrind"
 export LUA_PATH="$root/lua/?.lua;$root/lua/?/init.lua;$root/tests/?.lua;;"
 export LUA_CPATH="$root/$BUILD/?.so;;"
 if [ "$BUILD" != "${BUILD%san}" ]; then # the sanitizer build: busted itself loads the module
@@ -39,8 +48,9 @@ if [ "$BUILD" != "${BUILD%san}" ]; then # the sanitizer build: busted itself loa
     export LD_PRELOAD ASAN_OPTIONS="detect_leaks=0:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1"
 fi
 cd "$root" || exit 1
-echo "# busted: tests/spec tests/e2e"
-"$LUA" /usr/bin/busted --output=TAP --pattern=_spec tests/spec tests/e2e >"$out/busted.tap" 2>&1
+echo "# busted: $suites"
+# shellcheck disable=SC2086
+"$LUA" /usr/bin/busted --output=TAP --pattern=_spec $suites >"$out/busted.tap" 2>&1
 status=$?
 cat "$out/busted.tap"
 tally busted "$status" "$out/busted.tap"

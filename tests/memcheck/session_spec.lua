@@ -1,0 +1,167 @@
+-- valgrind memcheck of real sessions (make memcheck; CI): `certhook serve` under valgrind
+-- (CERTHOOK is build/certhook-valgrind) takes every kind of request -- accepted, duplicate,
+-- refused for each reason, IBM JWTs, HTTPS -- runs handlers that call out over HTTP, keep
+-- state and fail, reloads, cuts off a stalled client and stops on SIGTERM. The run must end
+-- with no memory error and no leak (definite, indirect or possible): valgrind's exit status
+-- and its summary, both checked.
+local cjson = require "cjson"
+local socket = require "socket"
+local fs = require "helpers.fs"
+local http = require "helpers.http"
+local jwt = require "helpers.jwt"
+local Server = require "helpers.server"
+local Sink = require "helpers.sink"
+
+local FIX = "tests/fixtures/"
+local SECRET = "memcheck-secret-1"
+local CF = { ["cf-webhook-auth"] = SECRET }
+
+local HANDLER = [[
+local certhook = require "certhook"
+return {
+  ["certificate.*"] = function(e)
+    certhook.state.incr("seen", 1)
+    certhook.state.set("last", { id = e.id, hostname = e.hostname }, 60)
+    local resp, err = certhook.http.request { url = SINK .. "/echo", json = { id = e.id } }
+    certhook.log.info("called", { status = resp and resp.status, err = err })
+  end,
+  ["*"] = function(e)
+    if e.type == "notification.test" then error("a failing handler") end
+  end,
+}
+]]
+
+local n = 0
+local function event()
+  n = n + 1
+  local id = ("vg-%d-%d"):format(os.time(), n)
+  return (fs.read(FIX .. "cloudflare/ssl.custom_hostname_certificate.validation.failed.json"):gsub("<<WEBHOOK_ID>", id))
+end
+
+-- valgrind's verdict from the server's log file(s): "" when clean, else the report.
+local function verdict(dir)
+  local out, files = {}, 0
+  for file in io.popen(("ls '%s'/valgrind.*.log 2>/dev/null"):format(dir)):lines() do
+    files = files + 1
+    local log = fs.read(file)
+    local errors = tonumber(log:match("ERROR SUMMARY: (%d+) errors"))
+    if errors == nil then
+      out[#out + 1] = file .. ": no summary (valgrind did not finish)\n" .. log
+    elseif errors > 0 or log:match("definitely lost: [1-9]") or log:match("indirectly lost: [1-9]")
+        or log:match("possibly lost: [1-9]") then
+      out[#out + 1] = log
+    end
+  end
+  if files == 0 then return "no valgrind log in " .. dir .. " (was CERTHOOK the valgrind wrapper?)" end
+  return table.concat(out, "\n")
+end
+
+local function stop_clean(srv)
+  local code = srv:stop()
+  local report = verdict(srv.dir)
+  assert.are.equal("", report)
+  assert.are.equal(0, code, "valgrind exit status (99: errors or leaks)")
+end
+
+describe("valgrind memcheck", function()
+  local sink
+  setup(function() sink = Sink.start() end)
+  teardown(function() sink:stop() end)
+
+  it("serves, dispatches, reloads and stops without a memory error or leak", function()
+    local dir = fs.tmpdir()
+    local priv, pub = jwt.keypair(dir, "ibm")
+    local srv = Server.start {
+      config = ('sources = { cloudflare = { provider = "cloudflare", secret = %q },\n' ..
+        '  ibm = { provider = "ibm-cm", public_key = %q } }\n' ..
+        'delivery = { max_attempts = 2, backoff = 0.05 }\nlimits = { max_body = 65536, request_timeout = 2 }\n')
+        :format(SECRET, pub),
+      handlers = { ["h.lua"] = ("SINK = %q\n"):format(sink.url) .. HANDLER },
+    }
+    local body = event()
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    assert.are.equal(200, srv:post("/hooks/cloudflare", body, CF).status)
+    assert.are.equal(401, srv:post("/hooks/cloudflare", event(), { ["cf-webhook-auth"] = "nope-nope" }).status)
+    assert.are.equal(400, srv:post("/hooks/cloudflare", "{not json", CF).status)
+    assert.are.equal(400, srv:post("/hooks/cloudflare", "[1,2,3]", CF).status)
+    assert.are.equal(413, srv:post("/hooks/cloudflare", ("x"):rep(70000), CF).status)
+    assert.are.equal(415, http.request(srv.port, "POST", "/hooks/cloudflare",
+      { ["Content-Type"] = "text/plain", ["cf-webhook-auth"] = SECRET }, "{}").status)
+    assert.are.equal(404, http.get(srv.port, "/nowhere").status)
+    assert.are.equal(405, http.get(srv.port, "/hooks/cloudflare").status)
+    assert.are.equal(202, srv:post("/hooks/cloudflare", fs.read(FIX .. "cloudflare/test-message.json"), CF).status)
+    local claims = fs.read(FIX .. "ibm-cm/v4.cert_issued.json")
+    assert.are.equal(202, srv:post("/hooks/ibm", jwt.body(jwt.rs256(claims, priv))).status)
+    assert.are.equal(401, srv:post("/hooks/ibm", jwt.body(jwt.none(claims))).status)
+    assert.are.equal(401, srv:post("/hooks/ibm", jwt.body(jwt.hs256(claims, fs.read(pub)))).status)
+    -- a client that stalls mid-headers is cut off
+    local c = socket.tcp()
+    c:settimeout(5)
+    assert(c:connect("127.0.0.1", srv.port))
+    c:send("POST /hooks/cloudflare HTTP/1.1\r\n")
+    assert.are.equal("closed", select(2, c:receive("*l")))
+    c:close()
+    -- the handlers ran (one of them failed and was retried)
+    assert(fs.wait_for(function() return #sink:requests() >= 2 end, 20))
+    assert(fs.wait_for(function()
+      return #srv:sql("SELECT 1 FROM deliveries WHERE status IN ('pending', 'running', 'retrying')") == 0
+    end, 20))
+    -- reloads: SIGHUP (config and handlers) and POST /reload, one of them broken
+    srv:signal("HUP")
+    assert(fs.wait_for(function() return http.get(srv.admin, "/readyz").json.generation == 2 end, 20))
+    fs.write(srv.dir .. "/handlers/broken.lua", "return {")
+    assert.are.equal(422, http.request(srv.admin, "POST", "/reload").status)
+    os.remove(srv.dir .. "/handlers/broken.lua")
+    assert.are.equal(200, http.request(srv.admin, "POST", "/reload").status)
+    assert.are.equal(200, http.get(srv.admin, "/metrics").status)
+    assert.are.equal(202, srv:post("/hooks/cloudflare", event(), CF).status)
+    stop_clean(srv)
+    srv:cleanup()
+    fs.rm(dir)
+  end)
+
+  it("serves HTTPS and swaps the certificate without a memory error or leak", function()
+    local home = fs.tmpdir()
+    local _, err, code = fs.run(("unset LD_PRELOAD; cd '%s' && openssl req -x509 -newkey rsa:2048 -nodes " ..
+      "-keyout tls.key -out tls.crt -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"):format(home))
+    assert(code == 0, err)
+    local srv = Server.start { dir = home,
+      config = ('sources = { cloudflare = { provider = "cloudflare", secret = %q } }\n'):format(SECRET) ..
+        'tls = { cert = "tls.crt", key = "tls.key" }\n' }
+    fs.write(home .. "/body.json", event())
+    local function post()
+      local out = fs.run(("unset LD_PRELOAD; curl -s -o /dev/null -w '%%{http_code}' --cacert '%s/tls.crt' " ..
+        "-H 'Content-Type: application/json' -H 'cf-webhook-auth: %s' --data-binary @'%s/body.json' " ..
+        "https://127.0.0.1:%d/hooks/cloudflare"):format(home, SECRET, home, srv.port))
+      return tonumber(out)
+    end
+    assert.are.equal(202, post())
+    fs.run(("unset LD_PRELOAD; cd '%s' && openssl req -x509 -newkey rsa:2048 -nodes -keyout tls.key " ..
+      "-out tls.crt -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"):format(home))
+    srv:signal("HUP")
+    assert(fs.wait_for(function() return http.get(srv.admin, "/readyz").json.generation == 2 end, 20))
+    assert.are.equal(200, post()) -- the renewed certificate verifies; the event is a duplicate
+    stop_clean(srv)
+    srv:cleanup()
+  end)
+
+  it("runs the command line without a memory error or leak", function()
+    local dir = fs.tmpdir()
+    local priv, pub = jwt.keypair(dir, "ibm")
+    fs.write(dir .. "/jwt.json", jwt.body(jwt.rs256(fs.read(FIX .. "ibm-cm/v4.cert_issued.json"), priv)))
+    fs.write(dir .. "/handlers/h.lua", 'return { ["*"] = function(e) require("certhook").state.incr("n", 1) end }')
+    local cmds = {
+      ("normalize '%s/jwt.json' --public-key '%s'"):format(dir, pub),
+      ("run --event '%s/jwt.json' --handlers '%s/handlers' --data '%s/data'"):format(dir, dir, dir),
+      ("events --data '%s/data'"):format(dir),
+      ("check --handlers '%s/handlers'"):format(dir),
+    }
+    for i, cmd in ipairs(cmds) do
+      os.execute(("mkdir -p '%s/vg%d'"):format(dir, i))
+      local _, err, code = fs.run(("cd '%s/vg%d' && %s %s"):format(dir, i, Server.certhook, cmd))
+      assert.are.equal("", verdict(("%s/vg%d"):format(dir, i)), cmd)
+      assert.are.equal(0, code, cmd .. "\n" .. err)
+    end
+    fs.rm(dir)
+  end)
+end)
