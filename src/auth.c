@@ -119,12 +119,14 @@ void auth_keys_free(struct auth_keys *keys)
 
 /* ---- base64url (RFC 4648 §5, unpadded, as JWT uses it) ------------------------------------ */
 
+/* Writes exactly *outlen bytes to out: EVP_DecodeBlock writes 3 per 4 characters, the padding
+ * too (up to 2 bytes past the decoded ones), so it decodes into tmp, after the padded text. */
 int auth_base64url_decode(const char *in, size_t n, unsigned char *out, size_t *outlen)
 {
     if (n % 4 == 1)
         return -1;
     size_t padded = (n + 3) / 4 * 4;
-    char *tmp = malloc(padded + 1);
+    char *tmp = malloc(padded + padded / 4 * 3 + 1);
     if (tmp == NULL)
         return -1;
     for (size_t i = 0; i < n; i++) {
@@ -140,12 +142,14 @@ int auth_base64url_decode(const char *in, size_t n, unsigned char *out, size_t *
         tmp[i] = c;
     }
     memset(tmp + n, '=', padded - n);
-    int len = padded ? EVP_DecodeBlock(out, (const unsigned char *)tmp, (int)padded) : 0;
+    unsigned char *dec = (unsigned char *)tmp + padded;
+    int len = padded ? EVP_DecodeBlock(dec, (const unsigned char *)tmp, (int)padded) : 0;
+    if (len >= 0) {
+        *outlen = (size_t)len - (padded - n); /* EVP_DecodeBlock counts padding as zero bytes */
+        memcpy(out, dec, *outlen);
+    }
     free(tmp);
-    if (len < 0)
-        return -1;
-    *outlen = (size_t)len - (padded - n); /* EVP_DecodeBlock counts padding as zero bytes */
-    return 0;
+    return len < 0 ? -1 : 0;
 }
 
 /* Appends the base64url form of in to b. */
