@@ -219,24 +219,28 @@ void normalize_set_certificate(lua_State *L, int ev)
 }
 
 /* Joins the strings of the array at idx with "; "; pushes the result and returns 1, or
- * pushes nothing and returns 0 when there is none. */
+ * pushes nothing and returns 0 when there is none. In a buffer, not on the stack: a payload
+ * may list more strings than the Lua stack holds (a stack overflow here is a Lua panic). */
 int normalize_push_joined(lua_State *L, int idx)
 {
-    int n = 0;
-    for (lua_Integer i = 1;; i++) {
-        luaL_checkstack(L, 3, "too many strings");
+    luaL_Buffer b;
+    idx = lua_absindex(L, idx);
+    if (lua_rawgeti(L, idx, 1) != LUA_TSTRING) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_pop(L, 1);
+    luaL_buffinit(L, &b);
+    for (lua_Integer i = 1;; i++) { /* the stack is balanced between the buffer calls */
         if (lua_rawgeti(L, idx, i) != LUA_TSTRING) {
             lua_pop(L, 1);
             break;
         }
-        if (n++ > 0) {
-            lua_pushliteral(L, "; ");
-            lua_insert(L, -2);
-        }
+        luaL_addvalue(&b); /* pops the string */
+        luaL_addlstring(&b, "; ", 2);
     }
-    if (n == 0)
-        return 0;
-    lua_concat(L, 2 * n - 1);
+    luaL_buffsub(&b, 2); /* the last "; " */
+    luaL_pushresult(&b);
     return 1;
 }
 
