@@ -27,13 +27,20 @@ PKG_CONFIG   ?= pkg-config
 DEP_CFLAGS   ?= $(shell $(PKG_CONFIG) --cflags libmicrohttpd libcurl sqlite3 libcrypto gnutls 2>/dev/null)
 DEP_LIBS     ?= $(shell $(PKG_CONFIG) --libs libmicrohttpd libcurl sqlite3 libcrypto gnutls 2>/dev/null || echo -lmicrohttpd -lcurl -lsqlite3 -lcrypto -lgnutls)
 
+# systemd's sd_notify (Type=notify, watchdog) when libsystemd is there; optional.
+SYSTEMD_CFLAGS ?= $(shell $(PKG_CONFIG) --exists libsystemd 2>/dev/null && echo -DHAVE_SYSTEMD)
+SYSTEMD_LIBS   ?= $(shell $(PKG_CONFIG) --libs libsystemd 2>/dev/null)
+override DEP_LIBS += $(SYSTEMD_LIBS)
+
 WARN     = -Wall -Wextra -Wshadow -Wmissing-prototypes -Wstrict-prototypes
 BUILD    = build
 ifeq ($(SANITIZE),1)
 BUILD    = build/san
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 endif
-ALL_CFLAGS = $(CFLAGS) -fPIC -std=gnu11 $(WARN) $(SANFLAGS) -I$(LUA_INCDIR) $(DEP_CFLAGS) -MMD -MP
+ALL_CFLAGS = $(CFLAGS) -fPIC -std=gnu11 $(WARN) $(SANFLAGS) -I$(LUA_INCDIR) $(DEP_CFLAGS) \
+             $(SYSTEMD_CFLAGS) -MMD -MP
+ALL_LIBS   = $(DEP_LIBS) -lpthread -lm
 
 SRCS   = $(wildcard src/*.c)
 OBJS   = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
@@ -44,8 +51,11 @@ SINK   = $(BUILD)/sink
 
 # Debian packages: to build and run, and additionally to test.
 RUN_DEBS  = gcc libc6-dev pkg-config lua5.4 liblua5.4-dev lua-cjson libmicrohttpd-dev \
-            libcurl4-openssl-dev libsqlite3-dev libssl-dev libgnutls28-dev openssl curl
-TEST_DEBS = $(RUN_DEBS) lua-busted lua-socket sqlite3
+            libcurl4-openssl-dev libsqlite3-dev libssl-dev libgnutls28-dev libsystemd-dev \
+            openssl curl
+TEST_DEBS = $(RUN_DEBS) lua-busted lua-socket sqlite3 systemd
+# promtool (checks /metrics and the alert rules), without the server's recommended extras
+TEST_LEAN_DEBS = prometheus
 
 .PHONY: all test memcheck run bench install clean deps-run deps-test deps-bench deps-memcheck unit
 
@@ -57,7 +67,7 @@ $(BUILD)/obj/%.o: src/%.c
 
 $(MODULE): $(OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(LIBFLAG) $(SANFLAGS) -o $@ $(OBJS) $(DEP_LIBS) -lpthread -lm
+	$(CC) $(LIBFLAG) $(SANFLAGS) -o $@ $(OBJS) $(ALL_LIBS)
 
 # Runs the CLI from this tree (tests, make run); installed copies use LuaRocks' wrapper.
 # A sanitizer build preloads libasan into the (uninstrumented) Lua interpreter.
@@ -88,8 +98,7 @@ $(VALGRIND): Makefile
 
 $(BUILD)/unit/%: tests/unit/%.c $(OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Isrc -o $@ $< $(OBJS) \
-		$(DEP_LIBS) -llua$(LUA_VERSION) -lpthread -lm
+	$(CC) $(ALL_CFLAGS) -Isrc -o $@ $< $(OBJS) $(ALL_LIBS) -llua$(LUA_VERSION)
 
 # The HTTP server tests and benchmarks send certhook.http requests to.
 $(SINK): tests/helpers/sink.c $(BUILD)/obj/buf.o
@@ -121,13 +130,14 @@ clean:
 	rm -rf build
 
 # Installs the Debian packages that are missing (as root, on Debian); quiet when none are.
+# $(2): more apt-get flags.
 define install_debs
 	@missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install -y" $$missing; exit 1; fi; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq $$missing >/dev/null || exit 1; \
+		apt-get update -qq && apt-get install -y -qq $(2) $$missing >/dev/null || exit 1; \
 	fi
 endef
 
@@ -136,9 +146,10 @@ deps-run:
 
 deps-test:
 	$(call install_debs,$(TEST_DEBS))
+	$(call install_debs,$(TEST_LEAN_DEBS),--no-install-recommends)
 
-deps-memcheck:
-	$(call install_debs,$(TEST_DEBS) valgrind)
+deps-memcheck: deps-test
+	$(call install_debs,valgrind)
 
 deps-bench:
 	$(call install_debs,$(TEST_DEBS) wrk)

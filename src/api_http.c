@@ -259,6 +259,16 @@ static const char *error_code(CURLcode rc)
 /* Pushes the response table, or nil, message, code. Returns the number of values. */
 static int push_response(lua_State *L, struct http_req *r)
 {
+    long status = 0;
+    char outcome[8];
+    if (r->too_large)
+        metrics_add(M_HTTP, 1, "toolarge");
+    else if (r->result != CURLE_OK)
+        metrics_add(M_HTTP, 1, error_code(r->result));
+    else if (curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK) {
+        snprintf(outcome, sizeof outcome, "%dxx", (int)(status / 100 % 10));
+        metrics_add(M_HTTP, 1, outcome);
+    }
     if (r->too_large) {
         lua_pushnil(L);
         lua_pushfstring(L, "response larger than %I bytes (max_size)", (lua_Integer)r->max_size);
@@ -271,8 +281,6 @@ static int push_response(lua_State *L, struct http_req *r)
         lua_pushstring(L, error_code(r->result));
         return 3;
     }
-    long status = 0;
-    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &status);
     lua_createtable(L, 0, 4);
     lua_pushinteger(L, status);
     lua_setfield(L, -2, "status");
@@ -343,6 +351,7 @@ static int http_request(lua_State *L)
         if (rc == 0)
             return lua_yieldk(L, 0, (lua_KContext)r, request_done);
         http_req_free(r);
+        metrics_add(M_HTTP, 1, "busy");
         lua_pushnil(L);
         lua_pushliteral(L, "too many requests are waiting (delivery.concurrency with "
                            "delivery.per_host); try again later");

@@ -72,10 +72,11 @@ enum { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
 struct log_line {
     struct buf b;
-    int level;
+    int level, text;
 };
 
 void log_set_level(int level);
+void log_set_text(int on); /* log.format = "text" */
 int log_level_parse(const char *s); /* -1 if unknown */
 int log_enabled(int level);
 /* log_begin..log_end build and write one line; every call is a no-op when the level is off. */
@@ -86,6 +87,33 @@ void log_json(struct log_line *l, const char *key, const char *json, size_t n);
 void log_end(struct log_line *l);
 void log_msg(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int log_open(lua_State *L); /* pushes the certhook.log table */
+
+/* ---- metrics.c: Prometheus families, series and the text format ------------------------ */
+
+enum metric {
+    M_INFO, M_EVENTS, M_INTAKE_SECONDS, M_CUT_OFF, M_OVERLOADED, M_DELIVERIES, M_HANDLER_SECONDS, M_HTTP,
+    M_READY, M_QUEUE, M_JOURNAL_DELIVERIES, M_GENERATION, M_HANDLERS, M_RELOADS, M_RELOAD_FAILURES,
+    M_LAST_RELOAD_OK,
+    M_CERT_EXPIRY, M_CERT_STATUS, M_CERT_UPDATED, M_CERTS, /* the inventory, in this order */
+    M_CERTS_DROPPED,
+    M_RSS, M_VSZ, M_FDS, M_MAX_FDS, M_CPU, M_START, M_UPTIME,
+    METRIC_COUNT
+};
+
+/* Thread-safe. The variable arguments are the family's label values (const char *, NULL
+ * for an empty one), as many as it has labels. */
+void metrics_add(enum metric m, double v, ...);     /* counters, gauges */
+void metrics_set(enum metric m, double v, ...);     /* gauges; counters kept elsewhere */
+void metrics_observe(enum metric m, double v, ...); /* histograms */
+/* The inventory: hostname's certificate as the event of canonical type at time `at` told it
+ * (status, expires_at: NULL / 0 when the event did not say: the last known value stays). A
+ * certificate.deletion.succeeded removes the hostname. Past the cap, new hostnames are
+ * counted as dropped. */
+void metrics_certificate(const char *hostname, const char *type, const char *status,
+                         double expires_at, double at);
+void metrics_inventory_cap(size_t n);
+int metrics_inventory_room(const char *hostname); /* 1: known, or under the cap */
+void metrics_render(struct buf *b); /* appends the exposition text of every family */
 
 /* ---- api_time.c ---------------------------------------------------------------------- */
 
@@ -161,6 +189,8 @@ struct config {
     int has_admin_token;
     size_t max_body, max_header;   /* bytes */
     size_t max_backlog;            /* accepted events waiting for a handler before 503 */
+    size_t max_hostnames;          /* the certificate inventory's cap (metrics) */
+    int log_text;                  /* log.format = "text" */
     unsigned max_connections, request_timeout; /* request_timeout: seconds */
     struct delivery_cfg delivery;
     double busy_timeout;       /* journal: seconds to wait for a locked database */
@@ -256,6 +286,8 @@ struct journal_event {
     const char *id, *source, *type, *provider_type, *hostname; /* the last two may be NULL */
     const char *payload; /* the JSON the normalizer runs on (IBM: the JWT claims) */
     size_t payload_len;
+    double expires_at;     /* of its certificate, for the inventory; 0: not said */
+    char cert_status[48];  /* the certificate status it reports; "": not said */
 };
 
 struct journal_event *journal_event_new(enum provider p, double received_at, const char *id,
@@ -363,6 +395,14 @@ int journal_state_get(struct journal *j, const char *key, char **out, size_t *le
 int journal_state_keys(struct journal *j, const char *prefix, void (*fn)(void *, const char *),
                        void *cls, char *err, size_t errlen);
 
+/* For /metrics, from any thread: requests waiting for the writer; deliveries by status (in
+ * delivery_status_names order; read on a connection of their own). */
+size_t journal_queued(struct journal *j);
+int journal_count_deliveries(struct journal *j, double counts[5]);
+/* Feeds the certificate inventory (metrics_certificate) the newest cap hostnames; before the
+ * writer starts. Returns how many, or -1. */
+int journal_load_inventory(struct journal *j, size_t cap);
+
 /* The command line's view (certhook events / replay). */
 struct journal_filter {
     const char *status, *type; /* NULL: any; type is a glob (`*`) on type or provider_type */
@@ -468,6 +508,9 @@ void dispatch_free(struct dispatch *d); /* does not free the generation */
 /* Makes g current, taking the caller's reference; the previous one is released (it closes
  * when its last delivery ends). */
 void dispatch_set_generation(struct dispatch *d, struct generation *g);
+/* fn(cls) runs after every turn of the loop -- at least once a second while it serves
+ * (server.c pings systemd's watchdog). */
+void dispatch_on_tick(struct dispatch *d, void (*fn)(void *), void *cls);
 /* fn(cls) runs once, when a stop signal arrives (server.c closes the intake gate). */
 void dispatch_on_stop(struct dispatch *d, void (*fn)(void *), void *cls);
 /* fn does a reload (server.c): a new generation (and, with_config, the config reread), swapped
@@ -520,6 +563,11 @@ int intake_reconfigure(struct intake *in, const struct config *c, char *err, siz
 void intake_close_gate(struct intake *in);           /* new requests get 503 from now on */
 void intake_stop(struct intake *in);                 /* waits for requests in flight */
 void intake_addresses(struct intake *in, char *listen, char *admin, size_t n);
+
+/* ---- admin.c: the admin endpoints' answers (intake.c serves them) -------------------------- */
+
+unsigned admin_readyz(struct journal *j, struct dispatch *d, struct buf *out); /* status */
+void admin_render_metrics(struct journal *j, struct dispatch *d, struct buf *out);
 
 /* ---- server.c ------------------------------------------------------------------------------ */
 

@@ -186,7 +186,7 @@ static int read_source(lua_State *L, struct source *s, char *err, size_t errlen)
 /* tls = { cert = FILE, key = FILE }: HTTPS on the webhook listener. */
 static int read_tls(lua_State *L, int t, struct config *c, char *err, size_t errlen)
 {
-    char *cert = NULL, *key = NULL;
+    char *cert = NULL, *key = NULL, msg[400];
     int sub, rc = -1;
     if (opt_table(L, t, "tls", &sub, err, errlen) != 0)
         return -1;
@@ -197,8 +197,10 @@ static int read_tls(lua_State *L, int t, struct config *c, char *err, size_t err
         if (cert == NULL || key == NULL)
             snprintf(err, errlen, "tls needs both cert (the PEM certificate chain) and key "
                                   "(its PEM private key)");
-        else if ((c->tls = tls_load(cert, key, err, errlen)) != NULL)
+        else if ((c->tls = tls_load(cert, key, msg, sizeof msg)) != NULL)
             rc = 0;
+        else
+            snprintf(err, errlen, "tls: %s", msg);
     }
     free(cert);
     free(key);
@@ -261,6 +263,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     c->max_body = 1048576;
     c->max_header = 16384;
     c->max_backlog = 10000;
+    c->max_hostnames = 10000;
     c->max_connections = 1024;
     c->request_timeout = 10;
     c->busy_timeout = 5;
@@ -307,6 +310,14 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     }
     if (read_tls(L, t, c, err, errlen) != 0 || read_admin(L, t, c, err, errlen) != 0)
         goto done;
+    if (opt_table(L, t, "metrics", &sub, err, errlen))
+        goto done;
+    if (sub) {
+        v = (double)c->max_hostnames;
+        if (opt_number(L, sub, "max_hostnames", 0, 1e7, &v, "metrics.", err, errlen))
+            goto done;
+        c->max_hostnames = (size_t)v;
+    }
     if (opt_table(L, t, "journal", &sub, err, errlen) ||
         (sub && (opt_number(L, sub, "busy_timeout", 0, 3600, &c->busy_timeout, "journal.", err,
                             errlen) ||
@@ -356,6 +367,16 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
             goto done;
         }
         free(level);
+        char *format = NULL;
+        if (opt_string(L, sub, "format", &format, "log.", err, errlen))
+            goto done;
+        if (format != NULL && strcmp(format, "json") != 0 && strcmp(format, "text") != 0) {
+            snprintf(err, errlen, "log.format must be json or text");
+            free(format);
+            goto done;
+        }
+        c->log_text = format != NULL && strcmp(format, "text") == 0;
+        free(format);
     }
 
     if (opt_table(L, t, "sources", &sub, err, errlen))

@@ -108,6 +108,8 @@ struct dispatch {
     unsigned short rng[3];
     void (*on_stop)(void *);
     void *on_stop_cls;
+    void (*on_tick)(void *);
+    void *on_tick_cls;
     int (*reload)(void *cls, int with_config, unsigned *generation, char *err, size_t errlen);
     void *reload_cls;
     struct watch *watch;
@@ -208,6 +210,12 @@ int dispatch_request_reload(struct dispatch *d, unsigned *generation, char *err,
     *generation = r.generation;
     snprintf(err, errlen, "%s", r.err);
     return r.rc;
+}
+
+void dispatch_on_tick(struct dispatch *d, void (*fn)(void *), void *cls)
+{
+    d->on_tick = fn;
+    d->on_tick_cls = cls;
 }
 
 void dispatch_on_stop(struct dispatch *d, void (*fn)(void *), void *cls)
@@ -457,6 +465,8 @@ static void finish(struct dispatch *d, struct delivery *dl, char *error, char *t
         http_req_free(dl->xfer);
         dl->xfer = NULL;
     }
+    if (dl->ctx.killed != RUN_STOP)
+        metrics_observe(M_HANDLER_SECONDS, r->duration, r->handler);
     if (dl->ctx.killed == RUN_STOP) { /* not a failed attempt: runs again at the next start */
         r->status = DELIVERY_PENDING;
         r->attempts--;
@@ -466,6 +476,7 @@ static void finish(struct dispatch *d, struct delivery *dl, char *error, char *t
         r->error = r->traceback = NULL;
     } else if (error == NULL) {
         r->status = DELIVERY_DONE;
+        metrics_add(M_DELIVERIES, 1, r->handler, "success");
     } else {
         run_log_failure(&dl->ctx, r->attempts, error, traceback);
         r->status = DELIVERY_DEAD;
@@ -477,6 +488,8 @@ static void finish(struct dispatch *d, struct delivery *dl, char *error, char *t
             r->next_at = time_now() + erand48(d->rng) * cap;
             heap_push(d, dl->ev->ev->seq, r->handler, r->attempts, r->next_at, r->first_at);
         }
+        metrics_add(M_DELIVERIES, 1, r->handler,
+                    r->status == DELIVERY_DEAD ? "dead" : "failure");
     }
     emit(d, dl->ev->ev->seq, r);
     run_free(L, dl->co, dl->co_ref);
@@ -1020,6 +1033,8 @@ int dispatch_run(struct dispatch *d, int sigfd)
             enforce(d, RUN_STOP);
         }
         flush(d);
+        if (d->on_tick)
+            d->on_tick(d->on_tick_cls);
         if (sig && d->nactive == 0)
             break;
     }

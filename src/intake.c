@@ -72,7 +72,6 @@ struct intake {
     struct conn conns;   /* list head */
     pthread_t sweeper;
     int sweeping;        /* the sweeper runs; cleared (under cmu) to stop it */
-    atomic_ulong cut_off, overloaded;
 };
 
 struct request {
@@ -84,6 +83,7 @@ struct request {
     struct buf body;
     int too_big, waiting;
     char *id, *type; /* for the reply */
+    double t0;       /* time_mono() when the headers were in */
 };
 
 static __thread struct parser *thread_parser;
@@ -185,7 +185,7 @@ static void *sweep(void *cls)
             }
         }
         if (n > 0) { /* logged without the lock: a blocked stderr must not block accepts */
-            atomic_fetch_add(&in->cut_off, n);
+            metrics_add(M_CUT_OFF, (double)n);
             pthread_mutex_unlock(&in->cmu);
             log_msg(LOG_INFO, "closed %lu connection%s that sent no whole request within "
                               "limits.request_timeout (%us)",
@@ -199,9 +199,15 @@ static void *sweep(void *cls)
 
 /* ---- replies ------------------------------------------------------------------------------ */
 
+/* The status reply() queued during the current access-handler call (0: none), and the source
+ * on_headers found: what on_hook counts. Each listener has its own thread. */
+static __thread unsigned replied;
+static __thread const struct source *replied_source;
+
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *body,
                              size_t n, const char *header, const char *value)
 {
+    replied = status;
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(n, (void *)body, MHD_RESPMEM_MUST_COPY);
     if (resp == NULL)
@@ -287,6 +293,7 @@ static enum MHD_Result on_headers(struct listener *l, struct MHD_Connection *c, 
     MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, cfg->request_timeout);
     if (strncmp(url, "/hooks/", 7) == 0)
         src = config_source(cfg, url + 7, strlen(url + 7));
+    replied_source = src;
     if (atomic_load(&in->closed))
         return reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL, "Retry-After",
                            "5", "certhook is shutting down; retry later");
@@ -310,7 +317,7 @@ static enum MHD_Result on_headers(struct listener *l, struct MHD_Connection *c, 
         return reply_error(c, MHD_HTTP_UNAUTHORIZED, "unauthorized", src->name, NULL, NULL,
                            "missing or wrong cf-webhook-auth header");
     if (in->d != NULL && dispatch_backlog(in->d) >= cfg->max_backlog) {
-        atomic_fetch_add(&in->overloaded, 1);
+        metrics_add(M_OVERLOADED, 1);
         return reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "overloaded", src->name,
                            "Retry-After", "30",
                            "%zu accepted events are waiting for handlers (limits.max_backlog); "
@@ -335,6 +342,7 @@ static enum MHD_Result on_headers(struct listener *l, struct MHD_Connection *c, 
     r->cfg = cfg;
     r->conn = c;
     r->src = src;
+    r->t0 = time_mono();
     buf_init(&r->body);
     *req_cls = r;
     atomic_fetch_add(&l->inflight, 1);
@@ -348,6 +356,27 @@ static void on_journal_done(struct journal_req *jr)
     struct request *r = (struct request *)jr;
     atomic_fetch_sub(&r->l->suspended, 1);
     MHD_resume_connection(r->conn);
+}
+
+/* What the certificate inventory keeps from the event at idx: the expiry (certificate's, else
+ * IBM's expiry_date) and the status (the transition's target, else the certificate's). */
+static void certificate_facts(lua_State *L, int idx, struct journal_event *ev)
+{
+    lua_getfield(L, idx, "certificate");
+    int cert = lua_gettop(L);
+    if (lua_istable(L, cert) && lua_getfield(L, cert, "expires_at") == LUA_TNUMBER)
+        ev->expires_at = lua_tonumber(L, -1);
+    else if (lua_getfield(L, idx, "expiry_date") == LUA_TNUMBER)
+        ev->expires_at = lua_tonumber(L, -1);
+    lua_settop(L, cert);
+    const char *status = NULL;
+    if (lua_getfield(L, idx, "status") == LUA_TTABLE && lua_getfield(L, -1, "to") == LUA_TSTRING)
+        status = lua_tostring(L, -1);
+    else if (lua_istable(L, cert) && lua_getfield(L, cert, "status") == LUA_TSTRING)
+        status = lua_tostring(L, -1);
+    if (status != NULL)
+        snprintf(ev->cert_status, sizeof ev->cert_status, "%s", status);
+    lua_settop(L, cert - 1);
 }
 
 /* The whole body is in: parse, normalize, queue to the journal and suspend. */
@@ -385,6 +414,8 @@ static enum MHD_Result on_body(struct listener *l, struct request *r)
     size_t plen = claims ? claims_len : r->body.n;
     r->jr.ev = journal_event_new(r->src->provider, now, f[0], r->src->name, f[1], f[2], f[3],
                                  payload, plen);
+    if (r->jr.ev != NULL)
+        certificate_facts(L, 1, r->jr.ev);
     r->id = strdup(f[0]);
     r->type = strdup(f[1]);
     lua_settop(L, 0);
@@ -430,15 +461,31 @@ static enum MHD_Result on_journaled(struct request *r)
     return rc;
 }
 
+/* certhook_events_received_total and the intake latency of one webhook reply. */
+static void count_reply(const struct source *src, const char *type, unsigned status,
+                        double seconds)
+{
+    char code[12];
+    snprintf(code, sizeof code, "%u", status);
+    metrics_add(M_EVENTS, 1, src ? src->name : "", type ? type : "", code);
+    metrics_observe(M_INTAKE_SECONDS, seconds, code);
+}
+
 static enum MHD_Result on_hook(void *cls, struct MHD_Connection *c, const char *url,
                                const char *method, const char *version, const char *upload,
                                size_t *upload_size, void **req_cls)
 {
     struct listener *l = cls;
     struct request *r = *req_cls;
+    enum MHD_Result rc;
     (void)version;
-    if (r == NULL)
-        return on_headers(l, c, url, method, req_cls);
+    replied = 0;
+    if (r == NULL) {
+        rc = on_headers(l, c, url, method, req_cls);
+        if (replied)
+            count_reply(replied_source, NULL, replied, 0);
+        return rc;
+    }
     if (*upload_size != 0) {
         if (!r->too_big && r->body.n + *upload_size <= r->cfg->max_body) {
             if (buf_add(&r->body, upload, *upload_size) != 0)
@@ -450,10 +497,15 @@ static enum MHD_Result on_hook(void *cls, struct MHD_Connection *c, const char *
         *upload_size = 0;
         return MHD_YES;
     }
-    if (r->waiting)
-        return on_journaled(r);
-    set_deadline(l->in, c, 1);
-    return on_body(l, r);
+    if (r->waiting) {
+        rc = on_journaled(r);
+    } else {
+        set_deadline(l->in, c, 1);
+        rc = on_body(l, r);
+    }
+    if (replied)
+        count_reply(r->src, r->type, replied, time_mono() - r->t0);
+    return rc;
 }
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **req_cls,
@@ -487,32 +539,13 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
 
 /* ---- admin ------------------------------------------------------------------------------------ */
 
+/* GET /readyz, GET /metrics: admin.c writes them. */
 static enum MHD_Result admin_ready(struct intake *in, struct MHD_Connection *c)
 {
-    char why[200];
     struct buf b;
-    struct dispatch_status st;
-    dispatch_get_status(in->d, &st);
-    int journal_ok = journal_healthy(in->j, why, sizeof why);
-    int ok = journal_ok && st.generation > 0;
     buf_init(&b);
-    buf_printf(&b, "{\"status\":\"%s\",\"journal\":", ok ? "ready" : "not_ready");
-    if (journal_ok)
-        buf_adds(&b, "\"ok\"");
-    else
-        buf_json_str(&b, why, strlen(why));
-    buf_printf(&b, ",\"generation\":%u,\"handlers\":%zu,\"files\":%zu", st.generation,
-               st.handlers, st.files);
-    buf_printf(&b, ",\"reloads\":%lu,\"reload_failures\":%lu,\"last_reload_error\":",
-               st.reloads, st.reload_failures);
-    if (st.last_error[0])
-        buf_json_str(&b, st.last_error, strlen(st.last_error));
-    else
-        buf_adds(&b, "null");
-    buf_printf(&b, ",\"backlog\":%zu}", st.backlog);
-    enum MHD_Result rc = b.p ? reply(c, ok ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE, b.p,
-                                     b.n, NULL, NULL)
-                             : MHD_NO;
+    unsigned status = admin_readyz(in->j, in->d, &b);
+    enum MHD_Result rc = b.p ? reply(c, status, b.p, b.n, NULL, NULL) : MHD_NO;
     buf_free(&b);
     return rc;
 }
@@ -520,39 +553,10 @@ static enum MHD_Result admin_ready(struct intake *in, struct MHD_Connection *c)
 static enum MHD_Result admin_metrics(struct intake *in, struct MHD_Connection *c)
 {
     struct buf b;
-    struct dispatch_status st;
-    dispatch_get_status(in->d, &st);
     buf_init(&b);
-    buf_printf(&b,
-               "# HELP certhook_info certhook's version.\n"
-               "# TYPE certhook_info gauge\n"
-               "certhook_info{version=\"%s\"} 1\n"
-               "# HELP certhook_handler_generation The handler generation new deliveries run on.\n"
-               "# TYPE certhook_handler_generation gauge\n"
-               "certhook_handler_generation %u\n"
-               "# HELP certhook_reloads_total Reloads that swapped in a new generation.\n"
-               "# TYPE certhook_reloads_total counter\n"
-               "certhook_reloads_total %lu\n"
-               "# HELP certhook_reload_failures_total Reloads that failed and changed nothing.\n"
-               "# TYPE certhook_reload_failures_total counter\n"
-               "certhook_reload_failures_total %lu\n"
-               "# HELP certhook_last_reload_success Whether the last reload succeeded.\n"
-               "# TYPE certhook_last_reload_success gauge\n"
-               "certhook_last_reload_success %d\n"
-               "# HELP certhook_connections_cut_off_total Connections closed for not sending a "
-               "whole request within limits.request_timeout.\n"
-               "# TYPE certhook_connections_cut_off_total counter\n"
-               "certhook_connections_cut_off_total %lu\n"
-               "# HELP certhook_requests_overloaded_total Webhooks answered 503 because "
-               "limits.max_backlog events were waiting.\n"
-               "# TYPE certhook_requests_overloaded_total counter\n"
-               "certhook_requests_overloaded_total %lu\n",
-               CERTHOOK_VERSION, st.generation, st.reloads, st.reload_failures,
-               st.last_error[0] == '\0', atomic_load(&in->cut_off),
-               atomic_load(&in->overloaded));
-    struct MHD_Response *resp = b.p ? MHD_create_response_from_buffer(b.n, b.p,
-                                                                      MHD_RESPMEM_MUST_COPY)
-                                    : NULL;
+    admin_render_metrics(in->j, in->d, &b);
+    struct MHD_Response *resp =
+        b.p ? MHD_create_response_from_buffer(b.n, b.p, MHD_RESPMEM_MUST_COPY) : NULL;
     buf_free(&b);
     if (resp == NULL)
         return MHD_NO;

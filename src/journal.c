@@ -27,7 +27,11 @@
 struct journal {
     sqlite3 *db;  /* the writer's; NULL when read-only */
     sqlite3 *rdb; /* the main thread's */
-    sqlite3_stmt *ins, *fin, *del, *sset, *sdel, *sget, *rload, *rload_id;
+    sqlite3_stmt *ins, *fin, *del, *sset, *sdel, *sget, *rload, *rload_id, *cert, *uncert;
+    sqlite3 *adb; /* the admin thread's (counts for /metrics), opened on first use */
+    pthread_mutex_t amu;
+    char *path;
+    size_t queued; /* requests waiting for the writer */
     pthread_t thread;
     int started, stop;
     pthread_mutex_t mu;
@@ -81,6 +85,10 @@ static const char *const migrations[] = {
     "CREATE TABLE replays (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT,"
     "  dead INTEGER NOT NULL DEFAULT 0,"
     "  requested_at REAL NOT NULL);",
+
+    /* the certificate inventory (metrics.c): the last known facts per hostname */
+    "CREATE TABLE certificates (hostname TEXT PRIMARY KEY, type TEXT NOT NULL, status TEXT,"
+    "  expires_at REAL, updated_at REAL NOT NULL) WITHOUT ROWID;",
 };
 
 struct journal_event *journal_event_new(enum provider p, double received_at, const char *id,
@@ -109,6 +117,8 @@ struct journal_event *journal_event_new(enum provider p, double received_at, con
     ev->seq = 0;
     ev->received_at = received_at;
     ev->provider = p;
+    ev->expires_at = 0;
+    ev->cert_status[0] = '\0';
     return ev;
 }
 
@@ -221,12 +231,17 @@ int journal_open(struct journal **jp, const char *dir, int flags, double busy_ti
         return -1;
     }
     pthread_mutex_init(&j->mu, NULL);
+    pthread_mutex_init(&j->amu, NULL);
     pthread_cond_init(&j->cv, NULL);
     j->reqs_tail = &j->reqs;
     j->dones_tail = &j->dones;
     j->healthy = 1;
     j->retention = retention;
     snprintf(path, sizeof path, "%s/certhook.db", dir);
+    if ((j->path = strdup(path)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
     if (flags & JOURNAL_CREATE) {
         if (mkdirs(dir) != 0) {
             snprintf(err, errlen, "cannot create data directory %s: %s", dir, strerror(errno));
@@ -276,7 +291,16 @@ int journal_open(struct journal **jp, const char *dir, int flags, double busy_ti
                     &j->sset, err, errlen) ||
             prepare(j->db, "DELETE FROM state WHERE key = ?", &j->sdel, err, errlen) ||
             prepare(j->db, "SELECT value FROM state WHERE key = ? AND (expires_at IS NULL OR "
-                           "expires_at > ?)", &j->sget, err, errlen))
+                           "expires_at > ?)", &j->sget, err, errlen) ||
+            prepare(j->db,
+                    "INSERT INTO certificates (hostname, type, status, expires_at, updated_at) "
+                    "VALUES (?,?,?,?,?) ON CONFLICT (hostname) DO UPDATE SET type = excluded.type, "
+                    "status = coalesce(excluded.status, status), "
+                    "expires_at = coalesce(excluded.expires_at, expires_at), "
+                    "updated_at = excluded.updated_at",
+                    &j->cert, err, errlen) ||
+            prepare(j->db, "DELETE FROM certificates WHERE hostname = ?", &j->uncert, err,
+                    errlen))
             goto fail;
     }
     if (open_db(&j->rdb, path, SQLITE_OPEN_READONLY, busy_timeout, err, errlen) != 0)
@@ -301,13 +325,16 @@ void journal_close(struct journal *j)
 {
     if (j == NULL)
         return;
-    sqlite3_stmt *stmts[] = {j->ins, j->fin, j->del, j->sset, j->sdel, j->sget, j->rload,
-                             j->rload_id};
+    sqlite3_stmt *stmts[] = {j->ins,  j->fin,   j->del,      j->sset, j->sdel,
+                             j->sget, j->rload, j->rload_id, j->cert, j->uncert};
     for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
         sqlite3_finalize(stmts[i]);
     sqlite3_close(j->db);
     sqlite3_close(j->rdb);
+    sqlite3_close(j->adb);
+    free(j->path);
     pthread_mutex_destroy(&j->mu);
+    pthread_mutex_destroy(&j->amu);
     pthread_cond_destroy(&j->cv);
     free(j);
 }
@@ -329,6 +356,27 @@ int journal_recover(struct journal *j, char *err, size_t errlen)
 
 /* ---- the writer ------------------------------------------------------------------------------- */
 
+static int step_reset(sqlite3_stmt *s);
+
+/* The inventory row of the event's hostname (a deletion removes it). */
+static int remember_certificate(struct journal *j, const struct journal_event *ev)
+{
+    if (strcmp(ev->type, "certificate.deletion.succeeded") == 0) {
+        sqlite3_bind_text(j->uncert, 1, ev->hostname, -1, SQLITE_STATIC);
+        return step_reset(j->uncert);
+    }
+    if (!metrics_inventory_room(ev->hostname))
+        return 0; /* past the cap: counted as dropped after the commit, not kept */
+    sqlite3_bind_text(j->cert, 1, ev->hostname, -1, SQLITE_STATIC);
+    sqlite3_bind_text(j->cert, 2, ev->type, -1, SQLITE_STATIC);
+    if (ev->cert_status[0])
+        sqlite3_bind_text(j->cert, 3, ev->cert_status, -1, SQLITE_STATIC);
+    if (ev->expires_at > 0)
+        sqlite3_bind_double(j->cert, 4, ev->expires_at);
+    sqlite3_bind_double(j->cert, 5, ev->received_at);
+    return step_reset(j->cert);
+}
+
 static int insert_event(struct journal *j, struct journal_req *r)
 {
     struct journal_event *ev = r->ev;
@@ -345,13 +393,15 @@ static int insert_event(struct journal *j, struct journal_req *r)
     sqlite3_reset(s);
     if (rc != SQLITE_DONE)
         return -1;
-    if (sqlite3_changes(j->db) == 1) {
-        r->result = JOURNAL_ACCEPTED;
-        ev->seq = sqlite3_last_insert_rowid(j->db);
-    } else {
+    if (sqlite3_changes(j->db) != 1) {
         r->result = JOURNAL_DUPLICATE;
+        return 0;
     }
-    return 0;
+    r->result = JOURNAL_ACCEPTED;
+    ev->seq = sqlite3_last_insert_rowid(j->db);
+    return ev->hostname != NULL && strncmp(ev->type, "certificate.", 12) == 0
+               ? remember_certificate(j, ev)
+               : 0;
 }
 
 static int step_reset(sqlite3_stmt *s)
@@ -492,6 +542,11 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
             r->result = JOURNAL_FAILED;
             snprintf(r->error, sizeof r->error, "%s", why);
         } else if (r->op == JOURNAL_APPEND && r->result == JOURNAL_ACCEPTED) {
+            const struct journal_event *ev = r->ev;
+            if (ev->hostname != NULL && strncmp(ev->type, "certificate.", 12) == 0)
+                metrics_certificate(ev->hostname, ev->type,
+                                    ev->cert_status[0] ? ev->cert_status : NULL, ev->expires_at,
+                                    ev->received_at);
             *tail = r->ev;
             tail = &r->ev->next;
             r->ev->next = NULL;
@@ -590,10 +645,18 @@ static void *writer_main(void *arg)
         j->dones = NULL;
         j->dones_tail = &j->dones;
         pthread_mutex_unlock(&j->mu);
+        size_t n = 0;
+        for (struct journal_req *r = reqs; r; r = r->next)
+            n++;
         if (reqs != NULL || dones != NULL)
             commit_batch(j, reqs, dones);
         else if (stop)
             return NULL;
+        if (n > 0) {
+            pthread_mutex_lock(&j->mu);
+            j->queued -= n;
+            pthread_mutex_unlock(&j->mu);
+        }
         if (time_now() >= j->next_prune) {
             prune(j);
             j->next_prune = time_now() + interval;
@@ -630,6 +693,7 @@ void journal_append(struct journal *j, struct journal_req *r)
     pthread_mutex_lock(&j->mu);
     *j->reqs_tail = r;
     j->reqs_tail = &r->next;
+    j->queued++;
     pthread_cond_signal(&j->cv);
     pthread_mutex_unlock(&j->mu);
 }
@@ -950,4 +1014,60 @@ fail:
 done:
     sqlite3_finalize(s);
     return rc;
+}
+
+/* ---- for /metrics and the inventory -------------------------------------------------------- */
+
+size_t journal_queued(struct journal *j)
+{
+    pthread_mutex_lock(&j->mu);
+    size_t n = j->queued;
+    pthread_mutex_unlock(&j->mu);
+    return n;
+}
+
+int journal_count_deliveries(struct journal *j, double counts[5])
+{
+    char err[300];
+    sqlite3_stmt *s = NULL;
+    int rc = -1;
+    memset(counts, 0, 5 * sizeof counts[0]);
+    pthread_mutex_lock(&j->amu);
+    if (j->adb == NULL && open_db(&j->adb, j->path, SQLITE_OPEN_READONLY, 1, err, sizeof err) != 0)
+        goto done;
+    if (sqlite3_prepare_v2(j->adb, "SELECT status, count(*) FROM deliveries GROUP BY status", -1,
+                           &s, NULL) != SQLITE_OK)
+        goto done;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        const char *status = (const char *)sqlite3_column_text(s, 0);
+        for (int i = 0; i < 5; i++)
+            if (status && strcmp(status, delivery_status_names[i]) == 0)
+                counts[i] = (double)sqlite3_column_int64(s, 1);
+    }
+    rc = 0;
+done:
+    sqlite3_finalize(s);
+    pthread_mutex_unlock(&j->amu);
+    return rc;
+}
+
+int journal_load_inventory(struct journal *j, size_t cap)
+{
+    sqlite3_stmt *s;
+    int n = 0;
+    metrics_inventory_cap(cap);
+    if (sqlite3_prepare_v2(j->rdb, "SELECT hostname, type, status, expires_at, updated_at FROM "
+                                   "certificates ORDER BY updated_at DESC LIMIT ?",
+                           -1, &s, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_int64(s, 1, (sqlite3_int64)cap);
+    while (sqlite3_step(s) == SQLITE_ROW) {
+        metrics_certificate((const char *)sqlite3_column_text(s, 0),
+                            (const char *)sqlite3_column_text(s, 1),
+                            (const char *)sqlite3_column_text(s, 2), sqlite3_column_double(s, 3),
+                            sqlite3_column_double(s, 4));
+        n++;
+    }
+    sqlite3_finalize(s);
+    return n;
 }

@@ -11,11 +11,16 @@
  * finish, the writer answers every request it holds, the listeners stop, then the writer.
  */
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
+
+#ifdef HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
 
 #include "certhook.h"
 
@@ -30,7 +35,36 @@ struct server {
     struct intake *in;
     struct generation *gen;          /* the current one */
     unsigned next_generation;
+    double watchdog, next_ping;      /* systemd's watchdog interval (0: none), next ping */
 };
+
+/* Tells systemd (Type=notify) how certhook is: READY=1, RELOADING=1, STOPPING=1, STATUS=...
+ * A no-op when not started by systemd or built without libsystemd. */
+static void notify(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void notify(const char *fmt, ...)
+{
+#ifdef HAVE_SYSTEMD
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    sd_notify(0, msg);
+#else
+    (void)fmt;
+#endif
+}
+
+static void ping_watchdog(void *cls)
+{
+    struct server *s = cls;
+    double now = time_mono();
+    if (s->watchdog > 0 && now >= s->next_ping) {
+        notify("WATCHDOG=1");
+        s->next_ping = now + s->watchdog / 2;
+    }
+}
 
 static int keep_config(struct server *s, struct config *c)
 {
@@ -44,6 +78,7 @@ static int keep_config(struct server *s, struct config *c)
 
 static void close_gate(void *in)
 {
+    notify("STOPPING=1");
     intake_close_gate(in); /* stop accepting while the deliveries in flight finish */
 }
 
@@ -60,11 +95,23 @@ static int restart_only(const struct config *a, const struct config *b, char *er
     return 0;
 }
 
+static int reload_now(struct server *s, int with_config, unsigned *generation, char *err,
+                      size_t errlen);
+
 static int reload(void *cls, int with_config, unsigned *generation, char *err, size_t errlen)
 {
     struct server *s = cls;
+    int rc = reload_now(s, with_config, generation, err, errlen);
+    notify("READY=1\nSTATUS=%s", rc == 0 ? "serving" : "serving; the last reload failed");
+    return rc;
+}
+
+static int reload_now(struct server *s, int with_config, unsigned *generation, char *err,
+                      size_t errlen)
+{
     struct config *c = s->cfg, *fresh = NULL;
     char *msg = NULL;
+    notify("RELOADING=1");
     if (with_config) {
         fresh = calloc(1, sizeof *fresh);
         if (fresh == NULL || s->load(s->load_cls, fresh, err, errlen) != 0) {
@@ -94,6 +141,8 @@ static int reload(void *cls, int with_config, unsigned *generation, char *err, s
             return -1;
         }
         log_set_level(fresh->log_level);
+        log_set_text(fresh->log_text);
+        metrics_inventory_cap(fresh->max_hostnames);
         dispatch_set_config(s->d, &fresh->delivery);
         s->cfg = fresh;
     }
@@ -119,6 +168,7 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
     signal(SIGPIPE, SIG_IGN);
     sigfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
     log_set_level(c->log_level);
+    log_set_text(c->log_text);
 
     if (keep_config(&s, c) != 0) {
         config_free(c);
@@ -130,6 +180,8 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
                      errlen) != 0 ||
         journal_recover(s.j, err, errlen) != 0)
         goto done;
+    if (journal_load_inventory(s.j, c->max_hostnames) < 0)
+        log_msg(LOG_WARN, "cannot read the certificate inventory; it starts empty");
     s.d = dispatch_new(NULL, s.j, &c->delivery, journal_max_seq(s.j));
     if (sigfd < 0 || s.d == NULL || journal_start(s.j, dispatch_enqueue, s.d) != 0) {
         snprintf(err, errlen, "cannot start: out of resources");
@@ -148,6 +200,12 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
         goto done;
     dispatch_on_stop(s.d, close_gate, s.in);
     dispatch_on_reload(s.d, reload, &s);
+#ifdef HAVE_SYSTEMD
+    uint64_t usec;
+    if (sd_watchdog_enabled(0, &usec) > 0)
+        s.watchdog = (double)usec / 1e6;
+#endif
+    dispatch_on_tick(s.d, ping_watchdog, &s);
 
     char listen[300], admin[300];
     intake_addresses(s.in, listen, admin, sizeof listen);
@@ -162,6 +220,7 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
     log_str(&l, "data", c->data);
     log_str(&l, "version", CERTHOOK_VERSION);
     log_end(&l);
+    notify("READY=1\nSTATUS=serving on %s, admin %s", listen, admin);
 
     dispatch_run(s.d, sigfd);
     rc = 0;

@@ -9,10 +9,12 @@
  * credentials are never freed while the server runs (they belong to a configuration, and
  * configurations live until exit), so a handshake never sees them go.
  */
+#include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <gnutls/abstract.h>
 #include <gnutls/gnutls.h>
@@ -36,6 +38,10 @@ static _Atomic(struct tls_creds *) current;
 
 static int read_all(const char *path, gnutls_datum_t *out, char *err, size_t errlen)
 {
+    if (access(path, R_OK) != 0) {
+        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        return -1;
+    }
     int rc = gnutls_load_file(path, out);
     if (rc < 0)
         snprintf(err, errlen, "cannot read %s: %s", path, gnutls_strerror(rc));

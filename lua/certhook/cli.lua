@@ -10,7 +10,7 @@ local M = {}
 
 local SETTINGS = {
   listen = true, admin = true, admin_token = true, handlers = true, data = true, tls = true,
-  sources = true, delivery = true, limits = true, journal = true, log = true,
+  sources = true, delivery = true, limits = true, journal = true, log = true, metrics = true,
 }
 
 local USAGE = [[
@@ -206,7 +206,7 @@ local function load_config(path)
   for k, v in pairs(env) do
     if not SETTINGS[k] then
       die(1, "%s: unknown setting %q (settings are listen, admin, admin_token, handlers, data, " ..
-        "tls, sources, delivery, limits, journal, log; make helper variables local)", path, tostring(k))
+        "tls, sources, delivery, limits, journal, log, metrics; make helper variables local)", path, tostring(k))
     end
     cfg[k] = v
   end
@@ -238,9 +238,11 @@ local function settings(opts)
   for _, k in ipairs { "listen", "admin", "handlers", "data" } do
     if opts[k] then cfg[k] = opts[k] end
   end
-  if opts["log-level"] then
-    cfg.log = type(cfg.log) == "table" and cfg.log or {}
-    cfg.log.level = opts["log-level"]
+  for _, k in ipairs { "level", "format" } do
+    if opts["log-" .. k] then
+      cfg.log = type(cfg.log) == "table" and cfg.log or {}
+      cfg.log[k] = opts["log-" .. k]
+    end
   end
   return cfg
 end
@@ -254,10 +256,11 @@ end
 
 
 COMMANDS.serve = {
-  options = { config = true, listen = true, admin = true, handlers = true, data = true, ["log-level"] = true },
+  options = { config = true, listen = true, admin = true, handlers = true, data = true,
+    ["log-level"] = true, ["log-format"] = true },
   help = [[
 usage: certhook serve [--config FILE] [--listen ADDR:PORT] [--admin ADDR:PORT]
-                      [--handlers DIR] [--data DIR] [--log-level LEVEL]
+                      [--handlers DIR] [--data DIR] [--log-level LEVEL] [--log-format json|text]
 
 Receives webhooks on POST /hooks/<source>, journals every accepted event and runs the
 handlers. Admin listener: GET /healthz, /readyz, /metrics, POST /reload. A change in the

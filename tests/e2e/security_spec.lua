@@ -262,8 +262,15 @@ describe("slow and abusive clients", function()
     local r = srv:post("/hooks/cloudflare", (event()), { ["cf-webhook-auth"] = SECRET, ["X-Pad"] = ("p"):rep(5000) })
     assert.are.equal(431, r.status)
     assert.are.equal("header_too_large", r.json.error)
-    r = srv:post("/hooks/cloudflare", (event()), { ["cf-webhook-auth"] = SECRET, ["X-Pad"] = ("p"):rep(64000) })
-    assert.are.equal(431, r.status) -- libmicrohttpd's own refusal: it never holds that much
+    -- far past it libmicrohttpd refuses on its own (431, connection closed): it never holds
+    -- that much; a client still sending may see the close before the reply
+    local ok, far = pcall(srv.post, srv, "/hooks/cloudflare", (event()),
+      { ["cf-webhook-auth"] = SECRET, ["X-Pad"] = ("p"):rep(64000) })
+    if ok then
+      assert.are.equal(431, far.status)
+    else
+      assert.truthy(tostring(far):match("closed") or tostring(far):match("reset"), tostring(far))
+    end
     srv:cleanup()
   end)
 

@@ -39,6 +39,8 @@ function M:launch()
     local log = (fs.read(self.dir .. "/server.log") or ""):sub(self.log_offset + 1)
     local line = log:match('[^\n]*"message":"listening"[^\n]*')
     if line then return cjson.decode(line) end
+    local listen, admin = log:match(" listening listen=(%S+) .*admin=(%S+)") -- log.format = "text"
+    if listen then return { listen = listen, admin = admin } end
     if fs.read(self.dir .. "/exit") then return false end
   end, 15)
   if not ready then
