@@ -258,6 +258,15 @@ int normalize_body(lua_State *L, const struct source *src, const char *body, siz
 void normalize_hash_id(const char *source, const char *body, size_t n, struct buf *out);
 int normalize_glob(const char *pattern, const char *s); /* `*` matches any run of chars */
 
+/* ---- pack.c: a Lua value tree as bytes, to cross from one state to another ----------- */
+
+/* Appends the value at idx (tables of strings, numbers, booleans, cjson.null; no cycles,
+ * nesting up to 64) to out, without the key skip of the outer table (NULL: all of it). 0, or
+ * -1 for anything else. */
+int pack_value(lua_State *L, int idx, const char *skip, struct buf *out);
+/* Pushes the value packed in p..p+n; -1 (nothing pushed) if the bytes are not one. */
+int unpack_value(lua_State *L, const void *p, size_t n);
+
 /* ---- module.c ----------------------------------------------------------------------------- */
 
 /* A fresh state with the standard libraries, the given package paths, certhook.core
@@ -288,6 +297,10 @@ struct journal_event {
     size_t payload_len;
     double expires_at;     /* of its certificate, for the inventory; 0: not said */
     char cert_status[48];  /* the certificate status it reports; "": not said */
+    void *packed;          /* the normalized event (pack.c) from intake, malloc'd; NULL: the
+                            * dispatcher normalizes the payload (events read back from the
+                            * journal) */
+    size_t packed_len;
 };
 
 struct journal_event *journal_event_new(enum provider p, double received_at, const char *id,

@@ -414,8 +414,16 @@ static enum MHD_Result on_body(struct listener *l, struct request *r)
     size_t plen = claims ? claims_len : r->body.n;
     r->jr.ev = journal_event_new(r->src->provider, now, f[0], r->src->name, f[1], f[2], f[3],
                                  payload, plen);
-    if (r->jr.ev != NULL)
+    if (r->jr.ev != NULL) {
+        struct buf packed;
         certificate_facts(L, 1, r->jr.ev);
+        buf_init(&packed); /* the dispatcher gets the event as it is: no second parse */
+        if (pack_value(L, 1, "raw", &packed) == 0) { /* raw: decoded again when read */
+            r->jr.ev->packed_len = packed.n;
+            r->jr.ev->packed = buf_take(&packed);
+        }
+        buf_free(&packed);
+    }
     r->id = strdup(f[0]);
     r->type = strdup(f[1]);
     lua_settop(L, 0);

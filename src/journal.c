@@ -119,11 +119,15 @@ struct journal_event *journal_event_new(enum provider p, double received_at, con
     ev->provider = p;
     ev->expires_at = 0;
     ev->cert_status[0] = '\0';
+    ev->packed = NULL;
+    ev->packed_len = 0;
     return ev;
 }
 
 void journal_event_free(struct journal_event *ev)
 {
+    if (ev != NULL)
+        free(ev->packed);
     free(ev);
 }
 

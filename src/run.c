@@ -18,9 +18,38 @@
 
 #define HOOK_COUNT 10000 /* VM instructions between looks at the clock */
 
+/* __index of an event unpacked without raw: event.raw decodes the payload (the metatable's
+ * [1]) on first use and keeps it in the event. */
+static int lazy_raw(lua_State *L)
+{
+    char err[512];
+    size_t n;
+    if (lua_type(L, 2) != LUA_TSTRING || strcmp(lua_tostring(L, 2), "raw") != 0 ||
+        !lua_getmetatable(L, 1))
+        return 0;
+    lua_rawgeti(L, -1, 1); /* t, k, mt, payload */
+    const char *payload = lua_tolstring(L, -1, &n);
+    if (payload == NULL || module_decode(L, payload, n, err, sizeof err) != 0)
+        return 0;
+    normalize_fixup(L, -1);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, 1, "raw");
+    return 1;
+}
+
 int run_push_event(lua_State *L, const struct journal_event *ev)
 {
     char err[512];
+    if (ev->packed != NULL && unpack_value(L, ev->packed, ev->packed_len) == 0) {
+        /* as intake normalized it (id, source, received_at included), raw left out */
+        lua_createtable(L, 1, 1);
+        lua_pushcfunction(L, lazy_raw);
+        lua_setfield(L, -2, "__index");
+        lua_pushlstring(L, ev->payload, ev->payload_len);
+        lua_rawseti(L, -2, 1);
+        lua_setmetatable(L, -2);
+        return 0;
+    }
     if (module_decode(L, ev->payload, ev->payload_len, err, sizeof err) != 0) {
         log_msg(LOG_ERROR, "event %s: journaled payload does not decode: %s", ev->id, err);
         return -1;
@@ -50,6 +79,8 @@ void run_copy(lua_State *L, int src, int memo)
     lua_pop(L, 1);
     lua_createtable(L, (int)lua_rawlen(L, src), 0);
     int dst = lua_gettop(L);
+    if (lua_getmetatable(L, src)) /* an event's lazy raw */
+        lua_setmetatable(L, dst);
     lua_pushvalue(L, src);
     lua_pushvalue(L, dst);
     lua_rawset(L, memo);

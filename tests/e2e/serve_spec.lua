@@ -411,3 +411,36 @@ limits = { max_body = 65536 }
     end)
   end)
 end)
+
+describe("the event handlers receive", function()
+  it("is what certhook normalize prints, raw included, for every handler that matches", function()
+    local dump = [[
+      local json = require("certhook").json
+      return { ["*"] = function(e)
+        local _ = e.raw.metadata -- read first: raw is decoded on first use
+        local f = assert(io.open(%q, "w")) f:write(json.encode(e)) f:close()
+      end }]]
+    local srv = Server.start {
+      config = 'sources = { cloudflare = { provider = "cloudflare", secret = "s3cret" } }\n',
+      handlers = { ["a.lua"] = dump:format("a.json"), ["b.lua"] = dump:format("b.json") },
+    }
+    local body = cf_event()
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    local file = srv.dir .. "/payload.json"
+    fs.write(file, body)
+    local printed = fs.run(("%s normalize '%s'"):format(Server.certhook, file))
+    for _, name in ipairs { "a.json", "b.json" } do
+      local want = cjson.decode(printed)
+      local text = assert(fs.wait_for(function() return fs.read(srv.dir .. "/" .. name) end, 5), name)
+      local got = cjson.decode(text)
+      assert.is_true(math.abs(got.received_at - os.time()) < 60)
+      got.received_at, want.received_at = nil, nil
+      assert.is_true(math.abs(got.occurred_at - want.occurred_at) < 0.001) -- json.encode: 14 digits
+      got.occurred_at, want.occurred_at = nil, nil
+      got.source = nil -- normalize does not know the source
+      want.source = nil
+      assert.are.same(want, got)
+    end
+    srv:cleanup()
+  end)
+end)

@@ -1,0 +1,87 @@
+/* pack.c: events cross from an intake state to the dispatcher's state intact. */
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lualib.h>
+
+#include "certhook.h"
+#include "tap.h"
+
+/* Lua that builds a value, and what its JSON (sorted keys, via a small encoder) must be. */
+static const char *const values[] = {
+    "return { id = 'cloudflare:x', n = 3, f = 1.5, big = 2^53, neg = -7, t = true, no = false,"
+    "  list = { 1, 'two', { three = 3 } }, empty = {}, nested = { a = { b = { c = 'deep' } } },"
+    "  nul = { 1, NULL, 3 }, bin = 'a\\0b', [7] = 'seven' }",
+    "return 'just a string'",
+    "return 42",
+};
+
+/* Serializes a value canonically (sorted keys) in Lua, to compare two trees. */
+static const char canon[] =
+    "local function c(v) local t = type(v) "
+    "  if t ~= 'table' then return t .. ':' .. (v == NULL and 'null' or tostring(v)) end "
+    "  local ks = {} for k in pairs(v) do ks[#ks + 1] = k end "
+    "  table.sort(ks, function(a, b) return tostring(a) < tostring(b) end) "
+    "  local out = {} for _, k in ipairs(ks) do out[#out + 1] = c(k) .. '=' .. c(v[k]) end "
+    "  return '{' .. table.concat(out, ',') .. '}' end "
+    "return c(...)";
+
+static const char *canonical(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    luaL_loadstring(L, canon);
+    lua_pushvalue(L, idx);
+    lua_call(L, 1, 1);
+    return lua_tostring(L, -1);
+}
+
+static lua_State *state(void)
+{
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    lua_pushlightuserdata(L, NULL);
+    lua_setglobal(L, "NULL");
+    return L;
+}
+
+int main(void)
+{
+    lua_State *A = state(), *B = state();
+    for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+        struct buf b;
+        buf_init(&b);
+        (void)luaL_dostring(A, values[i]);
+        ok(pack_value(A, -1, NULL, &b) == 0, "packs value %zu", i);
+        ok(unpack_value(B, b.p, b.n) == 0, "unpacks value %zu", i);
+        const char *want = canonical(A, 1), *got = canonical(B, 1);
+        ok(strcmp(want, got) == 0, "value %zu is the same: %s", i, got);
+        for (size_t cut = 0; cut < b.n; cut += 7) /* truncated bytes are refused, not read past */
+            if (unpack_value(B, b.p, cut) == 0) {
+                ok(0, "a truncated value %zu (%zu of %zu bytes) is refused", i, cut, b.n);
+                break;
+            }
+        lua_settop(A, 0);
+        lua_settop(B, 0);
+        buf_free(&b);
+    }
+    struct buf b;
+    buf_init(&b);
+    (void)luaL_dostring(A, "return { f = function() end }");
+    ok(pack_value(A, -1, NULL, &b) != 0, "a function is refused");
+    buf_free(&b);
+    (void)luaL_dostring(A, "local t = {} local c = t for i = 1, 100 do c.x = {} c = c.x end return t");
+    ok(pack_value(A, -1, NULL, &b) != 0, "nesting past 64 is refused");
+    buf_free(&b);
+    (void)luaL_dostring(A, "return { raw = { big = 1 }, id = 'x', 'one' }");
+    ok(pack_value(A, -1, "raw", &b) == 0 && unpack_value(B, b.p, b.n) == 0, "packs without a key");
+    const char *left = canonical(B, -1);
+    ok(strcmp(left, "{number:1=string:one,string:id=string:x}") == 0,
+       "the skipped key is left out: %s", left);
+    lua_settop(A, 0);
+    lua_settop(B, 0);
+    buf_free(&b);
+    ok(unpack_value(B, "\x7f", 1) != 0 && lua_gettop(B) == 0, "an unknown tag is refused");
+    lua_close(A);
+    lua_close(B);
+    return done();
+}
