@@ -7,7 +7,8 @@
  * one with the RSA key of tests/fuzz/jwt-key.pub.pem (FUZZ_PUBKEY). An accepted body must
  * give the event the dispatcher rebuilds from the journaled payload (run_push_event). Then
  * the steps one by one: module_decode, normalize_fixup, normalize_detect and normalize_push
- * for both providers. Every step must leave the Lua stack as documented in certhook.h.
+ * for both providers. The event intake hands to the dispatcher (pack.c) must unpack to the
+ * same tree, raw included. Every step must leave the Lua stack as documented in certhook.h.
  */
 #include <string.h>
 
@@ -75,9 +76,56 @@ static void check_event(int ev, enum provider p)
     lua_pop(L, 1);
 }
 
-/* The event the dispatcher builds from what the journal keeps must be the one intake made. */
+/* 1 if the values at a and b are the same tree: same types (integer and float told apart),
+ * same strings and numbers (NaN equal to NaN), same keys and values. */
+static int same_value(int a, int b)
+{
+    a = lua_absindex(L, a), b = lua_absindex(L, b);
+    int type = lua_type(L, a);
+    if (type != lua_type(L, b))
+        return 0;
+    switch (type) {
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, a) || lua_isinteger(L, b))
+            return lua_isinteger(L, a) && lua_isinteger(L, b) &&
+                   lua_tointeger(L, a) == lua_tointeger(L, b);
+        return lua_tonumber(L, a) == lua_tonumber(L, b) ||
+               (lua_tonumber(L, a) != lua_tonumber(L, a) &&
+                lua_tonumber(L, b) != lua_tonumber(L, b));
+    case LUA_TTABLE: {
+        size_t na = 0, nb = 0;
+        int ok = 1;
+        luaL_checkstack(L, 4, "same_value");
+        lua_pushnil(L);
+        while (ok && lua_next(L, a) != 0) { /* key, value */
+            lua_pushvalue(L, -2);
+            lua_rawget(L, b);
+            ok = same_value(-2, -1);
+            lua_pop(L, 2);
+            na++;
+        }
+        if (!ok) {
+            lua_pop(L, 1);
+            return 0;
+        }
+        lua_pushnil(L);
+        while (lua_next(L, b) != 0) {
+            lua_pop(L, 1);
+            nb++;
+        }
+        return na == nb;
+    }
+    default:
+        return lua_rawequal(L, a, b);
+    }
+}
+
+/* The event the dispatcher builds from what the journal keeps must be the one intake made:
+ * from the payload (events read back from the journal) and, as intake hands it over, packed
+ * without raw (pack.c), raw then decoded from the payload on first use. */
 static void check_redelivery(const struct source *src, int ev, const char *payload, size_t n)
 {
+    struct buf packed;
     struct journal_event *je = journal_event_new(src->provider, RECEIVED_AT, field(ev, "id"),
                                                  src->name, field(ev, "type"),
                                                  field(ev, "provider_type"),
@@ -91,6 +139,20 @@ static void check_redelivery(const struct source *src, int ev, const char *paylo
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
         FUZZ_CHECK(same(field(ev, keys[i]), field(again, keys[i])));
     lua_settop(L, ev);
+
+    buf_init(&packed);
+    if (pack_value(L, ev, "raw", &packed) == 0) { /* -1: too deep; intake sends no packed */
+        je->packed = packed.p;
+        je->packed_len = packed.n;
+        FUZZ_CHECK(run_push_event(L, je) == 0);
+        FUZZ_CHECK(lua_gettop(L) == ev + 1);
+        FUZZ_CHECK(lua_getfield(L, -1, "raw") == LUA_TTABLE); /* decoded now */
+        lua_pop(L, 1);
+        FUZZ_CHECK(same_value(ev, ev + 1));
+        je->packed = NULL;
+        lua_settop(L, ev);
+    }
+    buf_free(&packed);
     journal_event_free(je);
 }
 
