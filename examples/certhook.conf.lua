@@ -5,7 +5,7 @@ listen = "127.0.0.1:8080"   -- webhooks: POST /hooks/<source>
 admin = "127.0.0.1:9090"    -- /healthz, /readyz, /metrics, POST /reload (loopback only, or
                             -- set admin_token = os.getenv("CERTHOOK_ADMIN_TOKEN"))
 handlers = "handlers"       -- every *.lua in it, loaded in name order
-data = "../certhook-data"   -- the journal (SQLite, WAL)
+data = "../certhook-data"   -- the journal (SQLite, WAL); the systemd unit passes --data
 
 sources = {
   -- Cloudflare notifications (SSL for SaaS, certificate alerts): the secret of the webhook
@@ -22,6 +22,6 @@ end
 -- HTTPS on the webhook listener (or terminate TLS in a proxy in front):
 -- tls = { cert = "/etc/certhook/tls.crt", key = "/etc/certhook/tls.key" }
 
-limits = { max_body = 1048576, max_header = 16384, max_connections = 1024,
+limits = { max_body = 1048576, max_header = 8192, max_connections = 1024,
            request_timeout = 10, max_backlog = 10000 }
 log = { level = "info" }

@@ -8,6 +8,7 @@
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -89,9 +90,15 @@ void log_str(struct log_line *l, const char *key, const char *value)
 
 void log_num(struct log_line *l, const char *key, double value)
 {
+    char s[40];
     if (!log_enabled(l->level))
         return;
-    buf_printf(&l->b, l->text ? " %s=%.17g" : ",\"%s\":%.17g", key, value);
+    for (int digits = 15; digits <= 17; digits++) { /* the shortest that reads back the same */
+        snprintf(s, sizeof s, "%.*g", digits, value);
+        if (strtod(s, NULL) == value)
+            break;
+    }
+    buf_printf(&l->b, l->text ? " %s=%s" : ",\"%s\":%s", key, s);
 }
 
 void log_json(struct log_line *l, const char *key, const char *json, size_t n)

@@ -261,7 +261,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     c->handlers = strdup("./handlers");
     c->data = strdup("./certhook-data");
     c->max_body = 1048576;
-    c->max_header = 16384;
+    c->max_header = 8192;
     c->max_backlog = 10000;
     c->max_hostnames = 10000;
     c->max_connections = 1024;

@@ -915,7 +915,7 @@ static int do_reload(struct dispatch *d, int with_config, unsigned *generation, 
         log_num(&l, "generation", d->gen->number); /* still running */
     }
     log_str(&l, "config", with_config ? "reread" : "kept");
-    log_num(&l, "ms", (time_mono() - t0) * 1000);
+    log_num(&l, "ms", round((time_mono() - t0) * 1e6) / 1e3);
     log_end(&l);
     return rc;
 }

@@ -45,6 +45,7 @@ struct listener {
     int hooks;           /* the webhook listener (else admin) */
     int tls;             /* HTTPS */
     atomic_int running;  /* started: MHD's messages are about clients from now on */
+    char why[256];       /* MHD's last message while it started */
     atomic_int inflight;  /* requests with state, until MHD completes them */
     atomic_int suspended; /* of those, waiting for the journal */
 };
@@ -656,10 +657,13 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     char msg[512];
     vsnprintf(msg, sizeof msg, fmt, ap);
     msg[strcspn(msg, "\n")] = '\0';
-    int level = !atomic_load(&l->running) || strstr(msg, "accept") || strstr(msg, "memory")
-                    ? LOG_WARN
-                    : LOG_DEBUG;
-    log_msg(level, "http: %s", msg);
+    if (!atomic_load(&l->running)) { /* said in listen_on's error, not logged on its own */
+        const char *why = strstr(msg, "port 0: "); /* MHD names port 0: we pass the address */
+        snprintf(l->why, sizeof l->why, "%.200s", why ? why + 8 : msg);
+        return;
+    }
+    log_msg(strstr(msg, "accept") || strstr(msg, "memory") ? LOG_WARN : LOG_DEBUG, "http: %s",
+            msg);
 }
 
 /* "host:port", "[v6]:port" or ":port" -> address. */
@@ -728,8 +732,9 @@ static struct listener *listen_on(struct intake *in, const struct config *cfg, c
     if (l->tls)
         flags |= MHD_USE_TLS;
     /* A connection's memory pool holds its request line and headers and the read buffer:
-     * room for limits.max_header (checked in on_headers) and more; far bigger headers get
-     * MHD's own 431. The size is fixed when the listener starts. */
+     * room for limits.max_header (checked in on_headers) and 8 KiB more; far bigger headers
+     * get MHD's own 431. MHD clears the pool for every request, so it is kept that small.
+     * The size is fixed when the listener starts. */
     gnutls_certificate_retrieve_function2 *cert_cb = tls_retrieve;
     struct MHD_OptionItem tls_options[] = {
         {MHD_OPTION_HTTPS_CERT_CALLBACK, 0, NULL},
@@ -743,14 +748,14 @@ static struct listener *listen_on(struct intake *in, const struct config *cfg, c
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->request_timeout,
         MHD_OPTION_CONNECTION_LIMIT, hooks ? connection_ceiling() : 64u,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, 2 * cfg->max_header + 4096,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->max_header + 8192,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, l,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, l,
         MHD_OPTION_ARRAY, l->tls ? tls_options : tls_options + 2,
         MHD_OPTION_END);
     if (l->daemon == NULL) {
-        snprintf(err, errlen, "cannot listen on %s (in use, or not an address of this host)",
-                 addr);
+        snprintf(err, errlen, "cannot listen on %s: %s", addr,
+                 l->why[0] ? l->why : "in use, or not an address of this host");
         free(l->addr);
         free(l);
         return NULL;

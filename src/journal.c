@@ -23,12 +23,17 @@
 #include "certhook.h"
 
 #define PRUNE_BATCH 1000
+#define CHECKPOINT_FRAMES 2000 /* WAL frames (pages) after which the checkpointer runs */
 
 struct journal {
     sqlite3 *db;  /* the writer's; NULL when read-only */
     sqlite3 *rdb; /* the main thread's */
     sqlite3_stmt *ins, *fin, *del, *sset, *sdel, *sget, *rload, *rload_id, *cert, *uncert;
     sqlite3 *adb; /* the admin thread's (counts for /metrics), opened on first use */
+    sqlite3 *cdb; /* the checkpointer's */
+    pthread_t ckthread;
+    int ck_started, ck_due, ck_stop; /* under mu */
+    pthread_cond_t ckcv;
     pthread_mutex_t amu;
     char *path;
     size_t queued; /* requests waiting for the writer */
@@ -89,7 +94,18 @@ static const char *const migrations[] = {
     /* the certificate inventory (metrics.c): the last known facts per hostname */
     "CREATE TABLE certificates (hostname TEXT PRIMARY KEY, type TEXT NOT NULL, status TEXT,"
     "  expires_at REAL, updated_at REAL NOT NULL) WITHOUT ROWID;",
+
+    /* partial indexes without IN lists: SQLite builds an ephemeral table for an IN list each
+     * time it checks a row against the index, on every insert and update. Queries that use
+     * them repeat their WHERE terms (OPEN_DELIVERY, OPEN_EVENT). */
+    "DROP INDEX deliveries_todo;"
+    "CREATE INDEX deliveries_todo ON deliveries(status) WHERE status <> 'done' AND status <> 'dead';"
+    "DROP INDEX events_todo;"
+    "CREATE INDEX events_todo ON events(state) WHERE state <> 2;",
 };
+
+#define OPEN_DELIVERY "status <> 'done' AND status <> 'dead'"
+#define OPEN_EVENT "state <> 2"
 
 struct journal_event *journal_event_new(enum provider p, double received_at, const char *id,
                                         const char *source, const char *type,
@@ -237,6 +253,7 @@ int journal_open(struct journal **jp, const char *dir, int flags, double busy_ti
     pthread_mutex_init(&j->mu, NULL);
     pthread_mutex_init(&j->amu, NULL);
     pthread_cond_init(&j->cv, NULL);
+    pthread_cond_init(&j->ckcv, NULL);
     j->reqs_tail = &j->reqs;
     j->dones_tail = &j->dones;
     j->healthy = 1;
@@ -274,7 +291,7 @@ int journal_open(struct journal **jp, const char *dir, int flags, double busy_ti
                     &j->ins, err, errlen) ||
             prepare(j->db,
                     "UPDATE events SET state = CASE WHEN EXISTS (SELECT 1 FROM deliveries WHERE "
-                    "event_seq = ?1 AND status NOT IN ('done', 'dead')) THEN 1 ELSE 2 END "
+                    "event_seq = ?1 AND " OPEN_DELIVERY ") THEN 1 ELSE 2 END "
                     "WHERE seq = ?1",
                     &j->fin, err, errlen) ||
             prepare(j->db,
@@ -336,9 +353,11 @@ void journal_close(struct journal *j)
     sqlite3_close(j->db);
     sqlite3_close(j->rdb);
     sqlite3_close(j->adb);
+    sqlite3_close(j->cdb);
     free(j->path);
     pthread_mutex_destroy(&j->mu);
     pthread_mutex_destroy(&j->amu);
+    pthread_cond_destroy(&j->ckcv);
     pthread_cond_destroy(&j->cv);
     free(j);
 }
@@ -346,7 +365,9 @@ void journal_close(struct journal *j)
 int journal_recover(struct journal *j, char *err, size_t errlen)
 {
     char *msg = NULL;
-    if (sqlite3_exec(j->db, "UPDATE deliveries SET status = 'pending' WHERE status = 'running'",
+    if (sqlite3_exec(j->db,
+                     "UPDATE deliveries SET status = 'pending' WHERE " OPEN_DELIVERY
+                     " AND status = 'running'",
                      NULL, NULL, &msg) != SQLITE_OK) {
         snprintf(err, errlen, "cannot recover the journal: %s", msg ? msg : "?");
         sqlite3_free(msg);
@@ -668,10 +689,58 @@ static void *writer_main(void *arg)
     }
 }
 
+/* ---- the checkpointer ------------------------------------------------------------------------- */
+
+/* After each commit of the writer: past CHECKPOINT_FRAMES, wake the checkpointer. */
+static int wal_grew(void *arg, sqlite3 *db, const char *name, int frames)
+{
+    struct journal *j = arg;
+    (void)db, (void)name;
+    if (frames >= CHECKPOINT_FRAMES) {
+        pthread_mutex_lock(&j->mu);
+        j->ck_due = 1;
+        pthread_cond_signal(&j->ckcv);
+        pthread_mutex_unlock(&j->mu);
+    }
+    return SQLITE_OK;
+}
+
+/* Copies the WAL back into the database on its own connection and thread, so the writer
+ * never stops to do it (and its fsyncs) between two commits. PASSIVE: it copies what no
+ * reader still needs and never waits; the writer restarts the WAL once all of it is copied. */
+static void *checkpointer_main(void *arg)
+{
+    struct journal *j = arg;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        while (!j->ck_due && !j->ck_stop)
+            pthread_cond_wait(&j->ckcv, &j->mu);
+        if (j->ck_stop)
+            break;
+        j->ck_due = 0;
+        pthread_mutex_unlock(&j->mu);
+        int rc = sqlite3_wal_checkpoint_v2(j->cdb, "main", SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+            log_msg(LOG_WARN, "journal checkpoint failed: %s", sqlite3_errmsg(j->cdb));
+        pthread_mutex_lock(&j->mu);
+    }
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
 int journal_start(struct journal *j, journal_sink sink, void *cls)
 {
+    char err[300];
     j->sink = sink;
     j->sink_cls = cls;
+    if (open_db(&j->cdb, j->path, SQLITE_OPEN_READWRITE, 1, err, sizeof err) == 0 &&
+        pthread_create(&j->ckthread, NULL, checkpointer_main, j) == 0) {
+        j->ck_started = 1;
+        sqlite3_wal_autocheckpoint(j->db, 0);
+        sqlite3_wal_hook(j->db, wal_grew, j);
+    } else {
+        log_msg(LOG_WARN, "no checkpointer thread: the writer checkpoints itself");
+    }
     if (pthread_create(&j->thread, NULL, writer_main, j) != 0)
         return -1;
     j->started = 1;
@@ -688,6 +757,16 @@ void journal_stop(struct journal *j)
     pthread_mutex_unlock(&j->mu);
     pthread_join(j->thread, NULL);
     j->started = 0;
+    if (j->ck_started) {
+        pthread_mutex_lock(&j->mu);
+        j->ck_stop = 1;
+        pthread_cond_signal(&j->ckcv);
+        pthread_mutex_unlock(&j->mu);
+        pthread_join(j->ckthread, NULL);
+        j->ck_started = 0;
+        sqlite3_wal_hook(j->db, NULL, NULL);
+        sqlite3_wal_autocheckpoint(j->db, 1000); /* the last close checkpoints and removes it */
+    }
 }
 
 void journal_append(struct journal *j, struct journal_req *r)
@@ -796,8 +875,8 @@ int journal_scan_events(struct journal *j, int state, int64_t after, int64_t upt
     int n = 0, rc;
     if (sqlite3_prepare_v2(j->rdb,
                            "SELECT seq, id, source, provider, type, provider_type, hostname, "
-                           "received_at, payload FROM events WHERE state = ? AND seq > ? AND "
-                           "seq <= ? ORDER BY seq LIMIT ?",
+                           "received_at, payload FROM events WHERE " OPEN_EVENT " AND state = ? AND "
+                           "seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
                            -1, &s, NULL) != SQLITE_OK) {
         read_failed(j, "events");
         return -1;
@@ -849,7 +928,8 @@ int journal_scan_deliveries(struct journal *j, const char *status,
                            status ? "SELECT event_seq, handler, attempts, next_at, first_at FROM "
                                     "deliveries WHERE status = ?"
                                   : "SELECT event_seq, handler, attempts, next_at, first_at FROM "
-                                    "deliveries WHERE status IN ('pending', 'retrying')",
+                                    "deliveries WHERE " OPEN_DELIVERY
+                                    " AND status IN ('pending', 'retrying')",
                            -1, &s, NULL) != SQLITE_OK) {
         read_failed(j, "deliveries");
         return -1;

@@ -50,9 +50,14 @@ fi
 cd "$root" || exit 1
 echo "# busted: $suites"
 # shellcheck disable=SC2086
-"$LUA" /usr/bin/busted --output=TAP --pattern=_spec $suites >"$out/busted.tap" 2>&1
+"$LUA" /usr/bin/busted --output=TAP --pattern=_spec $suites >"$out/busted.tap" 2>"$out/busted.err"
 status=$?
 cat "$out/busted.tap"
+# what handlers run in-process logged (failures on purpose, mostly): shown when something failed
+if [ "$status" -ne 0 ] && [ -s "$out/busted.err" ]; then
+    echo "# stderr of the specs:"
+    sed 's/^/# /' "$out/busted.err"
+fi
 tally busted "$status" "$out/busted.tap"
 
 echo "$passed passed, $failed failed"

@@ -24,6 +24,8 @@ function M.start(opts)
   local config = 'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nhandlers = "handlers"\ndata = "data"\n' ..
     "journal = { busy_timeout = 0.3 }\n" .. (opts.config or "")
   fs.write(self.dir .. "/certhook.conf.lua", config)
+  -- inside an `it`, the server goes when the test ends, also when it fails half-way
+  if type(finally) == "function" then finally(function() self:cleanup() end) end
   self:launch()
   return self
 end
@@ -44,6 +46,8 @@ function M:launch()
     if fs.read(self.dir .. "/exit") then return false end
   end, 15)
   if not ready then
+    local pid = tonumber(fs.read(self.dir .. "/pid") or "")
+    if pid then os.execute(("kill -KILL %d 2>/dev/null"):format(pid)) end
     error("certhook serve did not start:\n" .. (fs.read(self.dir .. "/server.log") or ""))
   end
   self.pid = tonumber(fs.read(self.dir .. "/pid"))
@@ -118,6 +122,8 @@ function M:assert_no_secrets()
 end
 
 function M:cleanup()
+  if self.cleaned then return end
+  self.cleaned = true
   if self.pid and not fs.read(self.dir .. "/exit") then self:stop("KILL") end
   local ok, err = pcall(self.assert_no_secrets, self)
   fs.rm(self.dir)
