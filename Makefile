@@ -38,7 +38,7 @@ ifeq ($(SANITIZE),1)
 BUILD    = build/san
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 endif
-ALL_CFLAGS = $(CFLAGS) -fPIC -std=gnu11 $(WARN) $(SANFLAGS) -I$(LUA_INCDIR) $(DEP_CFLAGS) \
+ALL_CFLAGS = $(CFLAGS) -fPIC -std=gnu11 -D_GNU_SOURCE $(WARN) $(SANFLAGS) -I$(LUA_INCDIR) $(DEP_CFLAGS) \
              $(SYSTEMD_CFLAGS) -MMD -MP
 ALL_LIBS   = $(DEP_LIBS) -lpthread -lm
 

@@ -816,6 +816,8 @@ int intake_start(struct intake **ip, const struct config *c, struct journal *j,
     in->conns.next = in->conns.prev = &in->conns;
     tls_use(c->tls);
     in->sweeping = pthread_create(&in->sweeper, NULL, sweep, in) == 0;
+    if (in->sweeping)
+        pthread_setname_np(in->sweeper, "conn-sweeper");
     if (!in->sweeping) {
         snprintf(err, errlen, "cannot start a thread");
         intake_stop(in);

@@ -736,6 +736,7 @@ int journal_start(struct journal *j, journal_sink sink, void *cls)
     if (open_db(&j->cdb, j->path, SQLITE_OPEN_READWRITE, 1, err, sizeof err) == 0 &&
         pthread_create(&j->ckthread, NULL, checkpointer_main, j) == 0) {
         j->ck_started = 1;
+        pthread_setname_np(j->ckthread, "wal-checkpoint");
         sqlite3_wal_autocheckpoint(j->db, 0);
         sqlite3_wal_hook(j->db, wal_grew, j);
     } else {
@@ -743,6 +744,7 @@ int journal_start(struct journal *j, journal_sink sink, void *cls)
     }
     if (pthread_create(&j->thread, NULL, writer_main, j) != 0)
         return -1;
+    pthread_setname_np(j->thread, "journal-writer");
     j->started = 1;
     return 0;
 }

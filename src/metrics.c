@@ -116,6 +116,7 @@ struct series {
     struct series *next;      /* in the family, in creation order */
     struct series *hnext;     /* in the hash chain */
     enum metric m;
+    char *key;                /* the label values, each followed by a NUL */
     char *labels;             /* the rendered {k="v",...}, "" without labels */
     double value, sum;        /* value: counter/gauge; histogram: count */
     unsigned long *counts;    /* histogram: per bucket (not cumulative) */
@@ -143,50 +144,74 @@ static void add_label(struct buf *b, const char *name, const char *value)
     buf_adds(b, "\"");
 }
 
-/* {a="x",b="y"} of the family's labels and the values (as many as it has). */
-static char *render_labels(enum metric m, va_list ap)
+/* {a="x",b="y"} of the family's labels and their values. */
+static char *render_labels(enum metric m, const char *const *vals, int n)
 {
     struct buf b;
     buf_init(&b);
-    if (families[m].labels[0] == NULL)
+    if (n == 0)
         return strdup("");
     buf_adds(&b, "{");
-    for (int i = 0; i < 3 && families[m].labels[i]; i++)
-        add_label(&b, families[m].labels[i], va_arg(ap, const char *));
+    for (int i = 0; i < n; i++)
+        add_label(&b, families[m].labels[i], vals[i]);
     buf_adds(&b, "}");
     return buf_take(&b);
 }
 
-static unsigned hash_of(enum metric m, const char *s)
+/* The values of a series as one string: each followed by a NUL. */
+static char *join_values(const char *const *vals, int n)
 {
-    unsigned h = 2166136261u ^ (unsigned)m;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    return h % NHASH;
+    size_t len = 0;
+    for (int i = 0; i < n; i++)
+        len += strlen(vals[i]) + 1;
+    char *key = malloc(len + 1), *p = key;
+    for (int i = 0; key != NULL && i < n; i++)
+        p = stpcpy(p, vals[i]) + 1;
+    return key;
 }
 
-/* The series of m with these labels, created when new. Under mu; NULL when out of memory. */
+static int same_values(const char *key, const char *const *vals, int n)
+{
+    for (int i = 0; i < n; i++, key += strlen(key) + 1)
+        if (strcmp(key, vals[i]) != 0)
+            return 0;
+    return 1;
+}
+
+/* The series of m with these label values, created when new: the lookup hashes the values
+ * as they are and allocates nothing, as it runs for every request and delivery. Under mu;
+ * NULL when out of memory. */
 static struct series *find(enum metric m, va_list ap)
 {
-    char *labels = render_labels(m, ap);
-    if (labels == NULL)
-        return NULL;
-    unsigned h = hash_of(m, labels);
-    for (struct series *s = hash[h]; s; s = s->hnext) {
-        if (s->m == m && strcmp(s->labels, labels) == 0) {
-            free(labels);
-            return s;
+    const char *vals[3];
+    int n = 0;
+    unsigned h = 2166136261u ^ (unsigned)m;
+    for (; n < 3 && families[m].labels[n]; n++) {
+        const char *v = va_arg(ap, const char *);
+        vals[n] = v ? v : "";
+        for (const char *p = vals[n];; p++) {
+            h = (h ^ (unsigned char)*p) * 16777619u;
+            if (*p == '\0')
+                break;
         }
     }
+    h %= NHASH;
+    for (struct series *s = hash[h]; s; s = s->hnext)
+        if (s->m == m && same_values(s->key, vals, n))
+            return s;
     struct series *s = calloc(1, sizeof *s);
-    if (s == NULL || (families[m].nbuckets &&
-                      (s->counts = calloc(families[m].nbuckets + 1, sizeof *s->counts)) == NULL)) {
+    if (s == NULL || (s->key = join_values(vals, n)) == NULL ||
+        (s->labels = render_labels(m, vals, n)) == NULL ||
+        (families[m].nbuckets &&
+         (s->counts = calloc(families[m].nbuckets + 1, sizeof *s->counts)) == NULL)) {
+        if (s) {
+            free(s->key);
+            free(s->labels);
+        }
         free(s);
-        free(labels);
         return NULL;
     }
     s->m = m;
-    s->labels = labels;
     s->hnext = hash[h];
     hash[h] = s;
     if (last[m] == NULL)
@@ -444,6 +469,7 @@ __attribute__((destructor)) static void metrics_unload(void)
     for (int m = 0; m < METRIC_COUNT; m++) {
         for (struct series *s = first[m], *next; s; s = next) {
             next = s->next;
+            free(s->key);
             free(s->labels);
             free(s->counts);
             free(s);

@@ -15,7 +15,9 @@
  * Sources: cf (cloudflare, secret "fuzz-secret"), cfopen (cloudflare, insecure), ibm (ibm-cm,
  * insecure, no key) and ibmkey (ibm-cm with FUZZ_PUBKEY, tests/fuzz/jwt-key.pub.pem).
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memmem */
+#endif
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
