@@ -719,9 +719,12 @@ static void *checkpointer_main(void *arg)
             break;
         j->ck_due = 0;
         pthread_mutex_unlock(&j->mu);
-        int rc = sqlite3_wal_checkpoint_v2(j->cdb, "main", SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-        if (rc != SQLITE_OK && rc != SQLITE_BUSY)
-            log_msg(LOG_WARN, "journal checkpoint failed: %s", sqlite3_errmsg(j->cdb));
+        int frames = 0;
+        int rc = sqlite3_wal_checkpoint_v2(j->cdb, "main", SQLITE_CHECKPOINT_PASSIVE, &frames,
+                                           NULL);
+        if ((rc != SQLITE_OK && rc != SQLITE_BUSY) || frames < 0)
+            log_msg(LOG_WARN, "journal checkpoint failed: %s",
+                    frames < 0 ? "not in WAL mode" : sqlite3_errmsg(j->cdb));
         pthread_mutex_lock(&j->mu);
     }
     pthread_mutex_unlock(&j->mu);
@@ -733,7 +736,10 @@ int journal_start(struct journal *j, journal_sink sink, void *cls)
     char err[300];
     j->sink = sink;
     j->sink_cls = cls;
+    /* The checkpointer's connection must have read the database once: before that it does not
+     * know the database is in WAL mode, and a checkpoint is a silent no-op (log -1). */
     if (open_db(&j->cdb, j->path, SQLITE_OPEN_READWRITE, 1, err, sizeof err) == 0 &&
+        sqlite3_exec(j->cdb, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) == SQLITE_OK &&
         pthread_create(&j->ckthread, NULL, checkpointer_main, j) == 0) {
         j->ck_started = 1;
         pthread_setname_np(j->ckthread, "wal-checkpoint");

@@ -356,6 +356,41 @@ describe("retention", function()
   end)
 end)
 
+describe("the write-ahead log", function()
+  -- Without checkpoints the WAL grows by every page written, for as long as certhook runs.
+  it("is copied into the database while certhook serves, so it stays bounded", function()
+    local srv = Server.start { config = SOURCES, handlers = { ["rec.lua"] = recorder("rec") } }
+    local n = 5000
+    local body = fs.read(FIX .. "cloudflare/ssl.custom_hostname_certificate.issuance.succeeded.json")
+    local cfg = {}
+    for i = 1, n do
+      local id = ("wal-%d"):format(i)
+      fs.write(("%s/b%d.json"):format(srv.dir, i), (body:gsub("<<WEBHOOK_ID>", id)))
+      cfg[#cfg + 1] = ('%surl = "http://127.0.0.1:%d/hooks/cloudflare"\nheader = "cf-webhook-auth: s3cret"\n' ..
+        'header = "Content-Type: application/json"\ndata-binary = "@b%d.json"\noutput = "/dev/null"\n' ..
+        'write-out = "%%{http_code}\\n"\n'):format(i > 1 and "next\n" or "", srv.port, i)
+    end
+    fs.write(srv.dir .. "/curl.conf", table.concat(cfg))
+    local out = fs.run(("cd '%s' && unset LD_PRELOAD; curl -s --parallel --parallel-max 20 --max-time 60 -K curl.conf"):format(srv.dir))
+    local accepted = select(2, out:gsub("202", ""))
+    assert.are.equal(n, accepted)
+    local db = srv.dir .. "/data/certhook.db"
+    local function size(path)
+      local f = io.open(path, "rb")
+      if not f then return 0 end
+      local len = f:seek("end")
+      f:close()
+      return len
+    end
+    -- every event was written twice (journaled, then its delivery): well past the 2000 pages
+    -- after which the checkpointer runs; the database file itself has the events now
+    assert(fs.wait_for(function() return size(db) > 2 * 1024 * 1024 end, 10),
+      ("nothing was checkpointed: certhook.db is %d bytes, its WAL %d"):format(size(db), size(db .. "-wal")))
+    assert.are.equal(0, srv:stop())
+    srv:cleanup()
+  end)
+end)
+
 describe("journal write failures", function()
   it("answer 503 with Retry-After and store nothing while the WAL file is read-only", function()
     local srv = Server.start { config = SOURCES, handlers = { ["rec.lua"] = recorder("rec") } }
