@@ -7,6 +7,14 @@ local http = require "helpers.http"
 local M = {}
 M.__index = M
 
+-- Every server not yet cleaned up. A test that fails half-way never reaches its cleanup (and
+-- busted's `finally` is not visible from a module), so whatever is left when busted exits is
+-- stopped then: the suite leaves no certhook running behind it.
+local live = {}
+M.reaper = setmetatable({}, { __gc = function()
+  for srv in pairs(live) do pcall(srv.cleanup, srv) end
+end })
+
 M.certhook = os.getenv("CERTHOOK") or (io.popen("pwd"):read("l") .. "/build/certhook-dev")
 
 -- start{ config = "lua text", handlers = { ["x.lua"] = "source" }, dir = optional,
@@ -24,8 +32,7 @@ function M.start(opts)
   local config = 'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nhandlers = "handlers"\ndata = "data"\n' ..
     "journal = { busy_timeout = 0.3 }\n" .. (opts.config or "")
   fs.write(self.dir .. "/certhook.conf.lua", config)
-  -- inside an `it`, the server goes when the test ends, also when it fails half-way
-  if type(finally) == "function" then finally(function() self:cleanup() end) end
+  live[self] = true
   self:launch()
   return self
 end
@@ -124,6 +131,7 @@ end
 function M:cleanup()
   if self.cleaned then return end
   self.cleaned = true
+  live[self] = nil
   if self.pid and not fs.read(self.dir .. "/exit") then self:stop("KILL") end
   local ok, err = pcall(self.assert_no_secrets, self)
   fs.rm(self.dir)
