@@ -116,7 +116,12 @@ memcheck: deps-memcheck all unit $(VALGRIND)
 run: deps-run all
 	@sh tests/demo.sh $(CURDIR)/$(LAUNCH)
 
-bench: deps-bench all $(SINK)
+# What a durable journal alone costs per event here (no HTTP, no Lua): make bench's part 4.
+FLOOR = $(BUILD)/journal_floor
+$(FLOOR): tests/bench/journal_floor.c
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(DEP_LIBS)
+
+bench: deps-bench all $(SINK) $(FLOOR)
 	@BUILD=$(BUILD) sh tests/bench/run.sh
 
 install: $(MODULE)

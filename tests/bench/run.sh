@@ -1,6 +1,7 @@
 #!/bin/sh
 # make bench: intake and end-to-end figures of certhook serve on this machine.
-# (Part 2, tests/bench/drain.sh: the outbound-HTTP drain.)
+# (Part 2, tests/bench/drain.sh: the outbound-HTTP drain; part 3, reload.lua: reload latency;
+# part 4, journal_floor.c: what the durable journal alone costs per event on this machine.)
 #
 # For 1, 10 and 50 keep-alive connections, wrk POSTs a Cloudflare event with a new id per
 # request for DURATION seconds; every request is journaled (fsync) and dispatched to a
@@ -98,6 +99,17 @@ echo
 echo "| reloads | median | fastest | p90 | slowest |"
 echo "|---|---:|---:|---:|---:|"
 (cd "$root" && CERTHOOK="$certhook" LUA_PATH="$root/tests/?.lua;;" $pin_client lua5.4 "$here/reload.lua")
+echo
+echo "Journal floor (tests/bench/journal_floor.c): SQLite alone, same schema, WAL + synchronous=FULL,"
+echo "no HTTP and no Lua; each batch of events committed, then a delivery row and the event state for"
+echo "each in a second commit, as certhook does. 20,000 events on the server's CPU:"
+echo
+echo "| events per commit | CPU us per event | commits/s |"
+echo "|---:|---:|---:|"
+for b in 10 25 50; do
+    rm -f "$run"/floor.db*
+    $pin_server "$root/$BUILD/journal_floor" "$run" 20000 $b | awk '{ printf "| %d | %.1f | %d |\n", $2, $3, $4 }'
+done
 } >>"$out"
 
 # The figures of issue 8 in one table, read back from the tables above.
@@ -108,19 +120,21 @@ echo
 echo "| figure | value |"
 echo "|---|---:|"
 awk -F'|' '
-    /^\| [0-9]+ \| [0-9]/ {
+    NF == 11 && /^\| [0-9]+ \| [0-9]/ {
         c = $2 + 0
         printf "| intake req/s, %d connection%s | %d (p99 %s ms) |\n", c, c == 1 ? "" : "s", $3, $5 + 0
         e2e = $7 + 0; cpu = $8 + 0; if ($10 + 0 > rss) rss = $10 + 0
     }
     /drained in/ { split($4, d, " "); drain = d[3] " s for 10,000 events through a 100 ms sink (" $5 + 0 " events/s)" }
     /atomic rename/ { reload = $3 }
+    NF == 5 && /^\| [0-9]+ \| [0-9]/ { floor = floor sep ($2 + 0) ": " ($3 + 0); sep = ", " }
     END {
         printf "| end-to-end events/s, backlog handled (last row) | %d |\n", e2e
         printf "| server CPU us per event (last row) | %.1f |\n", cpu
         printf "| peak RSS MiB (any row) | %.1f |\n", rss
         gsub(/^ +| +$/, "", reload); gsub(/^ +| +$/, "", drain)
         printf "| reload latency | %s |\n| outbound-HTTP drain | %s |\n", reload, drain
+        printf "| journal floor, CPU us per event by events per commit | %s |\n", floor
     }' "$out"
 } >>"$out.summary"
 cat "$out.summary" >>"$out"
