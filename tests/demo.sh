@@ -1,10 +1,10 @@
 #!/bin/sh
 # `make run`: serve examples/ (config, handlers) with a demo secret and a demo IBM key pair,
-# after printing commands that send sample events. Data and keys go to ./certhook-demo/.
+# after printing commands that send sample events. Data and keys go to build/demo/.
 set -eu
 launcher=$1
 root=$(cd "$(dirname "$0")/.." && pwd)
-demo=$root/certhook-demo
+demo=$root/build/demo
 mkdir -p "$demo"
 if [ ! -f "$demo/ibm-cm.pub.pem" ]; then
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$demo/ibm-cm.key.pem" 2>/dev/null
