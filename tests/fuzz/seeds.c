@@ -7,7 +7,8 @@
  * tests/fuzz/jwt-key.pem, it writes:
  *   OUT/jwt/        tokens: each IBM claims fixture signed (RS256, verifies with the public
  *                   half), the real IBM JWTs, and tokens that must be refused (alg none, HS256)
- *   OUT/normalize/  {"data": "<JWT>"} bodies of the signed tokens
+ *   OUT/normalize/  {"data": "<JWT>"} bodies of the signed tokens, and the regression input
+ *                   of 345dc5d (generated: 2 MB)
  *   OUT/intake/     HTTP request streams: every fixture POSTed where it is accepted, and the
  *                   requests intake must refuse (no or wrong secret, wrong method, path or
  *                   content type, over the size limit), chunked, pipelined, HTTP/1.0
@@ -277,6 +278,25 @@ static void ibm_first_token(void)
     free(token);
 }
 
+/* The regression of 345dc5d, too large to keep as a file: 520,000 validation errors, whose
+ * messages (and separators) once went on the Lua stack all at once, past LUAI_MAXSTACK -- a
+ * Lua panic. */
+static void validation_errors_beyond_lua_stack(void)
+{
+    struct buf b;
+    buf_init(&b);
+    buf_adds(&b, "{\"metadata\":{\"event\":{\"type\":\"ssl.custom_hostname_certificate."
+                 "validation.failed\"}},\"data\":{\"hostname\":\"h\",\"ssl\":{"
+                 "\"validation_errors\":[");
+    for (int i = 0; i < 520000; i++)
+        buf_adds(&b, i ? ",\"a\"" : "\"a\"");
+    buf_adds(&b, "]}}}");
+    if (b.p == NULL)
+        die("validation_errors_beyond_lua_stack", "out of memory");
+    put("normalize", "validation-errors-beyond-lua-stack.json", b.p, b.n);
+    buf_free(&b);
+}
+
 int main(int argc, char **argv)
 {
     char err[300], dir[4096];
@@ -303,6 +323,7 @@ int main(int argc, char **argv)
     odd_requests(body, n);
     free(body);
     ibm_first_token();
+    validation_errors_beyond_lua_stack();
     lua_close(L);
     free(pem);
     return 0;
