@@ -100,11 +100,14 @@ describe("/metrics", function()
     assert.are.equal(413, srv:post("/hooks/cloudflare", ("x"):rep(5000), CF).status)
     assert.are.equal(404, http.get(srv.port, "/elsewhere").status)
     assert.are.equal(405, http.get(srv.port, "/hooks/cloudflare").status)
-    -- 2 x ok.lua success; fail.lua: failure, then dead
+    -- 2 x ok.lua success; fail.lua: failure, then dead. The counters move when a delivery ends,
+    -- the journal gauges once the writer has committed its state a moment later: wait for both.
     assert(fs.wait_for(function()
       local m = scrape(srv)
       return m[key("certhook_deliveries_total", { handler = "fail.lua:certificate.validation.failed", outcome = "dead" })] == 1
         and m[key("certhook_deliveries_total", { handler = "ok.lua:certificate.*", outcome = "success" })] == 2
+        and m[key("certhook_journal_deliveries", { status = "dead" })] == 1
+        and m[key("certhook_journal_deliveries", { status = "done" })] == 2
     end, 10))
     local m, text = scrape(srv)
     local function events(source, type, code)
