@@ -491,8 +491,10 @@ enum run_status { RUN_DONE, RUN_FAILED, RUN_WAITING };
 /* Pushes the event handlers receive, built from the journaled payload; -1 when it cannot be
  * (logged; nothing pushed). */
 int run_push_event(lua_State *L, const struct journal_event *ev);
-/* Pushes a deep copy of the table at src; memo (a table) keeps shared subtables shared. */
-void run_copy(lua_State *L, int src, int memo);
+/* The stack index of what delivery i of n gets of the event table at index event: the event
+ * itself for the last one, a deep copy (pushed) for the others, so that no handler sees what
+ * another one changed. */
+int run_event_arg(lua_State *L, int event, size_t i, size_t n);
 /* A new coroutine calling handler h with the value at idx, anchored in the registry (*ref),
  * with the limits hook set. */
 lua_State *run_new(lua_State *L, const struct handler *h, int idx, int *ref);

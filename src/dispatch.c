@@ -582,18 +582,10 @@ static void start_event(struct dispatch *d, struct journal_event *ev, const stru
         emit(d, ev->seq, NULL); /* nothing matches: the event is finished */
     } else if (run_push_event(L, ev) == 0) {
         int event = lua_gettop(L);
-        lua_newtable(L);
-        int memo = lua_gettop(L);
         for (size_t i = 0; i < n; i++) {
-            int arg = event; /* the last delivery gets the original: nobody else sees it */
-            if (i + 1 < n) {
-                run_copy(L, event, memo);
-                arg = lua_gettop(L);
-                lua_newtable(L);
-                lua_replace(L, memo);
-            }
+            int arg = run_event_arg(L, event, i, n);
             start(d, er, hs[i], arg, before ? before[i] : 0, first_at ? first_at[i] : 0);
-            lua_settop(L, memo);
+            lua_settop(L, event);
         }
     } else {
         emit(d, ev->seq, NULL); /* logged; it cannot be dispatched, retrying would not help */

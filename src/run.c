@@ -70,7 +70,8 @@ int run_push_event(lua_State *L, const struct journal_event *ev)
     return 0;
 }
 
-void run_copy(lua_State *L, int src, int memo)
+/* Pushes a deep copy of the table at src; memo (a table) keeps shared subtables shared. */
+static void run_copy(lua_State *L, int src, int memo)
 {
     luaL_checkstack(L, 6, "event nesting");
     lua_pushvalue(L, src);
@@ -94,6 +95,16 @@ void run_copy(lua_State *L, int src, int memo)
         lua_insert(L, -2);
         lua_rawset(L, dst);
     }
+}
+
+int run_event_arg(lua_State *L, int event, size_t i, size_t n)
+{
+    if (i + 1 == n)
+        return event; /* the last delivery gets the original: nobody else sees it */
+    lua_newtable(L); /* the memo of this copy */
+    run_copy(L, event, lua_gettop(L));
+    lua_remove(L, -2);
+    return lua_gettop(L);
 }
 
 static const char *kill_reason(const struct delivery_ctx *ctx, char *buf, size_t n)
@@ -244,16 +255,8 @@ int run_sync(struct generation *g, const struct journal_event *ev, const struct 
     if (run_push_event(L, ev) != 0)
         return -1;
     int event = lua_gettop(L);
-    lua_newtable(L); /* memo for run_copy */
-    int memo = lua_gettop(L);
     for (size_t i = 0; i < n; i++) {
-        int arg = event; /* the last handler gets the original: nobody else sees it */
-        if (i + 1 < n) {
-            run_copy(L, event, memo);
-            arg = lua_gettop(L);
-            lua_newtable(L);
-            lua_replace(L, memo);
-        }
+        int arg = run_event_arg(L, event, i, n);
         struct delivery_ctx ctx = {.event_id = ev->id, .event_type = ev->type,
                                    .hostname = ev->hostname, .handler = hs[i]->name,
                                    .generation = g->number, .gen = g,
@@ -269,8 +272,7 @@ int run_sync(struct generation *g, const struct journal_event *ev, const struct 
         if (st != RUN_DONE)
             run_log_failure(&ctx, r[i].attempts, r[i].error, r[i].traceback);
         run_free(L, co, ref);
-        if (arg != event)
-            lua_pop(L, 1);
+        lua_settop(L, event);
     }
     lua_settop(L, top);
     return 0;
