@@ -448,4 +448,28 @@ describe("the event handlers receive", function()
     end
     srv:cleanup()
   end)
+
+  it("is a copy of its own: what one handler changes, the others never see", function()
+    local writer = [[return { ["*"] = function(e)
+      e.hostname = "changed"; e.certificate.id = "changed"; e.raw.data = nil
+    end }]]
+    local reader = [[return { ["*"] = function(e)
+      local f = assert(io.open(%q, "w"))
+      f:write(e.hostname, " ", e.certificate.id, " ", tostring(e.raw.data ~= nil), " ",
+        tostring(e.certificates[1] == e.certificate))
+      f:close()
+    end }]]
+    local srv = Server.start {
+      config = 'sources = { cloudflare = { provider = "cloudflare", secret = "s3cret" } }\n',
+      -- deliveries start in file order; the last one gets the original, the others copies
+      handlers = { ["1.lua"] = writer, ["2.lua"] = reader:format("2.txt"),
+                   ["3.lua"] = writer, ["4.lua"] = reader:format("4.txt") },
+    }
+    assert.are.equal(202, srv:post("/hooks/cloudflare", (cf_event()), CF).status)
+    for _, name in ipairs { "2.txt", "4.txt" } do
+      local text = fs.wait_for(function() return fs.read(srv.dir .. "/" .. name) end, 5)
+      assert.are.equal("blog.com <<CERTIFICATE_ID> true true", text)
+    end
+    srv:cleanup()
+  end)
 end)

@@ -80,6 +80,19 @@ int main(void)
     lua_settop(A, 0);
     lua_settop(B, 0);
     buf_free(&b);
+    (void)luaL_dostring(A, "local c = { id = 'c1' } local t = { certificate = c, certificates = { c } }"
+                           " t.self = t return t");
+    ok(pack_value(A, -1, NULL, &b) == 0 && unpack_value(B, b.p, b.n) == 0,
+       "packs a table met twice, and one that holds itself");
+    lua_setglobal(B, "t");
+    (void)luaL_dostring(B, "return t.certificate == t.certificates[1] and t.self == t"
+                           " and t.certificate.id == 'c1'");
+    ok(lua_toboolean(B, -1), "what was shared is shared in the copy");
+    lua_settop(A, 0);
+    lua_settop(B, 0);
+    buf_free(&b);
+    ok(unpack_value(B, "\x08\x01\x00\x00\x00", 5) != 0 && lua_gettop(B) == 0,
+       "a reference to a table not yet made is refused");
     ok(unpack_value(B, "\x7f", 1) != 0 && lua_gettop(B) == 0, "an unknown tag is refused");
     lua_close(A);
     lua_close(B);
