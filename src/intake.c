@@ -732,9 +732,10 @@ static struct listener *listen_on(struct intake *in, const struct config *cfg, c
     if (l->tls)
         flags |= MHD_USE_TLS;
     /* A connection's memory pool holds its request line and headers and the read buffer:
-     * room for limits.max_header (checked in on_headers) and 8 KiB more; far bigger headers
-     * get MHD's own 431. MHD clears the pool for every request, so it is kept that small.
-     * The size is fixed when the listener starts. */
+     * room for limits.max_header (checked in on_headers) and 4 KiB more (the body streams
+     * through it); far bigger headers get MHD's own 431. MHD clears the pool for every request,
+     * and each connection keeps one, so it is kept that small. The size is fixed when the
+     * listener starts. */
     gnutls_certificate_retrieve_function2 *cert_cb = tls_retrieve;
     struct MHD_OptionItem tls_options[] = {
         {MHD_OPTION_HTTPS_CERT_CALLBACK, 0, NULL},
@@ -748,7 +749,7 @@ static struct listener *listen_on(struct intake *in, const struct config *cfg, c
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->request_timeout,
         MHD_OPTION_CONNECTION_LIMIT, hooks ? connection_ceiling() : 64u,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->max_header + 8192,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->max_header + 4096,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, l,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, l,
         MHD_OPTION_ARRAY, l->tls ? tls_options : tls_options + 2,
