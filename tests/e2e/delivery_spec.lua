@@ -3,6 +3,7 @@
 -- restarts, and 503 when the journal cannot be written (read-only file, full disk).
 local cjson = require "cjson"
 local socket = require "socket"
+local events = require "helpers.events"
 local fs = require "helpers.fs"
 local Server = require "helpers.server"
 
@@ -10,14 +11,8 @@ local FIX = "tests/fixtures/"
 local CF = { ["cf-webhook-auth"] = "s3cret" }
 local SOURCES = 'sources = { cloudflare = { provider = "cloudflare", secret = "s3cret" } }\n'
 
-local n = 0
 local function cf_event(kind, hostname)
-  n = n + 1
-  local body = fs.read(FIX .. "cloudflare/ssl.custom_hostname_certificate." .. (kind or "validation.failed") .. ".json")
-  local id = ("dl-%d-%d-%d"):format(os.time(), math.random(1e6), n)
-  body = body:gsub("<<WEBHOOK_ID>", id)
-  if hostname then body = body:gsub('"hostname": "blog.com"', ('"hostname": %q'):format(hostname)) end
-  return body, "cloudflare:" .. id
+  return events.cloudflare(kind, { hostname = hostname })
 end
 
 -- Appends "<tag> <event id>" to calls.log in the server directory for every call.

@@ -4,11 +4,11 @@
 -- handler without hurting the others.
 local cjson = require "cjson"
 local socket = require "socket"
+local events = require "helpers.events"
 local fs = require "helpers.fs"
 local Server = require "helpers.server"
 local Sink = require "helpers.sink"
 
-local FIX = "tests/fixtures/"
 local CF = { ["cf-webhook-auth"] = "s3cret" }
 local SOURCES = 'sources = { cloudflare = { provider = "cloudflare", secret = "s3cret" } }\n'
 
@@ -45,15 +45,9 @@ return {
 }
 ]]
 
-local n = 0
 -- A Cloudflare event whose custom_metadata is meta (a table), with a fresh id.
 local function event(meta)
-  n = n + 1
-  local t = cjson.decode(fs.read(FIX .. "cloudflare/ssl.custom_hostname_certificate.issuance.succeeded.json"))
-  local id = ("http-%d-%d-%d"):format(os.time(), math.random(1e6), n)
-  t.metadata.event.id = id
-  t.data.custom_metadata = meta
-  return cjson.encode(t), "cloudflare:" .. id
+  return events.cloudflare("issuance.succeeded", { meta = meta })
 end
 
 local function results(srv)

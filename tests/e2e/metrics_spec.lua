@@ -1,25 +1,19 @@
 -- /metrics after a known sequence of events (exact counter values), the certificate inventory
 -- (expiry, status, deletion, the hostname cap, kept across a restart), promtool's lint of the
 -- exposition, the Prometheus alert rules and the systemd unit in examples/, and text logs.
-local cjson = require "cjson"
+local events = require "helpers.events"
 local fs = require "helpers.fs"
 local http = require "helpers.http"
 local Server = require "helpers.server"
 local Sink = require "helpers.sink"
 
-local FIX = "tests/fixtures/cloudflare/"
 local SECRET = "metrics-secret-01"
 local CF = { ["cf-webhook-auth"] = SECRET }
 local SOURCES = ('sources = { cloudflare = { provider = "cloudflare", secret = %q } }\n'):format(SECRET)
 
-local n = 0
--- A Cloudflare fixture with a fresh event id (and hostname, when given).
-local function event(fixture, hostname)
-  n = n + 1
-  local t = cjson.decode(fs.read(FIX .. fixture .. ".json"))
-  t.metadata.event.id = ("metrics-%d-%d-%d"):format(os.time(), math.random(1e6), n)
-  if hostname then t.data.hostname = hostname end
-  return cjson.encode(t)
+-- A Cloudflare SSL for SaaS event of that kind with a fresh id (and hostname, when given).
+local function event(kind, hostname)
+  return (events.cloudflare(kind, { hostname = hostname }))
 end
 
 -- The exposition as { ['name{k="v",...}'] = value }, labels sorted by name.
@@ -91,10 +85,10 @@ describe("/metrics", function()
   end)
 
   it("counts a known sequence exactly, and passes promtool's lint", function()
-    local dcv = event("ssl.custom_hostname_certificate.validation.failed")
+    local dcv = event("validation.failed")
     assert.are.equal(202, srv:post("/hooks/cloudflare", dcv, CF).status)
     assert.are.equal(200, srv:post("/hooks/cloudflare", dcv, CF).status)
-    assert.are.equal(202, srv:post("/hooks/cloudflare", event("ssl.custom_hostname_certificate.issuance.succeeded"), CF).status)
+    assert.are.equal(202, srv:post("/hooks/cloudflare", event("issuance.succeeded"), CF).status)
     assert.are.equal(401, srv:post("/hooks/cloudflare", dcv, { ["cf-webhook-auth"] = "wrong-secret-1" }).status)
     assert.are.equal(400, srv:post("/hooks/cloudflare", "{oops", CF).status)
     assert.are.equal(413, srv:post("/hooks/cloudflare", ("x"):rep(5000), CF).status)
@@ -161,9 +155,9 @@ end)
 describe("the certificate inventory", function()
   it("exports expiry and status per hostname, drops past the cap, forgets deleted ones, survives a restart", function()
     local srv = Server.start { config = SOURCES .. "metrics = { max_hostnames = 2 }\n" }
-    local upcoming = "ssl.custom_hostname_certificate.renewal.upcoming_certificate_expiration_notification"
+    local upcoming = "renewal.upcoming_certificate_expiration_notification"
     assert.are.equal(202, srv:post("/hooks/cloudflare", event(upcoming, "a.example"), CF).status)
-    assert.are.equal(202, srv:post("/hooks/cloudflare", event("ssl.custom_hostname_certificate.validation.failed", "b.example"), CF).status)
+    assert.are.equal(202, srv:post("/hooks/cloudflare", event("validation.failed", "b.example"), CF).status)
     assert.are.equal(202, srv:post("/hooks/cloudflare", event(upcoming, "c.example"), CF).status) -- past the cap
     local m, text = scrape(srv)
     assert.are.equal(1669032000, m[key("certhook_certificate_expiry_timestamp_seconds", { hostname = "a.example" })])
@@ -177,8 +171,8 @@ describe("the certificate inventory", function()
     assert.is_true(math.abs(m[key("certhook_certificate_last_event_timestamp_seconds", { hostname = "a.example" })] - os.time()) < 60)
     assert.are.equal(0, (promtool("check metrics", text)))
     -- a later event without an expiry keeps the known one; a deletion removes the hostname
-    assert.are.equal(202, srv:post("/hooks/cloudflare", event("ssl.custom_hostname_certificate.deployment.succeeded", "a.example"), CF).status)
-    assert.are.equal(202, srv:post("/hooks/cloudflare", event("ssl.custom_hostname_certificate.deletion.succeeded", "b.example"), CF).status)
+    assert.are.equal(202, srv:post("/hooks/cloudflare", event("deployment.succeeded", "a.example"), CF).status)
+    assert.are.equal(202, srv:post("/hooks/cloudflare", event("deletion.succeeded", "b.example"), CF).status)
     m = scrape(srv)
     assert.are.equal(1669032000, m[key("certhook_certificate_expiry_timestamp_seconds", { hostname = "a.example" })])
     assert.are.equal(1, m[key("certhook_certificate_status", { hostname = "a.example", status = "active",

@@ -3,6 +3,7 @@
 -- reloads, a delivery finishes on the generation that started it, SIGHUP rereads the config.
 local cjson = require "cjson"
 local socket = require "socket"
+local events = require "helpers.events"
 local fs = require "helpers.fs"
 local http = require "helpers.http"
 local Server = require "helpers.server"
@@ -27,12 +28,8 @@ local function atomic_write(path, content)
   assert(os.rename(tmp, path))
 end
 
-local n = 0
 local function event()
-  n = n + 1
-  local id = ("reload-%d-%d-%d"):format(os.time(), math.random(1e6), n)
-  local body = fs.read(FIX .. "cloudflare/ssl.custom_hostname_certificate.deployment.succeeded.json")
-  return body:gsub("<<WEBHOOK_ID>", id), "cloudflare:" .. id
+  return events.cloudflare("deployment.succeeded")
 end
 
 local function seen(srv, id)

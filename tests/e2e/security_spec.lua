@@ -5,6 +5,7 @@
 -- specs start is also checked for credentials in its log (helpers/server.lua, cleanup).
 local cjson = require "cjson"
 local socket = require "socket"
+local events = require "helpers.events"
 local fs = require "helpers.fs"
 local http = require "helpers.http"
 local jwt = require "helpers.jwt"
@@ -15,13 +16,7 @@ local SECRET = "rotating-secret-0001"
 local CF = { ["cf-webhook-auth"] = SECRET }
 local SOURCES = ('sources = { cloudflare = { provider = "cloudflare", secret = %q } }\n'):format(SECRET)
 
-local n = 0
-local function event()
-  n = n + 1
-  local id = ("sec-%d-%d-%d"):format(os.time(), math.random(1e6), n)
-  local body = fs.read(FIX .. "cloudflare/ssl.custom_hostname_certificate.validation.failed.json")
-  return (body:gsub("<<WEBHOOK_ID>", id)), "cloudflare:" .. id
-end
+local event = events.cloudflare
 
 -- Runs a command without the sanitizer preload (curl and openssl are not instrumented).
 local function run(cmd)

@@ -3,6 +3,7 @@
 -- failing handler never stops the server.
 local cjson = require "cjson"
 local socket = require "socket"
+local events = require "helpers.events"
 local fs = require "helpers.fs"
 local http = require "helpers.http"
 local jwt = require "helpers.jwt"
@@ -35,14 +36,7 @@ return {
 }
 ]]
 
--- A Cloudflare SSL for SaaS event with a fresh id.
-local n = 0
-local function cf_event(kind)
-  n = n + 1
-  local body = fs.read(FIX .. "cloudflare/ssl.custom_hostname_certificate." .. (kind or "validation.failed") .. ".json")
-  local id = ("e2e-%d-%d"):format(os.time(), n)
-  return body:gsub("<<WEBHOOK_ID>", id), "cloudflare:" .. id
-end
+local cf_event = events.cloudflare
 
 describe("certhook serve", function()
   local srv, dir, priv, pub, other_priv

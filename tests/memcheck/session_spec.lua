@@ -6,6 +6,7 @@
 -- and its summary, both checked.
 local cjson = require "cjson"
 local socket = require "socket"
+local events = require "helpers.events"
 local fs = require "helpers.fs"
 local http = require "helpers.http"
 local jwt = require "helpers.jwt"
@@ -31,11 +32,8 @@ return {
 }
 ]]
 
-local n = 0
 local function event()
-  n = n + 1
-  local id = ("vg-%d-%d"):format(os.time(), n)
-  return (fs.read(FIX .. "cloudflare/ssl.custom_hostname_certificate.validation.failed.json"):gsub("<<WEBHOOK_ID>", id))
+  return (events.cloudflare())
 end
 
 -- valgrind's verdict from the server's log file(s): "" when clean, else the report.

@@ -1,0 +1,29 @@
+-- Webhook bodies for the e2e specs: fixtures with a fresh event id, so that every post is a
+-- new event (the same id twice is a duplicate).
+local cjson = require "cjson"
+local fs = require "helpers.fs"
+
+local M = {}
+local n = 0
+
+-- cloudflare([kind [, opts]]) -> body, event id. kind names an SSL for SaaS fixture,
+-- tests/fixtures/cloudflare/ssl.custom_hostname_certificate.<kind>.json (default
+-- "validation.failed"); opts.hostname replaces data.hostname, opts.meta data.custom_metadata.
+function M.cloudflare(kind, opts)
+  n = n + 1
+  local id = ("e2e-%d-%d-%d"):format(os.time(), math.random(1e6), n)
+  local body = assert(fs.read(("tests/fixtures/cloudflare/ssl.custom_hostname_certificate.%s.json")
+    :format(kind or "validation.failed")))
+  local placed
+  body, placed = body:gsub("<<WEBHOOK_ID>", id)
+  if placed == 0 or (opts and (opts.hostname or opts.meta)) then
+    local t = cjson.decode(body)
+    t.metadata.event.id = id
+    if opts and opts.hostname then t.data.hostname = opts.hostname end
+    if opts and opts.meta then t.data.custom_metadata = opts.meta end
+    body = cjson.encode(t)
+  end
+  return body, "cloudflare:" .. id
+end
+
+return M
