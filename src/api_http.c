@@ -427,34 +427,58 @@ int http_open(lua_State *L)
     return 1;
 }
 
-/* ---- the multi interface, driven by the dispatcher's epoll ------------------------------------ */
+/* ---- the multi interface, driven by the dispatcher's loop ------------------------------------- */
 
 struct http_multi {
     CURLM *multi;
-    int epfd;
-    uint64_t tag; /* or'ed into epoll data with the socket */
+    struct loop *loop;
     double timer; /* when curl wants to be called (time_mono), or < 0 */
     int running;
 };
 
-/* curl: watch socket s for `what` (CURL_POLL_*), or stop watching it. */
-static int on_socket(CURL *easy, curl_socket_t s, int what, void *cls, void *sockp)
+/* A socket curl asked us to watch. */
+struct http_sock {
+    struct loop_fd w;
+    struct http_multi *m;
+};
+
+static void reap(struct http_multi *m);
+
+static void on_ready(struct loop_fd *w, uint32_t events)
+{
+    struct http_sock *s = (struct http_sock *)w;
+    struct http_multi *m = s->m;
+    int mask = (events & EPOLLIN ? CURL_CSELECT_IN : 0) | (events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
+               (events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
+    curl_multi_socket_action(m->multi, w->fd, mask, &m->running); /* may free s */
+    reap(m);
+}
+
+/* curl: watch socket fd for `what` (CURL_POLL_*), or stop watching it. */
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *cls, void *sockp)
 {
     struct http_multi *m = cls;
+    struct http_sock *s = sockp;
     (void)easy;
-    struct epoll_event e = {.data.u64 = m->tag | (uint64_t)(uint32_t)s};
     if (what == CURL_POLL_REMOVE) {
-        epoll_ctl(m->epfd, EPOLL_CTL_DEL, s, NULL);
-        curl_multi_assign(m->multi, s, NULL);
+        if (s != NULL) {
+            loop_del(m->loop, &s->w);
+            curl_multi_assign(m->multi, fd, NULL);
+            free(s);
+        }
         return 0;
     }
-    e.events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
-    if (sockp == NULL) {
-        epoll_ctl(m->epfd, EPOLL_CTL_ADD, s, &e);
-        curl_multi_assign(m->multi, s, m); /* any non-NULL: "watched" */
-    } else {
-        epoll_ctl(m->epfd, EPOLL_CTL_MOD, s, &e);
+    uint32_t events = (what & CURL_POLL_IN ? EPOLLIN : 0) | (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+    if (s != NULL)
+        return loop_mod(m->loop, &s->w, events) == 0 ? 0 : -1;
+    if ((s = malloc(sizeof *s)) == NULL)
+        return -1;
+    *s = (struct http_sock){{fd, on_ready}, m};
+    if (loop_add(m->loop, &s->w, events) != 0) {
+        free(s);
+        return -1;
     }
+    curl_multi_assign(m->multi, fd, s);
     return 0;
 }
 
@@ -466,15 +490,14 @@ static int on_timer(CURLM *multi, long ms, void *cls)
     return 0;
 }
 
-struct http_multi *http_multi_new(int epfd, uint64_t tag, long per_host)
+struct http_multi *http_multi_new(struct loop *loop, long per_host)
 {
     struct http_multi *m = calloc(1, sizeof *m);
     if (m == NULL || (m->multi = curl_multi_init()) == NULL) {
         free(m);
         return NULL;
     }
-    m->epfd = epfd;
-    m->tag = tag;
+    m->loop = loop;
     m->timer = -1;
     curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
@@ -489,7 +512,7 @@ void http_multi_free(struct http_multi *m)
 {
     if (m == NULL)
         return;
-    curl_multi_cleanup(m->multi);
+    curl_multi_cleanup(m->multi); /* tells on_socket to remove each socket */
     free(m);
 }
 
@@ -520,14 +543,6 @@ int http_multi_add(struct http_multi *m, struct http_req *r,
 void http_multi_cancel(struct http_multi *m, struct http_req *r)
 {
     curl_multi_remove_handle(m->multi, r->easy);
-}
-
-void http_multi_socket(struct http_multi *m, int fd, uint32_t events)
-{
-    int mask = (events & EPOLLIN ? CURL_CSELECT_IN : 0) | (events & EPOLLOUT ? CURL_CSELECT_OUT : 0) |
-               (events & (EPOLLERR | EPOLLHUP) ? CURL_CSELECT_ERR : 0);
-    curl_multi_socket_action(m->multi, fd, mask, &m->running);
-    reap(m);
 }
 
 void http_multi_timeout(struct http_multi *m)

@@ -131,22 +131,38 @@ int time_open(lua_State *L);                         /* pushes the certhook.time
 void state_attach(lua_State *L, struct journal *j, const char *dir, double busy_timeout);
 int state_open(lua_State *L); /* pushes the certhook.state table */
 
+/* ---- loop.c: the dispatcher's event loop ----------------------------------------------- */
+
+/* A file descriptor waited on, and what to call when it is ready (EPOLLIN, EPOLLOUT, ...). The
+ * owner keeps it alive while it is added. */
+struct loop_fd {
+    int fd;
+    void (*ready)(struct loop_fd *w, uint32_t events);
+};
+struct loop;
+struct loop *loop_new(void);
+void loop_free(struct loop *l);
+int loop_add(struct loop *l, struct loop_fd *w, uint32_t events); /* 0 / -1 (errno) */
+int loop_mod(struct loop *l, struct loop_fd *w, uint32_t events);
+void loop_del(struct loop *l, struct loop_fd *w); /* before closing w->fd; safe in a callback */
+/* Waits up to timeout_ms (-1: no limit) and calls the callbacks of what is ready. */
+int loop_run_once(struct loop *l, int timeout_ms);
+
 /* ---- api_http.c ---------------------------------------------------------------------- */
 
 int http_open(lua_State *L); /* pushes the certhook.http table */
 
-/* The transfer of one certhook.http call, and a curl multi handle on the dispatcher's epoll:
- * its sockets are registered with epoll data tag | fd. */
+/* The transfer of one certhook.http call, and a curl multi handle whose sockets wait in the
+ * dispatcher's loop. */
 struct http_req;
 struct http_multi;
 void http_req_free(struct http_req *r);
 const char *http_req_host(const struct http_req *r); /* lower-case; NULL if none */
-struct http_multi *http_multi_new(int epfd, uint64_t tag, long per_host);
+struct http_multi *http_multi_new(struct loop *loop, long per_host);
 void http_multi_free(struct http_multi *m);
 int http_multi_add(struct http_multi *m, struct http_req *r,
                    void (*done)(struct http_req *, void *), void *cls);
 void http_multi_cancel(struct http_multi *m, struct http_req *r); /* done is not called */
-void http_multi_socket(struct http_multi *m, int fd, uint32_t events);
 void http_multi_timeout(struct http_multi *m); /* call when time_mono() >= http_multi_next */
 double http_multi_next(struct http_multi *m);  /* time_mono() of curl's timer, or < 0 */
 
@@ -177,6 +193,15 @@ struct delivery_cfg {
     unsigned concurrency, per_host; /* per_host: requests in flight to one host; 0: no bound */
     size_t memory_limit;            /* bytes a handler generation's Lua state may hold */
 };
+
+/* ---- retry.c: the retry policy ------------------------------------------------------------ */
+
+#define RETRY_MAX_CRASHES 2 /* a delivery running when certhook died this often is dead */
+
+/* Seconds until the next attempt of a delivery that has made `attempts` attempts (the failed one
+ * included) and was running at `crashes` deaths of the process, or -1: it is dead. u: a random
+ * number in [0, 1) for the jitter. Pure. */
+double retry_delay(const struct delivery_cfg *cfg, int attempts, int crashes, double u);
 
 struct tls_creds; /* tls.c */
 

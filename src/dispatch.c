@@ -31,8 +31,6 @@
 #define RECOVER_CHUNK 256  /* events read from the journal at a time */
 #define ROUND 128          /* deliveries started before states are flushed */
 #define REPLAY_POLL 1.0    /* seconds between looks for replay requests */
-#define CURL_TAG (1ULL << 32)
-#define WATCH_TAG (2ULL << 32)
 #define DEBOUNCE 0.1 /* seconds of quiet after a file change before reloading */
 #define DEBOUNCE_MAX 1.0
 
@@ -73,8 +71,9 @@ struct delivery {
 /* A delivery waiting for its next attempt: the retry heap's entries. */
 struct scheduled {
     int64_t seq;
-    double next_at, first_at;
-    int attempts; /* made so far */
+    double due;      /* time_mono() of the next attempt */
+    double first_at; /* wall clock, as journaled */
+    int attempts;    /* made so far */
     char handler[];
 };
 
@@ -87,7 +86,9 @@ struct dispatch {
     struct generation *gen;
     struct journal *j;
     const struct delivery_cfg *cfg;
-    int epfd, efd;
+    struct loop *loop;
+    struct loop_fd wakefd, sigfd, watchfd; /* eventfd, signalfd, inotify */
+    int stop_sig, hup;                     /* what sigfd told */
     struct http_multi *http;
     pthread_mutex_t mu; /* guards head/tail/backlog and done_journal */
     struct journal_event *head, **tail;
@@ -98,7 +99,7 @@ struct dispatch {
     size_t nactive;
     struct host *hosts;
     size_t nhosts;
-    struct scheduled **heap; /* min-heap on next_at */
+    struct scheduled **heap; /* min-heap on due */
     size_t nheap, capheap;
     int64_t recover_after, recover_upto; /* never-dispatched events still to read */
     struct journal_event *recovered;
@@ -122,21 +123,55 @@ struct dispatch {
 
 static void wake(struct dispatch *d);
 
+/* The loop's callbacks: the dispatcher was woken (new events, answers of the writer, reload
+ * requests: the loop turn looks at all of them), a signal arrived, the handlers changed. */
+static void on_wake(struct loop_fd *w, uint32_t events)
+{
+    uint64_t count;
+    (void)events;
+    if (read(w->fd, &count, sizeof count) < 0 && errno != EAGAIN)
+        log_msg(LOG_ERROR, "eventfd read: %s", strerror(errno));
+}
+
+static void on_signal(struct loop_fd *w, uint32_t events)
+{
+    struct dispatch *d = (struct dispatch *)((char *)w - offsetof(struct dispatch, sigfd));
+    struct signalfd_siginfo si;
+    (void)events;
+    while (read(w->fd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
+            d->stop_sig = d->stop_sig ? d->stop_sig : (int)si.ssi_signo;
+        else if (si.ssi_signo == SIGHUP)
+            d->hup = 1;
+    }
+}
+
+static void on_watch(struct loop_fd *w, uint32_t events)
+{
+    struct dispatch *d = (struct dispatch *)((char *)w - offsetof(struct dispatch, watchfd));
+    (void)events;
+    if (reload_watch_changed(d->watch) && !d->stop_sig) {
+        double at = time_mono();
+        if (d->reload_due == 0)
+            d->reload_latest = at + DEBOUNCE_MAX;
+        d->reload_due = at + DEBOUNCE;
+    }
+}
+
 struct dispatch *dispatch_new(struct generation *g, struct journal *j,
                               const struct delivery_cfg *cfg, int64_t recover_upto)
 {
     struct dispatch *d = calloc(1, sizeof *d);
     if (d == NULL)
         return NULL;
-    d->epfd = epoll_create1(EPOLL_CLOEXEC);
-    d->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    d->http = d->epfd >= 0 ? http_multi_new(d->epfd, CURL_TAG, (long)cfg->per_host) : NULL;
-    if (d->efd < 0 || d->http == NULL) {
+    d->wakefd = (struct loop_fd){eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), on_wake};
+    d->sigfd.fd = d->watchfd.fd = -1;
+    d->loop = loop_new();
+    d->http = d->loop ? http_multi_new(d->loop, (long)cfg->per_host) : NULL;
+    if (d->wakefd.fd < 0 || d->http == NULL || loop_add(d->loop, &d->wakefd, EPOLLIN) != 0) {
         dispatch_free(d);
         return NULL;
     }
-    struct epoll_event e = {.events = EPOLLIN, .data.u64 = (uint64_t)d->efd};
-    epoll_ctl(d->epfd, EPOLL_CTL_ADD, d->efd, &e);
     d->gen = g;
     d->j = j;
     d->cfg = cfg;
@@ -178,11 +213,13 @@ int dispatch_watch(struct dispatch *d, const char *dir, char *err, size_t errlen
     struct watch *w = reload_watch(dir, err, errlen);
     if (w == NULL)
         return -1;
-    if (d->watch)
-        reload_watch_free(d->watch); /* closing the fd drops it from epoll */
+    if (d->watch) {
+        loop_del(d->loop, &d->watchfd);
+        reload_watch_free(d->watch);
+    }
     d->watch = w;
-    struct epoll_event e = {.events = EPOLLIN, .data.u64 = WATCH_TAG};
-    epoll_ctl(d->epfd, EPOLL_CTL_ADD, reload_watch_fd(w), &e);
+    d->watchfd = (struct loop_fd){reload_watch_fd(w), on_watch};
+    loop_add(d->loop, &d->watchfd, EPOLLIN);
     return 0;
 }
 
@@ -251,10 +288,9 @@ void dispatch_free(struct dispatch *d)
     reload_watch_free(d->watch);
     reload_release(d->gen);
     http_multi_free(d->http);
-    if (d->efd >= 0)
-        close(d->efd);
-    if (d->epfd >= 0)
-        close(d->epfd);
+    if (d->wakefd.fd >= 0)
+        close(d->wakefd.fd);
+    loop_free(d->loop);
     pthread_mutex_destroy(&d->mu);
     free(d);
 }
@@ -262,7 +298,7 @@ void dispatch_free(struct dispatch *d)
 static void wake(struct dispatch *d)
 {
     uint64_t one = 1;
-    if (write(d->efd, &one, sizeof one) < 0 && errno != EAGAIN)
+    if (write(d->wakefd.fd, &one, sizeof one) < 0 && errno != EAGAIN)
         log_msg(LOG_ERROR, "dispatcher wake-up failed: %s", strerror(errno));
 }
 
@@ -301,7 +337,7 @@ static void heap_swap(struct dispatch *d, size_t a, size_t b)
 }
 
 static void heap_push(struct dispatch *d, int64_t seq, const char *handler, int attempts,
-                      double next_at, double first_at)
+                      double due, double first_at)
 {
     if (d->nheap == d->capheap) {
         size_t cap = d->capheap ? d->capheap * 2 : 64;
@@ -315,11 +351,11 @@ static void heap_push(struct dispatch *d, int64_t seq, const char *handler, int 
     struct scheduled *s = malloc(sizeof *s + n);
     if (s == NULL)
         goto oom;
-    *s = (struct scheduled){seq, next_at, first_at, attempts};
+    *s = (struct scheduled){seq, due, first_at, attempts};
     memcpy(s->handler, handler, n);
     size_t i = d->nheap++;
     d->heap[i] = s;
-    while (i > 0 && d->heap[(i - 1) / 2]->next_at > d->heap[i]->next_at) {
+    while (i > 0 && d->heap[(i - 1) / 2]->due > d->heap[i]->due) {
         heap_swap(d, i, (i - 1) / 2);
         i = (i - 1) / 2;
     }
@@ -334,9 +370,9 @@ static struct scheduled *heap_pop(struct dispatch *d)
     d->heap[0] = d->heap[--d->nheap];
     for (size_t i = 0;;) {
         size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < d->nheap && d->heap[l]->next_at < d->heap[m]->next_at)
+        if (l < d->nheap && d->heap[l]->due < d->heap[m]->due)
             m = l;
-        if (r < d->nheap && d->heap[r]->next_at < d->heap[m]->next_at)
+        if (r < d->nheap && d->heap[r]->due < d->heap[m]->due)
             m = r;
         if (m == i)
             break;
@@ -479,14 +515,12 @@ static void finish(struct dispatch *d, struct delivery *dl, char *error, char *t
         metrics_add(M_DELIVERIES, 1, r->handler, "success");
     } else {
         run_log_failure(&dl->ctx, r->attempts, error, traceback);
-        r->status = DELIVERY_DEAD;
-        if (r->attempts < d->cfg->max_attempts) { /* exponential backoff, full jitter */
-            double cap = d->cfg->backoff * pow(2, r->attempts - 1);
-            if (cap > d->cfg->max_backoff)
-                cap = d->cfg->max_backoff;
-            r->status = DELIVERY_RETRYING;
-            r->next_at = time_now() + erand48(d->rng) * cap;
-            heap_push(d, dl->ev->ev->seq, r->handler, r->attempts, r->next_at, r->first_at);
+        double delay = retry_delay(d->cfg, r->attempts, 0, erand48(d->rng));
+        r->status = delay < 0 ? DELIVERY_DEAD : DELIVERY_RETRYING;
+        if (delay >= 0) {
+            r->next_at = time_now() + delay; /* journaled: for people and the next start */
+            heap_push(d, dl->ev->ev->seq, r->handler, r->attempts, time_mono() + delay,
+                      r->first_at);
         }
         metrics_add(M_DELIVERIES, 1, r->handler,
                     r->status == DELIVERY_DEAD ? "dead" : "failure");
@@ -748,7 +782,7 @@ static void requeue_dead(void *cls, int64_t seq, const char *handler, int attemp
     struct delivery_result r = {.handler = (char *)handler, .status = DELIVERY_PENDING,
                                 .next_at = time_now(), .first_at = first_at};
     emit(d, seq, &r);
-    heap_push(d, seq, handler, 0, r.next_at, first_at);
+    heap_push(d, seq, handler, 0, time_mono(), first_at);
 }
 
 struct replay_round {
@@ -798,7 +832,10 @@ static void schedule_loaded(void *cls, int64_t seq, const char *handler, int att
                             double next_at, double first_at)
 {
     struct dispatch *d = cls;
-    heap_push(d, seq, handler, attempts, next_at > 0 ? next_at : time_now(), first_at);
+    /* next_at is wall-clock time: the clock may have been set while certhook was down, so the
+     * wait is bounded by the longest backoff */
+    double wait = next_at > 0 ? fmin(next_at - time_now(), d->cfg->max_backoff) : 0;
+    heap_push(d, seq, handler, attempts, time_mono() + fmax(wait, 0), first_at);
 }
 
 static void collect(void *cls, struct journal_event *ev)
@@ -848,7 +885,7 @@ static int start_work(struct dispatch *d)
 {
     int started = 0;
     while (slots_free(d) && started < ROUND) {
-        if (d->nheap > 0 && d->heap[0]->next_at <= time_now()) {
+        if (d->nheap > 0 && d->heap[0]->due <= time_mono()) {
             dispatch_due(d, heap_pop(d));
         } else {
             struct journal_event *ev = next_event(d);
@@ -859,20 +896,6 @@ static int start_work(struct dispatch *d)
         started++;
     }
     return 1;
-}
-
-/* Reads the pending signals: returns the stop signal, or 0; *hup tells of a SIGHUP. */
-static int check_signal(int sigfd, int *hup)
-{
-    struct signalfd_siginfo si;
-    int stop = 0;
-    while (read(sigfd, &si, sizeof si) == (ssize_t)sizeof si) {
-        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT)
-            stop = (int)si.ssi_signo;
-        else if (si.ssi_signo == SIGHUP)
-            *hup = 1;
-    }
-    return stop;
 }
 
 /* Builds and swaps in a new generation (and with_config, the configuration); counts it and
@@ -943,66 +966,43 @@ int dispatch_run(struct dispatch *d, int sigfd)
 {
     int sig = 0;
     double grace_until = 0;
-    struct epoll_event e = {.events = EPOLLIN, .data.u64 = (uint64_t)sigfd};
-    epoll_ctl(d->epfd, EPOLL_CTL_ADD, sigfd, &e);
+    d->sigfd = (struct loop_fd){sigfd, on_signal};
+    loop_add(d->loop, &d->sigfd, EPOLLIN);
     int n = journal_scan_deliveries(d->j, NULL, schedule_loaded, d);
     if (n > 0)
         log_msg(LOG_INFO, "%d deliveries to retry from before the restart", n);
     for (int more = 1;;) {
         double now = time_mono(), wake_at = now + 3600, t;
         if (!sig) {
-            double poll = d->next_poll - time_now(), retry = 3600;
+            wake_at = fmin(wake_at, d->next_poll);
             if (d->nheap > 0)
-                retry = d->heap[0]->next_at - time_now();
-            if (poll < retry)
-                retry = poll;
-            if (now + retry < wake_at)
-                wake_at = now + retry;
-        } else if (grace_until < wake_at) {
-            wake_at = grace_until;
+                wake_at = fmin(wake_at, d->heap[0]->due);
+        } else {
+            wake_at = fmin(wake_at, grace_until);
         }
-        if ((t = http_multi_next(d->http)) >= 0 && t < wake_at)
-            wake_at = t;
-        if (d->reload_due > 0 && (t = fmin(d->reload_due, d->reload_latest)) < wake_at)
-            wake_at = t;
-        if ((t = enforce(d, 0)) > 0 && t < wake_at)
-            wake_at = t;
+        if ((t = http_multi_next(d->http)) >= 0)
+            wake_at = fmin(wake_at, t);
+        if (d->reload_due > 0)
+            wake_at = fmin(wake_at, fmin(d->reload_due, d->reload_latest));
+        if ((t = enforce(d, 0)) > 0)
+            wake_at = fmin(wake_at, t);
         int timeout = more && !sig && slots_free(d) ? 0
                       : wake_at <= now         ? 0
                                                : (int)ceil((wake_at - now) * 1000);
-        struct epoll_event ready[64];
-        int nr = epoll_wait(d->epfd, ready, 64, timeout), hup = 0;
-        if (nr < 0 && errno != EINTR) {
+        if (loop_run_once(d->loop, timeout) < 0) {
             log_msg(LOG_ERROR, "epoll_wait: %s", strerror(errno));
-            sig = sig ? sig : SIGTERM;
+            d->stop_sig = d->stop_sig ? d->stop_sig : SIGTERM;
         }
-        for (int i = 0; i < nr; i++) {
-            uint64_t tag = ready[i].data.u64;
-            if (tag & CURL_TAG) {
-                http_multi_socket(d->http, (int)(uint32_t)tag, ready[i].events);
-            } else if (tag == WATCH_TAG) {
-                if (reload_watch_changed(d->watch) && !sig) {
-                    double at = time_mono();
-                    if (d->reload_due == 0)
-                        d->reload_latest = at + DEBOUNCE_MAX;
-                    d->reload_due = at + DEBOUNCE;
-                }
-            } else if ((int)tag == sigfd) {
-                int s = check_signal(sigfd, &hup);
-                if (s && !sig) {
-                    sig = s;
-                    grace_until = time_mono() + d->cfg->shutdown_grace;
-                    log_msg(LOG_INFO, "stopping on %s: %zu deliveries in flight, %.0f s to finish",
-                            strsignal(sig), d->nactive, d->cfg->shutdown_grace);
-                    if (d->on_stop)
-                        d->on_stop(d->on_stop_cls);
-                }
-            } else {
-                uint64_t count;
-                if (read(d->efd, &count, sizeof count) < 0 && errno != EAGAIN)
-                    log_msg(LOG_ERROR, "eventfd read: %s", strerror(errno));
-            }
+        if (d->stop_sig && !sig) {
+            sig = d->stop_sig;
+            grace_until = time_mono() + d->cfg->shutdown_grace;
+            log_msg(LOG_INFO, "stopping on %s: %zu deliveries in flight, %.0f s to finish",
+                    strsignal(sig), d->nactive, d->cfg->shutdown_grace);
+            if (d->on_stop)
+                d->on_stop(d->on_stop_cls);
         }
+        int hup = d->hup;
+        d->hup = 0;
         http_multi_timeout(d->http);
         resume_ready(d);
         serve_reload_requests(d, sig != 0);
@@ -1015,9 +1015,9 @@ int dispatch_run(struct dispatch *d, int sigfd)
         }
         if (!sig) {
             more = start_work(d);
-            if (time_now() >= d->next_poll) {
+            if (time_mono() >= d->next_poll) {
                 poll_replays(d);
-                d->next_poll = time_now() + REPLAY_POLL;
+                d->next_poll = time_mono() + REPLAY_POLL;
             }
         } else if (d->nactive > 0 && time_mono() >= grace_until) {
             log_msg(LOG_WARN, "shutdown grace over: %zu deliveries will run again at the next "
@@ -1030,6 +1030,7 @@ int dispatch_run(struct dispatch *d, int sigfd)
         if (sig && d->nactive == 0)
             break;
     }
+    loop_del(d->loop, &d->sigfd);
     return sig;
 }
 

@@ -260,7 +260,11 @@ int journal_open(struct journal **jp, const char *dir, int flags, double busy_ti
     }
     pthread_mutex_init(&j->mu, NULL);
     pthread_mutex_init(&j->amu, NULL);
-    pthread_cond_init(&j->cv, NULL);
+    pthread_condattr_t ca; /* the writer's timed waits follow the monotonic clock */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&j->cv, &ca);
+    pthread_condattr_destroy(&ca);
     pthread_cond_init(&j->ckcv, NULL);
     j->reqs_tail = &j->reqs;
     j->dones_tail = &j->dones;
@@ -656,15 +660,15 @@ static void *writer_main(void *arg)
     double interval = j->retention / 4 < 600 ? j->retention / 4 : 600;
     if (interval < 0.25)
         interval = 0.25;
-    j->next_prune = time_now() + 1;
+    j->next_prune = time_mono() + 1;
     for (;;) {
         pthread_mutex_lock(&j->mu);
         while (!j->reqs && !j->dones && !j->stop) {
-            double wait = j->next_prune - time_now();
+            double wait = j->next_prune - time_mono();
             if (wait <= 0)
                 break;
             struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
+            clock_gettime(CLOCK_MONOTONIC, &ts);
             double at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + wait;
             ts.tv_sec = (time_t)at;
             ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
@@ -690,9 +694,9 @@ static void *writer_main(void *arg)
             j->queued -= n;
             pthread_mutex_unlock(&j->mu);
         }
-        if (time_now() >= j->next_prune) {
+        if (time_mono() >= j->next_prune) {
             prune(j);
-            j->next_prune = time_now() + interval;
+            j->next_prune = time_mono() + interval;
         }
     }
 }
