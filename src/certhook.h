@@ -54,6 +54,13 @@ char *buf_take(struct buf *b);                             /* NUL-terminated; ca
 struct delivery;    /* dispatch.c: a delivery in flight */
 struct generation;
 
+struct loop;
+
+/* Something a handler waits for through the API (a program certhook.exec runs). */
+struct wait {
+    void (*cancel)(struct wait *w); /* the delivery was stopped first: give up waiting */
+};
+
 /* What a running handler knows about itself. The runner (run.c) makes it the state's current
  * context for each resume (module_set_ctx), where the certhook.* API and the limits hook
  * find it, also in coroutines the handler creates. */
@@ -65,6 +72,12 @@ struct delivery_ctx {
     int killed;                /* RUN_TIMEOUT, RUN_MEMORY, RUN_STOP when it must stop */
     int waiting;               /* set by the API when it yields to wait for something */
     struct delivery *delivery; /* serve: waits yield to the dispatcher; NULL: synchronous */
+    /* Inside the dispatcher (else NULL: the API waits synchronously): its loop, where an API
+     * function registers what it waits on; wait(ctx, w) before it yields, wake(ctx) when what
+     * it waited for is there (the handler is resumed). */
+    struct loop *loop;
+    void (*wait)(struct delivery_ctx *ctx, struct wait *w);
+    void (*wake)(struct delivery_ctx *ctx);
 };
 struct delivery_ctx *log_ctx(lua_State *L); /* the current context; NULL outside a handler */
 
@@ -151,6 +164,7 @@ int loop_run_once(struct loop *l, int timeout_ms);
 /* ---- api_http.c ---------------------------------------------------------------------- */
 
 int http_open(lua_State *L); /* pushes the certhook.http table */
+int exec_open(lua_State *L); /* pushes certhook.exec (api_exec.c) */
 
 /* The transfer of one certhook.http call, and a curl multi handle whose sockets wait in the
  * dispatcher's loop. */
@@ -299,6 +313,9 @@ int unpack_value(lua_State *L, const void *p, size_t n);
  * NULL with a message on failure. */
 lua_State *module_newstate(const char *path, const char *cpath, lua_Alloc alloc, void *ud,
                            char *err, size_t errlen);
+/* Takes from a handler state what handlers must not reach: os.exit, os.execute and io.popen
+ * raise (certhook.exec runs programs), debug offers only traceback. 0, or -1 with err. */
+int module_sandbox(lua_State *L, char *err, size_t errlen);
 /* Makes ctx (or NULL) the current delivery context of L's state. */
 void module_set_ctx(lua_State *L, struct delivery_ctx *ctx);
 struct delivery_ctx *module_ctx(lua_State *L);
@@ -476,6 +493,7 @@ struct generation {
     size_t n;
     size_t nfiles;
     size_t mem_used, mem_limit; /* bytes the state holds; its bound (0: none) */
+    double load_timeout;        /* seconds loading every file may take */
     int mem_over;               /* an allocation was refused for the bound since last look */
     int refs;                   /* the dispatcher's current one, and each delivery in flight */
 };
@@ -488,6 +506,7 @@ struct reload_env {
     const char *data;
     double busy_timeout;
     size_t memory_limit; /* bytes; 0: none */
+    double timeout;      /* seconds loading the files may take (delivery.timeout) */
 };
 
 /* Loads every *.lua of dir (sorted) into a fresh state and validates what each returns;
@@ -520,12 +539,17 @@ int run_push_event(lua_State *L, const struct journal_event *ev);
  * itself for the last one, a deep copy (pushed) for the others, so that no handler sees what
  * another one changed. */
 int run_event_arg(lua_State *L, int event, size_t i, size_t n);
+/* Sets the limits hook on L (a generation state's main thread; coroutines inherit it): the
+ * current context's deadline and memory bound stop the user code running. */
+void run_limit(lua_State *L);
+/* "file:line" of the innermost Lua function on co's stack, into buf. */
+const char *run_where(lua_State *co, char *buf, size_t n);
 /* A new coroutine calling handler h with the value at idx, anchored in the registry (*ref),
  * with the limits hook set. */
 lua_State *run_new(lua_State *L, const struct handler *h, int idx, int *ref);
-/* Resumes co (nargs values on its stack) as ctx: RUN_DONE; RUN_WAITING when it yielded to wait
- * through the API; RUN_FAILED with a malloc'd message and traceback (also when it was killed,
- * saying why). */
+/* Resumes co (nargs values on its stack) as ctx: RUN_DONE, what it returned left on co's stack;
+ * RUN_WAITING when it yielded to wait through the API; RUN_FAILED with a malloc'd message and
+ * traceback (also when it was killed, saying why). */
 enum run_status run_resume(lua_State *L, lua_State *co, int nargs, struct delivery_ctx *ctx,
                            char **error, char **traceback);
 void run_free(lua_State *L, lua_State *co, int ref); /* closes it and drops the anchor */

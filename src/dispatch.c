@@ -64,6 +64,7 @@ struct delivery {
     int dirty;                /* r not yet handed to the journal */
     double m0;
     struct http_req *xfer;    /* waiting on this transfer */
+    struct wait *wait;        /* waiting on this (certhook.exec) */
     int in_journal;           /* waiting on jreq */
     struct journal_req jreq;
 };
@@ -501,6 +502,10 @@ static void finish(struct dispatch *d, struct delivery *dl, char *error, char *t
         http_req_free(dl->xfer);
         dl->xfer = NULL;
     }
+    if (dl->wait) { /* stopped while it waited for a program */
+        dl->wait->cancel(dl->wait);
+        dl->wait = NULL;
+    }
     if (dl->ctx.killed != RUN_STOP)
         metrics_observe(M_HANDLER_SECONDS, r->duration, r->handler);
     if (dl->ctx.killed == RUN_STOP) { /* not a failed attempt: runs again at the next start */
@@ -555,6 +560,22 @@ static void step(struct dispatch *d, struct delivery *dl, int nargs)
         finish(d, dl, error, traceback);
 }
 
+/* The ctx of a delivery waits for w (certhook.exec) / w is over: resume it. */
+static void delivery_wait(struct delivery_ctx *ctx, struct wait *w)
+{
+    struct delivery *dl = ctx->delivery;
+    dl->wait = w;
+    ctx->waiting = 1;
+}
+
+static void delivery_wake(struct delivery_ctx *ctx)
+{
+    struct delivery *dl = ctx->delivery;
+    dl->wait = NULL;
+    dl->next_ready = dl->d->ready;
+    dl->d->ready = dl;
+}
+
 /* Starts one attempt of handler h with the event value at idx of the generation's state. */
 static void start(struct dispatch *d, struct event_ref *er, const struct handler *h, int idx,
                   int before, double first_at)
@@ -582,7 +603,9 @@ static void start(struct dispatch *d, struct event_ref *er, const struct handler
     dl->ctx = (struct delivery_ctx){.event_id = ev->id, .event_type = ev->type,
                                     .hostname = ev->hostname, .handler = h->name,
                                     .generation = d->gen->number, .gen = d->gen,
-                                    .deadline = dl->m0 + d->cfg->timeout, .delivery = dl};
+                                    .deadline = dl->m0 + d->cfg->timeout, .delivery = dl,
+                                    .loop = d->loop, .wait = delivery_wait,
+                                    .wake = delivery_wake};
     dl->co = run_new(d->gen->L, h, idx, &dl->co_ref);
     dl->next = d->active;
     if (d->active)

@@ -77,6 +77,57 @@ lua_State *module_newstate(const char *path, const char *cpath, lua_Alloc alloc,
     return L;
 }
 
+/* A standard function handlers must not call: raises the message in its upvalue. */
+static int forbidden(lua_State *L)
+{
+    return luaL_error(L, "%s", lua_tostring(L, lua_upvalueindex(1)));
+}
+
+static void forbid(lua_State *L, const char *lib, const char *name, const char *why)
+{
+    lua_getglobal(L, lib);
+    lua_pushstring(L, why);
+    lua_pushcclosure(L, forbidden, 1);
+    lua_setfield(L, -2, name);
+    lua_pop(L, 1);
+}
+
+/* Runs protected: what a handler state may not reach. */
+static int sandbox(lua_State *L)
+{
+    forbid(L, "os", "exit",
+           "os.exit is not available to handlers: return to succeed, raise an error to fail "
+           "(the delivery is retried)");
+    forbid(L, "os", "execute",
+           "os.execute is not available to handlers: it would stop every other delivery while "
+           "the program runs; use certhook.exec{argv = {...}}, which does not");
+    forbid(L, "io", "popen",
+           "io.popen is not available to handlers: it would stop every other delivery while "
+           "the program runs; use certhook.exec{argv = {...}}, which does not");
+    /* debug: only traceback -- the limits hook is certhook's, not the handler's */
+    lua_getglobal(L, "debug");
+    lua_createtable(L, 0, 1);
+    lua_getfield(L, -2, "traceback");
+    lua_setfield(L, -2, "traceback");
+    lua_pushvalue(L, -1);
+    lua_setglobal(L, "debug");
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_pushvalue(L, -2);
+    lua_setfield(L, -2, "debug");
+    return 0;
+}
+
+int module_sandbox(lua_State *L, char *err, size_t errlen)
+{
+    lua_pushcfunction(L, sandbox);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        snprintf(err, errlen, "cannot set up a handler state: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    return 0;
+}
+
 void module_set_ctx(lua_State *L, struct delivery_ctx *ctx)
 {
     lua_pushlightuserdata(L, ctx);
@@ -189,23 +240,35 @@ static int core_serve(lua_State *L)
 }
 
 /* Builds generation 1 of dir with this state's package paths; certhook.state opens the
- * journal in data on first use (none without data). NULL with *err on failure. */
-static struct generation *build(lua_State *L, const char *dir, const char *data, char **err)
+ * journal in data on first use (none without data). The table at opts may give delivery's
+ * timeout and memory_limit (as serve uses them). NULL with *err on failure. */
+static struct generation *build(lua_State *L, const char *dir, const char *data, int opts,
+                                char **err)
 {
     char *path, *cpath;
+    struct reload_env env = {NULL, NULL, NULL, data, 5, 64 << 20, 30};
+    if (lua_istable(L, opts)) {
+        if (lua_getfield(L, opts, "timeout") == LUA_TNUMBER && lua_tonumber(L, -1) > 0)
+            env.timeout = lua_tonumber(L, -1);
+        if (lua_getfield(L, opts, "memory_limit") == LUA_TNUMBER && lua_tonumber(L, -1) > 0)
+            env.memory_limit = (size_t)lua_tonumber(L, -1);
+        lua_pop(L, 2);
+    }
     package_paths(L, &path, &cpath);
-    struct reload_env env = {path, cpath, NULL, data, 5, 64 << 20};
+    env.path = path;
+    env.cpath = cpath;
     struct generation *g = reload_build(dir, &env, 1, err);
     free(path);
     free(cpath);
     return g;
 }
 
-/* dir [, data] -> {files = n, handlers = {"file:pattern", ...}} | nil, message */
+/* dir [, data [, {timeout=, memory_limit=}]] -> {files = n, handlers = {"file:pattern", ...}}
+ * | nil, message */
 static int core_check(lua_State *L)
 {
     char *err;
-    struct generation *g = build(L, luaL_checkstring(L, 1), luaL_optstring(L, 2, NULL), &err);
+    struct generation *g = build(L, luaL_checkstring(L, 1), luaL_optstring(L, 2, NULL), 3, &err);
     if (g == NULL) {
         lua_pushnil(L);
         lua_pushstring(L, err);
@@ -326,7 +389,7 @@ static int core_run(lua_State *L)
         data = lua_tostring(L, -1); /* anchored in the options table */
     if (lua_istable(L, 3))
         lua_pop(L, 1);
-    struct generation *g = build(L, dir, data, &err);
+    struct generation *g = build(L, dir, data, 3, &err);
     if (g == NULL) {
         lua_pushnil(L);
         lua_pushstring(L, err);
@@ -557,6 +620,7 @@ static const struct {
     const char *name;
     int (*open)(lua_State *L);
 } areas[] = {
+    {"exec", exec_open},
     {"http", http_open},
     {"log", log_open},
     {"state", state_open},

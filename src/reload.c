@@ -56,18 +56,74 @@ static int add_handler(struct generation *g, const char *file, const char *patte
     return 0;
 }
 
+/* Pushes a fresh environment for one handler file: its globals are its own (_G included), the
+ * standard library and certhook's globals are read through. */
+static void push_env(lua_State *L)
+{
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushglobaltable(L);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "_G");
+}
+
+/* Runs the compiled chunk at the top (popped) in a coroutine under the limits of ctx, so that
+ * a loop or an allocation spree at a file's top level is stopped like a handler's. Pushes what
+ * it returned, or nothing and returns -1 with the reason in errs. */
+static int run_chunk(lua_State *L, struct delivery_ctx *ctx, const char *path, struct buf *errs)
+{
+    char *error, *tb, where[300];
+    lua_State *co = lua_newthread(L); /* anchored on L's stack until the end */
+    lua_insert(L, -2);
+    lua_xmove(L, co, 1);
+    enum run_status st = run_resume(L, co, 0, ctx, &error, &tb);
+    if (st == RUN_DONE && lua_gettop(co) > 0) {
+        lua_xmove(co, L, 1);
+        lua_remove(L, -2); /* the coroutine */
+        return 0;
+    }
+    if (st == RUN_DONE) {
+        lua_pop(L, 1);
+        lua_pushnil(L); /* returned nothing: said below */
+        return 0;
+    }
+    run_where(co, where, sizeof where);
+    if (ctx->killed == RUN_TIMEOUT)
+        buf_printf(errs, "%s: loading took longer than delivery.timeout (%g s) and was stopped "
+                         "at %s\n", path, ctx->gen->load_timeout, where);
+    else if (ctx->killed == RUN_MEMORY)
+        buf_printf(errs, "%s: loading needed more memory than delivery.memory_limit (%zu bytes) "
+                         "and was stopped at %s\n", path, ctx->gen->mem_limit, where);
+    else if (st == RUN_WAITING)
+        buf_printf(errs, "%s: the file waited on the network while loading (at %s): do that "
+                         "in a handler\n", path, where);
+    else
+        buf_printf(errs, "%s\n", error);
+    free(error);
+    free(tb);
+    lua_pop(L, 1);
+    return -1;
+}
+
 /* Loads one file; on failure appends "path:line: message" to errs and returns -1. */
-static int load_file(struct generation *g, const char *dir, const char *file, struct buf *errs)
+static int load_file(struct generation *g, const char *dir, const char *file,
+                     struct delivery_ctx *ctx, struct buf *errs)
 {
     lua_State *L = g->L;
     char path[4096];
     int top = lua_gettop(L), rc = -1;
     snprintf(path, sizeof path, "%s/%s", dir, file);
-    if (luaL_loadfilex(L, path, "t") != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
+    if (luaL_loadfilex(L, path, "t") != LUA_OK) {
         buf_printf(errs, "%s\n", lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1)
                                                                  : "(error object is not a string)");
         goto done;
     }
+    push_env(L);
+    lua_setupvalue(L, -2, 1); /* a main chunk's first upvalue is _ENV */
+    if (run_chunk(L, ctx, path, errs) != 0)
+        goto done;
     if (!lua_istable(L, -1)) {
         buf_printf(errs,
                    "%s: must return a table that maps patterns to functions, got %s\n", path,
@@ -158,14 +214,20 @@ struct generation *reload_build(const char *dir, const struct reload_env *env, u
     buf_printf(&path, "%s/lib/?.lua;%s/lib/?/init.lua;%s", dir, dir, env->path ? env->path : ";");
     g->L = module_newstate(path.p, env->cpath, gen_alloc, g, msg, sizeof msg);
     buf_free(&path);
-    if (g->L == NULL) {
+    if (g->L == NULL || module_sandbox(g->L, msg, sizeof msg) != 0) {
         buf_adds(&errs, msg);
         goto fail;
     }
+    run_limit(g->L);
     if (env->j != NULL || env->data != NULL)
         state_attach(g->L, env->j, env->data, env->busy_timeout);
-    for (int i = 0; i < n; i++)
-        load_file(g, dir, names[i]->d_name, &errs);
+    /* every file is loaded, to report all the broken ones -- within one delivery.timeout */
+    g->load_timeout = env->timeout;
+    struct delivery_ctx ctx = {.gen = g, .deadline = time_mono() + env->timeout};
+    for (int i = 0; i < n && !ctx.killed; i++) {
+        ctx.handler = names[i]->d_name;
+        load_file(g, dir, names[i]->d_name, &ctx, &errs);
+    }
     if (errs.n > 0) {
         errs.p[--errs.n] = '\0'; /* the last newline */
         goto fail;

@@ -17,6 +17,7 @@
 #include "certhook.h"
 
 #define HOOK_COUNT 10000 /* VM instructions between looks at the clock */
+#define GUARD 1.0        /* seconds for user code run after the handler: __tostring, __close */
 
 /* __index of an event unpacked without raw: event.raw decodes the payload (the metatable's
  * [1]) on first use and keeps it in the event. */
@@ -153,6 +154,26 @@ static void limits_hook(lua_State *L, lua_Debug *ar)
     luaL_error(L, "%s", kill_reason(ctx, why, sizeof why));
 }
 
+void run_limit(lua_State *L)
+{
+    lua_sethook(L, limits_hook, LUA_MASKCOUNT, HOOK_COUNT);
+}
+
+/* Calls fn (protected) with a short budget of its own: for user code that runs after the
+ * handler itself -- an error object's __tostring, __close of its to-be-closed variables. */
+static int guarded(lua_State *L, lua_CFunction fn, int nargs, int nres,
+                   const struct delivery_ctx *ctx)
+{
+    struct delivery_ctx guard = {.deadline = time_mono() + GUARD, .gen = ctx ? ctx->gen : NULL};
+    struct delivery_ctx *was = module_ctx(L);
+    lua_pushcfunction(L, fn);
+    lua_insert(L, -nargs - 1);
+    module_set_ctx(L, &guard);
+    int rc = lua_pcall(L, nargs, nres, 0);
+    module_set_ctx(L, was);
+    return rc;
+}
+
 lua_State *run_new(lua_State *L, const struct handler *h, int idx, int *ref)
 {
     idx = lua_absindex(L, idx);
@@ -165,11 +186,35 @@ lua_State *run_new(lua_State *L, const struct handler *h, int idx, int *ref)
     return co;
 }
 
+/* coroutine -> closes its to-be-closed variables (they run user code) */
+static int reset_thread(lua_State *L)
+{
+    lua_resetthread(lua_tothread(L, 1));
+    return 0;
+}
+
 void run_free(lua_State *L, lua_State *co, int ref)
 {
-    if (co != NULL && lua_status(co) != LUA_OK)
-        lua_resetthread(co); /* closes its to-be-closed variables */
+    if (co != NULL && lua_status(co) != LUA_OK) {
+        lua_pushthread(co);
+        lua_xmove(co, L, 1);
+        if (guarded(L, reset_thread, 1, 0, NULL) != LUA_OK)
+            lua_pop(L, 1);
+    }
     luaL_unref(L, LUA_REGISTRYINDEX, ref);
+}
+
+const char *run_where(lua_State *co, char *buf, size_t n)
+{
+    lua_Debug ar;
+    for (int level = 0; lua_getstack(co, level, &ar); level++) {
+        if (lua_getinfo(co, "Sl", &ar) && ar.currentline > 0) {
+            snprintf(buf, n, "%s:%d", ar.short_src, ar.currentline);
+            return buf;
+        }
+    }
+    snprintf(buf, n, "?");
+    return buf;
 }
 
 /* error object, coroutine -> message, traceback. Run protected: __tostring may raise. */
@@ -192,6 +237,7 @@ enum run_status run_resume(lua_State *L, lua_State *co, int nargs, struct delive
                            char **error, char **traceback)
 {
     int nres, top = lua_gettop(L);
+    (void)nres;
     char why[200];
     ctx->waiting = 0;
     module_set_ctx(L, ctx);
@@ -203,10 +249,8 @@ enum run_status run_resume(lua_State *L, lua_State *co, int nargs, struct delive
             ctx->killed = RUN_MEMORY;
     }
     *error = *traceback = NULL;
-    if (status == LUA_OK) {
-        lua_pop(co, nres);
+    if (status == LUA_OK) /* what it returned stays on co's stack */
         return RUN_DONE;
-    }
     if (status == LUA_YIELD && !ctx->killed && ctx->waiting)
         return RUN_WAITING;
     const char *msg = "the handler yielded outside the certhook API";
@@ -214,11 +258,10 @@ enum run_status run_resume(lua_State *L, lua_State *co, int nargs, struct delive
     if (ctx->killed) {
         msg = kill_reason(ctx, why, sizeof why);
     } else if (status != LUA_YIELD) {
-        lua_pushcfunction(L, describe_error);
         lua_xmove(co, L, 1); /* the error object */
         lua_pushthread(co);
         lua_xmove(co, L, 1);
-        if (lua_pcall(L, 2, 2, 0) == LUA_OK) {
+        if (guarded(L, describe_error, 2, 2, ctx) == LUA_OK) {
             msg = lua_tostring(L, -2);
             tb = lua_tostring(L, -1);
         } else {

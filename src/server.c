@@ -127,7 +127,7 @@ static int reload_now(struct server *s, int with_config, unsigned *generation, c
         c = fresh; /* kept from here on, used or not */
     }
     struct reload_env env = {c->lua_path, c->lua_cpath, s->j, NULL, c->busy_timeout,
-                             c->delivery.memory_limit};
+                             c->delivery.memory_limit, c->delivery.timeout};
     struct generation *g = reload_build(c->handlers, &env, s->next_generation, &msg);
     if (g == NULL) {
         snprintf(err, errlen, "%s", msg);
@@ -190,7 +190,7 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
         goto done;
     }
     struct reload_env env = {c->lua_path, c->lua_cpath, s.j, NULL, c->busy_timeout,
-                             c->delivery.memory_limit};
+                             c->delivery.memory_limit, c->delivery.timeout};
     s.gen = reload_build(c->handlers, &env, 1, &msg);
     if (s.gen == NULL) {
         snprintf(err, errlen, "%s", msg);

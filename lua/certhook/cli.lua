@@ -291,7 +291,7 @@ handlers, or exit 1 with file:line of every broken file.]],
   run = function(opts)
     local cfg = settings(opts)
     local dir = cfg.handlers or "./handlers"
-    local r, err = core.check(dir, data_dir(cfg))
+    local r, err = core.check(dir, data_dir(cfg), type(cfg.delivery) == "table" and cfg.delivery or nil)
     if not r then
       io.stderr:write(err, "\n")
       return 1
@@ -340,7 +340,9 @@ Exit 1 if a handler failed.]],
     local file = opts.event or die(2, "run: --event FILE is required")
     local cfg = settings(opts)
     local dir = cfg.handlers or "./handlers"
-    local r, err = core.run(dir, read_file(file), { provider = opts.provider, source = opts.source, data = data_dir(cfg) })
+    local delivery = type(cfg.delivery) == "table" and cfg.delivery or {}
+    local r, err = core.run(dir, read_file(file), { provider = opts.provider, source = opts.source,
+      data = data_dir(cfg), timeout = delivery.timeout, memory_limit = delivery.memory_limit })
     if not r then die(1, "%s", err) end
     if #r.results == 0 then
       io.stdout:write(("%s (%s): no handler matches\n"):format(r.event, r.type))

@@ -8,6 +8,7 @@ local core = require "certhook.core"
 local M = {
   log = core.log,         -- debug/info/warn/error(message [, fields]): one JSON line each
   http = core.http,       -- request{url=, method=, headers=, body=, json=, timeout=}, get, post
+  exec = core.exec,       -- exec{argv=, stdin=, env=, timeout=}: run a program without blocking
   state = core.state,     -- get, set(key, value [, ttl]), delete, incr(key [, by]), keys(prefix)
   time = core.time,       -- iso8601([t]), now(), parse(s)
   json = require "cjson", -- lua-cjson
