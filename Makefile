@@ -72,7 +72,7 @@ $(MODULE): $(OBJS)
 # Runs the CLI from this tree (tests, make run); installed copies use LuaRocks' wrapper.
 # A sanitizer build preloads libasan into the (uninstrumented) Lua interpreter.
 ifeq ($(SANITIZE),1)
-PRELOAD = export LD_PRELOAD="$(shell $(CC) -print-file-name=libasan.so)" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:$$ASAN_OPTIONS" UBSAN_OPTIONS="print_stacktrace=1:$$UBSAN_OPTIONS"
+PRELOAD = export LD_PRELOAD="$(shell $(CC) -print-file-name=libasan.so) $$LD_PRELOAD" ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:$$ASAN_OPTIONS" UBSAN_OPTIONS="print_stacktrace=1:$$UBSAN_OPTIONS"
 endif
 $(LAUNCH): Makefile
 	@mkdir -p $(dir $@)

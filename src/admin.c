@@ -19,7 +19,7 @@ unsigned admin_readyz(struct journal *j, struct dispatch *d, struct buf *b)
     struct dispatch_status st;
     dispatch_get_status(d, &st);
     int journal_ok = journal_healthy(j, why, sizeof why);
-    int ok = journal_ok && st.generation > 0;
+    int ok = journal_ok && st.generation > 0 && st.stalled[0] == '\0';
     buf_printf(b, "{\"status\":\"%s\",\"journal\":", ok ? "ready" : "not_ready");
     if (journal_ok)
         buf_adds(b, "\"ok\"");
@@ -31,6 +31,11 @@ unsigned admin_readyz(struct journal *j, struct dispatch *d, struct buf *b)
                st.reloads, st.reload_failures);
     if (st.last_error[0])
         buf_json_str(b, st.last_error, strlen(st.last_error));
+    else
+        buf_adds(b, "null");
+    buf_adds(b, ",\"stalled\":");
+    if (st.stalled[0])
+        buf_json_str(b, st.stalled, strlen(st.stalled));
     else
         buf_adds(b, "null");
     buf_printf(b, ",\"backlog\":%zu}", st.backlog);
@@ -86,12 +91,18 @@ void admin_render_metrics(struct journal *j, struct dispatch *d, struct buf *b)
     char why[200];
     dispatch_get_status(d, &st);
     metrics_set(M_INFO, 1, CERTHOOK_VERSION);
-    metrics_set(M_READY, journal_healthy(j, why, sizeof why) && st.generation > 0);
+    metrics_set(M_READY, journal_healthy(j, why, sizeof why) && st.generation > 0 &&
+                             st.stalled[0] == '\0');
+    metrics_set(M_STALLED, st.stalled[0] != '\0');
     metrics_set(M_GENERATION, st.generation);
     metrics_set(M_HANDLERS, (double)st.handlers);
     metrics_set(M_RELOADS, (double)st.reloads);
     metrics_set(M_RELOAD_FAILURES, (double)st.reload_failures);
     metrics_set(M_LAST_RELOAD_OK, st.last_error[0] == '\0');
+    double wal, behind;
+    journal_wal_status(j, &wal, &behind);
+    metrics_set(M_WAL_BYTES, wal);
+    metrics_set(M_CHECKPOINT_BEHIND, behind);
     metrics_set(M_QUEUE, (double)journal_queued(j), "journal");
     metrics_set(M_QUEUE, (double)st.backlog, "dispatch");
     if (journal_count_deliveries(j, counts) == 0)

@@ -106,7 +106,7 @@ int log_open(lua_State *L); /* pushes the certhook.log table */
 enum metric {
     M_INFO, M_EVENTS, M_INTAKE_SECONDS, M_CUT_OFF, M_OVERLOADED, M_DELIVERIES, M_HANDLER_SECONDS, M_HTTP,
     M_READY, M_QUEUE, M_JOURNAL_DELIVERIES, M_GENERATION, M_HANDLERS, M_RELOADS, M_RELOAD_FAILURES,
-    M_LAST_RELOAD_OK,
+    M_LAST_RELOAD_OK, M_STALLED, M_WAL_BYTES, M_CHECKPOINT_BEHIND,
     M_CERT_EXPIRY, M_CERT_STATUS, M_CERT_UPDATED, M_CERTS, /* the inventory, in this order */
     M_CERTS_DROPPED,
     M_RSS, M_VSZ, M_FDS, M_MAX_FDS, M_CPU, M_START, M_UPTIME,
@@ -234,6 +234,7 @@ struct config {
     struct delivery_cfg delivery;
     double busy_timeout;       /* journal: seconds to wait for a locked database */
     double retention;          /* journal: seconds finished events are kept */
+    size_t max_wal;            /* journal: bytes the WAL may reach before it is truncated */
     int log_level;
     char *lua_path, *lua_cpath; /* package paths of every state certhook creates */
 };
@@ -391,6 +392,7 @@ struct delivery_result {
     char *handler; /* "<file>:<pattern>" */
     enum delivery_status status;
     int attempts;
+    int crashes;              /* deaths of the process while it ran (running.c) */
     unsigned generation;      /* of the last attempt */
     double first_at, started_at, duration, next_at; /* next_at: RETRYING, PENDING */
     char *error, *traceback;  /* of this attempt, when it failed; NULL otherwise */
@@ -414,8 +416,6 @@ enum { JOURNAL_CREATE = 1, JOURNAL_READONLY = 2 };
 int journal_open(struct journal **jp, const char *dir, int flags, double busy_timeout,
                  double retention, char *err, size_t errlen);
 void journal_close(struct journal *j);
-/* After a crash: deliveries left "running" are "pending" again. Before journal_start. */
-int journal_recover(struct journal *j, char *err, size_t errlen);
 /* Starts the writer thread; accepted events go to sink (may be NULL), in commit order, a
  * batch per call. */
 int journal_start(struct journal *j, journal_sink sink, void *cls);
@@ -433,12 +433,18 @@ int64_t journal_max_seq(struct journal *j);
 int journal_scan_events(struct journal *j, int state, int64_t after, int64_t upto, int limit,
                         void (*fn)(void *cls, struct journal_event *ev), void *cls);
 struct journal_event *journal_load(struct journal *j, int64_t seq, const char *id);
-/* Deliveries in a status (NULL: pending and retrying): fn(cls, seq, handler, attempts,
- * next_at, first_at) for each. */
+/* A delivery as journaled, for the dispatcher's start and replays. */
+struct journal_delivery {
+    int64_t seq;
+    const char *handler;
+    enum delivery_status status;
+    int attempts, crashes;
+    double next_at, first_at; /* wall clock */
+};
+/* Deliveries in a status (NULL: those not final -- pending, running, retrying): fn for each.
+ * Returns how many, or -1. */
 int journal_scan_deliveries(struct journal *j, const char *status,
-                            void (*fn)(void *cls, int64_t seq, const char *handler, int attempts,
-                                       double next_at, double first_at),
-                            void *cls);
+                            void (*fn)(void *cls, const struct journal_delivery *row), void *cls);
 /* Replay requests after id: fn(cls, id, event_id or NULL, dead). Returns how many, or -1. */
 int journal_scan_replays(struct journal *j, int64_t after,
                          void (*fn)(void *cls, int64_t id, const char *event_id, int dead),
@@ -450,6 +456,10 @@ int journal_state_get(struct journal *j, const char *key, char **out, size_t *le
 int journal_state_keys(struct journal *j, const char *prefix, void (*fn)(void *, const char *),
                        void *cls, char *err, size_t errlen);
 
+/* The WAL's bound (journal.max_wal, bytes): past it, checkpoints cut it back. Before start. */
+void journal_set_max_wal(struct journal *j, size_t bytes);
+/* For /metrics: the WAL's size, and seconds since it was last checkpointed whole (0: it is). */
+void journal_wal_status(struct journal *j, double *bytes, double *behind);
 /* For /metrics, from any thread: requests waiting for the writer; deliveries by status (in
  * delivery_status_names order; read on a connection of their own). */
 size_t journal_queued(struct journal *j);
@@ -477,6 +487,35 @@ int journal_list(struct journal *j, const struct journal_filter *f,
  * event / the dead ones now. 0, or -1 with err (no such event, journal locked, ...). */
 int journal_request_replay(struct journal *j, const char *event_id, int *count, char *err,
                            size_t errlen);
+
+/* ---- running.c: one server per data directory; what runs when it dies or stalls ----------- */
+
+/* The delivery whose handler code was running (at a crash, or a stall). */
+struct running_slot {
+    int64_t seq;
+    int attempts, pid;
+    double first_at;
+    char event_id[256], handler[512];
+};
+
+struct running;
+/* Takes the data directory's lock and maps its slot: NULL with err naming the PID of the
+ * server that holds it. */
+struct running *running_open(const char *dir, char *err, size_t errlen);
+void running_close(struct running *r); /* a clean stop: the slot says nothing runs */
+/* 1 and *out when the previous process died while a delivery's handler code ran; clears it. */
+int running_crashed(struct running *r, struct running_slot *out);
+/* Handler code of this delivery starts / ended (r NULL: no-op). Memory writes only. */
+void running_begin(struct running *r, int64_t seq, const char *event_id, const char *handler,
+                   int attempts, double first_at);
+void running_end(struct running *r);
+/* Starts the stall detector: on_stall runs on its thread when the same code has run for longer
+ * than limit seconds. */
+int running_watch(struct running *r, double limit,
+                  void (*on_stall)(void *cls, const struct running_slot *what, double seconds),
+                  void *cls);
+void running_set_limit(struct running *r, double limit);
+void running_unwatch(struct running *r); /* stops the stall detector */
 
 /* ---- reload.c: handler generations --------------------------------------------------------- */
 
@@ -507,6 +546,7 @@ struct reload_env {
     double busy_timeout;
     size_t memory_limit; /* bytes; 0: none */
     double timeout;      /* seconds loading the files may take (delivery.timeout) */
+    struct running *run; /* told which file loads (NULL: nothing) */
 };
 
 /* Loads every *.lua of dir (sorted) into a fresh state and validates what each returns;
@@ -569,6 +609,10 @@ struct dispatch;
 struct dispatch *dispatch_new(struct generation *g, struct journal *j,
                               const struct delivery_cfg *cfg, int64_t recover_upto);
 void dispatch_free(struct dispatch *d); /* does not free the generation */
+/* Where it tells which delivery's handler code runs (NULL: nowhere), and what ran when the
+ * previous process died (NULL: nothing): dispatch_run counts that attempt. Before dispatch_run. */
+void dispatch_set_running(struct dispatch *d, struct running *run,
+                          const struct running_slot *crashed);
 /* Makes g current, taking the caller's reference; the previous one is released (it closes
  * when its last delivery ends). */
 void dispatch_set_generation(struct dispatch *d, struct generation *g);
@@ -596,9 +640,15 @@ struct dispatch_status {
     unsigned long reloads, reload_failures;
     double last_reload_at;
     char last_error[2048]; /* of the last reload, when it failed */
+    char stalled[512];     /* what stalled the dispatcher ("": nothing) */
     size_t backlog;
 };
 void dispatch_get_status(struct dispatch *d, struct dispatch_status *st);
+/* The handlers did not load at the start (err says why): counted and shown like a failed
+ * reload. */
+void dispatch_load_failed(struct dispatch *d, const char *err);
+/* From the stall detector's thread: the dispatcher is stuck in what (for /readyz, /metrics). */
+void dispatch_set_stalled(struct dispatch *d, const char *what);
 void dispatch_enqueue(void *d, struct journal_event *list); /* a journal_sink; thread-safe */
 /* Resumes what the journal holds (deliveries to retry, events never dispatched), then runs
  * the loop until a signal from sigfd asks to stop; the delivery states are handed to the

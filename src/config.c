@@ -268,6 +268,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     c->request_timeout = 10;
     c->busy_timeout = 5;
     c->retention = 30 * 86400;
+    c->max_wal = 64 << 20;
     c->delivery = (struct delivery_cfg){.max_attempts = 10, .backoff = 5, .max_backoff = 3600,
                                         .timeout = 30, .shutdown_grace = 10, .concurrency = 256,
                                         .memory_limit = 64 << 20};
@@ -318,12 +319,15 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
             goto done;
         c->max_hostnames = (size_t)v;
     }
+    v = (double)c->max_wal;
     if (opt_table(L, t, "journal", &sub, err, errlen) ||
         (sub && (opt_number(L, sub, "busy_timeout", 0, 3600, &c->busy_timeout, "journal.", err,
                             errlen) ||
                  opt_number(L, sub, "retention", 1, 100 * 365 * 86400.0, &c->retention,
-                            "journal.", err, errlen))))
+                            "journal.", err, errlen) ||
+                 opt_number(L, sub, "max_wal", 1 << 20, 1e12, &v, "journal.", err, errlen))))
         goto done;
+    c->max_wal = (size_t)v;
     if (opt_table(L, t, "delivery", &sub, err, errlen))
         goto done;
     if (sub) {

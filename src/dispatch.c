@@ -75,6 +75,7 @@ struct scheduled {
     double due;      /* time_mono() of the next attempt */
     double first_at; /* wall clock, as journaled */
     int attempts;    /* made so far */
+    int crashes;     /* deaths of the process while it ran */
     char handler[];
 };
 
@@ -118,6 +119,10 @@ struct dispatch {
     double reload_due, reload_latest; /* a file change waits for quiet, but not forever */
     struct reload_req *reload_reqs;   /* guarded by mu */
     struct dispatch_status status;    /* guarded by mu */
+    struct running *run;              /* the slot: what runs now (NULL: none) */
+    struct running_slot crashed;      /* what ran when the previous process died */
+    int has_crashed;
+    int interrupted;                  /* deliveries found running at the start */
 };
 
 /* ---- setup ------------------------------------------------------------------------------------ */
@@ -222,6 +227,22 @@ int dispatch_watch(struct dispatch *d, const char *dir, char *err, size_t errlen
     d->watchfd = (struct loop_fd){reload_watch_fd(w), on_watch};
     loop_add(d->loop, &d->watchfd, EPOLLIN);
     return 0;
+}
+
+void dispatch_load_failed(struct dispatch *d, const char *err)
+{
+    pthread_mutex_lock(&d->mu);
+    d->status.reload_failures++;
+    d->status.last_reload_at = time_now();
+    snprintf(d->status.last_error, sizeof d->status.last_error, "%s", err);
+    pthread_mutex_unlock(&d->mu);
+}
+
+void dispatch_set_stalled(struct dispatch *d, const char *what)
+{
+    pthread_mutex_lock(&d->mu);
+    snprintf(d->status.stalled, sizeof d->status.stalled, "%s", what);
+    pthread_mutex_unlock(&d->mu);
 }
 
 void dispatch_get_status(struct dispatch *d, struct dispatch_status *st)
@@ -338,7 +359,7 @@ static void heap_swap(struct dispatch *d, size_t a, size_t b)
 }
 
 static void heap_push(struct dispatch *d, int64_t seq, const char *handler, int attempts,
-                      double due, double first_at)
+                      int crashes, double due, double first_at)
 {
     if (d->nheap == d->capheap) {
         size_t cap = d->capheap ? d->capheap * 2 : 64;
@@ -352,7 +373,7 @@ static void heap_push(struct dispatch *d, int64_t seq, const char *handler, int 
     struct scheduled *s = malloc(sizeof *s + n);
     if (s == NULL)
         goto oom;
-    *s = (struct scheduled){seq, due, first_at, attempts};
+    *s = (struct scheduled){seq, due, first_at, attempts, crashes};
     memcpy(s->handler, handler, n);
     size_t i = d->nheap++;
     d->heap[i] = s;
@@ -520,18 +541,20 @@ static void finish(struct dispatch *d, struct delivery *dl, char *error, char *t
         metrics_add(M_DELIVERIES, 1, r->handler, "success");
     } else {
         run_log_failure(&dl->ctx, r->attempts, error, traceback);
-        double delay = retry_delay(d->cfg, r->attempts, 0, erand48(d->rng));
+        double delay = retry_delay(d->cfg, r->attempts, r->crashes, erand48(d->rng));
         r->status = delay < 0 ? DELIVERY_DEAD : DELIVERY_RETRYING;
         if (delay >= 0) {
             r->next_at = time_now() + delay; /* journaled: for people and the next start */
-            heap_push(d, dl->ev->ev->seq, r->handler, r->attempts, time_mono() + delay,
-                      r->first_at);
+            heap_push(d, dl->ev->ev->seq, r->handler, r->attempts, r->crashes,
+                      time_mono() + delay, r->first_at);
         }
         metrics_add(M_DELIVERIES, 1, r->handler,
                     r->status == DELIVERY_DEAD ? "dead" : "failure");
     }
     emit(d, dl->ev->ev->seq, r);
-    run_free(L, dl->co, dl->co_ref);
+    running_begin(d->run, dl->ev->ev->seq, dl->ctx.event_id, r->handler, r->attempts, r->first_at);
+    run_free(L, dl->co, dl->co_ref); /* runs its __close handlers */
+    running_end(d->run);
     if (dl->ctx.killed == RUN_MEMORY)
         lua_gc(L, LUA_GCCOLLECT); /* give the memory back to the others at once */
     if (dl->prev)
@@ -553,7 +576,10 @@ static void finish(struct dispatch *d, struct delivery *dl, char *error, char *t
 static void step(struct dispatch *d, struct delivery *dl, int nargs)
 {
     char *error, *traceback;
+    running_begin(d->run, dl->ev->ev->seq, dl->ctx.event_id, dl->r.handler, dl->r.attempts,
+                  dl->r.first_at);
     enum run_status st = run_resume(dl->gen->L, dl->co, nargs, &dl->ctx, &error, &traceback);
+    running_end(d->run);
     if (st == RUN_DONE)
         finish(d, dl, NULL, NULL);
     else if (st == RUN_FAILED)
@@ -576,9 +602,10 @@ static void delivery_wake(struct delivery_ctx *ctx)
     dl->d->ready = dl;
 }
 
-/* Starts one attempt of handler h with the event value at idx of the generation's state. */
+/* Starts one attempt of handler h with the event value at idx of the generation's state;
+ * prior: its earlier attempts (NULL: none). */
 static void start(struct dispatch *d, struct event_ref *er, const struct handler *h, int idx,
-                  int before, double first_at)
+                  const struct scheduled *prior)
 {
     struct journal_event *ev = er->ev;
     struct delivery *dl = calloc(1, sizeof *dl);
@@ -595,10 +622,11 @@ static void start(struct dispatch *d, struct event_ref *er, const struct handler
     dl->h = h;
     dl->m0 = time_mono();
     dl->r.status = DELIVERY_RUNNING;
-    dl->r.attempts = before + 1;
+    dl->r.attempts = (prior ? prior->attempts : 0) + 1;
+    dl->r.crashes = prior ? prior->crashes : 0;
     dl->r.generation = d->gen->number;
     dl->r.started_at = time_now();
-    dl->r.first_at = first_at > 0 ? first_at : dl->r.started_at;
+    dl->r.first_at = prior && prior->first_at > 0 ? prior->first_at : dl->r.started_at;
     dl->dirty = 1;
     dl->ctx = (struct delivery_ctx){.event_id = ev->id, .event_type = ev->type,
                                     .hostname = ev->hostname, .handler = h->name,
@@ -621,10 +649,10 @@ static int matches(const struct handler *h, const struct journal_event *ev)
            (ev->provider_type && normalize_glob(h->pattern, ev->provider_type));
 }
 
-/* Starts attempts of the given handlers for ev (before[i]: attempts made; first_at[i]: when
- * the first was). Takes ev. */
+/* Starts attempts of the given handlers for ev; prior: the earlier attempts of a retry (n is
+ * 1 then), NULL for a new event. Takes ev. */
 static void start_event(struct dispatch *d, struct journal_event *ev, const struct handler **hs,
-                        const int *before, const double *first_at, size_t n)
+                        size_t n, const struct scheduled *prior)
 {
     lua_State *L = d->gen->L;
     int top = lua_gettop(L);
@@ -641,7 +669,7 @@ static void start_event(struct dispatch *d, struct journal_event *ev, const stru
         int event = lua_gettop(L);
         for (size_t i = 0; i < n; i++) {
             int arg = run_event_arg(L, event, i, n);
-            start(d, er, hs[i], arg, before ? before[i] : 0, first_at ? first_at[i] : 0);
+            start(d, er, hs[i], arg, prior);
             lua_settop(L, event);
         }
     } else {
@@ -651,8 +679,24 @@ static void start_event(struct dispatch *d, struct journal_event *ev, const stru
     event_release(er);
 }
 
-/* A new (or replayed) event: every matching handler not already busy with it runs now. */
-static void dispatch_fresh(struct dispatch *d, struct journal_event *ev, int replay)
+enum { FRESH, RECOVERED, REPLAYED }; /* how an event comes to dispatch_fresh */
+
+/* Whether handler h should start on ev, which comes `how`. One read back from the journal or
+ * replayed may have deliveries scheduled or in flight already; one read back may also be that
+ * of the delivery that ran when the previous process died, decided at the start (retrying or
+ * dead) though its event still reads as never dispatched. */
+static int should_start(struct dispatch *d, const struct handler *h, const struct journal_event *ev,
+                        int how)
+{
+    if (!matches(h, ev))
+        return 0;
+    if (how == RECOVERED && d->crashed.seq == ev->seq && strcmp(d->crashed.handler, h->name) == 0)
+        return 0;
+    return how == FRESH || !busy_with(d, ev->seq, h->name);
+}
+
+/* An event: every handler that should start on it starts now. */
+static void dispatch_fresh(struct dispatch *d, struct journal_event *ev, int how)
 {
     struct generation *g = d->gen;
     const struct handler **hs = malloc((g->n + 1) * sizeof *hs);
@@ -662,9 +706,9 @@ static void dispatch_fresh(struct dispatch *d, struct journal_event *ev, int rep
         return;
     }
     for (size_t i = 0; i < g->n; i++)
-        if (matches(&g->h[i], ev) && !(replay && busy_with(d, ev->seq, g->h[i].name)))
+        if (should_start(d, &g->h[i], ev, how))
             hs[n++] = &g->h[i];
-    start_event(d, ev, hs, NULL, NULL, n);
+    start_event(d, ev, hs, n, NULL);
     free(hs);
 }
 
@@ -686,13 +730,13 @@ static void dispatch_due(struct dispatch *d, struct scheduled *s)
                 (long long)s->seq);
     } else if (h == NULL) { /* its file or pattern is gone from the handlers */
         struct delivery_result r = {.handler = s->handler, .status = DELIVERY_DEAD,
-                                    .attempts = s->attempts,
+                                    .attempts = s->attempts, .crashes = s->crashes,
                                     .error = "the handler is no longer loaded"};
         emit(d, s->seq, &r);
         log_msg(LOG_WARN, "%s of %s is dead: the handler is no longer loaded", s->handler, ev->id);
         journal_event_free(ev);
     } else {
-        start_event(d, ev, &h, &s->attempts, &s->first_at, 1);
+        start_event(d, ev, &h, 1, s);
     }
     free(s);
 }
@@ -797,15 +841,13 @@ static double enforce(struct dispatch *d, int why)
 
 /* ---- replays ------------------------------------------------------------------------------------- */
 
-static void requeue_dead(void *cls, int64_t seq, const char *handler, int attempts,
-                         double next_at, double first_at)
+static void requeue_dead(void *cls, const struct journal_delivery *row)
 {
     struct dispatch *d = cls;
-    (void)attempts, (void)next_at;
-    struct delivery_result r = {.handler = (char *)handler, .status = DELIVERY_PENDING,
-                                .next_at = time_now(), .first_at = first_at};
-    emit(d, seq, &r);
-    heap_push(d, seq, handler, 0, time_mono(), first_at);
+    struct delivery_result r = {.handler = (char *)row->handler, .status = DELIVERY_PENDING,
+                                .next_at = time_now(), .first_at = row->first_at};
+    emit(d, row->seq, &r);
+    heap_push(d, row->seq, row->handler, 0, 0, time_mono(), row->first_at);
 }
 
 struct replay_round {
@@ -828,7 +870,7 @@ static void on_replay(void *cls, int64_t id, const char *event_id, int dead)
         return;
     }
     log_msg(LOG_INFO, "replaying %s", event_id);
-    dispatch_fresh(rr->d, ev, 1);
+    dispatch_fresh(rr->d, ev, REPLAYED);
 }
 
 static void poll_replays(struct dispatch *d)
@@ -851,14 +893,77 @@ static void poll_replays(struct dispatch *d)
 
 /* ---- the loop ------------------------------------------------------------------------------------ */
 
-static void schedule_loaded(void *cls, int64_t seq, const char *handler, int attempts,
-                            double next_at, double first_at)
+/* A delivery whose attempt certhook did not see end: it was running when the process died
+ * (crash_here: its handler code was, by the slot), or waiting. The attempt counts; it is
+ * retried after its backoff -- new events go first -- or dead. */
+static void recover_interrupted(struct dispatch *d, const struct journal_delivery *row,
+                                int crash_here)
+{
+    int crashes = row->crashes + crash_here;
+    double delay = retry_delay(d->cfg, row->attempts, crashes, erand48(d->rng));
+    struct delivery_result r = {
+        .handler = (char *)row->handler, .status = delay < 0 ? DELIVERY_DEAD : DELIVERY_RETRYING,
+        .attempts = row->attempts, .crashes = crashes, .first_at = row->first_at,
+        .next_at = delay < 0 ? 0 : time_now() + delay,
+        .error = crash_here ? "the attempt was running when certhook died (a crash, kill -9, or a "
+                              "handler that stalled the dispatcher)"
+                            : "the attempt was interrupted: certhook stopped without finishing it"};
+    emit(d, row->seq, &r);
+    if (delay >= 0)
+        heap_push(d, row->seq, row->handler, row->attempts, crashes, time_mono() + delay,
+                  row->first_at);
+    if (!crash_here)
+        return;
+    struct log_line l;
+    if (delay < 0 && crashes >= RETRY_MAX_CRASHES)
+        log_begin(&l, LOG_ERROR, "this delivery was running when certhook died, again: it is dead "
+                                 "now, so that it cannot take certhook down once more; fix the "
+                                 "handler and replay the event");
+    else
+        log_begin(&l, LOG_WARN, delay < 0 ? "this delivery was running when certhook died; its "
+                                            "last attempt: it is dead"
+                                          : "this delivery was running when certhook died; the "
+                                            "attempt counts, and it is retried after its backoff");
+    log_str(&l, "event", d->crashed.event_id);
+    log_str(&l, "handler", row->handler);
+    log_num(&l, "attempt", row->attempts);
+    log_num(&l, "crashes", crashes);
+    log_num(&l, "pid", d->crashed.pid);
+    if (delay >= 0)
+        log_num(&l, "retry_in", round(delay * 1000) / 1000);
+    log_end(&l);
+}
+
+/* A delivery the journal holds open at the start. */
+static void schedule_loaded(void *cls, const struct journal_delivery *row)
 {
     struct dispatch *d = cls;
+    int crash_here = d->has_crashed && row->seq == d->crashed.seq &&
+                     strcmp(row->handler, d->crashed.handler) == 0;
+    if (crash_here || row->status == DELIVERY_RUNNING) {
+        struct journal_delivery r = *row;
+        if (crash_here) {
+            d->has_crashed = 0;
+            if (d->crashed.attempts > r.attempts) /* its attempt started in the round it died */
+                r.attempts = d->crashed.attempts;
+        }
+        recover_interrupted(d, &r, crash_here);
+        d->interrupted += !crash_here;
+        return;
+    }
     /* next_at is wall-clock time: the clock may have been set while certhook was down, so the
      * wait is bounded by the longest backoff */
-    double wait = next_at > 0 ? fmin(next_at - time_now(), d->cfg->max_backoff) : 0;
-    heap_push(d, seq, handler, attempts, time_mono() + fmax(wait, 0), first_at);
+    double wait = row->next_at > 0 ? fmin(row->next_at - time_now(), d->cfg->max_backoff) : 0;
+    heap_push(d, row->seq, row->handler, row->attempts, row->crashes,
+              time_mono() + fmax(wait, 0), row->first_at);
+}
+
+void dispatch_set_running(struct dispatch *d, struct running *run, const struct running_slot *crashed)
+{
+    d->run = run;
+    d->has_crashed = crashed != NULL && crashed->seq > 0;
+    if (d->has_crashed)
+        d->crashed = *crashed;
 }
 
 static void collect(void *cls, struct journal_event *ev)
@@ -869,8 +974,8 @@ static void collect(void *cls, struct journal_event *ev)
 }
 
 /* The next event to dispatch: never-dispatched ones from before the start first (read from
- * the journal a chunk at a time), then those the writer handed over. NULL if none. */
-static struct journal_event *next_event(struct dispatch *d)
+ * the journal a chunk at a time; *again = 1), then those the writer handed over. NULL if none. */
+static struct journal_event *next_event(struct dispatch *d, int *again)
 {
     if (d->recovered == NULL && d->recover_after < d->recover_upto) {
         struct journal_event **tail = &d->recovered;
@@ -884,6 +989,7 @@ static struct journal_event *next_event(struct dispatch *d)
             d->recover_after = ev->seq;
     }
     struct journal_event *ev = d->recovered;
+    *again = ev != NULL;
     if (ev != NULL) {
         d->recovered = ev->next;
         ev->next = NULL;
@@ -907,14 +1013,28 @@ static struct journal_event *next_event(struct dispatch *d)
 static int start_work(struct dispatch *d)
 {
     int started = 0;
+    if (d->gen == NULL) { /* no handler set loaded yet: the journal keeps what arrives */
+        pthread_mutex_lock(&d->mu);
+        struct journal_event *list = d->head;
+        d->head = NULL;
+        d->tail = &d->head;
+        d->backlog = 0;
+        pthread_mutex_unlock(&d->mu);
+        for (struct journal_event *ev = list; ev; ev = ev->next)
+            if (ev->seq > d->recover_upto)
+                d->recover_upto = ev->seq; /* read back once handlers are loaded */
+        free_events(list);
+        return 0;
+    }
     while (slots_free(d) && started < ROUND) {
         if (d->nheap > 0 && d->heap[0]->due <= time_mono()) {
             dispatch_due(d, heap_pop(d));
         } else {
-            struct journal_event *ev = next_event(d);
+            int again;
+            struct journal_event *ev = next_event(d, &again);
             if (ev == NULL)
                 return 0;
-            dispatch_fresh(d, ev, 0);
+            dispatch_fresh(d, ev, again ? RECOVERED : FRESH);
         }
         started++;
     }
@@ -950,7 +1070,7 @@ static int do_reload(struct dispatch *d, int with_config, unsigned *generation, 
         log_num(&l, "handler_files", (double)d->gen->nfiles);
     } else {
         log_str(&l, "error", err);
-        log_num(&l, "generation", d->gen->number); /* still running */
+        log_num(&l, "generation", d->gen ? d->gen->number : 0); /* still running */
     }
     log_str(&l, "config", with_config ? "reread" : "kept");
     log_num(&l, "ms", round((time_mono() - t0) * 1e6) / 1e3);
@@ -992,6 +1112,17 @@ int dispatch_run(struct dispatch *d, int sigfd)
     d->sigfd = (struct loop_fd){sigfd, on_signal};
     loop_add(d->loop, &d->sigfd, EPOLLIN);
     int n = journal_scan_deliveries(d->j, NULL, schedule_loaded, d);
+    if (d->has_crashed) { /* it died in the round that started it: never journaled */
+        struct journal_delivery row = {.seq = d->crashed.seq, .handler = d->crashed.handler,
+                                       .status = DELIVERY_RUNNING,
+                                       .attempts = d->crashed.attempts,
+                                       .first_at = d->crashed.first_at};
+        d->has_crashed = 0;
+        recover_interrupted(d, &row, 1);
+    }
+    if (d->interrupted > 0)
+        log_msg(LOG_INFO, "%d deliveries interrupted by the last stop count an attempt and run "
+                          "again after their backoff", d->interrupted);
     if (n > 0)
         log_msg(LOG_INFO, "%d deliveries to retry from before the restart", n);
     for (int more = 1;;) {

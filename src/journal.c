@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,11 @@
 
 #define PRUNE_BATCH 1000
 #define CACHE_KIB 128          /* page cache of each connection (open_db) */
-#define CHECKPOINT_FRAMES 2000 /* WAL frames (pages) after which the checkpointer runs */
+#define CHECKPOINT_FRAMES 1000 /* WAL frames (pages: 4 MiB) after which the checkpointer runs */
+#define WAL_KEEP (4 << 20)     /* bytes a WAL file is cut back to when it restarts */
+#define BEHIND_RETRY 1.0       /* seconds between checkpoints while a reader holds one back */
+#define BEHIND_WARN 30.0       /* seconds between warnings about that */
+#define BEHIND_GRACE 2.0       /* seconds held back before it is worth a warning */
 
 struct journal {
     sqlite3 *db;  /* the writer's; NULL when read-only */
@@ -35,6 +40,8 @@ struct journal {
     pthread_t ckthread;
     int ck_started, ck_due, ck_stop; /* under mu */
     pthread_cond_t ckcv;
+    size_t max_wal;                  /* bytes past which the WAL is truncated */
+    _Atomic double behind_since;     /* time_mono() since when the WAL is not all copied; 0 */
     pthread_mutex_t amu;
     char *path;
     size_t queued; /* requests waiting for the writer */
@@ -103,6 +110,9 @@ static const char *const migrations[] = {
     "CREATE INDEX deliveries_todo ON deliveries(status) WHERE status <> 'done' AND status <> 'dead';"
     "DROP INDEX events_todo;"
     "CREATE INDEX events_todo ON events(state) WHERE state <> 2;",
+
+    /* deaths of the process while the delivery's handler ran (running.c): two make it dead */
+    "ALTER TABLE deliveries ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;",
 };
 
 #define OPEN_DELIVERY "status <> 'done' AND status <> 'dead'"
@@ -260,16 +270,17 @@ int journal_open(struct journal **jp, const char *dir, int flags, double busy_ti
     }
     pthread_mutex_init(&j->mu, NULL);
     pthread_mutex_init(&j->amu, NULL);
-    pthread_condattr_t ca; /* the writer's timed waits follow the monotonic clock */
+    pthread_condattr_t ca; /* timed waits follow the monotonic clock */
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&j->cv, &ca);
+    pthread_cond_init(&j->ckcv, &ca);
     pthread_condattr_destroy(&ca);
-    pthread_cond_init(&j->ckcv, NULL);
     j->reqs_tail = &j->reqs;
     j->dones_tail = &j->dones;
     j->healthy = 1;
     j->retention = retention;
+    j->max_wal = 64 << 20;
     snprintf(path, sizeof path, "%s/certhook.db", dir);
     if ((j->path = strdup(path)) == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -308,9 +319,10 @@ int journal_open(struct journal **jp, const char *dir, int flags, double busy_ti
                     &j->fin, err, errlen) ||
             prepare(j->db,
                     "INSERT INTO deliveries (event_seq, handler, status, attempts, generation, "
-                    "first_at, started_at, duration, next_at, last_error, traceback) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (event_seq, handler) DO UPDATE SET "
+                    "first_at, started_at, duration, next_at, last_error, traceback, crashes) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (event_seq, handler) DO UPDATE SET "
                     "status = excluded.status, attempts = excluded.attempts, "
+                    "crashes = excluded.crashes, "
                     "generation = coalesce(excluded.generation, generation), "
                     "first_at = coalesce(first_at, excluded.first_at), "
                     "started_at = coalesce(excluded.started_at, started_at), "
@@ -372,23 +384,6 @@ void journal_close(struct journal *j)
     pthread_cond_destroy(&j->ckcv);
     pthread_cond_destroy(&j->cv);
     free(j);
-}
-
-int journal_recover(struct journal *j, char *err, size_t errlen)
-{
-    char *msg = NULL;
-    if (sqlite3_exec(j->db,
-                     "UPDATE deliveries SET status = 'pending' WHERE " OPEN_DELIVERY
-                     " AND status = 'running'",
-                     NULL, NULL, &msg) != SQLITE_OK) {
-        snprintf(err, errlen, "cannot recover the journal: %s", msg ? msg : "?");
-        sqlite3_free(msg);
-        return -1;
-    }
-    if (sqlite3_changes(j->db) > 0)
-        log_msg(LOG_INFO, "%d deliveries interrupted by the last stop will run again",
-                sqlite3_changes(j->db));
-    return 0;
 }
 
 /* ---- the writer ------------------------------------------------------------------------------- */
@@ -526,6 +521,7 @@ static int write_done(struct journal *j, struct journal_done *d)
             sqlite3_bind_double(s, 9, r->next_at);
         sqlite3_bind_text(s, 10, r->error, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 11, r->traceback, -1, SQLITE_STATIC);
+        sqlite3_bind_int(s, 12, r->crashes);
         if (step_reset(s) != 0)
             return -1;
     }
@@ -717,30 +713,102 @@ static int wal_grew(void *arg, sqlite3 *db, const char *name, int frames)
     return SQLITE_OK;
 }
 
+static double wal_bytes(const struct journal *j)
+{
+    char path[4200];
+    struct stat st;
+    snprintf(path, sizeof path, "%s-wal", j->path);
+    return stat(path, &st) == 0 ? (double)st.st_size : 0;
+}
+
+/* One round of the checkpointer: copy what it can; past max_wal, copy all of it and cut the
+ * file back (TRUNCATE waits, up to its busy timeout, for the writer's batch and for readers).
+ * Returns 1 if frames remain that a reader keeps from being copied. */
+static int checkpoint(struct journal *j, double *warned)
+{
+    int log = 0, done = 0;
+    int rc = sqlite3_wal_checkpoint_v2(j->cdb, "main", SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+    if ((rc != SQLITE_OK && rc != SQLITE_BUSY) || log < 0) {
+        log_msg(LOG_WARN, "journal checkpoint failed: %s",
+                log < 0 ? "not in WAL mode" : sqlite3_errmsg(j->cdb));
+        return 0;
+    }
+    /* All of it copied: no reader holds frames back, so cutting the WAL back waits only for the
+     * writer's batch and our short reads. Frames held back: TRUNCATE would hold the writer up
+     * while it waits on that reader -- wait for the reader to end instead. */
+    double size = wal_bytes(j);
+    if (size > (double)j->max_wal && done == log) {
+        rc = sqlite3_wal_checkpoint_v2(j->cdb, "main", SQLITE_CHECKPOINT_TRUNCATE, &log, &done);
+        size = wal_bytes(j);
+    }
+    int behind = done < log || size > (double)j->max_wal;
+    double now = time_mono(), since = atomic_load(&j->behind_since);
+    if (!behind) {
+        if (since > 0 && *warned > 0)
+            log_msg(LOG_INFO, "the journal's WAL is checkpointed again (%.1f MiB)", size / 1048576);
+        atomic_store(&j->behind_since, 0.0);
+        *warned = 0;
+        return 0;
+    }
+    if (since == 0)
+        atomic_store(&j->behind_since, since = now);
+    if (size > (double)j->max_wal && now - since >= BEHIND_GRACE && now - *warned >= BEHIND_WARN) {
+        struct log_line l;
+        log_begin(&l, LOG_WARN, "a reader keeps the journal's WAL from being checkpointed: it "
+                                "grows until the reader ends (a long read, an open sqlite3 "
+                                "shell, a .backup of a busy journal?)");
+        log_num(&l, "wal_mib", round(size / 104857.6) / 10);
+        log_num(&l, "max_wal_mib", round((double)j->max_wal / 104857.6) / 10);
+        log_num(&l, "behind_seconds", round(now - since));
+        log_end(&l);
+        *warned = now;
+    }
+    return 1;
+}
+
 /* Copies the WAL back into the database on its own connection and thread, so the writer
- * never stops to do it (and its fsyncs) between two commits. PASSIVE: it copies what no
- * reader still needs and never waits; the writer restarts the WAL once all of it is copied. */
+ * never stops to do it (and its fsyncs) between two commits: after commits that left
+ * CHECKPOINT_FRAMES in the WAL, and every BEHIND_RETRY while a reader holds frames back. The
+ * writer restarts the WAL once all of it is copied, cutting the file back to WAL_KEEP. */
 static void *checkpointer_main(void *arg)
 {
     struct journal *j = arg;
+    int behind = 0;
+    double warned = 0;
     pthread_mutex_lock(&j->mu);
     for (;;) {
-        while (!j->ck_due && !j->ck_stop)
-            pthread_cond_wait(&j->ckcv, &j->mu);
+        while (!j->ck_due && !j->ck_stop) {
+            if (!behind) {
+                pthread_cond_wait(&j->ckcv, &j->mu);
+                continue;
+            }
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += (time_t)BEHIND_RETRY;
+            if (pthread_cond_timedwait(&j->ckcv, &j->mu, &ts) != 0)
+                break; /* time to look again */
+        }
         if (j->ck_stop)
             break;
         j->ck_due = 0;
         pthread_mutex_unlock(&j->mu);
-        int frames = 0;
-        int rc = sqlite3_wal_checkpoint_v2(j->cdb, "main", SQLITE_CHECKPOINT_PASSIVE, &frames,
-                                           NULL);
-        if ((rc != SQLITE_OK && rc != SQLITE_BUSY) || frames < 0)
-            log_msg(LOG_WARN, "journal checkpoint failed: %s",
-                    frames < 0 ? "not in WAL mode" : sqlite3_errmsg(j->cdb));
+        behind = checkpoint(j, &warned);
         pthread_mutex_lock(&j->mu);
     }
     pthread_mutex_unlock(&j->mu);
     return NULL;
+}
+
+void journal_set_max_wal(struct journal *j, size_t bytes)
+{
+    j->max_wal = bytes;
+}
+
+void journal_wal_status(struct journal *j, double *bytes, double *behind)
+{
+    double since = atomic_load(&j->behind_since);
+    *bytes = wal_bytes(j);
+    *behind = since > 0 ? time_mono() - since : 0;
 }
 
 int journal_start(struct journal *j, journal_sink sink, void *cls)
@@ -750,13 +818,18 @@ int journal_start(struct journal *j, journal_sink sink, void *cls)
     j->sink_cls = cls;
     /* The checkpointer's connection must have read the database once: before that it does not
      * know the database is in WAL mode, and a checkpoint is a silent no-op (log -1). */
-    if (open_db(&j->cdb, j->path, SQLITE_OPEN_READWRITE, 1, err, sizeof err) == 0 &&
+    /* its busy timeout bounds how long a TRUNCATE checkpoint holds the writer back while it
+     * waits for a reader: 0.2 s, once a second, only while a reader keeps the WAL past max_wal */
+    if (open_db(&j->cdb, j->path, SQLITE_OPEN_READWRITE, 0.2, err, sizeof err) == 0 &&
         sqlite3_exec(j->cdb, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) == SQLITE_OK &&
         pthread_create(&j->ckthread, NULL, checkpointer_main, j) == 0) {
         j->ck_started = 1;
         pthread_setname_np(j->ckthread, "wal-checkpoint");
         sqlite3_wal_autocheckpoint(j->db, 0);
         sqlite3_wal_hook(j->db, wal_grew, j);
+        char pragma[64];
+        snprintf(pragma, sizeof pragma, "PRAGMA journal_size_limit = %d", WAL_KEEP);
+        sqlite3_exec(j->db, pragma, NULL, NULL, NULL);
     } else {
         log_msg(LOG_WARN, "no checkpointer thread: the writer checkpoints itself");
     }
@@ -938,18 +1011,15 @@ struct journal_event *journal_load(struct journal *j, int64_t seq, const char *i
 }
 
 int journal_scan_deliveries(struct journal *j, const char *status,
-                            void (*fn)(void *cls, int64_t seq, const char *handler, int attempts,
-                                       double next_at, double first_at),
-                            void *cls)
+                            void (*fn)(void *cls, const struct journal_delivery *row), void *cls)
 {
     sqlite3_stmt *s;
     int n = 0, rc;
     if (sqlite3_prepare_v2(j->rdb,
-                           status ? "SELECT event_seq, handler, attempts, next_at, first_at FROM "
-                                    "deliveries WHERE status = ?"
-                                  : "SELECT event_seq, handler, attempts, next_at, first_at FROM "
-                                    "deliveries WHERE " OPEN_DELIVERY
-                                    " AND status IN ('pending', 'retrying')",
+                           status ? "SELECT event_seq, handler, status, attempts, crashes, next_at, "
+                                    "first_at FROM deliveries WHERE status = ?"
+                                  : "SELECT event_seq, handler, status, attempts, crashes, next_at, "
+                                    "first_at FROM deliveries WHERE " OPEN_DELIVERY,
                            -1, &s, NULL) != SQLITE_OK) {
         read_failed(j, "deliveries");
         return -1;
@@ -957,8 +1027,15 @@ int journal_scan_deliveries(struct journal *j, const char *status,
     if (status)
         sqlite3_bind_text(s, 1, status, -1, SQLITE_STATIC);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        fn(cls, sqlite3_column_int64(s, 0), column(s, 1), sqlite3_column_int(s, 2),
-           sqlite3_column_double(s, 3), sqlite3_column_double(s, 4));
+        struct journal_delivery row = {
+            .seq = sqlite3_column_int64(s, 0), .handler = column(s, 1),
+            .status = DELIVERY_PENDING, .attempts = sqlite3_column_int(s, 3),
+            .crashes = sqlite3_column_int(s, 4), .next_at = sqlite3_column_double(s, 5),
+            .first_at = sqlite3_column_double(s, 6)};
+        for (int i = 0; i < 5; i++)
+            if (column(s, 2) && strcmp(column(s, 2), delivery_status_names[i]) == 0)
+                row.status = (enum delivery_status)i;
+        fn(cls, &row);
         n++;
     }
     if (rc != SQLITE_DONE)

@@ -81,6 +81,15 @@ static const struct family {
                            NULL, 0},
     [M_LAST_RELOAD_OK] = {"certhook_last_reload_success",
                           "Whether the last reload succeeded.", "gauge", {NULL}, NULL, 0},
+    [M_STALLED] = {"certhook_dispatcher_stalled",
+                   "1 when a handler has stalled the dispatcher (certhook exits to restart).",
+                   "gauge", {NULL}, NULL, 0},
+    [M_WAL_BYTES] = {"certhook_journal_wal_bytes", "Size of the journal's write-ahead log.",
+                     "gauge", {NULL}, NULL, 0},
+    [M_CHECKPOINT_BEHIND] = {"certhook_journal_checkpoint_behind_seconds",
+                             "Seconds since the write-ahead log was last checkpointed whole "
+                             "(a reader holding a snapshot keeps it from that).",
+                             "gauge", {NULL}, NULL, 0},
     [M_CERT_EXPIRY] = {"certhook_certificate_expiry_timestamp_seconds",
                        "When the certificate of a hostname expires, from the last event "
                        "that said so.",

@@ -246,7 +246,7 @@ static struct generation *build(lua_State *L, const char *dir, const char *data,
                                 char **err)
 {
     char *path, *cpath;
-    struct reload_env env = {NULL, NULL, NULL, data, 5, 64 << 20, 30};
+    struct reload_env env = {NULL, NULL, NULL, data, 5, 64 << 20, 30, NULL};
     if (lua_istable(L, opts)) {
         if (lua_getfield(L, opts, "timeout") == LUA_TNUMBER && lua_tonumber(L, -1) > 0)
             env.timeout = lua_tonumber(L, -1);

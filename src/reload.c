@@ -226,7 +226,9 @@ struct generation *reload_build(const char *dir, const struct reload_env *env, u
     struct delivery_ctx ctx = {.gen = g, .deadline = time_mono() + env->timeout};
     for (int i = 0; i < n && !ctx.killed; i++) {
         ctx.handler = names[i]->d_name;
+        running_begin(env->run, 0, NULL, names[i]->d_name, 0, 0); /* seq 0: loading */
         load_file(g, dir, names[i]->d_name, &ctx, &errs);
+        running_end(env->run);
     }
     if (errs.n > 0) {
         errs.p[--errs.n] = '\0'; /* the last newline */

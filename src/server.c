@@ -10,6 +10,7 @@
  * use an earlier one. Stop: the dispatcher closes the intake gate and lets deliveries in flight
  * finish, the writer answers every request it holds, the listeners stop, then the writer.
  */
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -25,6 +26,8 @@
 
 #include "certhook.h"
 
+#define EXIT_STALLED 70 /* EX_SOFTWARE: the supervisor restarts it */
+
 struct server {
     struct config *cfg;              /* current */
     struct config **configs;         /* every one used, freed at exit */
@@ -35,6 +38,7 @@ struct server {
     struct dispatch *d;
     struct intake *in;
     struct generation *gen;          /* the current one */
+    struct running *run;             /* the data directory's lock and slot; the stall detector */
     unsigned next_generation;
     double watchdog, next_ping;      /* systemd's watchdog interval (0: none), next ping */
 };
@@ -65,6 +69,39 @@ static void ping_watchdog(void *cls)
         notify("WATCHDOG=1");
         s->next_ping = now + s->watchdog / 2;
     }
+}
+
+/* How long past delivery.timeout the slot may say the same before the process is stalled: the
+ * limits hook stops handler code at its deadline; error conversion and __close get a second
+ * each after it. */
+#define STALL_GRACE 5.0
+
+/* Stall detector's thread: the dispatcher has run the same code for too long -- a handler's
+ * finalizer that loops, a C function that never returns. The process cannot get the thread
+ * back, so it exits (the supervisor restarts it); the slot tells the next start which
+ * delivery it was. */
+static void on_stall(void *cls, const struct running_slot *what, double seconds)
+{
+    struct server *s = cls;
+    struct log_line l;
+    log_begin(&l, LOG_ERROR, what->seq > 0 ? "a handler has stalled the dispatcher: exiting so "
+                                             "that certhook restarts; the attempt counts"
+                                           : "loading a handler file has stalled the dispatcher: "
+                                             "exiting so that certhook restarts without it");
+    log_str(&l, "event", what->seq > 0 ? what->event_id : NULL);
+    log_str(&l, what->seq > 0 ? "handler" : "file", what->handler);
+    if (what->seq > 0)
+        log_num(&l, "attempt", what->attempts);
+    log_num(&l, "seconds", round(seconds * 10) / 10);
+    log_end(&l);
+    dispatch_set_stalled(s->d, what->handler);
+    notify("STATUS=stalled: restarting");
+    if (s->in != NULL)
+        intake_close_gate(s->in); /* 503 from now on: the requests under way are answered */
+    for (int i = 0; i < 200 && journal_queued(s->j) > 0; i++)
+        usleep(10000);
+    usleep(100000);
+    _exit(EXIT_STALLED);
 }
 
 static int keep_config(struct server *s, struct config *c)
@@ -127,7 +164,7 @@ static int reload_now(struct server *s, int with_config, unsigned *generation, c
         c = fresh; /* kept from here on, used or not */
     }
     struct reload_env env = {c->lua_path, c->lua_cpath, s->j, NULL, c->busy_timeout,
-                             c->delivery.memory_limit, c->delivery.timeout};
+                             c->delivery.memory_limit, c->delivery.timeout, s->run};
     struct generation *g = reload_build(c->handlers, &env, s->next_generation, &msg);
     if (g == NULL) {
         snprintf(err, errlen, "%s", msg);
@@ -145,6 +182,7 @@ static int reload_now(struct server *s, int with_config, unsigned *generation, c
         log_set_text(fresh->log_text);
         metrics_inventory_cap(fresh->max_hostnames);
         dispatch_set_config(s->d, &fresh->delivery);
+        running_set_limit(s->run, fresh->delivery.timeout + STALL_GRACE);
         s->cfg = fresh;
     }
     s->next_generation++;
@@ -178,30 +216,53 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
         snprintf(err, errlen, "out of memory");
         goto done;
     }
+    struct running_slot crashed;
+    int died;
     if (journal_open(&s.j, c->data, JOURNAL_CREATE, c->busy_timeout, c->retention, err,
                      errlen) != 0 ||
-        journal_recover(s.j, err, errlen) != 0)
+        (s.run = running_open(c->data, err, errlen)) == NULL)
         goto done;
+    died = running_crashed(s.run, &crashed);
+    journal_set_max_wal(s.j, c->max_wal);
     if (journal_load_inventory(s.j, c->max_hostnames) < 0)
         log_msg(LOG_WARN, "cannot read the certificate inventory; it starts empty");
     s.d = dispatch_new(NULL, s.j, &c->delivery, journal_max_seq(s.j));
-    if (sigfd < 0 || s.d == NULL || journal_start(s.j, dispatch_enqueue, s.d) != 0) {
+    if (sigfd < 0 || s.d == NULL || journal_start(s.j, dispatch_enqueue, s.d) != 0 ||
+        running_watch(s.run, c->delivery.timeout + STALL_GRACE, on_stall, &s) != 0) {
         snprintf(err, errlen, "cannot start: out of resources");
         goto done;
     }
-    struct reload_env env = {c->lua_path, c->lua_cpath, s.j, NULL, c->busy_timeout,
-                             c->delivery.memory_limit, c->delivery.timeout};
-    s.gen = reload_build(c->handlers, &env, 1, &msg);
-    if (s.gen == NULL) {
-        snprintf(err, errlen, "%s", msg);
-        goto done;
+    dispatch_set_running(s.d, s.run, died ? &crashed : NULL);
+    dispatch_on_reload(s.d, reload, &s);
+    /* A handler set that does not load never costs the webhooks: intake runs, the events wait
+     * in the journal, and the first reload that works (a fixed file is noticed) delivers them. */
+    if (died && crashed.seq == 0) {
+        snprintf(err, errlen, "certhook died while loading %s/%s (it stalled or crashed): the "
+                              "handlers are loaded again when a file changes, or by a reload",
+                 c->handlers, crashed.handler);
+    } else {
+        struct reload_env env = {c->lua_path, c->lua_cpath, s.j, NULL, c->busy_timeout,
+                                 c->delivery.memory_limit, c->delivery.timeout, s.run};
+        s.gen = reload_build(c->handlers, &env, 1, &msg);
+        if (s.gen == NULL)
+            snprintf(err, errlen, "%s", msg);
     }
-    dispatch_set_generation(s.d, s.gen);
+    if (s.gen != NULL) {
+        dispatch_set_generation(s.d, s.gen);
+    } else {
+        s.next_generation = 1;
+        struct log_line l;
+        log_begin(&l, LOG_ERROR, "the handlers did not load: webhooks are accepted and journaled, "
+                                 "deliveries wait until the handlers load");
+        log_str(&l, "error", err);
+        log_end(&l);
+        dispatch_load_failed(s.d, err);
+        err[0] = '\0';
+    }
     if (dispatch_watch(s.d, c->handlers, err, errlen) != 0 ||
         intake_start(&s.in, c, s.j, s.d, err, errlen) != 0)
         goto done;
     dispatch_on_stop(s.d, close_gate, s.in);
-    dispatch_on_reload(s.d, reload, &s);
 #ifdef HAVE_SYSTEMD
     uint64_t usec;
     if (sd_watchdog_enabled(0, &usec) > 0)
@@ -217,8 +278,8 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
     log_str(&l, "scheme", c->tls ? "https" : "http");
     log_str(&l, "admin", admin);
     log_str(&l, "handlers", c->handlers);
-    log_num(&l, "handler_files", (double)s.gen->nfiles);
-    log_num(&l, "generation", s.gen->number);
+    log_num(&l, "handler_files", s.gen ? (double)s.gen->nfiles : 0);
+    log_num(&l, "generation", s.gen ? s.gen->number : 0);
     log_str(&l, "data", c->data);
     log_str(&l, "version", CERTHOOK_VERSION);
     log_end(&l);
@@ -231,12 +292,14 @@ done:
         intake_close_gate(s.in);
         intake_stop(s.in);
     }
+    running_unwatch(s.run);
     if (s.j != NULL)
         journal_stop(s.j);
     dispatch_free(s.d); /* releases the current generation */
     if (s.d == NULL)
         reload_release(s.gen);
     journal_close(s.j);
+    running_close(s.run);
     free(msg);
     for (size_t i = 0; i < s.nconfigs; i++) {
         config_free(s.configs[i]);

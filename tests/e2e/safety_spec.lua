@@ -88,7 +88,7 @@ describe("a handler's reach", function()
       },
     }
   end)
-  teardown(function() srv:cleanup() end)
+  teardown(function() if srv then srv:cleanup() end end)
 
   it("os.exit raises in a handler, os.execute and io.popen raise pointing to certhook.exec", function()
     local id = post(srv, "validation.failed")
@@ -126,7 +126,7 @@ describe("loading a handler file", function()
       handlers = { ["a.lua"] = RECORD .. 'return { ["*"] = function(e) record("a", e) end }' },
     }
   end)
-  teardown(function() srv:cleanup() end)
+  teardown(function() if srv then srv:cleanup() end end)
 
   it("that loops is stopped at delivery.timeout with file:line; the server keeps serving", function()
     fs.write(srv.dir .. "/handlers/b.lua", "local n = 0\nwhile true do\n  n = n + 1\nend\n")
@@ -188,7 +188,7 @@ describe("certhook.exec", function()
       },
     }
   end)
-  teardown(function() srv:cleanup() end)
+  teardown(function() if srv then srv:cleanup() end end)
 
   it("returns the program's exit status, stdout and stderr, with stdin given", function()
     local id = post(srv, "validation.failed")
@@ -221,5 +221,228 @@ describe("certhook.exec", function()
     local id = post(srv, "deletion.failed")
     assert(fs.wait_for(function() return #calls(srv, "missing", id) == 1 end, 10))
     assert.are.same({ "nil|spawn" }, calls(srv, "missing", id))
+  end)
+end)
+
+describe("a handler that the limits cannot stop", function()
+  local srv
+  setup(function()
+    srv = Server.start {
+      config = SOURCES .. "delivery = { max_attempts = 10, timeout = 1, backoff = 4, max_backoff = 4 }\n",
+      handlers = {
+        ["poison.lua"] = RECORD .. [[
+          return {
+            ["certificate.deployment.failed"] = function(e)
+              record("poison", e)
+              setmetatable({}, { __gc = function() while true do end end }) -- no hook runs in __gc
+              collectgarbage()
+            end,
+            ["certificate.deployment.succeeded"] = function(e) record("ok", e) end,
+          }]],
+      },
+    }
+  end)
+  teardown(function() if srv then srv:cleanup() end end)
+
+
+  it("stalls the dispatcher: certhook exits, and at the second death the delivery is dead", function()
+    local t0 = socket.gettime()
+    local id = post(srv, "deployment.failed")
+    assert.are.equal(70, srv:wait_exit(15), "certhook did not exit on the stall")
+    assert.is_true(socket.gettime() - t0 < 1 + 5 + 2, "detected later than delivery.timeout + grace")
+    local l = assert(find_log(srv, function(l) return l.message and l.message:match("a handler has stalled the dispatcher") end))
+    assert.are.equal(id, l.event)
+    assert.are.equal("poison.lua:certificate.deployment.failed", l.handler)
+
+    srv:launch() -- what the supervisor does
+    l = assert(find_log(srv, function(l) return l.message and l.message:match("was running when certhook died; the attempt counts") end))
+    assert.are.equal(id, l.event)
+    -- new events flow while the poison event waits for its backoff
+    local ok = post(srv, "deployment.succeeded")
+    assert(fs.wait_for(function() return #calls(srv, "ok", ok) == 1 end, 2), "new events wait behind the poison")
+    assert.are.equal(1, #calls(srv, "poison", id))
+    assert.are.same({ "retrying", "1" }, { delivery(srv, id, "poison.lua:certificate.deployment.failed")[1],
+      delivery(srv, id, "poison.lua:certificate.deployment.failed")[2] })
+
+    assert.are.equal(70, srv:wait_exit(20), "the retry did not stall again")
+    assert.are.equal(2, #calls(srv, "poison", id))
+    srv:launch()
+    local row = assert(wait_status(srv, id, "poison.lua:certificate.deployment.failed", "dead", 5))
+    assert.truthy(row[3]:match("running when certhook died"), row[3])
+    assert(find_log(srv, function(l) return l.message and l.message:match("running when certhook died, again: it is dead") end))
+    local after = post(srv, "deployment.succeeded")
+    assert(fs.wait_for(function() return #calls(srv, "ok", after) == 1 end, 5))
+    socket.sleep(1.5)
+    assert.are.equal(2, #calls(srv, "poison", id)) -- never again
+  end)
+end)
+
+describe("a handler that runs away", function()
+  local srv
+  setup(function()
+    srv = Server.start {
+      config = SOURCES .. "delivery = { max_attempts = 1, timeout = 1 }\n",
+      handlers = {
+        ["r.lua"] = RECORD .. [[
+          return {
+            ["certificate.validation.failed"] = function(e) -- an error whose __tostring loops
+              error(setmetatable({}, { __tostring = function() while true do end end }))
+            end,
+            ["certificate.renewal.failed"] = function(e) -- a loop in a nested coroutine
+              if debug.sethook then debug.sethook() end
+              local co = coroutine.wrap(function() while true do end end)
+              co()
+              while true do end
+            end,
+            ["certificate.renewal.succeeded"] = function(e)
+              local t <close> = setmetatable({}, { __close = function() while true do end end })
+              error("fails, and its __close loops")
+            end,
+            ["certificate.issuance.succeeded"] = function(e) record("ok", e) end,
+          }]],
+      },
+    }
+  end)
+  teardown(function() if srv then srv:cleanup() end end)
+
+  it("is stopped, recorded dead, and the server goes on", function()
+    local t0 = socket.gettime()
+    local a = post(srv, "validation.failed")
+    local b = post(srv, "renewal.failed")
+    local c = post(srv, "renewal.succeeded")
+    local ra = assert(wait_status(srv, a, "r.lua:certificate.validation.failed", "dead", 10))
+    assert.truthy(ra[3]:match("could not be described") or ra[3]:match("deadline"), ra[3])
+    local rb = assert(wait_status(srv, b, "r.lua:certificate.renewal.failed", "dead", 10))
+    assert.truthy(rb[3]:match("ran past its deadline"), rb[3])
+    local rc = assert(wait_status(srv, c, "r.lua:certificate.renewal.succeeded", "dead", 10))
+    assert.truthy(rc[3]:match("fails, and its __close loops"), rc[3])
+    assert.is_true(socket.gettime() - t0 < 8)
+    local ok = post(srv, "issuance.succeeded")
+    assert(fs.wait_for(function() return #calls(srv, "ok", ok) == 1 end, 5))
+    assert.is_nil(fs.read(srv.dir .. "/exit"))
+  end)
+end)
+
+describe("handlers that do not load at the start", function()
+  local srv
+  setup(function()
+    srv = Server.start {
+      config = SOURCES,
+      handlers = {
+        ["a.lua"] = RECORD .. 'return { ["*"] = function(e) record("a", e) end }',
+        ["b.lua"] = "return { ['*'] = function(e) end\n", -- a syntax error
+      },
+    }
+  end)
+  teardown(function() if srv then srv:cleanup() end end)
+
+  it("cost no webhook: intake journals, /readyz says why, and a fix delivers the backlog", function()
+    local ids = {}
+    for i = 1, 3 do ids[i] = post(srv, "validation.failed") end
+    local http = require "helpers.http"
+    local r = http.get(srv.admin, "/readyz")
+    assert.are.equal(503, r.status)
+    assert.truthy(r.json.last_reload_error:match("b%.lua:2"), r.json.last_reload_error)
+    local m = http.get(srv.admin, "/metrics").body
+    assert.truthy(m:match("\ncerthook_last_reload_success 0\n"), m)
+    assert.truthy(m:match("\ncerthook_ready 0\n"))
+    assert(find_log(srv, function(l) return l.message and l.message:match("the handlers did not load") end))
+    socket.sleep(0.5)
+    assert.are.equal(0, #calls(srv, "a"))
+
+    fs.write(srv.dir .. "/handlers/b.lua", "return {}\n") -- fixed: the watcher reloads
+    assert(fs.wait_for(function() return #calls(srv, "a") == 3 end, 10), "the backlog was not delivered")
+    for i = 1, 3 do assert.are.equal(1, #calls(srv, "a", ids[i])) end
+    assert.are.equal(200, http.get(srv.admin, "/readyz").status)
+  end)
+
+  it("a second server on the same data directory exits 1 naming the first one's PID", function()
+    local out, err, code = fs.run(("cd '%s' && timeout 10 %s serve --config certhook.conf.lua"):format(srv.dir, Server.certhook))
+    assert.are.equal(1, code, out .. err)
+    assert.truthy(err:match("another certhook serve %(pid " .. srv.pid .. "%) is using the data directory"), err)
+    -- readers still work meanwhile
+    local _, err2, code2 = fs.run(("%s events --data '%s/data'"):format(Server.certhook, srv.dir))
+    assert.are.equal(0, code2, err2)
+  end)
+end)
+
+describe("retries", function()
+  local FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
+  local srv, clock
+  setup(function()
+    assert(fs.read(FAKETIME), "libfaketime is needed for this test (Debian package faketime)")
+    local dir = fs.tmpdir()
+    clock = dir .. "/faketime"
+    fs.write(clock, "+0s\n")
+    srv = Server.start {
+      dir = dir,
+      env = { LD_PRELOAD = FAKETIME, FAKETIME_TIMESTAMP_FILE = clock, FAKETIME_NO_CACHE = "1",
+        DONT_FAKE_MONOTONIC = "1" },
+      config = SOURCES .. "delivery = { max_attempts = 3, backoff = 2, max_backoff = 2 }\n",
+      handlers = {
+        ["clock.lua"] = RECORD .. [[
+          local n = 0
+          return { ["*"] = function(e)
+            n = n + 1
+            record("attempt", e, n)
+            if n == 1 then error("first attempt fails") end
+          end }]],
+      },
+    }
+  end)
+  teardown(function() if srv then srv:cleanup() end end)
+
+  it("follow the monotonic clock, not the wall clock", function()
+    local id = post(srv, "validation.failed")
+    assert(fs.wait_for(function() return #calls(srv, "attempt", id) == 1 end, 5))
+    fs.write(clock, "-3600s\n") -- the wall clock steps back an hour; the retry is due in 1-2 s
+    local t0 = socket.gettime()
+    assert(fs.wait_for(function() return #calls(srv, "attempt", id) == 2 end, 5),
+      "a step back of the wall clock delayed the retry")
+    assert.is_true(socket.gettime() - t0 < 2.5)
+  end)
+end)
+
+describe("the journal's WAL", function()
+  local srv
+  setup(function()
+    srv = Server.start {
+      config = SOURCES .. "journal = { max_wal = 1048576, busy_timeout = 0.3 }\n",
+      handlers = { ["a.lua"] = 'return { ["*"] = function(e) end }' },
+    }
+  end)
+  teardown(function() if srv then srv:cleanup() end end)
+
+  local function wal_size()
+    local f = io.open(srv.dir .. "/data/certhook.db-wal", "rb")
+    if not f then return 0 end
+    local n = f:seek("end")
+    f:close()
+    return n
+  end
+
+  it("is cut back once a reader that held a snapshot ends, and the hold is logged", function()
+    -- a reader holds one snapshot for 4 s, as `sqlite3 .backup` of a busy journal does
+    os.execute(("(sqlite3 '%s/data/certhook.db' 'BEGIN' 'SELECT count(*) FROM events' '.shell sleep 4' 'COMMIT' >/dev/null 2>&1 &)")
+      :format(srv.dir))
+    socket.sleep(0.3)
+    local t0, peak = socket.gettime(), 0
+    for _ = 1, 300 do
+      post(srv, "validation.failed")
+      peak = math.max(peak, wal_size())
+      if socket.gettime() - t0 > 3 then break end
+    end
+    assert.is_true(peak > 4 * 1048576, "the WAL never grew: " .. peak)
+    assert(fs.wait_for(function()
+      return find_log(srv, function(l) return l.message and l.message:match("a reader keeps the journal's WAL from being checkpointed") end)
+    end, 5), "the hold was not logged")
+    local m = require("helpers.http").get(srv.admin, "/metrics").body
+    assert.truthy(m:match("\ncerthook_journal_wal_bytes %d"), m)
+    assert.truthy(m:match("\ncerthook_journal_checkpoint_behind_seconds %d"), m)
+    -- the reader ends at ~4 s: the WAL goes back under max_wal without any further write
+    assert(fs.wait_for(function() return wal_size() <= 1048576 end, 8),
+      ("the WAL stayed at %d bytes after the reader ended"):format(wal_size()))
+    post(srv, "validation.failed")
+    assert.is_true(wal_size() < 4 * 1048576)
   end)
 end)

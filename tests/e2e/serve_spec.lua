@@ -398,7 +398,7 @@ limits = { max_body = 65536 }
         ids[i] = id
       end
       srv:signal("KILL") -- a crash while the dispatcher is busy
-      fs.wait_for(function() return fs.read(srv.dir .. "/exit") end, 5)
+      srv:wait_exit(5)
       local before = #received()
       srv:launch()
       for _, id in ipairs(ids) do assert(received_for(id), "event " .. id .. " was lost") end

@@ -89,15 +89,23 @@ function M:signal(sig)
   os.execute(("kill -%s %d 2>/dev/null"):format(sig, self.pid))
 end
 
+-- Waits up to `seconds` for the process to exit; returns its exit status, or nil. (The shell
+-- creates the file before it writes the status: an empty file is not an exit yet.)
+function M:wait_exit(seconds)
+  return tonumber(fs.wait_for(function()
+    return (fs.read(self.dir .. "/exit") or ""):match("%d+")
+  end, seconds))
+end
+
 -- Stops with SIGTERM (or sig); returns the exit status.
 function M:stop(sig)
   self:signal(sig or "TERM")
-  local code = fs.wait_for(function() return fs.read(self.dir .. "/exit") end, 15)
+  local code = self:wait_exit(15)
   if not code then
     self:signal("KILL")
     error("certhook serve did not exit after SIG" .. (sig or "TERM"))
   end
-  return tonumber(code)
+  return code
 end
 
 -- The credentials this server was configured with or was sent (the string literals of
