@@ -43,19 +43,6 @@ local function calls(srv, tag, id)
   return count
 end
 
-local function delivery(srv, id, handler)
-  local rows = srv:sql(("SELECT d.status, d.attempts, coalesce(d.last_error, ''), e.state FROM deliveries d " ..
-    "JOIN events e ON e.seq = d.event_seq WHERE e.id = '%s' AND d.handler = '%s'"):format(id, handler))
-  return rows[1]
-end
-
-local function wait_status(srv, id, handler, status, seconds)
-  return fs.wait_for(function()
-    local row = delivery(srv, id, handler)
-    return row and row[1] == status and row
-  end, seconds or 10)
-end
-
 local function certhook(args)
   return fs.run(Server.certhook .. " " .. args)
 end
@@ -81,19 +68,19 @@ describe("deliveries", function()
   it("retries a failing handler until it succeeds, and only that handler", function()
     local body, id = cf_event("validation.succeeded")
     assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
-    local row = assert(wait_status(srv, id, "b-flaky.lua:*", "done"), "the flaky handler never succeeded")
+    local row = assert(srv:wait_status(id, "b-flaky.lua:*", "done"), "the flaky handler never succeeded")
     assert.are.equal("3", row[2]) -- failed twice, then succeeded
     assert.truthy(row[3]:match("b%-flaky%.lua:%d+: attempt 2 fails$"), row[3]) -- the last error is kept
     assert.are.equal("2", row[4]) -- the event is finished
     assert.are.equal(3, calls(srv, "flaky", id))
     assert.are.equal(1, calls(srv, "steady", id)) -- the steady handler is never re-run
-    assert.are.same({ "done", "1", "", "2" }, delivery(srv, id, "a-steady.lua:*"))
+    assert.are.same({ "done", "1", "", "2" }, srv:delivery(id, "a-steady.lua:*"))
   end)
 
   it("logs each failed attempt with its number", function()
     local body, id = cf_event("issuance.succeeded")
     assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
-    assert(wait_status(srv, id, "b-flaky.lua:*", "done"))
+    assert(srv:wait_status(id, "b-flaky.lua:*", "done"))
     local attempts = {}
     for _, l in ipairs(srv:logs()) do
       if l.message == "handler failed" and l.event == id then attempts[#attempts + 1] = l.attempt end
@@ -104,7 +91,7 @@ describe("deliveries", function()
   it("marks a delivery dead after max_attempts, lists it, and replays it", function()
     local body, id = cf_event("deployment.failed")
     assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
-    local row = assert(wait_status(srv, id, "c-broken.lua:certificate.deployment.*", "dead"))
+    local row = assert(srv:wait_status(id, "c-broken.lua:certificate.deployment.*", "dead"))
     assert.are.equal("4", row[2])
     assert.truthy(row[3]:match("the ticket system is down"))
     assert.are.equal(4, calls(srv, "broken", id))
@@ -127,7 +114,7 @@ describe("deliveries", function()
     out, err, code = certhook("replay --dead" .. conf)
     assert.are.equal(0, code, err)
     assert.truthy(out:match("queued a replay of %d+ dead deliver"))
-    row = assert(wait_status(srv, id, "c-broken.lua:certificate.deployment.*", "done", 5), "replay did not run")
+    row = assert(srv:wait_status(id, "c-broken.lua:certificate.deployment.*", "done", 5), "replay did not run")
     assert.are.equal("1", row[2]) -- attempts count from zero again
     assert.are.equal(5, calls(srv, "broken", id))
     out = certhook("events --status dead" .. conf)
@@ -138,7 +125,7 @@ describe("deliveries", function()
   it("replays one event on the handlers that match it now", function()
     local body, id = cf_event("issuance.failed")
     assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
-    assert(wait_status(srv, id, "b-flaky.lua:*", "done"))
+    assert(srv:wait_status(id, "b-flaky.lua:*", "done"))
     local out, err, code = certhook("replay " .. id .. " --data " .. srv.dir .. "/data")
     assert.are.equal(0, code, err)
     assert.truthy(out:match("queued a replay of " .. id:gsub("%p", "%%%0")))
@@ -302,13 +289,13 @@ describe("crash safety", function()
     local body2, id2 = cf_event("issuance.succeeded")
     srv:launch()
     assert.are.equal(202, srv:post("/hooks/cloudflare", body2, CF).status)
-    assert(wait_status(srv, id2, "slow.lua:*", "done"))
+    assert(srv:wait_status(id2, "slow.lua:*", "done"))
     assert.are.equal(0, srv:stop())
     srv:sql(("UPDATE deliveries SET status = 'running' WHERE handler = 'slow.lua:*' AND event_seq = (SELECT seq FROM events WHERE id = '%s')"):format(id2))
     srv:launch()
-    assert(wait_status(srv, id, "slow.lua:*", "done"), "the interrupted delivery did not run again")
+    assert(srv:wait_status(id, "slow.lua:*", "done"), "the interrupted delivery did not run again")
     assert.are.equal(2, calls(srv, "slow", id))
-    assert(wait_status(srv, id2, "slow.lua:*", "done"))
+    assert(srv:wait_status(id2, "slow.lua:*", "done"))
     assert.are.equal(2, calls(srv, "slow", id2))
     assert.truthy(srv:log_text():match("1 deliveries interrupted by the last stop count an attempt and run again after their backoff"))
     assert.are.equal(0, srv:stop())
@@ -329,7 +316,7 @@ describe("crash safety", function()
     socket.sleep(0.2)
     assert.are.equal(0, srv:stop("TERM"))
     assert.are.equal(id, fs.read(srv.dir .. "/finished"))
-    assert.are.same({ "done", "1", "", "2" }, delivery(srv, id, "slow.lua:*"))
+    assert.are.same({ "done", "1", "", "2" }, srv:delivery(id, "slow.lua:*"))
     srv:cleanup()
   end)
 end)

@@ -37,19 +37,6 @@ local function post(srv, kind)
   return id
 end
 
-local function delivery(srv, id, handler)
-  local rows = srv:sql(("SELECT d.status, d.attempts, coalesce(d.last_error, '') FROM deliveries d " ..
-    "JOIN events e ON e.seq = d.event_seq WHERE e.id = '%s' AND d.handler = '%s'"):format(id, handler))
-  return rows[1]
-end
-
-local function wait_status(srv, id, handler, status, seconds)
-  return fs.wait_for(function()
-    local row = delivery(srv, id, handler)
-    return row and row[1] == status and row
-  end, seconds or 10)
-end
-
 -- `certhook reload` against srv: stdout, stderr, exit status.
 local function reload(srv)
   return fs.run(("%s reload --admin 127.0.0.1:%d --config %s/certhook.conf.lua"):format(Server.certhook, srv.admin, srv.dir))
@@ -261,13 +248,13 @@ describe("a handler that the limits cannot stop", function()
     local ok = post(srv, "deployment.succeeded")
     assert(fs.wait_for(function() return #calls(srv, "ok", ok) == 1 end, 2), "new events wait behind the poison")
     assert.are.equal(1, #calls(srv, "poison", id))
-    assert.are.same({ "retrying", "1" }, { delivery(srv, id, "poison.lua:certificate.deployment.failed")[1],
-      delivery(srv, id, "poison.lua:certificate.deployment.failed")[2] })
+    assert.are.same({ "retrying", "1" }, { srv:delivery(id, "poison.lua:certificate.deployment.failed")[1],
+      srv:delivery(id, "poison.lua:certificate.deployment.failed")[2] })
 
     assert.are.equal(70, srv:wait_exit(20), "the retry did not stall again")
     assert.are.equal(2, #calls(srv, "poison", id))
     srv:launch()
-    local row = assert(wait_status(srv, id, "poison.lua:certificate.deployment.failed", "dead", 5))
+    local row = assert(srv:wait_status(id, "poison.lua:certificate.deployment.failed", "dead", 5))
     assert.truthy(row[3]:match("running when certhook died"), row[3])
     assert(find_log(srv, function(l) return l.message and l.message:match("running when certhook died, again: it is dead") end))
     local after = post(srv, "deployment.succeeded")
@@ -310,11 +297,11 @@ describe("a handler that runs away", function()
     local a = post(srv, "validation.failed")
     local b = post(srv, "renewal.failed")
     local c = post(srv, "renewal.succeeded")
-    local ra = assert(wait_status(srv, a, "r.lua:certificate.validation.failed", "dead", 10))
+    local ra = assert(srv:wait_status(a, "r.lua:certificate.validation.failed", "dead", 10))
     assert.truthy(ra[3]:match("could not be described") or ra[3]:match("deadline"), ra[3])
-    local rb = assert(wait_status(srv, b, "r.lua:certificate.renewal.failed", "dead", 10))
+    local rb = assert(srv:wait_status(b, "r.lua:certificate.renewal.failed", "dead", 10))
     assert.truthy(rb[3]:match("ran past its deadline"), rb[3])
-    local rc = assert(wait_status(srv, c, "r.lua:certificate.renewal.succeeded", "dead", 10))
+    local rc = assert(srv:wait_status(c, "r.lua:certificate.renewal.succeeded", "dead", 10))
     assert.truthy(rc[3]:match("fails, and its __close loops"), rc[3])
     assert.is_true(socket.gettime() - t0 < 8)
     local ok = post(srv, "issuance.succeeded")
@@ -369,6 +356,12 @@ end)
 describe("retries", function()
   local FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
   local srv, clock
+  -- libfaketime deadlocks at start beside AddressSanitizer's preload: in the sanitizer build
+  -- (make SANITIZE=1 test) this test is left to the normal build
+  if (os.getenv("LD_PRELOAD") or ""):match("libasan") then
+    pending("the clock test runs in the normal build (libfaketime and ASan do not start together)")
+    return
+  end
   setup(function()
     assert(fs.read(FAKETIME), "libfaketime is needed for this test (Debian package faketime)")
     local dir = fs.tmpdir()

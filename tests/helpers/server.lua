@@ -146,6 +146,21 @@ function M:cleanup()
   if not ok then error(err, 0) end
 end
 
+-- The journal's record of the delivery of event `id` to `handler` ("file:pattern"):
+-- { status, attempts, last error ("" if none), the event's state } as strings, or nil.
+function M:delivery(id, handler)
+  return self:sql(("SELECT d.status, d.attempts, coalesce(d.last_error, ''), e.state FROM deliveries d " ..
+    "JOIN events e ON e.seq = d.event_seq WHERE e.id = '%s' AND d.handler = '%s'"):format(id, handler))[1]
+end
+
+-- Waits up to `seconds` (10) for that delivery to reach `status`; returns its record, or nil.
+function M:wait_status(id, handler, status, seconds)
+  return fs.wait_for(function()
+    local row = self:delivery(id, handler)
+    return row and row[1] == status and row
+  end, seconds or 10)
+end
+
 -- Rows of an SQL query on the journal (via the sqlite3 command line), as arrays of strings.
 function M:sql(query)
   local out, err, code = fs.run(("sqlite3 -separator '|' '%s/data/certhook.db' \"%s\""):format(self.dir, query))

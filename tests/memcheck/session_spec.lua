@@ -29,6 +29,16 @@ return {
   ["*"] = function(e)
     if e.type == "notification.test" then error("a failing handler") end
   end,
+  -- certhook.exec: output, a program killed at its timeout, and (first attempt) a delivery
+  -- stopped at delivery.timeout while its program runs
+  ["notification.test"] = function(e)
+    local r = assert(certhook.exec { argv = { "sh", "-c", "read x; echo $x" }, stdin = "hi\n" })
+    assert(r.stdout == "hi\n" and r.status == 0)
+    assert(certhook.exec { argv = { "sleep", "5" }, timeout = 0.2 } == nil)
+    if certhook.state.incr("exec-attempts") == 1 then
+      certhook.exec { argv = { "sleep", "60" }, timeout = 120 }
+    end
+  end,
 }
 ]]
 
@@ -72,7 +82,7 @@ describe("valgrind memcheck", function()
     local srv = Server.start {
       config = ('sources = { cloudflare = { provider = "cloudflare", secret = %q },\n' ..
         '  ibm = { provider = "ibm-cm", public_key = %q } }\n' ..
-        'delivery = { max_attempts = 2, backoff = 0.05 }\nlimits = { max_body = 65536, request_timeout = 2 }\n')
+        'delivery = { max_attempts = 2, backoff = 0.05, timeout = 8 }\nlimits = { max_body = 65536, request_timeout = 2 }\n')
         :format(SECRET, pub),
       handlers = { ["h.lua"] = ("SINK = %q\n"):format(sink.url) .. HANDLER },
     }
@@ -103,7 +113,7 @@ describe("valgrind memcheck", function()
     assert(fs.wait_for(function() return #sink:requests() >= 2 end, 20))
     assert(fs.wait_for(function()
       return #srv:sql("SELECT 1 FROM deliveries WHERE status IN ('pending', 'running', 'retrying')") == 0
-    end, 20))
+    end, 40))
     -- reloads: SIGHUP (config and handlers) and POST /reload, one of them broken
     srv:signal("HUP")
     assert(fs.wait_for(function() return http.get(srv.admin, "/readyz").json.generation == 2 end, 20))
