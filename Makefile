@@ -91,7 +91,7 @@ $(VALGRIND): Makefile
 	@{ echo '#!/bin/sh'; \
 	   echo 'export LUA_PATH="$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;"'; \
 	   echo 'export LUA_CPATH="$(CURDIR)/$(BUILD)/?.so;;"'; \
-	   echo 'exec valgrind --leak-check=full --show-leak-kinds=definite,indirect,possible \'; \
+	   echo 'exec valgrind --leak-check=full --show-leak-kinds=definite,indirect,possible --child-silent-after-fork=yes \'; \
 	   echo '  --errors-for-leak-kinds=definite,indirect,possible --error-exitcode=99 \'; \
 	   echo '  --log-file=valgrind.%p.log $(LUA) $(CURDIR)/lua/bin/certhook "$$@"'; } >$@
 	@chmod +x $@
