@@ -816,8 +816,10 @@ int intake_start(struct intake **ip, const struct config *c, struct journal *j,
     pthread_cond_init(&in->stop, NULL);
     in->conns.next = in->conns.prev = &in->conns;
     tls_use(c->tls);
-    in->sweeping = pthread_create(&in->sweeper, NULL, sweep, in) == 0;
-    if (in->sweeping)
+    in->sweeping = 1; /* before the thread starts: it stops as soon as it sees it clear */
+    if (pthread_create(&in->sweeper, NULL, sweep, in) != 0)
+        in->sweeping = 0;
+    else
         pthread_setname_np(in->sweeper, "conn-sweeper");
     if (!in->sweeping) {
         snprintf(err, errlen, "cannot start a thread");
