@@ -461,7 +461,10 @@ describe("the event handlers receive", function()
     }
     assert.are.equal(202, srv:post("/hooks/cloudflare", (cf_event()), CF).status)
     for _, name in ipairs { "2.txt", "4.txt" } do
-      local text = fs.wait_for(function() return fs.read(srv.dir .. "/" .. name) end, 5)
+      local text = fs.wait_for(function() -- written once opened: wait for the text too
+        local t = fs.read(srv.dir .. "/" .. name)
+        return t ~= "" and t
+      end, 5)
       assert.are.equal("blog.com <<CERTIFICATE_ID> true true", text)
     end
     srv:cleanup()
