@@ -144,6 +144,61 @@ static int valid_name(const char *s)
     return 1;
 }
 
+/* The settings a source table may hold: those of every source, then those of its provider.
+ * A provider's options are one list here. */
+static const char *const source_keys[] = {"provider", "insecure", NULL};
+static const struct {
+    enum provider provider;
+    const char *const keys[4];
+} provider_keys[] = {
+    {PROVIDER_CLOUDFLARE, {"secret", NULL}},
+    {PROVIDER_IBM_CM, {"public_key", NULL}},
+};
+
+static int in_list(const char *const *list, const char *k)
+{
+    for (; *list; list++)
+        if (strcmp(*list, k) == 0)
+            return 1;
+    return 0;
+}
+
+/* Every key of the source table at t is a setting of its provider. */
+static int check_source_keys(lua_State *L, int t, const struct source *s, char *err,
+                             size_t errlen)
+{
+    const char *const *keys = NULL;
+    for (size_t i = 0; i < sizeof provider_keys / sizeof provider_keys[0]; i++)
+        if (provider_keys[i].provider == s->provider)
+            keys = provider_keys[i].keys;
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) { /* key, value */
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            lua_pop(L, 1);
+            FAIL("sources.%s has a key that is not a name (a source is a table of settings)",
+                 s->name);
+        }
+        const char *k = lua_tostring(L, -1);
+        if (!in_list(source_keys, k) && (keys == NULL || !in_list(keys, k))) {
+            struct buf known;
+            buf_init(&known);
+            for (const char *const *p = source_keys; *p; p++)
+                buf_printf(&known, "%s%s", p == source_keys ? "" : ", ", *p);
+            for (const char *const *p = keys; p && *p; p++)
+                buf_printf(&known, ", %s", *p);
+            snprintf(err, errlen, "sources.%s.%.60s is not a setting of a%s %s source (its "
+                                  "settings are %s)",
+                     s->name, k, s->provider == PROVIDER_IBM_CM ? "n" : "",
+                     provider_name(s->provider), known.p ? known.p : "");
+            buf_free(&known);
+            lua_pop(L, 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Reads the source table at -1 named by the string at -2. */
 static int read_source(lua_State *L, struct source *s, char *err, size_t errlen)
 {
@@ -162,9 +217,15 @@ static int read_source(lua_State *L, struct source *s, char *err, size_t errlen)
         (s->provider = provider_parse(lua_tostring(L, -1))) == PROVIDER_NONE)
         FAIL("%sprovider must be \"cloudflare\" or \"ibm-cm\"", path);
     lua_pop(L, 1);
-    lua_getfield(L, t, "insecure");
-    s->insecure = lua_toboolean(L, -1);
+    if (check_source_keys(L, t, s, err, errlen) != 0)
+        return -1;
+    /* Only the boolean true opens a source: os.getenv("X") gives the string "false" */
+    int type = lua_getfield(L, t, "insecure");
+    s->insecure = type == LUA_TBOOLEAN && lua_toboolean(L, -1);
     lua_pop(L, 1);
+    if (type != LUA_TNIL && !s->insecure)
+        FAIL("%sinsecure must be true (the boolean), or left out: it accepts requests "
+             "without credentials", path);
     if (s->provider == PROVIDER_CLOUDFLARE) {
         if (each_string(L, t, "secret", path, add_secret, s, err, errlen) != 0)
             return -1;
