@@ -90,3 +90,34 @@ describe("slowloris defence", function()
     assert(ok, err)
   end)
 end)
+
+describe("core dumps", function()
+  -- Starts serve as the user nobody (as root every /proc file is root's anyway); returns the
+  -- owner uid of /proc/<pid>/status -- root's (0) when the process is not dumpable -- then
+  -- stops it.
+  local function proc_owner(env)
+    local dir = fs.tmpdir()
+    fs.write(dir .. "/certhook.conf.lua", 'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\n' ..
+      'handlers = "handlers"\ndata = "data"\n' .. SOURCES)
+    os.execute(("mkdir -p '%s/handlers' && chown -R 65534:65534 '%s'"):format(dir, dir))
+    os.execute(("cd '%s' && (%s setpriv --reuid 65534 --regid 65534 --clear-groups %s serve " ..
+      "--config certhook.conf.lua >server.log 2>&1 & echo $! >pid)"):format(dir, env, Server.certhook))
+    local pid = tonumber(fs.wait_for(function() return fs.read(dir .. "/pid") end, 5))
+    assert(fs.wait_for(function() return (fs.read(dir .. "/server.log") or ""):match('"listening"') end, 15),
+      fs.read(dir .. "/server.log"))
+    local out = fs.run(("stat -c %%u /proc/%d/status"):format(pid))
+    os.execute(("kill %d; while kill -0 %d 2>/dev/null; do sleep 0.05; done"):format(pid, pid))
+    fs.rm(dir)
+    return tonumber(out)
+  end
+
+  -- regress/13-6: a core image held the webhook secret and the admin token
+  it("makes serve non-dumpable unless CERTHOOK_ALLOW_CORE_DUMPS=1", function()
+    assert.are.equal(0, proc_owner(""))
+    assert.are.equal(65534, proc_owner("CERTHOOK_ALLOW_CORE_DUMPS=1"))
+  end)
+
+  it("sets LimitCORE=0 in the example systemd unit", function()
+    assert.truthy(fs.read("examples/systemd/certhook.service"):match("\nLimitCORE=0\n"))
+  end)
+end)
