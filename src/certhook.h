@@ -192,6 +192,7 @@ struct config {
     size_t max_hostnames;          /* the certificate inventory's cap (metrics) */
     int log_text;                  /* log.format = "text" */
     unsigned max_connections, request_timeout; /* request_timeout: seconds */
+    unsigned max_connections_per_ip; /* from one client address; 0: no bound */
     struct delivery_cfg delivery;
     double busy_timeout;       /* journal: seconds to wait for a locked database */
     double retention;          /* journal: seconds finished events are kept */

@@ -326,6 +326,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     c->max_backlog = 10000;
     c->max_hostnames = 10000;
     c->max_connections = 1024;
+    c->max_connections_per_ip = 64;
     c->request_timeout = 10;
     c->busy_timeout = 5;
     c->retention = 30 * 86400;
@@ -356,6 +357,10 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         if (opt_number(L, sub, "max_connections", 1, 1000000, &v, "limits.", err, errlen))
             goto done;
         c->max_connections = (unsigned)v;
+        v = c->max_connections_per_ip;
+        if (opt_number(L, sub, "max_connections_per_ip", 0, 1000000, &v, "limits.", err, errlen))
+            goto done;
+        c->max_connections_per_ip = (unsigned)v;
         v = c->request_timeout;
         if (opt_number(L, sub, "request_timeout", 1, 86400, &v, "limits.", err, errlen))
             goto done;

@@ -749,6 +749,7 @@ static struct listener *listen_on(struct intake *in, const struct config *cfg, c
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->request_timeout,
         MHD_OPTION_CONNECTION_LIMIT, hooks ? connection_ceiling() : 64u,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, hooks ? cfg->max_connections_per_ip : 0u,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->max_header + 4096,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, l,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, l,
@@ -852,6 +853,9 @@ int intake_reconfigure(struct intake *in, const struct config *c, char *err, siz
         retire(hooks);
         return -1;
     }
+    if (hooks == NULL && c->max_connections_per_ip != old->max_connections_per_ip)
+        log_msg(LOG_WARN, "limits.max_connections_per_ip changed: it takes effect at the next "
+                          "restart (or with a new listen address)");
     atomic_store(&in->cfg, c); /* requests under way keep the configuration they started with */
     if (c->tls != NULL)
         tls_use(c->tls); /* new handshakes present the certificate just read */

@@ -121,3 +121,56 @@ describe("core dumps", function()
     assert.truthy(fs.read("examples/systemd/certhook.service"):match("\nLimitCORE=0\n"))
   end)
 end)
+
+describe("connections per address", function()
+  local function connect(port, from)
+    local c = socket.tcp()
+    c:settimeout(2)
+    if from then assert(c:bind(from, 0)) end
+    assert(c:connect("127.0.0.1", port))
+    return c
+  end
+
+  -- regress/13-2: one client could take every connection slot
+  it("closes connections past limits.max_connections_per_ip while other addresses are served", function()
+    local srv = Server.start { config = SOURCES .. "limits = { max_connections_per_ip = 3 }\n" }
+    local held = {}
+    for i = 1, 3 do held[i] = connect(srv.port) end
+    socket.sleep(0.2)
+    local extra = connect(srv.port)
+    extra:send("POST /hooks/cloudflare HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    local line, err = extra:receive("*l")
+    assert.is_nil(line)
+    assert.truthy(err == "closed" or err:match("reset"), err)
+    extra:close()
+    -- another address still gets in
+    local other = connect(srv.port, "127.0.0.2")
+    local body = event()
+    other:send(("POST /hooks/cloudflare HTTP/1.1\r\nHost: x\r\ncf-webhook-auth: %s\r\n" ..
+      "Content-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"):format(SECRET, #body, body))
+    assert.truthy((other:receive("*l") or ""):match("^HTTP/1%.1 202"))
+    other:close()
+    for _, c in ipairs(held) do c:close() end
+    -- and the address gets in again once its connections are gone
+    assert(fs.wait_for(function()
+      local ok, r = pcall(srv.post, srv, "/hooks/cloudflare", (event()), CF)
+      return ok and r.status == 202
+    end, 5))
+    srv:cleanup()
+  end)
+
+  it("defaults to 64 per address", function()
+    local srv = Server.start { config = SOURCES }
+    local held = {}
+    for i = 1, 64 do held[i] = connect(srv.port) end
+    socket.sleep(0.2)
+    local extra = connect(srv.port)
+    extra:send("GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    local line, err = extra:receive("*l")
+    assert.is_nil(line, line)
+    assert.truthy(err == "closed" or err:match("reset"), err)
+    for _, c in ipairs(held) do c:close() end
+    extra:close()
+    srv:cleanup()
+  end)
+end)
