@@ -174,3 +174,176 @@ describe("connections per address", function()
     srv:cleanup()
   end)
 end)
+
+-- Sends raw bytes on a new connection and reads until the server closes it (or `seconds`
+-- pass): everything received, whether it was closed, and how long that took.
+local function exchange(port, bytes, seconds)
+  local c = socket.tcp()
+  c:settimeout(2)
+  assert(c:connect("127.0.0.1", port))
+  local t0 = socket.gettime()
+  assert(c:send(bytes))
+  local got, closed = {}, false
+  c:settimeout(0.1)
+  repeat
+    local data, err, partial = c:receive(4096)
+    data = data or partial
+    if data and #data > 0 then got[#got + 1] = data end
+    if err == "closed" then closed = true break end
+  until socket.gettime() - t0 > (seconds or 4)
+  c:close()
+  return table.concat(got), closed, socket.gettime() - t0
+end
+
+local function status_lines(text)
+  local n = 0
+  for _ in text:gmatch("HTTP/1%.%d %d%d%d") do n = n + 1 end
+  return n
+end
+
+describe("HTTP framing", function()
+  local srv
+  local HEAD = "POST /hooks/cloudflare HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" ..
+    "cf-webhook-auth: " .. SECRET .. "\r\n"
+  setup(function()
+    srv = Server.start { config = SOURCES .. "limits = { max_body = 1000, request_timeout = 5 }\n" }
+  end)
+  teardown(function() srv:cleanup() end)
+
+  -- regress/13-5: processed, and the connection kept (RFC 9112 §6.1: close it)
+  it("answers Content-Length with Transfer-Encoding 400 and closes the connection", function()
+    local body = event()
+    local chunked = ("%x\r\n%s\r\n0\r\n\r\n"):format(#body, body)
+    local text, closed, took = exchange(srv.port, HEAD .. "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n" .. chunked)
+    assert.truthy(text:match("^HTTP/1%.1 400 "), text)
+    assert.truthy(text:match("Transfer%-Encoding"), text)
+    assert.is_true(closed)
+    assert.is_true(took < 2, took)
+    assert.are.equal(1, status_lines(text), text)
+  end)
+
+  it("answers an unknown Transfer-Encoding 501 at once and closes the connection", function()
+    for _, te in ipairs { "gzip", "gzip, chunked", "identity", "chunked, chunked" } do
+      local text, closed, took = exchange(srv.port, HEAD .. "Transfer-Encoding: " .. te .. "\r\n\r\n{}")
+      assert.truthy(text:match("^HTTP/1%.1 501 "), te .. ": " .. text)
+      assert.truthy(text:match('"error":"not_implemented"'), text)
+      assert.is_true(closed, te)
+      assert.is_true(took < 2, te .. ": " .. took)
+    end
+  end)
+
+  it("answers two Content-Length headers 400", function()
+    local text, closed = exchange(srv.port, HEAD .. "Content-Length: 2\r\nContent-Length: 2\r\n\r\n{}")
+    assert.truthy(text:match("^HTTP/1%.1 400 "), text)
+    assert.is_true(closed)
+  end)
+
+  -- libmicrohttpd 0.9.75 answers these itself, with its status line and headers twice
+  it("answers a malformed or huge Content-Length with one clean status line", function()
+    for _, case in ipairs { { "abc", "400" }, { "1x", "400" }, { "-1", "400" },
+                            { "99999999999999999999999", "413" } } do
+      local text, closed = exchange(srv.port, HEAD .. "Content-Length: " .. case[1] .. "\r\n\r\n{}")
+      assert.truthy(text:match("^HTTP/1%.1 " .. case[2] .. " "), case[1] .. ": " .. text)
+      assert.are.equal(1, status_lines(text), case[1] .. ": " .. text)
+      assert.is_true(closed, case[1])
+      local json = text:match("\r\n\r\n(.*)$")
+      assert.truthy(pcall(cjson.decode, json), case[1] .. ": " .. text)
+    end
+  end)
+
+  -- regress/13-4: the 413 came after the last chunk; 256 MiB were read in 4 s
+  it("refuses a chunked body as soon as it passes limits.max_body", function()
+    for _, size_line in ipairs { "10000000", "100" } do -- one huge chunk, or many small ones
+      local c = socket.tcp()
+      c:settimeout(2)
+      assert(c:connect("127.0.0.1", srv.port))
+      assert(c:send(HEAD .. "Transfer-Encoding: chunked\r\n\r\n"))
+      local sent, reply, t0 = 0, nil, socket.gettime()
+      while not reply and sent < 1 << 20 and socket.gettime() - t0 < 5 do
+        local piece = size_line == "100" and ("100\r\n" .. ("a"):rep(256) .. "\r\n") or
+          ((sent == 0 and "10000000\r\n" or "") .. ("a"):rep(256))
+        local ok = c:send(piece)
+        if not ok then break end
+        sent = sent + #piece
+        c:settimeout(0.02)
+        local line = c:receive("*l")
+        if line then reply = line end
+      end
+      c:settimeout(1)
+      reply = reply or c:receive("*l")
+      c:close()
+      assert.truthy(reply and reply:match("^HTTP/1%.1 413 "), size_line .. ": " .. tostring(reply))
+      assert.is_true(sent < 8192, size_line .. ": sent " .. sent .. " bytes before the reply")
+    end
+  end)
+
+  it("still takes a chunked body within the limit, and keeps the connection", function()
+    local body = event()
+    local c = socket.tcp()
+    c:settimeout(3)
+    assert(c:connect("127.0.0.1", srv.port))
+    for _ = 1, 2 do
+      local b = event()
+      assert(c:send(HEAD .. "Transfer-Encoding: chunked\r\n\r\n" ..
+        ("%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n"):format(10, b:sub(1, 10), #b - 10, b:sub(11))))
+      assert.truthy((c:receive("*l") or ""):match("^HTTP/1%.1 202"))
+      local len
+      repeat
+        local h = c:receive("*l")
+        len = len or tonumber(h:match("^[Cc]ontent%-[Ll]ength: (%d+)"))
+      until h == ""
+      c:receive(len)
+    end
+    c:close()
+    assert(body)
+  end)
+end)
+
+-- regress/13-10: NUL bytes cut C strings short: "/hooks/cloudflare%00.evil" routed to
+-- cloudflare, "S3CRET\0junk" was the secret
+describe("NUL bytes in the request", function()
+  local srv
+  local TOKEN = "admin-token-nul-0123456789"
+  setup(function()
+    srv = Server.start { config = SOURCES .. ('admin_token = %q\n'):format(TOKEN) }
+  end)
+  teardown(function() srv:cleanup() end)
+
+  local function post(target, headers)
+    local body = event()
+    return exchange(srv.port, ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s" ..
+      "Content-Length: %d\r\nConnection: close\r\n\r\n%s"):format(target, headers, #body, body))
+  end
+
+  it("refuses them in the path, escaped or not, and still decodes other escapes", function()
+    local auth = "cf-webhook-auth: " .. SECRET .. "\r\n"
+    for _, target in ipairs { "/hooks/cloudflare%00.evil", "/hooks/cloudflare\0.evil", "/hooks/cloudflare?a=b%00c" } do
+      local text = post(target, auth)
+      assert.truthy(text:match("^HTTP/1%.1 400 "), target .. ": " .. text)
+      assert.truthy(text:match("NUL"), text)
+    end
+    assert.truthy(post("/hooks/cloud%66lare", auth):match("^HTTP/1%.1 202 "))
+    assert.truthy(post("/hooks/cloudflare?x=1", auth):match("^HTTP/1%.1 202 "))
+  end)
+
+  it("refuses them in a header value or name", function()
+    for _, h in ipairs { "cf-webhook-auth: " .. SECRET .. "\0junk\r\n",
+                         "cf-webhook-auth: " .. SECRET .. "\r\nX-Other: a\0b\r\n",
+                         "cf-webhook-auth: " .. SECRET .. "\r\nX-\0Other: ab\r\n" } do
+      local text = post("/hooks/cloudflare", h)
+      assert.truthy(text:match("^HTTP/1%.1 400 "), text)
+    end
+    -- a request with blanks in odd places is still fine
+    assert.truthy(post("/hooks/cloudflare", "cf-webhook-auth:\t" .. SECRET .. "\r\nX-Pad:   \r\n")
+      :match("^HTTP/1%.1 202 "))
+  end)
+
+  it("refuses them in the admin bearer token", function()
+    local text = exchange(srv.admin, ("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n" ..
+      "Authorization: Bearer %s\0junk\r\nConnection: close\r\n\r\n"):format(TOKEN))
+    assert.truthy(text:match("^HTTP/1%.1 400 "), text)
+    text = exchange(srv.admin, ("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n" ..
+      "Authorization: Bearer %s\r\nConnection: close\r\n\r\n"):format(TOKEN))
+    assert.truthy(text:match("^HTTP/1%.1 200 "), text)
+  end)
+end)
