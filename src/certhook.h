@@ -48,6 +48,9 @@ int buf_adds(struct buf *b, const char *s);
 int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int buf_json_str(struct buf *b, const char *s, size_t n); /* appends "s" JSON-escaped */
 char *buf_take(struct buf *b);                             /* NUL-terminated; caller frees */
+/* The length of the UTF-8 sequence at s (n bytes left) and its code point in *cp; 0 when it is
+ * not valid UTF-8 (overlong, a surrogate, cut short, a stray byte). */
+size_t buf_utf8_next(const char *s, size_t n, unsigned *cp);
 
 /* ---- api_log.c: one JSON object per line on stderr -------------------------------- */
 
@@ -238,8 +241,9 @@ int auth_base64url_decode(const char *in, size_t n, unsigned char *out, size_t *
 /* ---- normalize.c ---------------------------------------------------------------------- */
 
 /* Rewrites a cjson-decoded value at idx in place, as Lua code expects it: JSON null members
- * of objects are dropped (absent = nil) and whole floats become integers. */
-void normalize_fixup(lua_State *L, int idx);
+ * of objects are dropped (absent = nil), numbers too large for a double (inf) are dropped like
+ * nulls, whole floats become integers. Returns how many keys and strings hold a NUL byte. */
+int normalize_fixup(lua_State *L, int idx);
 /* Pushes the canonical event for the decoded payload at raw (already fixed up; becomes
  * event.raw). Sets `id` only when the payload carries a provider id. Returns 0, or -1 with
  * a message a person can act on (nothing pushed). */

@@ -347,3 +347,106 @@ describe("NUL bytes in the request", function()
     assert.truthy(text:match("^HTTP/1%.1 200 "), text)
   end)
 end)
+
+-- regress/13-8: authenticated input broke handlers and monitoring
+describe("hostile values in authenticated payloads", function()
+  local srv
+  local RECORD = [[
+local certhook = require "certhook"
+return { ["*"] = function(e)
+  local f = assert(io.open("seen.jsonl", "a"))
+  f:write(certhook.json.encode { event = e, raw = e.raw, hostname = e.hostname or "(nil)" }, "\n")
+  f:close()
+end }]]
+  setup(function()
+    srv = Server.start { config = SOURCES .. "delivery = { max_attempts = 1 }\n", handlers = { ["record.lua"] = RECORD } }
+  end)
+  teardown(function() srv:cleanup() end)
+
+  -- The body of a fresh SSL for SaaS event, with text replaced (raw JSON: 1e309 has no
+  -- encoding in cjson).
+  local function body_with(pairs_)
+    local body, id = event()
+    for _, p in ipairs(pairs_) do
+      local n
+      body, n = body:gsub(p[1], function() return p[2] end)
+      assert(n > 0, p[1])
+    end
+    return body, id
+  end
+
+  local function seen(id)
+    return fs.wait_for(function()
+      for line in (fs.read(srv.dir .. "/seen.jsonl") or ""):gmatch("[^\n]+") do
+        local t = cjson.decode(line)
+        if t.event.id == id then return t end
+      end
+    end, 5)
+  end
+
+  local function metrics()
+    return http.get(srv.admin, "/metrics").body
+  end
+
+  local function promtool_ok(text)
+    local dir = fs.tmpdir()
+    fs.write(dir .. "/in", text)
+    local out, err, code = fs.run("unset LD_PRELOAD; promtool check metrics < '" .. dir .. "/in'")
+    fs.rm(dir)
+    return code == 0, out .. err
+  end
+
+  it("turns numbers too large for a double into absent values; handlers can encode the event", function()
+    local body, id = body_with {
+      { '"created_at": "[^"]*"', '"created_at": 1e309' },
+      { '"key1": "value1"', '"key1": -1e999, "list": [1, 1e400, 2]' },
+    }
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    local t = assert(seen(id), "the handler failed:\n" .. srv:log_text())
+    assert.is_nil(t.event.occurred_at)
+    assert.is_nil(t.raw.metadata.event.created_at)
+    assert.is_nil(t.raw.data.custom_metadata.key1)
+    assert.are.same({ 1, cjson.null, 2 }, t.raw.data.custom_metadata.list)
+    assert.is_nil(srv:log_text():match('"handler failed"'))
+  end)
+
+  it("keeps hostnames that are too long or not hostnames out of the event, the inventory and /metrics", function()
+    local huge = ("a"):rep(500 * 1024) .. ".example"
+    for _, bad in ipairs { huge, "bad\255host.example", "a b.example", "x\"y.example", "-", "a..b" .. (".b"):rep(130) } do
+      local body, id = body_with { { '"hostname": "blog.com"', ('"hostname": %q'):format(bad) } }
+      local r = srv:post("/hooks/cloudflare", body, CF)
+      assert.are.equal(202, r.status, r.body)
+      local t = assert(seen(id))
+      assert.are.equal("(nil)", t.hostname)
+      assert.are.equal(bad, t.raw.data.hostname)
+    end
+    local text = metrics()
+    assert.is_true(#text < 100000, #text)
+    assert.falsy(text:find("aaaaaaaaaa", 1, true))
+    -- a long name within 253 bytes, and an internationalized one, are kept
+    for _, good in ipairs { ("x"):rep(60) .. "." .. ("y"):rep(60) .. ".example", "bücher.example", "*.wild_card.example" } do
+      local body, id = body_with { { '"hostname": "blog.com"', ('"hostname": %q'):format(good) } }
+      assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+      assert.are.equal(good, assert(seen(id)).hostname)
+      assert.truthy(metrics():find('hostname="' .. good .. '"', 1, true), good)
+    end
+  end)
+
+  it("escapes label values so that /metrics always parses", function()
+    local body = body_with { { '"status": "pending_validation"', '"status": "pend\\"ing\\\\\\n\255\192"' } }
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    assert(fs.wait_for(function() return metrics():find('status="pend\\"ing', 1, true) end, 5), metrics())
+    local ok, out = promtool_ok(metrics())
+    assert(ok, out)
+  end)
+
+  it("refuses NUL bytes in the strings an event is journaled by", function()
+    for _, edit in ipairs { { '"id": "e2e%-', '"id": "nul\\u0000e2e-' },
+                            { '"hostname": "blog.com"', '"hostname": "blog.com\\u0000.evil"' },
+                            { '"type": "dv"', '"type": "dv", "k\\u0000ey": 1' } } do
+      local r = srv:post("/hooks/cloudflare", (body_with { edit }), CF)
+      assert.are.equal(400, r.status, r.body)
+      assert.truthy(r.json.message:match("NUL"), r.body)
+    end
+  end)
+end)
