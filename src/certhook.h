@@ -169,6 +169,9 @@ struct source {
     unsigned char (*secrets)[32];     /* Cloudflare: SHA-256 of each accepted secret */
     size_t nsecrets;
     struct auth_keys *keys;           /* IBM: RS256 public keys; NULL if none */
+    int check_times;                  /* IBM: check exp, nbf, iat (configured sources) */
+    double leeway;                    /* IBM: seconds of clock skew allowed for them */
+    double max_age;                   /* IBM: seconds a token may be old (iat); 0: any age */
 };
 
 /* ---- config.c --------------------------------------------------------------------------- */

@@ -152,7 +152,7 @@ static const struct {
     const char *const keys[4];
 } provider_keys[] = {
     {PROVIDER_CLOUDFLARE, {"secret", NULL}},
-    {PROVIDER_IBM_CM, {"public_key", NULL}},
+    {PROVIDER_IBM_CM, {"public_key", "leeway", "max_age", NULL}},
 };
 
 static int in_list(const char *const *list, const char *k)
@@ -234,7 +234,11 @@ static int read_source(lua_State *L, struct source *s, char *err, size_t errlen)
                  "cf-webhook-auth), or insecure = true to accept unauthenticated requests",
                  s->name);
     } else {
-        if (each_string(L, t, "public_key", path, add_key, s, err, errlen) != 0)
+        s->check_times = 1;
+        s->leeway = 300;
+        if (each_string(L, t, "public_key", path, add_key, s, err, errlen) != 0 ||
+            opt_number(L, t, "leeway", 0, 1e9, &s->leeway, path, err, errlen) != 0 ||
+            opt_number(L, t, "max_age", 0, 1e10, &s->max_age, path, err, errlen) != 0)
             return -1;
         if (s->keys == NULL && !s->insecure)
             FAIL("sources.%s has no credentials: set public_key (the PEM file downloaded "

@@ -414,6 +414,42 @@ static int is_jwt(const char *s)
     return dot != NULL && strchr(dot + 1, '.') != NULL;
 }
 
+/* The JWT claims at idx are within their lifetime at now (RFC 7519 §4.1.4-6): not past exp,
+ * not before nbf, not issued in the future, each give or take src->leeway seconds, and not
+ * older than src->max_age when set. Absent claims are not checked. 0, or -1 with a message. */
+static int check_times(lua_State *L, int idx, const struct source *src, double now, char *err,
+                       size_t errlen)
+{
+    static const char *const names[] = {"exp", "nbf", "iat"};
+    char when[40];
+    for (int i = 0; i < 3; i++) {
+        int type = normalize_get(L, idx, names[i]);
+        double t = lua_tonumber(L, -1);
+        lua_pop(L, 1);
+        if (type == LUA_TNIL)
+            continue;
+        if (type != LUA_TNUMBER || !isfinite(t)) {
+            snprintf(err, errlen, "the JWT's %s is not a NumericDate", names[i]);
+            return -1;
+        }
+        time_format_iso8601(t, when);
+        if (i == 0 && now > t + src->leeway)
+            snprintf(err, errlen, "the JWT expired at %s (exp; sources.%s.leeway is %g s)", when,
+                     src->name, src->leeway);
+        else if (i > 0 && t > now + src->leeway)
+            snprintf(err, errlen, "the JWT is %s %s, in the future (%s; sources.%s.leeway is "
+                     "%g s)", i == 1 ? "not valid before" : "issued at", when, names[i],
+                     src->name, src->leeway);
+        else if (i == 2 && src->max_age > 0 && now > t + src->max_age + src->leeway)
+            snprintf(err, errlen, "the JWT was issued at %s, more than sources.%s.max_age (%g s) "
+                     "ago (leeway %g s)", when, src->name, src->max_age, src->leeway);
+        else
+            continue;
+        return -1;
+    }
+    return 0;
+}
+
 int normalize_body(lua_State *L, const struct source *src, const char *body, size_t n,
                    double received_at, char **claims, size_t *claims_len, char *err,
                    size_t errlen)
@@ -441,6 +477,8 @@ int normalize_body(lua_State *L, const struct source *src, const char *body, siz
                 snprintf(err, errlen, "the JWT payload is not JSON: %s", msg);
                 goto bad;
             }
+            if (src->check_times && check_times(L, -1, src, received_at, err, errlen) != 0)
+                goto unauthorized;
         } else if (!src->insecure) {
             snprintf(err, errlen,
                      "source %s accepts only signed notifications: the body must be "

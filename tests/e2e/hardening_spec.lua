@@ -450,3 +450,56 @@ end }]]
     end
   end)
 end)
+
+-- regress/13-10: IBM tokens' exp/iat were not checked: a captured callback replayed as new
+-- once out of the journal's retention
+describe("IBM token lifetimes", function()
+  local jwt = require "helpers.jwt"
+  local srv, priv, keydir
+  setup(function()
+    keydir = fs.tmpdir()
+    local pub
+    priv, pub = jwt.keypair(keydir, "ibm")
+    srv = Server.start { config = ('sources = {\n  ibm = { provider = "ibm-cm", public_key = %q },\n' ..
+      '  strict = { provider = "ibm-cm", public_key = %q, leeway = 0, max_age = 3600 } }\n'):format(pub, pub) }
+  end)
+  teardown(function()
+    srv:cleanup()
+    fs.rm(keydir)
+  end)
+
+  local n = 0
+  local function send(source, times, header)
+    local claims = cjson.decode(fs.read("tests/fixtures/ibm-cm/v4.cert_issued.json"))
+    n = n + 1
+    claims.nonce = ("%d-%d-%d"):format(os.time(), math.random(1e9), n)
+    for k, v in pairs(times) do claims[k] = os.time() + v end
+    return srv:post("/hooks/" .. source, jwt.body(jwt.rs256(cjson.encode(claims), priv, header)))
+  end
+
+  it("refuses a token past exp, before nbf or issued in the future, beyond the leeway", function()
+    assert.are.equal(202, send("ibm", {}).status) -- real IBM payloads may carry none
+    assert.are.equal(202, send("ibm", { exp = 600, iat = -10, nbf = -10 }).status)
+    assert.are.equal(202, send("ibm", { exp = -200 }).status) -- within the default 300 s
+    for _, times in ipairs { { exp = -400 }, { nbf = 400 }, { iat = 400 } } do
+      local r = send("ibm", times)
+      assert.are.equal(401, r.status, cjson.encode(times))
+      assert.truthy(r.json.message:match("leeway"), r.body)
+    end
+    local r = send("ibm", { exp = -400 })
+    assert.truthy(r.json.message:match("expired"), r.body)
+  end)
+
+  it("takes sources.<name>.leeway and max_age", function()
+    assert.are.equal(401, send("strict", { exp = -5 }).status)
+    assert.are.equal(202, send("strict", { iat = -60 }).status)
+    local r = send("strict", { iat = -7200 })
+    assert.are.equal(401, r.status)
+    assert.truthy(r.json.message:match("max_age"), r.body)
+  end)
+
+  it("refuses an alg that only starts with RS256", function()
+    local r = send("ibm", {}, '{"alg":"RS256\\u0000x"}')
+    assert.are.equal(401, r.status, r.body)
+  end)
+end)
