@@ -210,6 +210,9 @@ struct config {
 int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t errlen);
 void config_free(struct config *c);
 const struct source *config_source(const struct config *c, const char *name, size_t len);
+/* Whether host[:port] (n bytes; [v6]:port) names this machine's loopback: localhost,
+ * 127.0.0.0/8, [::1]. */
+int config_loopback_host(const char *s, size_t n);
 
 /* ---- tls.c: the webhook listener's certificate ------------------------------------------- */
 

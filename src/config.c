@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include <lauxlib.h>
@@ -273,17 +274,39 @@ static int read_tls(lua_State *L, int t, struct config *c, char *err, size_t err
     return rc;
 }
 
-/* Whether a listen address's host is a loopback one (127.0.0.0/8, ::1, localhost). */
-static int is_loopback(const char *addr)
+/* host, host:port or [v6]:port: localhost, 127.0.0.0/8 or ::1 (certhook.h). */
+int config_loopback_host(const char *s, size_t n)
 {
-    char host[256];
+    char host[64];
     unsigned char a[16];
-    const char *colon = strrchr(addr, ':');
-    size_t n = colon ? (size_t)(colon - addr) : strlen(addr);
-    if (n >= 2 && addr[0] == '[' && addr[n - 1] == ']')
-        addr++, n -= 2;
-    snprintf(host, sizeof host, "%.*s", (int)n, addr);
-    if (strcmp(host, "localhost") == 0)
+    const char *h = s, *port = NULL;
+    size_t hn = n;
+    if (n > 0 && s[0] == '[') { /* [v6] or [v6]:port */
+        const char *close = memchr(s, ']', n);
+        if (close == NULL)
+            return 0;
+        h = s + 1;
+        hn = (size_t)(close - h);
+        if (close + 1 < s + n) {
+            if (close[1] != ':')
+                return 0;
+            port = close + 2;
+        }
+    } else {
+        const char *colon = memrchr(s, ':', n);
+        if (colon != NULL)
+            hn = (size_t)(colon - s), port = colon + 1;
+    }
+    if (port != NULL) { /* 1 to 5 digits */
+        size_t pn = (size_t)(s + n - port);
+        if (pn == 0 || pn > 5 || strspn(port, "0123456789") < pn)
+            return 0;
+    }
+    if (hn == 0 || hn >= sizeof host)
+        return 0;
+    memcpy(host, h, hn);
+    host[hn] = '\0';
+    if (strcasecmp(host, "localhost") == 0)
         return 1;
     if (inet_pton(AF_INET, host, a) == 1)
         return a[0] == 127;
@@ -308,7 +331,7 @@ static int read_admin(lua_State *L, int t, struct config *c, char *err, size_t e
         c->has_admin_token = 1;
     }
     lua_pop(L, 1);
-    if (!c->has_admin_token && !is_loopback(c->admin))
+    if (!c->has_admin_token && !config_loopback_host(c->admin, strlen(c->admin)))
         FAIL("admin %s is not a loopback address: the admin endpoints (reload, metrics) "
              "would be open to the network. Set admin_token (clients then send "
              "Authorization: Bearer <token>), or listen on 127.0.0.1",

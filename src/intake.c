@@ -794,6 +794,38 @@ static int bearer_ok(const struct config *cfg, struct MHD_Connection *c)
     return auth_digest_match(h + 7, (const unsigned char (*)[32])cfg->admin_token, 1);
 }
 
+/* Why the admin listener refuses a request whatever its path, or NULL. Against DNS rebinding
+ * and cross-site requests: a web page the operator opens can make the browser send requests to
+ * 127.0.0.1 under a name the page controls. Without admin_token only loopback Host names are
+ * answered; a POST from another origin (Origin, Sec-Fetch-Site) never is. */
+static const char *admin_refusal(const struct config *cfg, struct MHD_Connection *c,
+                                 const char *method, char *msg, size_t n)
+{
+    const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    if (!cfg->has_admin_token && host != NULL && !config_loopback_host(host, strlen(host))) {
+        snprintf(msg, n, "Host %.100s is not a loopback name: without admin_token the admin "
+                         "listener answers only localhost, 127.0.0.1 and [::1]", host);
+        return msg;
+    }
+    if (strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0)
+        return NULL;
+    const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+    const char *site = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Sec-Fetch-Site");
+    if (origin != NULL) {
+        size_t skip = strncasecmp(origin, "http://", 7) == 0    ? 7
+                      : strncasecmp(origin, "https://", 8) == 0 ? 8
+                                                                : 0;
+        if (skip == 0 || !config_loopback_host(origin + skip, strlen(origin + skip)))
+            snprintf(msg, n, "a %s from the web page at %.100s: refused", method, origin);
+        else
+            origin = NULL;
+    }
+    if (origin == NULL && site != NULL && strcasecmp(site, "same-origin") != 0 &&
+        strcasecmp(site, "none") != 0)
+        snprintf(msg, n, "a %s from a %.20s web page: refused", method, site), origin = site;
+    return origin != NULL ? msg : NULL;
+}
+
 static const struct {
     const char *path, *method;
     enum MHD_Result (*fn)(struct intake *, struct MHD_Connection *);
@@ -832,6 +864,9 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
         return MHD_YES;
     }
     set_deadline(l->in, c, 1);
+    char why[320];
+    if (admin_refusal(cfg, c, method, why, sizeof why) != NULL)
+        return reply_error(c, MHD_HTTP_FORBIDDEN, "forbidden", NULL, NULL, NULL, "%s", why);
     for (size_t i = 0; i < sizeof admin_routes / sizeof admin_routes[0]; i++) {
         if (strcmp(url, admin_routes[i].path) != 0)
             continue;

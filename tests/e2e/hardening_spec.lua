@@ -503,3 +503,46 @@ describe("IBM token lifetimes", function()
     assert.are.equal(401, r.status, r.body)
   end)
 end)
+
+-- regress/13-10: a token-less loopback admin answered any Host and took a cross-origin
+-- POST /reload (DNS rebinding: a web page the operator opens can reach 127.0.0.1)
+describe("admin Host and Origin", function()
+  local function admin(port, method, path, headers)
+    local text = exchange(port, ("%s %s HTTP/1.1\r\n%sConnection: close\r\n\r\n"):format(method, path, headers))
+    return tonumber(text:match("^HTTP/1%.1 (%d+)")), text
+  end
+
+  it("answers only loopback Host names without admin_token, and refuses cross-origin POSTs", function()
+    local srv = Server.start { config = SOURCES }
+    local p = srv.admin
+    for _, host in ipairs { "evil.example", "evil.example:" .. p, "127.0.0.1.evil.example", "localhostx", "10.0.0.1" } do
+      local status, text = admin(p, "GET", "/metrics", "Host: " .. host .. "\r\n")
+      assert.are.equal(403, status, host)
+      assert.truthy(text:match('"error":"forbidden"'), text)
+    end
+    for _, host in ipairs { "localhost", "localhost:" .. p, "127.0.0.1", "127.1.2.3:" .. p, "[::1]", "[::1]:" .. p, "LocalHost" } do
+      assert.are.equal(200, (admin(p, "GET", "/metrics", "Host: " .. host .. "\r\n")), host)
+    end
+    local host = "Host: 127.0.0.1:" .. p .. "\r\n"
+    for _, h in ipairs { "Origin: http://evil.example\r\n", "Origin: null\r\n",
+                         "Origin: http://localhost.evil.example\r\n", "Sec-Fetch-Site: cross-site\r\n" } do
+      local status, text = admin(p, "POST", "/reload", host .. h)
+      assert.are.equal(403, status, h)
+      assert.truthy(text:match('"error":"forbidden"'), text)
+    end
+    assert.are.equal(200, (admin(p, "POST", "/reload", host .. "Origin: http://127.0.0.1:" .. p .. "\r\n")))
+    assert.are.equal(200, (admin(p, "POST", "/reload", host .. "Origin: http://localhost\r\nSec-Fetch-Site: same-origin\r\n")))
+    assert.are.equal(200, (admin(p, "POST", "/reload", host)))
+    srv:cleanup()
+  end)
+
+  it("answers any Host with admin_token, but still refuses cross-origin POSTs", function()
+    local token = "admin-token-host-0123456789"
+    local srv = Server.start { config = SOURCES .. ('admin_token = %q\n'):format(token) }
+    local auth = "Authorization: Bearer " .. token .. "\r\n"
+    assert.are.equal(200, (admin(srv.admin, "GET", "/metrics", "Host: certhook.internal.example\r\n" .. auth)))
+    assert.are.equal(403, (admin(srv.admin, "POST", "/reload", "Host: certhook.internal.example\r\n" .. auth ..
+      "Origin: https://evil.example\r\n")))
+    srv:cleanup()
+  end)
+end)
