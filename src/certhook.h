@@ -191,6 +191,7 @@ struct config {
     struct source *sources;
     size_t nsources;
     struct tls_creds *tls;       /* the webhook listener's certificate and key; NULL: HTTP */
+    char *tls_priority;          /* its GnuTLS priority string (tls_priority) */
     unsigned char admin_token[32]; /* SHA-256 of the admin bearer token, when has_admin_token */
     int has_admin_token;
     size_t max_body, max_header;   /* bytes */
@@ -222,7 +223,11 @@ void tls_free(struct tls_creds *t);
 /* Makes t the credentials new handshakes present (a reload swaps them; t must outlive the
  * handshakes that use it -- configurations live until exit). */
 void tls_use(struct tls_creds *t);
-extern const char tls_priorities[]; /* GnuTLS priorities: TLS 1.2 and later */
+/* The GnuTLS priority string of tls = { ciphers = ..., min_version = "1.2" | "1.3" }: ciphers
+ * (a priority string; NULL: tls_default_ciphers, Mozilla's intermediate profile) with the TLS
+ * versions from min_version on. Checked by GnuTLS; malloc'd, or NULL with a message. */
+char *tls_priority(const char *ciphers, const char *min_version, char *err, size_t errlen);
+extern const char tls_default_ciphers[];
 /* tls.h: tls_retrieve, the GnuTLS certificate callback presenting them (intake.c). */
 
 /* ---- auth.c ------------------------------------------------------------------------------ */

@@ -145,6 +145,40 @@ static int valid_name(const char *s)
     return 1;
 }
 
+static int in_list(const char *const *list, const char *k)
+{
+    for (; *list; list++)
+        if (strcmp(*list, k) == 0)
+            return 1;
+    return 0;
+}
+
+/* Every key of the table at t (the setting `name`) is one of keys: else an error naming it. */
+static int check_keys(lua_State *L, int t, const char *name, const char *const *keys, char *err,
+                      size_t errlen)
+{
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) { /* key, value */
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING || !in_list(keys, lua_tostring(L, -1))) {
+            struct buf known;
+            buf_init(&known);
+            for (const char *const *p = keys; *p; p++)
+                buf_printf(&known, "%s%s", p == keys ? "" : ", ", *p);
+            if (lua_type(L, -1) == LUA_TSTRING)
+                snprintf(err, errlen, "%s.%.60s is not a setting (those of %s are %s)", name,
+                         lua_tostring(L, -1), name, known.p ? known.p : "");
+            else
+                snprintf(err, errlen, "%s has a key that is not a name (its settings are %s)",
+                         name, known.p ? known.p : "");
+            buf_free(&known);
+            lua_pop(L, 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The settings a source table may hold: those of every source, then those of its provider.
  * A provider's options are one list here. */
 static const char *const source_keys[] = {"provider", "insecure", NULL};
@@ -155,14 +189,6 @@ static const struct {
     {PROVIDER_CLOUDFLARE, {"secret", NULL}},
     {PROVIDER_IBM_CM, {"public_key", "leeway", "max_age", NULL}},
 };
-
-static int in_list(const char *const *list, const char *k)
-{
-    for (; *list; list++)
-        if (strcmp(*list, k) == 0)
-            return 1;
-    return 0;
-}
 
 /* Every key of the source table at t is a setting of its provider. */
 static int check_source_keys(lua_State *L, int t, const struct source *s, char *err,
@@ -249,20 +275,28 @@ static int read_source(lua_State *L, struct source *s, char *err, size_t errlen)
     return 0;
 }
 
-/* tls = { cert = FILE, key = FILE }: HTTPS on the webhook listener. */
+/* tls = { cert = FILE, key = FILE, ciphers = PRIORITIES, min_version = "1.2" }: HTTPS on the
+ * webhook listener. */
 static int read_tls(lua_State *L, int t, struct config *c, char *err, size_t errlen)
 {
-    char *cert = NULL, *key = NULL, msg[400];
+    static const char *const keys[] = {"cert", "key", "ciphers", "min_version", NULL};
+    char *cert = NULL, *key = NULL, *ciphers = NULL, *min_version = NULL, msg[400];
     int sub, rc = -1;
     if (opt_table(L, t, "tls", &sub, err, errlen) != 0)
         return -1;
     if (sub == 0)
         return 0;
-    if (opt_string(L, sub, "cert", &cert, "tls.", err, errlen) == 0 &&
-        opt_string(L, sub, "key", &key, "tls.", err, errlen) == 0) {
+    if (check_keys(L, sub, "tls", keys, err, errlen) == 0 &&
+        opt_string(L, sub, "cert", &cert, "tls.", err, errlen) == 0 &&
+        opt_string(L, sub, "key", &key, "tls.", err, errlen) == 0 &&
+        opt_string(L, sub, "ciphers", &ciphers, "tls.", err, errlen) == 0 &&
+        opt_string(L, sub, "min_version", &min_version, "tls.", err, errlen) == 0) {
         if (cert == NULL || key == NULL)
             snprintf(err, errlen, "tls needs both cert (the PEM certificate chain) and key "
                                   "(its PEM private key)");
+        else if ((c->tls_priority = tls_priority(ciphers, min_version ? min_version : "1.2", err,
+                                                 errlen)) == NULL)
+            ;
         else if ((c->tls = tls_load(cert, key, msg, sizeof msg)) != NULL)
             rc = 0;
         else
@@ -270,6 +304,8 @@ static int read_tls(lua_State *L, int t, struct config *c, char *err, size_t err
     }
     free(cert);
     free(key);
+    free(ciphers);
+    free(min_version);
     lua_pop(L, 1);
     return rc;
 }
@@ -373,7 +409,15 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         opt_string(L, t, "lua_cpath", &c->lua_cpath, "", err, errlen))
         goto done;
 
-    if (opt_table(L, t, "limits", &sub, err, errlen))
+    static const char *const limits_keys[] = {"max_body", "max_connections",
+        "max_connections_per_ip", "request_timeout", "max_header", "max_backlog", NULL};
+    static const char *const delivery_keys[] = {"max_attempts", "backoff", "max_backoff",
+        "timeout", "shutdown_grace", "concurrency", "per_host", "memory_limit", NULL};
+    static const char *const journal_keys[] = {"busy_timeout", "retention", NULL};
+    static const char *const log_keys[] = {"level", "format", NULL};
+    static const char *const metrics_keys[] = {"max_hostnames", NULL};
+    if (opt_table(L, t, "limits", &sub, err, errlen) ||
+        (sub && check_keys(L, sub, "limits", limits_keys, err, errlen)))
         goto done;
     if (sub) {
         v = (double)c->max_body;
@@ -403,7 +447,8 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     }
     if (read_tls(L, t, c, err, errlen) != 0 || read_admin(L, t, c, err, errlen) != 0)
         goto done;
-    if (opt_table(L, t, "metrics", &sub, err, errlen))
+    if (opt_table(L, t, "metrics", &sub, err, errlen) ||
+        (sub && check_keys(L, sub, "metrics", metrics_keys, err, errlen)))
         goto done;
     if (sub) {
         v = (double)c->max_hostnames;
@@ -412,12 +457,14 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         c->max_hostnames = (size_t)v;
     }
     if (opt_table(L, t, "journal", &sub, err, errlen) ||
-        (sub && (opt_number(L, sub, "busy_timeout", 0, 3600, &c->busy_timeout, "journal.", err,
+        (sub && (check_keys(L, sub, "journal", journal_keys, err, errlen) ||
+                 opt_number(L, sub, "busy_timeout", 0, 3600, &c->busy_timeout, "journal.", err,
                             errlen) ||
                  opt_number(L, sub, "retention", 1, 100 * 365 * 86400.0, &c->retention,
                             "journal.", err, errlen))))
         goto done;
-    if (opt_table(L, t, "delivery", &sub, err, errlen))
+    if (opt_table(L, t, "delivery", &sub, err, errlen) ||
+        (sub && check_keys(L, sub, "delivery", delivery_keys, err, errlen)))
         goto done;
     if (sub) {
         struct delivery_cfg *d = &c->delivery;
@@ -448,7 +495,8 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
             goto done;
         }
     }
-    if (opt_table(L, t, "log", &sub, err, errlen))
+    if (opt_table(L, t, "log", &sub, err, errlen) ||
+        (sub && check_keys(L, sub, "log", log_keys, err, errlen)))
         goto done;
     if (sub) {
         char *level = NULL;
@@ -515,6 +563,7 @@ void config_free(struct config *c)
     free(c->lua_path);
     free(c->lua_cpath);
     tls_free(c->tls);
+    free(c->tls_priority);
     for (size_t i = 0; i < c->nsources; i++) {
         free(c->sources[i].name);
         free(c->sources[i].secrets);

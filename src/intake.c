@@ -1014,7 +1014,7 @@ static struct listener *listen_on(struct intake *in, const struct config *cfg, c
     gnutls_certificate_retrieve_function2 *cert_cb = tls_retrieve;
     struct MHD_OptionItem tls_options[] = {
         {MHD_OPTION_HTTPS_CERT_CALLBACK, 0, NULL},
-        {MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)tls_priorities},
+        {MHD_OPTION_HTTPS_PRIORITIES, 0, cfg->tls_priority},
         {MHD_OPTION_END, 0, NULL},
     };
     memcpy(&tls_options[0].ptr_value, &cert_cb, sizeof cert_cb); /* a function as a pointer */
@@ -1131,6 +1131,10 @@ int intake_reconfigure(struct intake *in, const struct config *c, char *err, siz
     }
     if (hooks == NULL && c->max_connections_per_ip != old->max_connections_per_ip)
         log_msg(LOG_WARN, "limits.max_connections_per_ip changed: it takes effect at the next "
+                          "restart (or with a new listen address)");
+    if (hooks == NULL && c->tls != NULL && old->tls_priority != NULL &&
+        strcmp(c->tls_priority, old->tls_priority) != 0)
+        log_msg(LOG_WARN, "tls.ciphers or tls.min_version changed: they take effect at the next "
                           "restart (or with a new listen address)");
     atomic_store(&in->cfg, c); /* requests under way keep the configuration they started with */
     if (c->tls != NULL)

@@ -546,3 +546,68 @@ describe("admin Host and Origin", function()
     srv:cleanup()
   end)
 end)
+
+-- regress/13-9: GnuTLS NORMAL offered static-RSA and CBC-SHA1 suites; nothing was configurable
+describe("TLS suites", function()
+  local dir, cert, key
+  setup(function()
+    dir = fs.tmpdir()
+    cert, key = dir .. "/tls.crt", dir .. "/tls.key"
+    local _, err, code = fs.run(("unset LD_PRELOAD; openssl req -x509 -newkey rsa:2048 -nodes -keyout '%s' " ..
+      "-out '%s' -days 2 -subj /CN=certhook -addext subjectAltName=IP:127.0.0.1"):format(key, cert))
+    assert(code == 0, err)
+  end)
+  teardown(function() fs.rm(dir) end)
+
+  -- Whether a TLS 1.2 handshake with this OpenSSL cipher list (or TLS 1.3 suite) succeeds.
+  local function handshake(port, args)
+    local out = fs.run(("unset LD_PRELOAD; openssl s_client -connect 127.0.0.1:%d %s </dev/null 2>&1"):format(port, args))
+    return out:match("Cipher is ([%w%-_]+)") ~= nil and not out:match("Cipher is %(NONE%)"), out
+  end
+
+  local function start(tls)
+    return Server.start { config = SOURCES .. ('tls = { cert = %q, key = %q%s }\n'):format(cert, key, tls or "") }
+  end
+
+  it("offers by default what Mozilla's intermediate profile does: ECDHE with AEAD, TLS 1.2 and 1.3", function()
+    local srv = start()
+    for _, refused in ipairs { "AES128-SHA", "AES256-SHA", "AES128-GCM-SHA256", "AES256-GCM-SHA384",
+                               "AES128-SHA256", "ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA",
+                               "ECDHE-RSA-AES128-SHA256", "DES-CBC3-SHA" } do
+      local ok, out = handshake(srv.port, "-tls1_2 -cipher '" .. refused .. "@SECLEVEL=0'")
+      assert.is_false(ok, refused .. ":\n" .. out)
+    end
+    for _, offered in ipairs { "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305" } do
+      local ok, out = handshake(srv.port, "-tls1_2 -cipher " .. offered)
+      assert.is_true(ok, offered .. ":\n" .. out)
+    end
+    assert.is_true((handshake(srv.port, "-tls1_3")))
+    srv:cleanup()
+  end)
+
+  it("takes tls.min_version = \"1.3\" and a GnuTLS priority string in tls.ciphers", function()
+    local srv = start(', min_version = "1.3"')
+    assert.is_false((handshake(srv.port, "-tls1_2")))
+    assert.is_true((handshake(srv.port, "-tls1_3")))
+    srv:cleanup()
+    srv = start(', ciphers = "NORMAL:-CIPHER-ALL:+AES-256-GCM:-MAC-ALL:+AEAD"')
+    assert.is_true((handshake(srv.port, "-tls1_2 -cipher ECDHE-RSA-AES256-GCM-SHA384")))
+    assert.is_false((handshake(srv.port, "-tls1_2 -cipher ECDHE-RSA-AES128-GCM-SHA256")))
+    srv:cleanup()
+  end)
+
+  it("stops serve naming the setting for a priority string GnuTLS refuses, or a wrong version", function()
+    for _, case in ipairs { { ', ciphers = "NORMAL:+NO-SUCH-THING"', "tls%.ciphers" },
+                            { ', min_version = "1.1"', "tls%.min_version must be" },
+                            { ', ciphres = "NORMAL"', "tls%.ciphres is not a setting" } } do
+      local home = fs.tmpdir()
+      fs.write(home .. "/certhook.conf.lua", 'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\n' .. SOURCES ..
+        ('tls = { cert = %q, key = %q%s }\n'):format(cert, key, case[1]))
+      os.execute("mkdir -p '" .. home .. "/handlers'")
+      local _, err, code = fs.run(("cd '%s' && timeout 20 %s serve --config certhook.conf.lua"):format(home, Server.certhook))
+      fs.rm(home)
+      assert.are.equal(1, code, case[1])
+      assert.truthy(err:match(case[2]), case[1] .. ": " .. err)
+    end
+  end)
+end)

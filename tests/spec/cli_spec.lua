@@ -216,6 +216,10 @@ describe("certhook CLI", function()
         "sources%.i%.secret is not a setting of an ibm%-cm source")
       serve_fails('sources = { c = { provider = "cloudflare", secret = "s", [1] = "x" } }',
         "sources%.c has a key that is not a name")
+      serve_fails('sources = { c = { provider = "cloudflare", secret = "s" } }\nlimits = { max_bodyy = 5 }',
+        "limits%.max_bodyy is not a setting")
+      serve_fails('sources = { c = { provider = "cloudflare", secret = "s" } }\ndelivery = { retries = 5 }',
+        "delivery%.retries is not a setting")
     end)
 
     it("with a wrongly typed limit", function()
