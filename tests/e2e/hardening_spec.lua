@@ -159,6 +159,41 @@ describe("connections per address", function()
     srv:cleanup()
   end)
 
+  -- slowhttptest's slowloris from 127.0.0.1 at 200 new connections a second, while a
+  -- provider posts from 127.0.0.2: the attacker gets its 20 slots, the provider the rest.
+  it("keeps serving another address while slowhttptest floods from one", function()
+    local srv = Server.start { config = SOURCES ..
+      "limits = { max_connections = 100, max_connections_per_ip = 20, request_timeout = 2 }\n" }
+    local dir = fs.tmpdir()
+    os.execute(("cd '%s' && (unset LD_PRELOAD; slowhttptest -H -c 1000 -r 200 -i 1 -l 8 -p 2 -x 8 " ..
+      "-u http://127.0.0.1:%d/hooks/cloudflare >slow.log 2>&1; echo done >exit) >/dev/null 2>&1 &")
+      :format(dir, srv.port))
+    socket.sleep(1)
+    local ok, failed = 0, {}
+    local t0 = socket.gettime()
+    while socket.gettime() - t0 < 6 do
+      local c = socket.tcp()
+      c:settimeout(2)
+      local body = event()
+      local status
+      if c:bind("127.0.0.2", 0) and c:connect("127.0.0.1", srv.port) then
+        c:send(("POST /hooks/cloudflare HTTP/1.1\r\nHost: x\r\ncf-webhook-auth: %s\r\nContent-Type: " ..
+          "application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"):format(SECRET, #body, body))
+        status = (c:receive("*l") or ""):match("^HTTP/1%.1 (%d+)")
+      end
+      c:close()
+      if status == "202" then ok = ok + 1 else failed[#failed + 1] = tostring(status) end
+      socket.sleep(0.25)
+    end
+    assert(fs.wait_for(function() return fs.read(dir .. "/exit") end, 15))
+    local report = fs.read(dir .. "/slow.log") or ""
+    fs.rm(dir)
+    assert.are.same({}, failed)
+    assert.is_true(ok >= 10, ok)
+    assert.truthy(report:match("slowhttptest"), report)
+    srv:cleanup()
+  end)
+
   it("defaults to 64 per address", function()
     local srv = Server.start { config = SOURCES }
     local held = {}
