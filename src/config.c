@@ -179,50 +179,24 @@ static int check_keys(lua_State *L, int t, const char *name, const char *const *
     return 0;
 }
 
-/* The settings a source table may hold: those of every source, then those of its provider.
- * A provider's options are one list here. */
-static const char *const source_keys[] = {"provider", "insecure", NULL};
+/* The settings a source table may hold, by provider: adding a provider's option is a word here. */
 static const struct {
     enum provider provider;
-    const char *const keys[4];
-} provider_keys[] = {
-    {PROVIDER_CLOUDFLARE, {"secret", NULL}},
-    {PROVIDER_IBM_CM, {"public_key", "leeway", "max_age", NULL}},
+    const char *const keys[8];
+} source_keys[] = {
+    {PROVIDER_CLOUDFLARE, {"provider", "insecure", "secret", NULL}},
+    {PROVIDER_IBM_CM, {"provider", "insecure", "public_key", "leeway", "max_age", NULL}},
 };
 
 /* Every key of the source table at t is a setting of its provider. */
 static int check_source_keys(lua_State *L, int t, const struct source *s, char *err,
                              size_t errlen)
 {
-    const char *const *keys = NULL;
-    for (size_t i = 0; i < sizeof provider_keys / sizeof provider_keys[0]; i++)
-        if (provider_keys[i].provider == s->provider)
-            keys = provider_keys[i].keys;
-    lua_pushnil(L);
-    while (lua_next(L, t) != 0) { /* key, value */
-        lua_pop(L, 1);
-        if (lua_type(L, -1) != LUA_TSTRING) {
-            lua_pop(L, 1);
-            FAIL("sources.%s has a key that is not a name (a source is a table of settings)",
-                 s->name);
-        }
-        const char *k = lua_tostring(L, -1);
-        if (!in_list(source_keys, k) && (keys == NULL || !in_list(keys, k))) {
-            struct buf known;
-            buf_init(&known);
-            for (const char *const *p = source_keys; *p; p++)
-                buf_printf(&known, "%s%s", p == source_keys ? "" : ", ", *p);
-            for (const char *const *p = keys; p && *p; p++)
-                buf_printf(&known, ", %s", *p);
-            snprintf(err, errlen, "sources.%s.%.60s is not a setting of a%s %s source (its "
-                                  "settings are %s)",
-                     s->name, k, s->provider == PROVIDER_IBM_CM ? "n" : "",
-                     provider_name(s->provider), known.p ? known.p : "");
-            buf_free(&known);
-            lua_pop(L, 1);
-            return -1;
-        }
-    }
+    char name[160];
+    snprintf(name, sizeof name, "sources.%s", s->name);
+    for (size_t i = 0; i < sizeof source_keys / sizeof source_keys[0]; i++)
+        if (source_keys[i].provider == s->provider)
+            return check_keys(L, t, name, source_keys[i].keys, err, errlen);
     return 0;
 }
 

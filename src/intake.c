@@ -455,6 +455,28 @@ static unsigned bad_framing(struct MHD_Connection *c, const char *method, const 
     return 0;
 }
 
+/* The first access-handler call of a request, on either listener: the request is the
+ * handler's from now on (see answer_bad_length), and one whose framing is wrong is answered
+ * and its connection closed. Returns 1 when it answered (*rc), else 0 and the head's size. */
+static int refuse_framing(struct intake *in, struct MHD_Connection *c, const char *url,
+                          const char *method, const char *version, size_t *size,
+                          enum MHD_Result *rc)
+{
+    struct head h;
+    char why[160];
+    set_seen(in, c);
+    read_head(c, url, method, version, &h);
+    unsigned bad = bad_framing(c, method, version, &h, why, sizeof why);
+    *size = h.size;
+    free(h.strs);
+    if (!bad)
+        return 0;
+    reply_closes = 1;
+    *rc = reply_error(c, bad, bad == MHD_HTTP_NOT_IMPLEMENTED ? "not_implemented" : "bad_request",
+                      NULL, NULL, NULL, "%s", why);
+    return 1;
+}
+
 /* MHD_OPTION_UNESCAPE_CALLBACK: decodes %xx in place, as libmicrohttpd does, and clears the
  * bytes the string shrank by, so that head_has_nul sees nothing behind its end unless a
  * %00 put a NUL inside it. */
@@ -473,20 +495,11 @@ static enum MHD_Result on_headers(struct listener *l, struct MHD_Connection *c, 
     struct intake *in = l->in;
     const struct config *cfg = atomic_load(&in->cfg);
     const struct source *src = NULL;
-    struct head h;
-    char why[160];
-    set_seen(in, c);
+    size_t hsize;
+    enum MHD_Result rc;
     MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, cfg->request_timeout);
-    read_head(c, url, method, version, &h);
-    unsigned bad = bad_framing(c, method, version, &h, why, sizeof why);
-    size_t hsize = h.size;
-    free(h.strs);
-    if (bad) {
-        reply_closes = 1;
-        return reply_error(c, bad, bad == MHD_HTTP_NOT_IMPLEMENTED ? "not_implemented"
-                                                                   : "bad_request",
-                           NULL, NULL, NULL, "%s", why);
-    }
+    if (refuse_framing(in, c, url, method, version, &hsize, &rc))
+        return rc;
     if (strncmp(url, "/hooks/", 7) == 0)
         src = config_source(cfg, url + 7, strlen(url + 7));
     replied_source = src;
@@ -844,18 +857,10 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
     const struct config *cfg = atomic_load(&l->in->cfg);
     (void)upload;
     if (*req_cls == NULL) { /* answer once the request is complete: keeps the connection */
-        struct head h;
-        char why[160];
-        set_seen(l->in, c);
-        read_head(c, url, method, version, &h);
-        unsigned bad = bad_framing(c, method, version, &h, why, sizeof why);
-        free(h.strs);
-        if (bad) {
-            reply_closes = 1;
-            return reply_error(c, bad, bad == MHD_HTTP_NOT_IMPLEMENTED ? "not_implemented"
-                                                                       : "bad_request",
-                               NULL, NULL, NULL, "%s", why);
-        }
+        size_t size;
+        enum MHD_Result rc;
+        if (refuse_framing(l->in, c, url, method, version, &size, &rc))
+            return rc;
         *req_cls = l;
         return MHD_YES;
     }

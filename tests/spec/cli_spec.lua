@@ -213,7 +213,7 @@ describe("certhook CLI", function()
       serve_fails('sources = { c = { provider = "cloudflare", secret = "s", secrte = "t" } }',
         "sources%.c%.secrte is not a setting")
       serve_fails('sources = { i = { provider = "ibm-cm", insecure = true, secret = "s" } }',
-        "sources%.i%.secret is not a setting of an ibm%-cm source")
+        "sources%.i%.secret is not a setting %(those of sources%.i are provider, insecure, public_key")
       serve_fails('sources = { c = { provider = "cloudflare", secret = "s", [1] = "x" } }',
         "sources%.c has a key that is not a name")
       serve_fails('sources = { c = { provider = "cloudflare", secret = "s" } }\nlimits = { max_bodyy = 5 }',
