@@ -59,7 +59,7 @@ struct conn {
     double deadline; /* time_mono(); 0 while the request is ours (complete, being answered) */
     struct MHD_Connection *c;
     struct listener *l;
-    int seen;        /* the access handler has the current request (see on_mhd_log) */
+    int seen;        /* the access handler has the current request (answer_bad_length) */
 };
 
 struct intake {
