@@ -269,11 +269,10 @@ static int read_tls(lua_State *L, int t, struct config *c, char *err, size_t err
             snprintf(err, errlen, "tls needs both cert (the PEM certificate chain) and key "
                                   "(its PEM private key)");
         else if ((c->tls_priority = tls_priority(ciphers, min_version ? min_version : "1.2", err,
-                                                 errlen)) == NULL)
-            ;
-        else if ((c->tls = tls_load(cert, key, msg, sizeof msg)) != NULL)
+                                                 errlen)) != NULL &&
+                 (c->tls = tls_load(cert, key, msg, sizeof msg)) != NULL)
             rc = 0;
-        else
+        else if (c->tls_priority != NULL) /* else tls_priority said what is wrong */
             snprintf(err, errlen, "tls: %s", msg);
     }
     free(cert);
