@@ -342,6 +342,7 @@ struct head {
     const char *te_value;
     const char **strs;    /* method, url, version, then each key and value */
     size_t nstrs, cap;
+    int oom;              /* strs misses some: the NUL check refuses, it never misses one */
 };
 
 static void head_add(struct head *h, const char *s)
@@ -351,8 +352,10 @@ static void head_add(struct head *h, const char *s)
     if (h->nstrs == h->cap) {
         size_t cap = h->cap ? 2 * h->cap : 64;
         const char **p = realloc(h->strs, cap * sizeof *p);
-        if (p == NULL)
-            return; /* the NUL check then sees fewer strings: it refuses, never misses */
+        if (p == NULL) {
+            h->oom = 1;
+            return;
+        }
         h->strs = p;
         h->cap = cap;
     }
@@ -394,7 +397,7 @@ static int head_has_nul(struct MHD_Connection *c, const char *method, struct hea
 {
     const union MHD_ConnectionInfo *info =
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
-    if (info == NULL || h->nstrs == 0 || h->nstrs == h->cap)
+    if (info == NULL || h->nstrs == 0 || h->oom)
         return 1;
     const char *end = method + info->header_size;
     qsort(h->strs, h->nstrs, sizeof *h->strs, by_address);

@@ -368,9 +368,15 @@ describe("NUL bytes in the request", function()
       local text = post("/hooks/cloudflare", h)
       assert.truthy(text:match("^HTTP/1%.1 400 "), text)
     end
-    -- a request with blanks in odd places is still fine
+    -- a request with blanks in odd places is still fine, and so is one with many headers
     assert.truthy(post("/hooks/cloudflare", "cf-webhook-auth:\t" .. SECRET .. "\r\nX-Pad:   \r\n")
       :match("^HTTP/1%.1 202 "))
+    for n = 23, 27 do -- around the 64 strings of the first growth: 4 + 2 per header
+      local extra = {}
+      for i = 1, n do extra[i] = ("X-H%d: v%d\r\n"):format(i, i) end
+      local text = post("/hooks/cloudflare?flag", "cf-webhook-auth: " .. SECRET .. "\r\n" .. table.concat(extra))
+      assert.truthy(text:match("^HTTP/1%.1 202 "), n .. ": " .. text)
+    end
   end)
 
   it("refuses them in the admin bearer token", function()
