@@ -113,6 +113,12 @@ describe("core dumps", function()
 
   -- regress/13-6: a core image held the webhook secret and the admin token
   it("makes serve non-dumpable unless CERTHOOK_ALLOW_CORE_DUMPS=1", function()
+    local _, _, code = fs.run(("setpriv --reuid 65534 --regid 65534 --clear-groups sh -c 'test -x %s && test -r %s'")
+      :format(Server.certhook, "lua/bin/certhook"))
+    if code ~= 0 then -- a checkout that user nobody cannot read: nothing to observe with
+      pending("the user nobody cannot run " .. Server.certhook)
+      return
+    end
     assert.are.equal(0, proc_owner(""))
     assert.are.equal(65534, proc_owner("CERTHOOK_ALLOW_CORE_DUMPS=1"))
   end)
