@@ -53,7 +53,7 @@ SINK   = $(BUILD)/sink
 RUN_DEBS  = gcc libc6-dev pkg-config lua5.4 liblua5.4-dev lua-cjson libmicrohttpd-dev \
             libcurl4-openssl-dev libsqlite3-dev libssl-dev libgnutls28-dev libsystemd-dev \
             openssl curl
-TEST_DEBS = $(RUN_DEBS) lua-busted lua-socket sqlite3 systemd procps faketime
+TEST_DEBS = $(RUN_DEBS) lua-busted lua-socket sqlite3 systemd procps faketime slowhttptest
 # promtool (checks /metrics and the alert rules), without the server's recommended extras
 TEST_LEAN_DEBS = prometheus
 

@@ -19,9 +19,11 @@ if os.getenv("IBM_CM_PUBLIC_KEY") then
   sources.ibm = { provider = "ibm-cm", public_key = os.getenv("IBM_CM_PUBLIC_KEY") }
 end
 
--- HTTPS on the webhook listener (or terminate TLS in a proxy in front):
--- tls = { cert = "/etc/certhook/tls.crt", key = "/etc/certhook/tls.key" }
+-- HTTPS on the webhook listener (or terminate TLS in a proxy in front); Mozilla's
+-- "intermediate" suites unless ciphers (a GnuTLS priority string) says otherwise:
+-- tls = { cert = "/etc/certhook/tls.crt", key = "/etc/certhook/tls.key", min_version = "1.2" }
 
+-- max_connections_per_ip: behind a reverse proxy every connection comes from it: set 0 there.
 limits = { max_body = 1048576, max_header = 8192, max_connections = 1024,
-           request_timeout = 10, max_backlog = 10000 }
+           max_connections_per_ip = 64, request_timeout = 10, max_backlog = 10000 }
 log = { level = "info" }

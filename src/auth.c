@@ -191,7 +191,7 @@ static int header_is_rs256(lua_State *L, const unsigned char *hdr, size_t n, cha
         snprintf(err, errlen, "the JWT header is not a JSON object");
     } else if (lua_getfield(L, -1, "alg") != LUA_TSTRING) {
         snprintf(err, errlen, "the JWT header names no alg");
-    } else if (strcmp(lua_tostring(L, -1), "RS256") != 0) {
+    } else if (lua_rawlen(L, -1) != 5 || memcmp(lua_tostring(L, -1), "RS256", 5) != 0) {
         snprintf(err, errlen, "JWT alg %.40s is refused: only RS256 is accepted",
                  lua_tostring(L, -1));
     } else {

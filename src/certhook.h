@@ -48,6 +48,9 @@ int buf_adds(struct buf *b, const char *s);
 int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int buf_json_str(struct buf *b, const char *s, size_t n); /* appends "s" JSON-escaped */
 char *buf_take(struct buf *b);                             /* NUL-terminated; caller frees */
+/* The length of the UTF-8 sequence at s (n bytes left) and its code point in *cp; 0 when it is
+ * not valid UTF-8 (overlong, a surrogate, cut short, a stray byte). */
+size_t buf_utf8_next(const char *s, size_t n, unsigned *cp);
 
 /* ---- api_log.c: one JSON object per line on stderr -------------------------------- */
 
@@ -196,6 +199,9 @@ struct source {
     unsigned char (*secrets)[32];     /* Cloudflare: SHA-256 of each accepted secret */
     size_t nsecrets;
     struct auth_keys *keys;           /* IBM: RS256 public keys; NULL if none */
+    int check_times;                  /* IBM: check exp, nbf, iat (configured sources) */
+    double leeway;                    /* IBM: seconds of clock skew allowed for them */
+    double max_age;                   /* IBM: seconds a token may be old (iat); 0: any age */
 };
 
 /* ---- config.c --------------------------------------------------------------------------- */
@@ -224,6 +230,7 @@ struct config {
     struct source *sources;
     size_t nsources;
     struct tls_creds *tls;       /* the webhook listener's certificate and key; NULL: HTTP */
+    char *tls_priority;          /* its GnuTLS priority string (tls_priority) */
     unsigned char admin_token[32]; /* SHA-256 of the admin bearer token, when has_admin_token */
     int has_admin_token;
     size_t max_body, max_header;   /* bytes */
@@ -231,6 +238,7 @@ struct config {
     size_t max_hostnames;          /* the certificate inventory's cap (metrics) */
     int log_text;                  /* log.format = "text" */
     unsigned max_connections, request_timeout; /* request_timeout: seconds */
+    unsigned max_connections_per_ip; /* from one client address; 0: no bound */
     struct delivery_cfg delivery;
     double busy_timeout;       /* journal: seconds to wait for a locked database */
     double retention;          /* journal: seconds finished events are kept */
@@ -243,6 +251,9 @@ struct config {
 int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t errlen);
 void config_free(struct config *c);
 const struct source *config_source(const struct config *c, const char *name, size_t len);
+/* Whether host[:port] (n bytes; [v6]:port) names this machine's loopback: localhost,
+ * 127.0.0.0/8, [::1]. */
+int config_loopback_host(const char *s, size_t n);
 
 /* ---- tls.c: the webhook listener's certificate ------------------------------------------- */
 
@@ -252,7 +263,11 @@ void tls_free(struct tls_creds *t);
 /* Makes t the credentials new handshakes present (a reload swaps them; t must outlive the
  * handshakes that use it -- configurations live until exit). */
 void tls_use(struct tls_creds *t);
-extern const char tls_priorities[]; /* GnuTLS priorities: TLS 1.2 and later */
+/* The GnuTLS priority string of tls = { ciphers = ..., min_version = "1.2" | "1.3" }: ciphers
+ * (a priority string; NULL: tls_default_ciphers, Mozilla's intermediate profile) with the TLS
+ * versions from min_version on. Checked by GnuTLS; malloc'd, or NULL with a message. */
+char *tls_priority(const char *ciphers, const char *min_version, char *err, size_t errlen);
+extern const char tls_default_ciphers[];
 /* tls.h: tls_retrieve, the GnuTLS certificate callback presenting them (intake.c). */
 
 /* ---- auth.c ------------------------------------------------------------------------------ */
@@ -277,8 +292,9 @@ int auth_base64url_decode(const char *in, size_t n, unsigned char *out, size_t *
 /* ---- normalize.c ---------------------------------------------------------------------- */
 
 /* Rewrites a cjson-decoded value at idx in place, as Lua code expects it: JSON null members
- * of objects are dropped (absent = nil) and whole floats become integers. */
-void normalize_fixup(lua_State *L, int idx);
+ * of objects are dropped (absent = nil), numbers too large for a double (inf) are dropped like
+ * nulls, whole floats become integers. Returns how many keys and strings hold a NUL byte. */
+int normalize_fixup(lua_State *L, int idx);
 /* Pushes the canonical event for the decoded payload at raw (already fixed up; becomes
  * event.raw). Sets `id` only when the payload carries a provider id. Returns 0, or -1 with
  * a message a person can act on (nothing pushed). */

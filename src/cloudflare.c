@@ -204,7 +204,9 @@ int cloudflare_normalize(lua_State *L, int raw, int ev, char *err, size_t errlen
     lua_setfield(L, ev, "payload_version");
 
     if (normalize_get_string(L, mevent, "id") != NULL) {
-        lua_pushfstring(L, "cloudflare:%s", lua_tostring(L, -1));
+        lua_pushliteral(L, "cloudflare:"); /* not %s: the id may hold a NUL (intake refuses) */
+        lua_insert(L, -2);
+        lua_concat(L, 2);
         lua_setfield(L, ev, "id");
     }
     double t;

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include <lauxlib.h>
@@ -144,6 +145,61 @@ static int valid_name(const char *s)
     return 1;
 }
 
+static int in_list(const char *const *list, const char *k)
+{
+    for (; *list; list++)
+        if (strcmp(*list, k) == 0)
+            return 1;
+    return 0;
+}
+
+/* Every key of the table at t (the setting `name`) is one of keys: else an error naming it. */
+static int check_keys(lua_State *L, int t, const char *name, const char *const *keys, char *err,
+                      size_t errlen)
+{
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) { /* key, value */
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING || !in_list(keys, lua_tostring(L, -1))) {
+            struct buf known;
+            buf_init(&known);
+            for (const char *const *p = keys; *p; p++)
+                buf_printf(&known, "%s%s", p == keys ? "" : ", ", *p);
+            if (lua_type(L, -1) == LUA_TSTRING)
+                snprintf(err, errlen, "%s.%.60s is not a setting (those of %s are %s)", name,
+                         lua_tostring(L, -1), name, known.p ? known.p : "");
+            else
+                snprintf(err, errlen, "%s has a key that is not a name (its settings are %s)",
+                         name, known.p ? known.p : "");
+            buf_free(&known);
+            lua_pop(L, 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* The settings a source table may hold, by provider: adding a provider's option is a word here. */
+static const struct {
+    enum provider provider;
+    const char *const keys[8];
+} source_keys[] = {
+    {PROVIDER_CLOUDFLARE, {"provider", "insecure", "secret", NULL}},
+    {PROVIDER_IBM_CM, {"provider", "insecure", "public_key", "leeway", "max_age", NULL}},
+};
+
+/* Every key of the source table at t is a setting of its provider. */
+static int check_source_keys(lua_State *L, int t, const struct source *s, char *err,
+                             size_t errlen)
+{
+    char name[160];
+    snprintf(name, sizeof name, "sources.%s", s->name);
+    for (size_t i = 0; i < sizeof source_keys / sizeof source_keys[0]; i++)
+        if (source_keys[i].provider == s->provider)
+            return check_keys(L, t, name, source_keys[i].keys, err, errlen);
+    return 0;
+}
+
 /* Reads the source table at -1 named by the string at -2. */
 static int read_source(lua_State *L, struct source *s, char *err, size_t errlen)
 {
@@ -162,9 +218,15 @@ static int read_source(lua_State *L, struct source *s, char *err, size_t errlen)
         (s->provider = provider_parse(lua_tostring(L, -1))) == PROVIDER_NONE)
         FAIL("%sprovider must be \"cloudflare\" or \"ibm-cm\"", path);
     lua_pop(L, 1);
-    lua_getfield(L, t, "insecure");
-    s->insecure = lua_toboolean(L, -1);
+    if (check_source_keys(L, t, s, err, errlen) != 0)
+        return -1;
+    /* Only the boolean true opens a source: os.getenv("X") gives the string "false" */
+    int type = lua_getfield(L, t, "insecure");
+    s->insecure = type == LUA_TBOOLEAN && lua_toboolean(L, -1);
     lua_pop(L, 1);
+    if (type != LUA_TNIL && !s->insecure)
+        FAIL("%sinsecure must be true (the boolean), or left out: it accepts requests "
+             "without credentials", path);
     if (s->provider == PROVIDER_CLOUDFLARE) {
         if (each_string(L, t, "secret", path, add_secret, s, err, errlen) != 0)
             return -1;
@@ -173,7 +235,11 @@ static int read_source(lua_State *L, struct source *s, char *err, size_t errlen)
                  "cf-webhook-auth), or insecure = true to accept unauthenticated requests",
                  s->name);
     } else {
-        if (each_string(L, t, "public_key", path, add_key, s, err, errlen) != 0)
+        s->check_times = 1;
+        s->leeway = 300;
+        if (each_string(L, t, "public_key", path, add_key, s, err, errlen) != 0 ||
+            opt_number(L, t, "leeway", 0, 1e9, &s->leeway, path, err, errlen) != 0 ||
+            opt_number(L, t, "max_age", 0, 1e10, &s->max_age, path, err, errlen) != 0)
             return -1;
         if (s->keys == NULL && !s->insecure)
             FAIL("sources.%s has no credentials: set public_key (the PEM file downloaded "
@@ -183,42 +249,73 @@ static int read_source(lua_State *L, struct source *s, char *err, size_t errlen)
     return 0;
 }
 
-/* tls = { cert = FILE, key = FILE }: HTTPS on the webhook listener. */
+/* tls = { cert = FILE, key = FILE, ciphers = PRIORITIES, min_version = "1.2" }: HTTPS on the
+ * webhook listener. */
 static int read_tls(lua_State *L, int t, struct config *c, char *err, size_t errlen)
 {
-    char *cert = NULL, *key = NULL, msg[400];
+    static const char *const keys[] = {"cert", "key", "ciphers", "min_version", NULL};
+    char *cert = NULL, *key = NULL, *ciphers = NULL, *min_version = NULL, msg[400];
     int sub, rc = -1;
     if (opt_table(L, t, "tls", &sub, err, errlen) != 0)
         return -1;
     if (sub == 0)
         return 0;
-    if (opt_string(L, sub, "cert", &cert, "tls.", err, errlen) == 0 &&
-        opt_string(L, sub, "key", &key, "tls.", err, errlen) == 0) {
+    if (check_keys(L, sub, "tls", keys, err, errlen) == 0 &&
+        opt_string(L, sub, "cert", &cert, "tls.", err, errlen) == 0 &&
+        opt_string(L, sub, "key", &key, "tls.", err, errlen) == 0 &&
+        opt_string(L, sub, "ciphers", &ciphers, "tls.", err, errlen) == 0 &&
+        opt_string(L, sub, "min_version", &min_version, "tls.", err, errlen) == 0) {
         if (cert == NULL || key == NULL)
             snprintf(err, errlen, "tls needs both cert (the PEM certificate chain) and key "
                                   "(its PEM private key)");
-        else if ((c->tls = tls_load(cert, key, msg, sizeof msg)) != NULL)
+        else if ((c->tls_priority = tls_priority(ciphers, min_version ? min_version : "1.2", err,
+                                                 errlen)) != NULL &&
+                 (c->tls = tls_load(cert, key, msg, sizeof msg)) != NULL)
             rc = 0;
-        else
+        else if (c->tls_priority != NULL) /* else tls_priority said what is wrong */
             snprintf(err, errlen, "tls: %s", msg);
     }
     free(cert);
     free(key);
+    free(ciphers);
+    free(min_version);
     lua_pop(L, 1);
     return rc;
 }
 
-/* Whether a listen address's host is a loopback one (127.0.0.0/8, ::1, localhost). */
-static int is_loopback(const char *addr)
+/* host, host:port or [v6]:port: localhost, 127.0.0.0/8 or ::1 (certhook.h). */
+int config_loopback_host(const char *s, size_t n)
 {
-    char host[256];
+    char host[64];
     unsigned char a[16];
-    const char *colon = strrchr(addr, ':');
-    size_t n = colon ? (size_t)(colon - addr) : strlen(addr);
-    if (n >= 2 && addr[0] == '[' && addr[n - 1] == ']')
-        addr++, n -= 2;
-    snprintf(host, sizeof host, "%.*s", (int)n, addr);
-    if (strcmp(host, "localhost") == 0)
+    const char *h = s, *port = NULL;
+    size_t hn = n;
+    if (n > 0 && s[0] == '[') { /* [v6] or [v6]:port */
+        const char *close = memchr(s, ']', n);
+        if (close == NULL)
+            return 0;
+        h = s + 1;
+        hn = (size_t)(close - h);
+        if (close + 1 < s + n) {
+            if (close[1] != ':')
+                return 0;
+            port = close + 2;
+        }
+    } else {
+        const char *colon = memrchr(s, ':', n);
+        if (colon != NULL)
+            hn = (size_t)(colon - s), port = colon + 1;
+    }
+    if (port != NULL) { /* 1 to 5 digits */
+        size_t pn = (size_t)(s + n - port);
+        if (pn == 0 || pn > 5 || strspn(port, "0123456789") < pn)
+            return 0;
+    }
+    if (hn == 0 || hn >= sizeof host)
+        return 0;
+    memcpy(host, h, hn);
+    host[hn] = '\0';
+    if (strcasecmp(host, "localhost") == 0)
         return 1;
     if (inet_pton(AF_INET, host, a) == 1)
         return a[0] == 127;
@@ -243,7 +340,7 @@ static int read_admin(lua_State *L, int t, struct config *c, char *err, size_t e
         c->has_admin_token = 1;
     }
     lua_pop(L, 1);
-    if (!c->has_admin_token && !is_loopback(c->admin))
+    if (!c->has_admin_token && !config_loopback_host(c->admin, strlen(c->admin)))
         FAIL("admin %s is not a loopback address: the admin endpoints (reload, metrics) "
              "would be open to the network. Set admin_token (clients then send "
              "Authorization: Bearer <token>), or listen on 127.0.0.1",
@@ -265,6 +362,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     c->max_backlog = 10000;
     c->max_hostnames = 10000;
     c->max_connections = 1024;
+    c->max_connections_per_ip = 64;
     c->request_timeout = 10;
     c->busy_timeout = 5;
     c->retention = 30 * 86400;
@@ -285,7 +383,15 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         opt_string(L, t, "lua_cpath", &c->lua_cpath, "", err, errlen))
         goto done;
 
-    if (opt_table(L, t, "limits", &sub, err, errlen))
+    static const char *const limits_keys[] = {"max_body", "max_connections",
+        "max_connections_per_ip", "request_timeout", "max_header", "max_backlog", NULL};
+    static const char *const delivery_keys[] = {"max_attempts", "backoff", "max_backoff",
+        "timeout", "shutdown_grace", "concurrency", "per_host", "memory_limit", NULL};
+    static const char *const journal_keys[] = {"busy_timeout", "retention", "max_wal", NULL};
+    static const char *const log_keys[] = {"level", "format", NULL};
+    static const char *const metrics_keys[] = {"max_hostnames", NULL};
+    if (opt_table(L, t, "limits", &sub, err, errlen) ||
+        (sub && check_keys(L, sub, "limits", limits_keys, err, errlen)))
         goto done;
     if (sub) {
         v = (double)c->max_body;
@@ -296,6 +402,10 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         if (opt_number(L, sub, "max_connections", 1, 1000000, &v, "limits.", err, errlen))
             goto done;
         c->max_connections = (unsigned)v;
+        v = c->max_connections_per_ip;
+        if (opt_number(L, sub, "max_connections_per_ip", 0, 1000000, &v, "limits.", err, errlen))
+            goto done;
+        c->max_connections_per_ip = (unsigned)v;
         v = c->request_timeout;
         if (opt_number(L, sub, "request_timeout", 1, 86400, &v, "limits.", err, errlen))
             goto done;
@@ -311,7 +421,8 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     }
     if (read_tls(L, t, c, err, errlen) != 0 || read_admin(L, t, c, err, errlen) != 0)
         goto done;
-    if (opt_table(L, t, "metrics", &sub, err, errlen))
+    if (opt_table(L, t, "metrics", &sub, err, errlen) ||
+        (sub && check_keys(L, sub, "metrics", metrics_keys, err, errlen)))
         goto done;
     if (sub) {
         v = (double)c->max_hostnames;
@@ -321,14 +432,16 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     }
     v = (double)c->max_wal;
     if (opt_table(L, t, "journal", &sub, err, errlen) ||
-        (sub && (opt_number(L, sub, "busy_timeout", 0, 3600, &c->busy_timeout, "journal.", err,
+        (sub && (check_keys(L, sub, "journal", journal_keys, err, errlen) ||
+                 opt_number(L, sub, "busy_timeout", 0, 3600, &c->busy_timeout, "journal.", err,
                             errlen) ||
                  opt_number(L, sub, "retention", 1, 100 * 365 * 86400.0, &c->retention,
                             "journal.", err, errlen) ||
                  opt_number(L, sub, "max_wal", 1 << 20, 1e12, &v, "journal.", err, errlen))))
         goto done;
     c->max_wal = (size_t)v;
-    if (opt_table(L, t, "delivery", &sub, err, errlen))
+    if (opt_table(L, t, "delivery", &sub, err, errlen) ||
+        (sub && check_keys(L, sub, "delivery", delivery_keys, err, errlen)))
         goto done;
     if (sub) {
         struct delivery_cfg *d = &c->delivery;
@@ -359,7 +472,8 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
             goto done;
         }
     }
-    if (opt_table(L, t, "log", &sub, err, errlen))
+    if (opt_table(L, t, "log", &sub, err, errlen) ||
+        (sub && check_keys(L, sub, "log", log_keys, err, errlen)))
         goto done;
     if (sub) {
         char *level = NULL;
@@ -426,6 +540,7 @@ void config_free(struct config *c)
     free(c->lua_path);
     free(c->lua_cpath);
     tls_free(c->tls);
+    free(c->tls_priority);
     for (size_t i = 0; i < c->nsources; i++) {
         free(c->sources[i].name);
         free(c->sources[i].secrets);

@@ -57,6 +57,9 @@ struct conn {
     struct conn *prev, *next;
     int fd;          /* a dup of the socket: shutdown() through it never hits a reused fd */
     double deadline; /* time_mono(); 0 while the request is ours (complete, being answered) */
+    struct MHD_Connection *c;
+    struct listener *l;
+    int seen;        /* the access handler has the current request (answer_bad_length) */
 };
 
 struct intake {
@@ -82,7 +85,7 @@ struct request {
     struct MHD_Connection *conn;
     const struct source *src;
     struct buf body;
-    int too_big, waiting;
+    int waiting;
     char *id, *type; /* for the reply */
     double t0;       /* time_mono() when the headers were in */
 };
@@ -131,6 +134,8 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
             free(k);
             return;
         }
+        k->c = c;
+        k->l = l;
         pthread_mutex_lock(&in->cmu);
         k->deadline = time_mono() + atomic_load(&in->cfg)->request_timeout;
         k->next = in->conns.next;
@@ -150,17 +155,35 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     }
 }
 
+static struct conn *conn_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return info ? info->socket_context : NULL;
+}
+
 /* The request on c is complete (ours == 1: no deadline while it is answered) or answered (the
  * next one must arrive within request_timeout). */
 static void set_deadline(struct intake *in, struct MHD_Connection *c, int ours)
 {
-    const union MHD_ConnectionInfo *info =
-        MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
-    struct conn *k = info ? info->socket_context : NULL;
+    struct conn *k = conn_of(c);
     if (k == NULL)
         return;
     pthread_mutex_lock(&in->cmu);
     k->deadline = ours ? 0 : time_mono() + atomic_load(&in->cfg)->request_timeout;
+    if (!ours)
+        k->seen = 0;
+    pthread_mutex_unlock(&in->cmu);
+}
+
+/* The access handler has the request on c from now on. */
+static void set_seen(struct intake *in, struct MHD_Connection *c)
+{
+    struct conn *k = conn_of(c);
+    if (k == NULL)
+        return;
+    pthread_mutex_lock(&in->cmu);
+    k->seen = 1;
     pthread_mutex_unlock(&in->cmu);
 }
 
@@ -171,7 +194,7 @@ static void *sweep(void *cls)
     pthread_mutex_lock(&in->cmu);
     while (in->sweeping) {
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
+        clock_gettime(CLOCK_MONOTONIC, &ts);
         ts.tv_nsec += 250000000;
         if (ts.tv_nsec >= 1000000000)
             ts.tv_sec++, ts.tv_nsec -= 1000000000;
@@ -204,6 +227,9 @@ static void *sweep(void *cls)
  * on_headers found: what on_hook counts. Each listener has its own thread. */
 static __thread unsigned replied;
 static __thread const struct source *replied_source;
+/* Set before a reply whose request cannot be trusted to have ended where it says (framing):
+ * the reply closes the connection. */
+static __thread int reply_closes;
 
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *body,
                              size_t n, const char *header, const char *value)
@@ -216,9 +242,55 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
     MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
     if (header != NULL)
         MHD_add_response_header(resp, header, value);
+    if (reply_closes)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    reply_closes = 0;
     enum MHD_Result rc = MHD_queue_response(c, status, resp);
     MHD_destroy_response(resp);
     return rc;
+}
+
+/* {"error": code, "message": msg} into b. */
+static void error_body(struct buf *b, const char *code, const char *msg)
+{
+    buf_printf(b, "{\"error\":\"%s\",\"message\":", code);
+    buf_json_str(b, msg, strlen(msg));
+    buf_adds(b, "}");
+}
+
+static void log_rejected(unsigned status, const char *source, const char *msg)
+{
+    struct log_line l;
+    log_begin(&l, status >= 500 ? LOG_WARN : LOG_INFO, "request rejected");
+    log_num(&l, "status", status);
+    log_str(&l, "source", source);
+    log_str(&l, "reason", msg);
+    log_end(&l);
+}
+
+/* Writes a whole error reply on k's socket past libmicrohttpd, for the cases where it does not
+ * let a reply be queued (in the middle of a body) or would send a broken one, then shuts the
+ * connection down: MHD sees it closed. Only on the thread that runs k's connection. */
+static void raw_reply(struct conn *k, unsigned status, const char *code, const char *msg)
+{
+    struct buf b, body;
+    buf_init(&b);
+    buf_init(&body);
+    error_body(&body, code, msg);
+    buf_printf(&b, "HTTP/1.1 %u %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                   "Connection: close\r\n\r\n", status, MHD_get_reason_phrase_for(status), body.n);
+    buf_add(&b, body.p ? body.p : "", body.n);
+    if (b.p != NULL) {
+        const union MHD_ConnectionInfo *tls =
+            k->l->tls ? MHD_get_connection_info(k->c, MHD_CONNECTION_INFO_GNUTLS_SESSION) : NULL;
+        if (tls != NULL && tls->tls_session != NULL)
+            (void)gnutls_record_send(tls->tls_session, b.p, b.n);
+        else if (!k->l->tls)
+            (void)send(k->fd, b.p, b.n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    }
+    buf_free(&b);
+    buf_free(&body);
+    shutdown(k->fd, SHUT_RDWR);
 }
 
 /* {"error": code, "message": ...}; rejected requests are logged with the reason. */
@@ -237,18 +309,10 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, co
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     buf_init(&b);
-    buf_printf(&b, "{\"error\":\"%s\",\"message\":", code);
-    buf_json_str(&b, msg, strlen(msg));
-    buf_adds(&b, "}");
+    error_body(&b, code, msg);
     enum MHD_Result rc = b.p ? reply(c, status, b.p, b.n, header, value) : MHD_NO;
     buf_free(&b);
-
-    struct log_line l;
-    log_begin(&l, status >= 500 ? LOG_WARN : LOG_INFO, "request rejected");
-    log_num(&l, "status", status);
-    log_str(&l, "source", source);
-    log_str(&l, "reason", msg);
-    log_end(&l);
+    log_rejected(status, source, msg);
     return rc;
 }
 
@@ -268,37 +332,183 @@ static int is_json_type(const char *ct)
             strncasecmp(ct + n - 5, "+json", 5) == 0);
 }
 
-static enum MHD_Result add_header_size(void *cls, enum MHD_ValueKind kind, const char *key,
-                                       const char *value)
+/* ---- the request head -------------------------------------------------------------------- */
+
+/* What the headers say about the request's size and framing, and the strings libmicrohttpd
+ * made of the request line and headers (to find bytes they do not show: see head_has_nul). */
+struct head {
+    size_t size;          /* request line and headers, as sent (near enough) */
+    unsigned te, cl;      /* Transfer-Encoding and Content-Length headers */
+    const char *te_value;
+    const char **strs;    /* method, url, version, then each key and value */
+    size_t nstrs, cap;
+    int oom;              /* strs misses some: the NUL check refuses, it never misses one */
+};
+
+static void head_add(struct head *h, const char *s)
 {
-    (void)kind;
-    *(size_t *)cls += strlen(key) + (value ? strlen(value) : 0) + 4; /* "k: v\r\n" */
+    if (s == NULL)
+        return;
+    if (h->nstrs == h->cap) {
+        size_t cap = h->cap ? 2 * h->cap : 64;
+        const char **p = realloc(h->strs, cap * sizeof *p);
+        if (p == NULL) {
+            h->oom = 1;
+            return;
+        }
+        h->strs = p;
+        h->cap = cap;
+    }
+    h->strs[h->nstrs++] = s;
+}
+
+static enum MHD_Result head_value(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value)
+{
+    struct head *h = cls;
+    head_add(h, key);
+    head_add(h, value);
+    if (kind != MHD_HEADER_KIND)
+        return MHD_YES;
+    h->size += strlen(key) + (value ? strlen(value) : 0) + 4; /* "k: v\r\n" */
+    if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        h->te++;
+        h->te_value = value;
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        h->cl++;
+    }
     return MHD_YES;
 }
 
-/* The size of the request line and headers, as sent (near enough). */
-static size_t header_size(struct MHD_Connection *c, const char *url, const char *method)
+static int by_address(const void *a, const void *b)
 {
-    size_t n = strlen(method) + strlen(url) + 12;
-    MHD_get_connection_values(c, MHD_HEADER_KIND, add_header_size, &n);
-    return n;
+    const char *x = *(const char *const *)a, *y = *(const char *const *)b;
+    return (x > y) - (x < y);
+}
+
+/* Whether the request line or a header held a NUL byte. libmicrohttpd (0.9.75) makes C strings
+ * of them and cuts each at its first NUL: "cf-webhook-auth: S3CRET\0junk" arrives as S3CRET,
+ * "/hooks/cf\0.evil" as /hooks/cf. It splits the head in place, in one buffer that starts at
+ * the method and holds header_size bytes, writing NULs over the separators (space, '?', ':',
+ * CR, LF); so between the end of one of its strings and the start of the next only NULs and
+ * blanks are there -- anything else is what a NUL hid. (Decoded %xx escapes leave no bytes
+ * behind: see unescape.) A header folded over lines is moved out of the buffer: refused too. */
+static int head_has_nul(struct MHD_Connection *c, const char *method, struct head *h)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (info == NULL || h->nstrs == 0 || h->oom)
+        return 1;
+    const char *end = method + info->header_size;
+    qsort(h->strs, h->nstrs, sizeof *h->strs, by_address);
+    for (size_t i = 0; i < h->nstrs; i++) {
+        const char *s = h->strs[i];
+        if (s < method || s >= end) {
+            if (*s != '\0')
+                return 1; /* a folded value */
+            continue;     /* MHD's own "" (no version) */
+        }
+        const char *next = i + 1 < h->nstrs && h->strs[i + 1] < end ? h->strs[i + 1] : end;
+        for (const char *p = s + strlen(s); p < next; p++)
+            if (*p != '\0' && *p != ' ' && *p != '\t' && *p != '\r' && *p != '\n')
+                return 1;
+    }
+    return 0;
+}
+
+/* Reads the head of the request on c. */
+static void read_head(struct MHD_Connection *c, const char *url, const char *method,
+                      const char *version, struct head *h)
+{
+    memset(h, 0, sizeof *h);
+    h->size = strlen(method) + strlen(url) + 12;
+    head_add(h, method);
+    head_add(h, url);
+    head_add(h, version);
+    MHD_get_connection_values(c, MHD_HEADER_KIND | MHD_GET_ARGUMENT_KIND, head_value, h);
+}
+
+/* What is wrong with the framing of a request (RFC 9112 §6): a status and a message, or 0.
+ * Such a request is answered and its connection closed: where its body ends is unknown. */
+static unsigned bad_framing(struct MHD_Connection *c, const char *method, const char *version,
+                            struct head *h, char *msg, size_t n)
+{
+    if (head_has_nul(c, method, h)) {
+        snprintf(msg, n, "the request line or a header holds a NUL byte (or a header is "
+                         "folded over lines)");
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    if (h->te > 0 && h->cl > 0) {
+        snprintf(msg, n, "Content-Length with Transfer-Encoding: the body's end is ambiguous");
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    if (h->cl > 1) {
+        snprintf(msg, n, "more than one Content-Length header");
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    if (h->te > 0 && strcmp(version, MHD_HTTP_VERSION_1_1) != 0) {
+        snprintf(msg, n, "Transfer-Encoding in an %.20s request", version);
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    if (h->te > 1 || (h->te == 1 && strcasecmp(h->te_value, "chunked") != 0)) {
+        snprintf(msg, n, "Transfer-Encoding %.60s is not supported: only chunked is",
+                 h->te > 1 ? "given twice" : h->te_value);
+        return MHD_HTTP_NOT_IMPLEMENTED;
+    }
+    return 0;
+}
+
+/* The first access-handler call of a request, on either listener: the request is the
+ * handler's from now on (see answer_bad_length), and one whose framing is wrong is answered
+ * and its connection closed. Returns 1 when it answered (*rc), else 0 and the head's size. */
+static int refuse_framing(struct intake *in, struct MHD_Connection *c, const char *url,
+                          const char *method, const char *version, size_t *size,
+                          enum MHD_Result *rc)
+{
+    struct head h;
+    char why[160];
+    set_seen(in, c);
+    read_head(c, url, method, version, &h);
+    unsigned bad = bad_framing(c, method, version, &h, why, sizeof why);
+    *size = h.size;
+    free(h.strs);
+    if (!bad)
+        return 0;
+    reply_closes = 1;
+    *rc = reply_error(c, bad, bad == MHD_HTTP_NOT_IMPLEMENTED ? "not_implemented" : "bad_request",
+                      NULL, NULL, NULL, "%s", why);
+    return 1;
+}
+
+/* MHD_OPTION_UNESCAPE_CALLBACK: decodes %xx in place, as libmicrohttpd does, and clears the
+ * bytes the string shrank by, so that head_has_nul sees nothing behind its end unless a
+ * %00 put a NUL inside it. */
+static size_t unescape(void *cls, struct MHD_Connection *c, char *s)
+{
+    (void)cls, (void)c;
+    size_t n = strlen(s), m = MHD_http_unescape(s);
+    memset(s + m, 0, n - m);
+    return m;
 }
 
 /* First call for a request: only the headers are in. */
 static enum MHD_Result on_headers(struct listener *l, struct MHD_Connection *c, const char *url,
-                                  const char *method, void **req_cls)
+                                  const char *method, const char *version, void **req_cls)
 {
     struct intake *in = l->in;
     const struct config *cfg = atomic_load(&in->cfg);
     const struct source *src = NULL;
+    size_t hsize;
+    enum MHD_Result rc;
     MHD_set_connection_option(c, MHD_CONNECTION_OPTION_TIMEOUT, cfg->request_timeout);
+    if (refuse_framing(in, c, url, method, version, &hsize, &rc))
+        return rc;
     if (strncmp(url, "/hooks/", 7) == 0)
         src = config_source(cfg, url + 7, strlen(url + 7));
     replied_source = src;
     if (atomic_load(&in->closed))
         return reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL, "Retry-After",
                            "5", "certhook is shutting down; retry later");
-    size_t hsize = header_size(c, url, method);
     if (hsize > cfg->max_header)
         return reply_error(c, MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE, "header_too_large",
                            src ? src->name : NULL, NULL, NULL,
@@ -386,11 +596,6 @@ static enum MHD_Result on_body(struct listener *l, struct request *r)
     char err[600];
     char *claims;
     size_t claims_len;
-    if (r->too_big)
-        return reply_error(r->conn, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large",
-                           r->src->name, NULL, NULL,
-                           "the body is over the limit of %zu bytes (limits.max_body)",
-                           r->cfg->max_body);
     lua_State *L = parser_state(l->in, r->cfg);
     if (L == NULL)
         return reply_error(r->conn, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", r->src->name,
@@ -487,22 +692,29 @@ static enum MHD_Result on_hook(void *cls, struct MHD_Connection *c, const char *
     struct listener *l = cls;
     struct request *r = *req_cls;
     enum MHD_Result rc;
-    (void)version;
     replied = 0;
     if (r == NULL) {
-        rc = on_headers(l, c, url, method, req_cls);
+        rc = on_headers(l, c, url, method, version, req_cls);
         if (replied)
             count_reply(replied_source, NULL, replied, 0);
         return rc;
     }
     if (*upload_size != 0) {
-        if (!r->too_big && r->body.n + *upload_size <= r->cfg->max_body) {
-            if (buf_add(&r->body, upload, *upload_size) != 0)
-                return MHD_NO;
-        } else {
-            r->too_big = 1; /* chunked, or a Content-Length that lied: stop keeping it */
-            buf_free(&r->body);
+        if (r->body.n + *upload_size > r->cfg->max_body) {
+            /* A chunked body past the limit: answered now, not after its last chunk (MHD
+             * queues no reply in the middle of a body), and the connection closed. */
+            struct conn *k = conn_of(c);
+            char msg[120];
+            snprintf(msg, sizeof msg, "the body is over the limit of %zu bytes (limits.max_body)",
+                     r->cfg->max_body);
+            if (k != NULL)
+                raw_reply(k, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large", msg);
+            log_rejected(MHD_HTTP_CONTENT_TOO_LARGE, r->src->name, msg);
+            count_reply(r->src, NULL, MHD_HTTP_CONTENT_TOO_LARGE, time_mono() - r->t0);
+            return MHD_NO;
         }
+        if (buf_add(&r->body, upload, *upload_size) != 0)
+            return MHD_NO;
         *upload_size = 0;
         return MHD_YES;
     }
@@ -598,6 +810,38 @@ static int bearer_ok(const struct config *cfg, struct MHD_Connection *c)
     return auth_digest_match(h + 7, (const unsigned char (*)[32])cfg->admin_token, 1);
 }
 
+/* Why the admin listener refuses a request whatever its path, or NULL. Against DNS rebinding
+ * and cross-site requests: a web page the operator opens can make the browser send requests to
+ * 127.0.0.1 under a name the page controls. Without admin_token only loopback Host names are
+ * answered; a POST from another origin (Origin, Sec-Fetch-Site) never is. */
+static const char *admin_refusal(const struct config *cfg, struct MHD_Connection *c,
+                                 const char *method, char *msg, size_t n)
+{
+    const char *host = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+    if (!cfg->has_admin_token && host != NULL && !config_loopback_host(host, strlen(host))) {
+        snprintf(msg, n, "Host %.100s is not a loopback name: without admin_token the admin "
+                         "listener answers only localhost, 127.0.0.1 and [::1]", host);
+        return msg;
+    }
+    if (strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0)
+        return NULL;
+    const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+    const char *site = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Sec-Fetch-Site");
+    if (origin != NULL) {
+        size_t skip = strncasecmp(origin, "http://", 7) == 0    ? 7
+                      : strncasecmp(origin, "https://", 8) == 0 ? 8
+                                                                : 0;
+        if (skip == 0 || !config_loopback_host(origin + skip, strlen(origin + skip)))
+            snprintf(msg, n, "a %s from the web page at %.100s: refused", method, origin);
+        else
+            origin = NULL;
+    }
+    if (origin == NULL && site != NULL && strcasecmp(site, "same-origin") != 0 &&
+        strcasecmp(site, "none") != 0)
+        snprintf(msg, n, "a %s from a %.20s web page: refused", method, site), origin = site;
+    return origin != NULL ? msg : NULL;
+}
+
 static const struct {
     const char *path, *method;
     enum MHD_Result (*fn)(struct intake *, struct MHD_Connection *);
@@ -614,8 +858,12 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
 {
     struct listener *l = cls;
     const struct config *cfg = atomic_load(&l->in->cfg);
-    (void)version, (void)upload;
+    (void)upload;
     if (*req_cls == NULL) { /* answer once the request is complete: keeps the connection */
+        size_t size;
+        enum MHD_Result rc;
+        if (refuse_framing(l->in, c, url, method, version, &size, &rc))
+            return rc;
         *req_cls = l;
         return MHD_YES;
     }
@@ -624,6 +872,9 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
         return MHD_YES;
     }
     set_deadline(l->in, c, 1);
+    char why[320];
+    if (admin_refusal(cfg, c, method, why, sizeof why) != NULL)
+        return reply_error(c, MHD_HTTP_FORBIDDEN, "forbidden", NULL, NULL, NULL, "%s", why);
     for (size_t i = 0; i < sizeof admin_routes / sizeof admin_routes[0]; i++) {
         if (strcmp(url, admin_routes[i].path) != 0)
             continue;
@@ -651,6 +902,34 @@ static enum MHD_Result on_admin(void *cls, struct MHD_Connection *c, const char 
 /* MHD's messages: while a listener starts, why it cannot; once it runs, mostly what clients
  * did (hung up, sent headers too big), which is debug detail -- except running out of
  * descriptors or memory to accept with. */
+/* libmicrohttpd 0.9.75 answers a malformed or huge Content-Length itself, before the access
+ * handler is called, with its status line and headers written twice (parse_connection_headers'
+ * caller overwrites the state its error reply set). It says so in a message first, on the
+ * thread that runs the connection: that connection is the one of this listener whose head is
+ * complete (MHD tells its size) and which the access handler has not seen. It gets a clean
+ * reply here and is shut down, so MHD's broken one never goes out. */
+static void answer_bad_length(struct listener *l, const char *msg)
+{
+    struct intake *in = l->in;
+    struct conn *found = NULL;
+    int n = 0;
+    pthread_mutex_lock(&in->cmu);
+    for (struct conn *k = in->conns.next; k != &in->conns; k = k->next)
+        if (k->l == l && !k->seen &&
+            MHD_get_connection_info(k->c, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE) != NULL)
+            found = k, n++;
+    if (n == 1) { /* else unsure which: MHD's reply goes out */
+        int huge = strstr(msg, "Too large") != NULL;
+        raw_reply(found, huge ? MHD_HTTP_CONTENT_TOO_LARGE : MHD_HTTP_BAD_REQUEST,
+                  huge ? "payload_too_large" : "bad_request",
+                  huge ? "Content-Length is too large" : "Content-Length is not a number");
+        found->seen = 1;
+    }
+    pthread_mutex_unlock(&in->cmu);
+    if (n == 1)
+        log_rejected(strstr(msg, "Too large") ? 413 : 400, NULL, msg);
+}
+
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     struct listener *l = cls;
@@ -660,6 +939,10 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
     if (!atomic_load(&l->running)) { /* said in listen_on's error, not logged on its own */
         const char *why = strstr(msg, "port 0: "); /* MHD names port 0: we pass the address */
         snprintf(l->why, sizeof l->why, "%.200s", why ? why + 8 : msg);
+        return;
+    }
+    if (strstr(msg, "Content-Length' header. Closing connection.") != NULL) {
+        answer_bad_length(l, msg);
         return;
     }
     log_msg(strstr(msg, "accept") || strstr(msg, "memory") ? LOG_WARN : LOG_DEBUG, "http: %s",
@@ -739,7 +1022,7 @@ static struct listener *listen_on(struct intake *in, const struct config *cfg, c
     gnutls_certificate_retrieve_function2 *cert_cb = tls_retrieve;
     struct MHD_OptionItem tls_options[] = {
         {MHD_OPTION_HTTPS_CERT_CALLBACK, 0, NULL},
-        {MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)tls_priorities},
+        {MHD_OPTION_HTTPS_PRIORITIES, 0, cfg->tls_priority},
         {MHD_OPTION_END, 0, NULL},
     };
     memcpy(&tls_options[0].ptr_value, &cert_cb, sizeof cert_cb); /* a function as a pointer */
@@ -749,9 +1032,11 @@ static struct listener *listen_on(struct intake *in, const struct config *cfg, c
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->request_timeout,
         MHD_OPTION_CONNECTION_LIMIT, hooks ? connection_ceiling() : 64u,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, hooks ? cfg->max_connections_per_ip : 0u,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->max_header + 4096,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, l,
         MHD_OPTION_NOTIFY_CONNECTION, on_connection, l,
+        MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
         MHD_OPTION_ARRAY, l->tls ? tls_options : tls_options + 2,
         MHD_OPTION_END);
     if (l->daemon == NULL) {
@@ -813,11 +1098,17 @@ int intake_start(struct intake **ip, const struct config *c, struct journal *j,
     in->d = d;
     pthread_mutex_init(&in->mu, NULL);
     pthread_mutex_init(&in->cmu, NULL);
-    pthread_cond_init(&in->stop, NULL);
+    pthread_condattr_t ca; /* the sweeper's waits follow the monotonic clock */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&in->stop, &ca);
+    pthread_condattr_destroy(&ca);
     in->conns.next = in->conns.prev = &in->conns;
     tls_use(c->tls);
-    in->sweeping = pthread_create(&in->sweeper, NULL, sweep, in) == 0;
-    if (in->sweeping)
+    in->sweeping = 1; /* before the thread starts: it stops as soon as it sees it clear */
+    if (pthread_create(&in->sweeper, NULL, sweep, in) != 0)
+        in->sweeping = 0;
+    else
         pthread_setname_np(in->sweeper, "conn-sweeper");
     if (!in->sweeping) {
         snprintf(err, errlen, "cannot start a thread");
@@ -850,6 +1141,13 @@ int intake_reconfigure(struct intake *in, const struct config *c, char *err, siz
         retire(hooks);
         return -1;
     }
+    if (hooks == NULL && c->max_connections_per_ip != old->max_connections_per_ip)
+        log_msg(LOG_WARN, "limits.max_connections_per_ip changed: it takes effect at the next "
+                          "restart (or with a new listen address)");
+    if (hooks == NULL && c->tls != NULL && old->tls_priority != NULL &&
+        strcmp(c->tls_priority, old->tls_priority) != 0)
+        log_msg(LOG_WARN, "tls.ciphers or tls.min_version changed: they take effect at the next "
+                          "restart (or with a new listen address)");
     atomic_store(&in->cfg, c); /* requests under way keep the configuration they started with */
     if (c->tls != NULL)
         tls_use(c->tls); /* new handshakes present the certificate just read */

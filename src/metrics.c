@@ -139,16 +139,25 @@ static struct series *first[METRIC_COUNT], **last[METRIC_COUNT];
 
 /* ---- series ------------------------------------------------------------------------------ */
 
+/* name="value", the value escaped as the text format wants (\\, \", \n) and made valid UTF-8:
+ * a byte that is not is written as U+FFFD, or Prometheus refuses the whole page. */
 static void add_label(struct buf *b, const char *name, const char *value)
 {
+    const char *v = value ? value : "";
+    size_t n = strlen(v), len;
+    unsigned cp;
     buf_printf(b, "%s%s=\"", b->n > 1 ? "," : "", name);
-    for (const char *p = value ? value : ""; *p; p++) {
-        if (*p == '\\' || *p == '"')
-            buf_printf(b, "\\%c", *p);
-        else if (*p == '\n')
+    for (size_t i = 0; i < n; i += len) {
+        if ((len = buf_utf8_next(v + i, n - i, &cp)) == 0) {
+            buf_adds(b, "\xef\xbf\xbd");
+            len = 1;
+        } else if (cp == '\\' || cp == '"') {
+            buf_printf(b, "\\%c", (char)cp);
+        } else if (cp == '\n') {
             buf_adds(b, "\\n");
-        else
-            buf_add(b, p, 1);
+        } else {
+            buf_add(b, v + i, len);
+        }
     }
     buf_adds(b, "\"");
 }

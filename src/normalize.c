@@ -89,6 +89,8 @@ int normalize_epoch(lua_State *L, int idx, double *t)
 {
     if (lua_type(L, idx) == LUA_TNUMBER) {
         double v = lua_tonumber(L, idx);
+        if (!isfinite(v))
+            return -1;
         *t = v >= 1e11 ? v / 1000 : v;
         return 0;
     }
@@ -96,7 +98,7 @@ int normalize_epoch(lua_State *L, int idx, double *t)
         const char *s = lua_tostring(L, idx);
         char *end;
         double v = strtod(s, &end);
-        if (*s >= '0' && *s <= '9' && *end == '\0') {
+        if (*s >= '0' && *s <= '9' && *end == '\0' && isfinite(v)) {
             *t = v >= 1e11 ? v / 1000 : v;
             return 0;
         }
@@ -260,6 +262,33 @@ int normalize_push_certificate(lua_State *L, int src, const struct field *f, siz
     return c;
 }
 
+/* Whether s is a hostname certhook keeps: at most 253 bytes of dot-separated labels of 1 to 63
+ * bytes (a final dot allowed), each made of ASCII letters, digits, '-' (not first or last),
+ * '_' and '*', or non-ASCII characters in valid UTF-8 (internationalized names as sent). */
+static int valid_hostname(const char *s, size_t n)
+{
+    size_t label = 0, len;
+    unsigned cp;
+    if (n == 0 || n > 253 || s[0] == '.')
+        return 0;
+    for (size_t i = 0; i < n; i += len) {
+        if ((len = buf_utf8_next(s + i, n - i, &cp)) == 0)
+            return 0;
+        if (cp == '.') {
+            if (label == 0 || s[i - 1] == '-')
+                return 0;
+            label = 0;
+            continue;
+        }
+        if (!((cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') || (cp >= '0' && cp <= '9') ||
+              cp == '_' || cp == '*' || (cp == '-' && label > 0) || cp >= 0xa0))
+            return 0;
+        if ((label += len) > 63)
+            return 0;
+    }
+    return label == 0 || s[n - 1] != '-';
+}
+
 /* ---- entry points ----------------------------------------------------------------------------- */
 
 int normalize_push(lua_State *L, enum provider p, int raw, char *err, size_t errlen)
@@ -281,21 +310,43 @@ int normalize_push(lua_State *L, enum provider p, int raw, char *err, size_t err
         return -1;
     }
     lua_settop(L, ev);
+    size_t n;
+    const char *host = lua_getfield(L, ev, "hostname") == LUA_TSTRING ? lua_tolstring(L, -1, &n)
+                                                                        : NULL;
+    if (host != NULL && !valid_hostname(host, n)) { /* raw keeps what was sent */
+        lua_pushnil(L);
+        lua_setfield(L, ev, "hostname");
+    }
+    lua_settop(L, ev);
     normalize_set_str(L, ev, "provider", provider_name(p));
     lua_pushvalue(L, raw);
     lua_setfield(L, ev, "raw");
     return 0;
 }
 
-void normalize_fixup(lua_State *L, int idx)
+/* 1 if the string at idx holds a NUL byte. */
+static int has_nul(lua_State *L, int idx)
 {
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    return memchr(s, '\0', n) != NULL;
+}
+
+int normalize_fixup(lua_State *L, int idx)
+{
+    int nuls = 0;
     idx = lua_absindex(L, idx);
     if (lua_type(L, idx) != LUA_TTABLE)
-        return;
+        return lua_type(L, idx) == LUA_TSTRING && has_nul(L, idx);
     luaL_checkstack(L, 4, "JSON nesting");
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) { /* key, value */
+        if (lua_type(L, -2) == LUA_TSTRING)
+            nuls += has_nul(L, -2);
         switch (lua_type(L, -1)) {
+        case LUA_TSTRING:
+            nuls += has_nul(L, -1);
+            break;
         case LUA_TLIGHTUSERDATA: /* cjson.null */
             if (lua_touserdata(L, -1) == NULL && lua_type(L, -2) == LUA_TSTRING) {
                 lua_pushvalue(L, -2);
@@ -306,7 +357,14 @@ void normalize_fixup(lua_State *L, int idx)
         case LUA_TNUMBER:
             if (!lua_isinteger(L, -1)) {
                 double v = lua_tonumber(L, -1);
-                if (v == floor(v) && fabs(v) < 9007199254740992.0) {
+                if (!isfinite(v)) { /* 1e309 decodes as inf: no JSON, no date, no handler */
+                    lua_pushvalue(L, -2);
+                    if (lua_type(L, -1) == LUA_TSTRING)
+                        lua_pushnil(L); /* absent, as a JSON null member */
+                    else
+                        lua_pushlightuserdata(L, NULL); /* in an array: cjson.null */
+                    lua_rawset(L, idx);
+                } else if (v == floor(v) && fabs(v) < 9007199254740992.0) {
                     lua_pushvalue(L, -2);
                     lua_pushinteger(L, (lua_Integer)v);
                     lua_rawset(L, idx); /* assigning an existing field is allowed */
@@ -314,11 +372,12 @@ void normalize_fixup(lua_State *L, int idx)
             }
             break;
         case LUA_TTABLE:
-            normalize_fixup(L, -1);
+            nuls += normalize_fixup(L, -1);
             break;
         }
         lua_pop(L, 1);
     }
+    return nuls;
 }
 
 enum provider normalize_detect(lua_State *L, int idx)
@@ -355,6 +414,42 @@ static int is_jwt(const char *s)
     return dot != NULL && strchr(dot + 1, '.') != NULL;
 }
 
+/* The JWT claims at idx are within their lifetime at now (RFC 7519 §4.1.4-6): not past exp,
+ * not before nbf, not issued in the future, each give or take src->leeway seconds, and not
+ * older than src->max_age when set. Absent claims are not checked. 0, or -1 with a message. */
+static int check_times(lua_State *L, int idx, const struct source *src, double now, char *err,
+                       size_t errlen)
+{
+    static const char *const names[] = {"exp", "nbf", "iat"};
+    char when[40];
+    for (int i = 0; i < 3; i++) {
+        int type = normalize_get(L, idx, names[i]);
+        double t = lua_tonumber(L, -1);
+        lua_pop(L, 1);
+        if (type == LUA_TNIL)
+            continue;
+        if (type != LUA_TNUMBER || !isfinite(t)) {
+            snprintf(err, errlen, "the JWT's %s is not a NumericDate", names[i]);
+            return -1;
+        }
+        time_format_iso8601(t, when);
+        if (i == 0 && now > t + src->leeway)
+            snprintf(err, errlen, "the JWT expired at %s (exp; sources.%s.leeway is %g s)", when,
+                     src->name, src->leeway);
+        else if (i > 0 && t > now + src->leeway)
+            snprintf(err, errlen, "the JWT is %s %s, in the future (%s; sources.%s.leeway is "
+                     "%g s)", i == 1 ? "not valid before" : "issued at", when, names[i],
+                     src->name, src->leeway);
+        else if (i == 2 && src->max_age > 0 && now > t + src->max_age + src->leeway)
+            snprintf(err, errlen, "the JWT was issued at %s, more than sources.%s.max_age (%g s) "
+                     "ago (leeway %g s)", when, src->name, src->max_age, src->leeway);
+        else
+            continue;
+        return -1;
+    }
+    return 0;
+}
+
 int normalize_body(lua_State *L, const struct source *src, const char *body, size_t n,
                    double received_at, char **claims, size_t *claims_len, char *err,
                    size_t errlen)
@@ -382,6 +477,8 @@ int normalize_body(lua_State *L, const struct source *src, const char *body, siz
                 snprintf(err, errlen, "the JWT payload is not JSON: %s", msg);
                 goto bad;
             }
+            if (src->check_times && check_times(L, -1, src, received_at, err, errlen) != 0)
+                goto unauthorized;
         } else if (!src->insecure) {
             snprintf(err, errlen,
                      "source %s accepts only signed notifications: the body must be "
@@ -392,7 +489,10 @@ int normalize_body(lua_State *L, const struct source *src, const char *body, siz
             lua_settop(L, top + 1);
         }
     }
-    normalize_fixup(L, -1);
+    if (normalize_fixup(L, -1) != 0) { /* the journal and C code would cut such strings short */
+        snprintf(err, errlen, "a string in the payload holds a NUL byte (\\u0000)");
+        goto bad;
+    }
     if (normalize_push(L, src->provider, -1, err, errlen) != 0)
         goto bad;
     lua_remove(L, -2); /* the raw payload: it is event.raw now */

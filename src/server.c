@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -199,6 +200,10 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
     int rc = -1, sigfd = -1;
     sigset_t set, old;
 
+    /* No core dump (its memory holds the secrets) and no ptrace by the same user, unless asked */
+    const char *dumps = getenv("CERTHOOK_ALLOW_CORE_DUMPS");
+    if (dumps == NULL || strcmp(dumps, "1") != 0)
+        prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);

@@ -31,8 +31,41 @@ struct tls_creds {
     gnutls_privkey_t key;
 };
 
-/* TLS 1.2 and 1.3 only; GnuTLS's NORMAL cipher suites. */
-const char tls_priorities[] = "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2";
+/* Mozilla's "intermediate" profile in GnuTLS terms: forward-secret key exchange only (ECDHE,
+ * DHE; no static RSA) and AEAD ciphers only (AES-GCM, ChaCha20-Poly1305; no CBC, no SHA-1
+ * MACs). The versions are appended by tls_priority. */
+const char tls_default_ciphers[] =
+    "SECURE128:-KX-ALL:+ECDHE-ECDSA:+ECDHE-RSA:+DHE-RSA:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:"
+    "+CHACHA20-POLY1305:-MAC-ALL:+AEAD";
+
+char *tls_priority(const char *ciphers, const char *min_version, char *err, size_t errlen)
+{
+    struct buf b;
+    const char *at = NULL;
+    gnutls_priority_t check;
+    if (strcmp(min_version, "1.2") != 0 && strcmp(min_version, "1.3") != 0) {
+        snprintf(err, errlen, "tls.min_version must be \"1.2\" or \"1.3\"");
+        return NULL;
+    }
+    buf_init(&b);
+    buf_printf(&b, "%s:-VERS-ALL:+VERS-TLS1.3%s", ciphers ? ciphers : tls_default_ciphers,
+               strcmp(min_version, "1.2") == 0 ? ":+VERS-TLS1.2" : "");
+    char *p = buf_take(&b);
+    if (p == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    int rc = gnutls_priority_init(&check, p, &at);
+    if (rc < 0) {
+        snprintf(err, errlen, "tls.ciphers: GnuTLS does not take this priority string (%s, at "
+                 "\"%.40s\"): see https://gnutls.org/manual/html_node/Priority-Strings.html",
+                 gnutls_strerror(rc), at ? at : "?");
+        free(p);
+        return NULL;
+    }
+    gnutls_priority_deinit(check);
+    return p;
+}
 
 static _Atomic(struct tls_creds *) current;
 

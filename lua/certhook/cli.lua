@@ -186,6 +186,15 @@ local function check_private(path, cfg)
   die(1, "%s", msg)
 end
 
+-- Lua's message about a config file, without the source text it quotes: the token a syntax
+-- error is "near" (an unfinished string runs to the end of its line: a secret), and the value
+-- of a constant a runtime error names. file:line and the reason stay.
+local function config_error(msg)
+  msg = tostring(msg)
+  msg = msg:gsub(" near '.*$", ""):gsub("%(constant '.-'%)", "(a constant)")
+  return msg
+end
+
 -- Loads the config file: its globals are the settings. Relative paths in it are relative to
 -- the file's directory. Returns the settings table ({} without a file).
 local function load_config(path)
@@ -199,9 +208,9 @@ local function load_config(path)
   f:close()
   local env = setmetatable({}, { __index = _G })
   local chunk, err = loadfile(path, "t", env)
-  if not chunk then die(1, "config: %s", err) end
+  if not chunk then die(1, "config: %s", config_error(err)) end
   local ok, err2 = pcall(chunk)
-  if not ok then die(1, "config: %s", tostring(err2)) end
+  if not ok then die(1, "config: %s", config_error(err2)) end
   local cfg = {}
   for k, v in pairs(env) do
     if not SETTINGS[k] then

@@ -361,7 +361,8 @@ limits = { max_body = 65536 }
         lock:write("ROLLBACK;\n.quit\n")
         lock:close()
       end)
-      lock:write(("BEGIN IMMEDIATE;\n.shell touch '%s/locked'\n"):format(srv.dir))
+      -- (.timeout: certhook may be committing just then, and BEGIN would fail at once)
+      lock:write((".timeout 5000\nBEGIN IMMEDIATE;\n.shell touch '%s/locked'\n"):format(srv.dir))
       lock:flush()
       assert(fs.wait_for(function() return fs.read(srv.dir .. "/locked") end, 5), "sqlite3 took no lock")
       local body, id = cf_event()
@@ -461,7 +462,10 @@ describe("the event handlers receive", function()
     }
     assert.are.equal(202, srv:post("/hooks/cloudflare", (cf_event()), CF).status)
     for _, name in ipairs { "2.txt", "4.txt" } do
-      local text = fs.wait_for(function() return fs.read(srv.dir .. "/" .. name) end, 5)
+      local text = fs.wait_for(function() -- written once opened: wait for the text too
+        local t = fs.read(srv.dir .. "/" .. name)
+        return t ~= "" and t
+      end, 5)
       assert.are.equal("blog.com <<CERTIFICATE_ID> true true", text)
     end
     srv:cleanup()

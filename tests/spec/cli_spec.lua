@@ -146,6 +146,20 @@ describe("certhook CLI", function()
       assert.truthy(err:match("c%.lua:3: no secret set"), err)
     end)
 
+    -- regress/13-7: Lua's message quoted the source text, here the secret
+    it("reports a syntax error in the config file without quoting its text", function()
+      fs.write(dir .. "/c.lua", 'sources = { c = { provider = "cloudflare",\n  secret = "S3CRET-in-the-file }\n}\n')
+      local _, err, code = certhook("check --config " .. dir .. "/c.lua")
+      assert.are.equal(1, code)
+      assert.truthy(err:match("c%.lua:2: unfinished string"), err)
+      assert.falsy(err:find("S3CRET", 1, true), err)
+      fs.write(dir .. "/c.lua", 'x = ("TOKEN-abc")()\n') -- a runtime error names the constant
+      _, err, code = certhook("check --config " .. dir .. "/c.lua")
+      assert.are.equal(1, code)
+      assert.truthy(err:match("c%.lua:1: "), err)
+      assert.falsy(err:find("TOKEN", 1, true), err)
+    end)
+
     it("exits 1 when an explicit config file is missing", function()
       local _, err, code = certhook("check --config " .. dir .. "/missing.lua")
       assert.are.equal(1, code)
@@ -163,7 +177,7 @@ describe("certhook CLI", function()
 
     local function serve_fails(config, pattern)
       fs.write(dir .. "/certhook.conf.lua", 'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\n' .. config)
-      local _, err, code = certhook("serve", dir)
+      local _, err, code = fs.run(("cd '%s' && timeout 20 %s serve"):format(dir, Server.certhook))
       assert.are.equal(1, code)
       assert.truthy(err:match(pattern), err)
     end
@@ -181,6 +195,31 @@ describe("certhook CLI", function()
     it("with an unknown provider or an unreadable key", function()
       serve_fails('sources = { x = { provider = "acme", insecure = true } }', 'provider must be "cloudflare" or "ibm%-cm"')
       serve_fails('sources = { ibm = { provider = "ibm-cm", public_key = "nope.pem" } }', "sources%.ibm%.public_key: cannot read public key")
+    end)
+
+    -- regress/13-3: any truthy value opened the source
+    it("with insecure set to anything but the boolean true", function()
+      for _, v in ipairs { '"false"', "0", "1", '"yes"', "false", 'os.getenv("CERTHOOK_TEST_FALSE")' } do
+        fs.write(dir .. "/certhook.conf.lua", 'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\n' ..
+          ('sources = { open = { provider = "cloudflare", insecure = %s } }'):format(v))
+        local _, err, code = fs.run(("cd '%s' && CERTHOOK_TEST_FALSE=false timeout 20 %s serve"):format(dir, Server.certhook))
+        assert.are.equal(1, code, v)
+        assert.truthy(err:match("sources%.open%.insecure must be true"), v .. ": " .. err)
+      end
+    end)
+
+    -- regress/13-10: unknown keys inside a source were ignored
+    it("with an unknown setting in a source, naming it", function()
+      serve_fails('sources = { c = { provider = "cloudflare", secret = "s", secrte = "t" } }',
+        "sources%.c%.secrte is not a setting")
+      serve_fails('sources = { i = { provider = "ibm-cm", insecure = true, secret = "s" } }',
+        "sources%.i%.secret is not a setting %(those of sources%.i are provider, insecure, public_key")
+      serve_fails('sources = { c = { provider = "cloudflare", secret = "s", [1] = "x" } }',
+        "sources%.c has a key that is not a name")
+      serve_fails('sources = { c = { provider = "cloudflare", secret = "s" } }\nlimits = { max_bodyy = 5 }',
+        "limits%.max_bodyy is not a setting")
+      serve_fails('sources = { c = { provider = "cloudflare", secret = "s" } }\ndelivery = { retries = 5 }',
+        "delivery%.retries is not a setting")
     end)
 
     it("with a wrongly typed limit", function()
