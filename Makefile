@@ -38,11 +38,11 @@ ifeq ($(SANITIZE),1)
 BUILD    = build/san
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 endif
-ALL_CFLAGS = $(CFLAGS) -fPIC -std=gnu11 -D_GNU_SOURCE $(WARN) $(SANFLAGS) -I$(LUA_INCDIR) $(DEP_CFLAGS) \
+ALL_CFLAGS = $(CFLAGS) -fPIC -std=gnu11 -D_GNU_SOURCE $(WARN) $(SANFLAGS) -Isrc -I$(LUA_INCDIR) $(DEP_CFLAGS) \
              $(SYSTEMD_CFLAGS) -MMD -MP
 ALL_LIBS   = $(DEP_LIBS) -lpthread -lm
 
-SRCS   = $(wildcard src/*.c)
+SRCS   = $(wildcard src/*.c src/*/*.c)
 OBJS   = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE = $(BUILD)/certhook/core.so
 LAUNCH = $(BUILD)/certhook-dev
@@ -98,11 +98,11 @@ $(VALGRIND): Makefile
 
 $(BUILD)/unit/%: tests/unit/%.c $(OBJS)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Isrc -o $@ $< $(OBJS) $(ALL_LIBS) -llua$(LUA_VERSION)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(OBJS) $(ALL_LIBS) -llua$(LUA_VERSION)
 
 # The HTTP server tests and benchmarks send certhook.http requests to.
-$(SINK): tests/helpers/sink.c $(BUILD)/obj/buf.o
-	$(CC) $(ALL_CFLAGS) -Isrc -o $@ $< $(BUILD)/obj/buf.o $(DEP_LIBS) -lpthread
+$(SINK): tests/helpers/sink.c $(BUILD)/obj/base/buf.o
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/obj/base/buf.o $(DEP_LIBS) -lpthread
 
 unit: $(UNITS) $(SINK)
 

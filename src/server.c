@@ -25,7 +25,12 @@
 #include <systemd/sd-daemon.h>
 #endif
 
-#include "certhook.h"
+#include "dispatch/dispatch.h"
+#include "intake/intake.h"
+#include "journal/journal.h"
+#include "lua/api.h"
+#include "providers/provider.h"
+#include "server.h"
 
 #define EXIT_STALLED 70 /* EX_SOFTWARE: the supervisor restarts it */
 
@@ -39,7 +44,7 @@ struct server {
     struct dispatch *d;
     struct intake *in;
     struct generation *gen;          /* the current one */
-    struct running *run;             /* the data directory's lock and slot; the stall detector */
+    struct stall *stall;             /* what runs: the slot and the stall detector */
     unsigned next_generation;
     double watchdog, next_ping;      /* systemd's watchdog interval (0: none), next ping */
 };
@@ -81,7 +86,7 @@ static void ping_watchdog(void *cls)
  * finalizer that loops, a C function that never returns. The process cannot get the thread
  * back, so it exits (the supervisor restarts it); the slot tells the next start which
  * delivery it was. */
-static void on_stall(void *cls, const struct running_slot *what, double seconds)
+static void on_stall(void *cls, const struct stall_slot *what, double seconds)
 {
     struct server *s = cls;
     struct log_line l;
@@ -99,7 +104,8 @@ static void on_stall(void *cls, const struct running_slot *what, double seconds)
     notify("STATUS=stalled: restarting");
     if (s->in != NULL)
         intake_close_gate(s->in); /* 503 from now on: the requests under way are answered */
-    for (int i = 0; i < 200 && journal_queued(s->j) > 0; i++)
+    struct journal_status js;
+    for (int i = 0; i < 200 && (journal_status(s->j, &js), js.queued > 0); i++)
         usleep(10000);
     usleep(100000);
     _exit(EXIT_STALLED);
@@ -164,26 +170,26 @@ static int reload_now(struct server *s, int with_config, unsigned *generation, c
         }
         c = fresh; /* kept from here on, used or not */
     }
-    struct reload_env env = {c->lua_path, c->lua_cpath, s->j, NULL, c->busy_timeout,
-                             c->delivery.memory_limit, c->delivery.timeout, s->run};
-    struct generation *g = reload_build(c->handlers, &env, s->next_generation, &msg);
+    struct generation_env env = {c->lua_path, c->lua_cpath, s->j, NULL, c->busy_timeout,
+                             c->delivery.memory_limit, c->delivery.timeout, s->stall};
+    struct generation *g = generation_build(c->handlers, &env, s->next_generation, &msg);
     if (g == NULL) {
         snprintf(err, errlen, "%s", msg);
         free(msg);
         return -1;
     }
     if (fresh != NULL) {
-        if (intake_reconfigure(s->in, fresh, err, errlen) != 0 ||
+        if (intake_reconfigure(s->in, &fresh->in, err, errlen) != 0 ||
             (strcmp(fresh->handlers, s->cfg->handlers) != 0 &&
              dispatch_watch(s->d, fresh->handlers, err, errlen) != 0)) {
-            reload_free(g);
+            generation_free(g);
             return -1;
         }
         log_set_level(fresh->log_level);
         log_set_text(fresh->log_text);
         metrics_inventory_cap(fresh->max_hostnames);
         dispatch_set_config(s->d, &fresh->delivery);
-        running_set_limit(s->run, fresh->delivery.timeout + STALL_GRACE);
+        stall_set_limit(s->stall, fresh->delivery.timeout + STALL_GRACE);
         s->cfg = fresh;
     }
     s->next_generation++;
@@ -191,6 +197,79 @@ static int reload_now(struct server *s, int with_config, unsigned *generation, c
     *generation = g->number;
     dispatch_set_generation(s->d, g); /* the previous one closes when its deliveries end */
     return 0;
+}
+
+/* ---- journals of earlier versions ---------------------------------------------------------- */
+
+/* An event journaled with only its body (the provider's payload; IBM's: the JWT claims):
+ * normalized by its provider as an insecure source would (the body was authenticated when it
+ * was accepted), keeping the id, source and time it was accepted with. One that no longer
+ * normalizes keeps its summary and says why in `error`. */
+static int upgrade_one(void *cls, const struct event *old, struct buf *packed, char *err,
+                       size_t errlen)
+{
+    lua_State *L = cls;
+    char why[600];
+    struct source s;
+    struct reply rp = {0};
+    struct request rq = {.method = "POST", .body = old->body, .body_len = old->body_len,
+                         .received_at = old->received_at};
+    int top = lua_gettop(L), ev = 0;
+    const struct provider *p = provider_find(old->provider);
+    if (p != NULL) {
+        lua_createtable(L, 0, 2);
+        lua_pushstring(L, p->name);
+        lua_setfield(L, -2, "provider");
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "insecure");
+        if (source_configure(L, -1, old->source, &s, why, sizeof why) == 0 &&
+            source_normalize(L, &s, &rq, &rp, why, sizeof why) == 0 && rp.status == 0 &&
+            lua_rawgeti(L, -1, 1) == LUA_TTABLE)
+            ev = lua_gettop(L);
+        source_release(&s);
+        buf_free(&rp.body);
+    } else {
+        snprintf(why, sizeof why, "unknown provider %s", old->provider);
+    }
+    if (ev == 0) {
+        lua_createtable(L, 0, 8);
+        ev = lua_gettop(L);
+#define SUMMARY(f)                     \
+    if (old->f != NULL) {              \
+        lua_pushstring(L, old->f);     \
+        lua_setfield(L, ev, #f);       \
+    }
+        EVENT_STRINGS(SUMMARY)
+#undef SUMMARY
+        lua_pushfstring(L, "journaled by an earlier certhook; it no longer normalizes: %s", why);
+        lua_setfield(L, ev, "error");
+    }
+    lua_pushstring(L, old->id); /* as accepted: the id deduplicated by, the source, the time */
+    lua_setfield(L, ev, "id");
+    lua_pushstring(L, old->source);
+    lua_setfield(L, ev, "source");
+    event_push_epoch(L, old->received_at);
+    lua_setfield(L, ev, "received_at");
+    struct event summary;
+    int rc = event_pack(L, ev, &summary, packed, err, errlen);
+    lua_settop(L, top);
+    return rc;
+}
+
+int server_upgrade_journal(struct journal *j, char *err, size_t errlen)
+{
+    char msg[300];
+    lua_State *L = module_newstate(NULL, NULL, NULL, NULL, msg, sizeof msg);
+    if (L == NULL) {
+        snprintf(err, errlen, "%s", msg);
+        return -1;
+    }
+    int n = journal_upgrade(j, upgrade_one, L, err, errlen);
+    lua_close(L);
+    if (n > 0)
+        log_msg(LOG_INFO, "%d events journaled by an earlier certhook were normalized and kept "
+                          "as the journal keeps events now", n);
+    return n;
 }
 
 int server_run(struct config *c, config_loader load, void *load_cls, char *err, size_t errlen)
@@ -221,23 +300,24 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
         snprintf(err, errlen, "out of memory");
         goto done;
     }
-    struct running_slot crashed;
+    struct stall_slot crashed;
     int died;
-    if (journal_open(&s.j, c->data, JOURNAL_CREATE, c->busy_timeout, c->retention, err,
-                     errlen) != 0 ||
-        (s.run = running_open(c->data, err, errlen)) == NULL)
+    struct journal_options jo = {c->data, JOURNAL_CREATE | JOURNAL_EXCLUSIVE, c->busy_timeout,
+                                 c->retention, c->max_wal};
+    if (journal_open(&s.j, &jo, err, errlen) != 0 ||
+        (s.stall = stall_open(c->data, err, errlen)) == NULL ||
+        server_upgrade_journal(s.j, err, errlen) < 0)
         goto done;
-    died = running_crashed(s.run, &crashed);
-    journal_set_max_wal(s.j, c->max_wal);
+    died = stall_crashed(s.stall, &crashed);
     if (journal_load_inventory(s.j, c->max_hostnames) < 0)
         log_msg(LOG_WARN, "cannot read the certificate inventory; it starts empty");
-    s.d = dispatch_new(NULL, s.j, &c->delivery, journal_max_seq(s.j));
+    s.d = dispatch_new(s.j, &c->delivery, journal_max_seq(s.j));
     if (sigfd < 0 || s.d == NULL || journal_start(s.j, dispatch_enqueue, s.d) != 0 ||
-        running_watch(s.run, c->delivery.timeout + STALL_GRACE, on_stall, &s) != 0) {
+        stall_watch(s.stall, c->delivery.timeout + STALL_GRACE, on_stall, &s) != 0) {
         snprintf(err, errlen, "cannot start: out of resources");
         goto done;
     }
-    dispatch_set_running(s.d, s.run, died ? &crashed : NULL);
+    dispatch_set_stall(s.d, s.stall, died ? &crashed : NULL);
     dispatch_on_reload(s.d, reload, &s);
     /* A handler set that does not load never costs the webhooks: intake runs, the events wait
      * in the journal, and the first reload that works (a fixed file is noticed) delivers them. */
@@ -246,9 +326,9 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
                               "handlers are loaded again when a file changes, or by a reload",
                  c->handlers, crashed.handler);
     } else {
-        struct reload_env env = {c->lua_path, c->lua_cpath, s.j, NULL, c->busy_timeout,
-                                 c->delivery.memory_limit, c->delivery.timeout, s.run};
-        s.gen = reload_build(c->handlers, &env, 1, &msg);
+        struct generation_env env = {c->lua_path, c->lua_cpath, s.j, NULL, c->busy_timeout,
+                                 c->delivery.memory_limit, c->delivery.timeout, s.stall};
+        s.gen = generation_build(c->handlers, &env, 1, &msg);
         if (s.gen == NULL)
             snprintf(err, errlen, "%s", msg);
     }
@@ -265,7 +345,7 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
         err[0] = '\0';
     }
     if (dispatch_watch(s.d, c->handlers, err, errlen) != 0 ||
-        intake_start(&s.in, c, s.j, s.d, err, errlen) != 0)
+        intake_start(&s.in, &c->in, s.j, s.d, err, errlen) != 0)
         goto done;
     dispatch_on_stop(s.d, close_gate, s.in);
 #ifdef HAVE_SYSTEMD
@@ -280,7 +360,7 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
     struct log_line l;
     log_begin(&l, LOG_INFO, "listening");
     log_str(&l, "listen", listen);
-    log_str(&l, "scheme", c->tls ? "https" : "http");
+    log_str(&l, "scheme", c->in.tls ? "https" : "http");
     log_str(&l, "admin", admin);
     log_str(&l, "handlers", c->handlers);
     log_num(&l, "handler_files", s.gen ? (double)s.gen->nfiles : 0);
@@ -297,14 +377,14 @@ done:
         intake_close_gate(s.in);
         intake_stop(s.in);
     }
-    running_unwatch(s.run);
+    stall_unwatch(s.stall);
     if (s.j != NULL)
         journal_stop(s.j);
     dispatch_free(s.d); /* releases the current generation */
     if (s.d == NULL)
-        reload_release(s.gen);
+        generation_release(s.gen);
     journal_close(s.j);
-    running_close(s.run);
+    stall_close(s.stall);
     free(msg);
     for (size_t i = 0; i < s.nconfigs; i++) {
         config_free(s.configs[i]);

@@ -16,8 +16,7 @@ local with_raw = os.getenv("FORWARD_RAW") == "1"
 
 return {
   ["*"] = function(e)
-    -- raw is decoded when first read, and encoding the event does not read it
-    if with_raw then e.raw = e.raw end
+    if not with_raw then e.raw = nil end -- the event is this handler's own copy
     local headers = { ["X-Certhook-Event"] = e.id }
     if token then headers.Authorization = "Bearer " .. token end
     local resp, err = http.post(url, e, { headers = headers, timeout = 15 })

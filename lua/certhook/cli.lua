@@ -3,8 +3,13 @@
 -- Parses the command and its flags, loads the config file (a Lua file whose globals are the
 -- settings, DESIGN §8), lets flags override it and calls the C core. Exit status: 0 success,
 -- 1 a failure to act on (the message names the file, line or event), 2 bad usage.
-local core = require "certhook.core"
+local api = require "certhook.core"
 local cjson = require "cjson"
+
+-- The command line's C functions: in the same shared object as certhook.core, under an entry
+-- point no handler state loads.
+local core = assert(package.loadlib(assert(package.searchpath("certhook.core", package.cpath)),
+  "luaopen_certhook_cli"))()
 
 local M = {}
 
@@ -316,23 +321,23 @@ COMMANDS.normalize = {
   args = 1,
   options = { config = true, provider = true, source = true, ["public-key"] = true },
   help = [[
-usage: certhook normalize FILE|- [--provider cloudflare|ibm-cm] [--source NAME]
-                          [--public-key PEM]
+usage: certhook normalize FILE|- [--provider P] [--source NAME] [--public-key PEM]
 
-Prints the event handlers would receive for a payload (pretty JSON, sorted keys). The
-provider is detected from the payload unless given. An IBM {"data": "<JWT>"} body is decoded;
-its signature is verified only with --public-key.]],
+Prints the event handlers would receive for a payload (pretty JSON, sorted keys): exactly
+what a handler gets, as serve journals and delivers it; a payload that carries several events
+prints a list of them. The provider is detected from the payload unless given. An IBM
+{"data": "<JWT>"} body is decoded; its signature is verified only with --public-key.]],
   run = function(opts, pos)
     local file = pos[1] or die(2, "normalize: which file? (- reads standard input)")
     local body = read_file(file)
-    local event, payload = core.normalize(body, {
+    local events, err = core.normalize(body, {
       provider = opts.provider, source = opts.source, public_key = opts["public-key"],
     })
-    if not event then die(1, "%s: %s", file, payload) end
-    if payload ~= body and not opts["public-key"] then
+    if not events then die(1, "%s: %s", file, err) end
+    if events[1].provider == "ibm-cm" and body:match('^%s*{%s*"data"%s*:') and not opts["public-key"] then
       io.stderr:write("note: JWT signature not verified (pass --public-key PEM to verify it)\n")
     end
-    io.stdout:write(pretty(event), "\n")
+    io.stdout:write(pretty(#events == 1 and events[1] or events), "\n")
     return 0
   end,
 }
@@ -353,17 +358,18 @@ Exit 1 if a handler failed.]],
     local r, err = core.run(dir, read_file(file), { provider = opts.provider, source = opts.source,
       data = data_dir(cfg), timeout = delivery.timeout, memory_limit = delivery.memory_limit })
     if not r then die(1, "%s", err) end
-    if #r.results == 0 then
-      io.stdout:write(("%s (%s): no handler matches\n"):format(r.event, r.type))
-      return 0
-    end
     local failed = 0
-    for _, res in ipairs(r.results) do
-      if res.ok then
-        io.stdout:write(("ok    %s (%.1f ms)\n"):format(res.handler, res.duration * 1000))
-      else
-        failed = failed + 1
-        io.stdout:write(("FAIL  %s: %s\n"):format(res.handler, res.error))
+    for _, ev in ipairs(r.events) do
+      if #ev.results == 0 then
+        io.stdout:write(("%s (%s): no handler matches\n"):format(ev.event, ev.type))
+      end
+      for _, res in ipairs(ev.results) do
+        if res.ok then
+          io.stdout:write(("ok    %s (%.1f ms)\n"):format(res.handler, res.duration * 1000))
+        else
+          failed = failed + 1
+          io.stdout:write(("FAIL  %s: %s\n"):format(res.handler, res.error))
+        end
       end
     end
     return failed > 0 and 1 or 0
@@ -419,7 +425,7 @@ defaults to http://<listen>/hooks/<source> from the config, the secret to the so
       if not jwt then die(1, "%s", err) end
       body = cjson.encode { data = jwt }
     end
-    local resp, err = core.http.request { url = url, method = "POST", headers = headers, body = body }
+    local resp, err = api.http.request { url = url, method = "POST", headers = headers, body = body }
     if not resp then die(1, "%s: %s", url, err) end
     io.stdout:write(resp.status, " ", resp.body, resp.body:sub(-1) == "\n" and "" or "\n")
     return (resp.status >= 200 and resp.status < 300) and 0 or 1
@@ -466,7 +472,7 @@ line. Reads the journal directly, also while a server runs.]],
       return 0
     end
     for _, e in ipairs(events) do
-      io.stdout:write(("%s  %s  %s  %s  %s\n"):format(core.time.iso8601(e.received_at), e.id, e.type,
+      io.stdout:write(("%s  %s  %s  %s  %s\n"):format(api.time.iso8601(e.received_at), e.id, e.type,
         e.hostname or "-", e.state))
       if #e.deliveries == 0 and e.state == "finished" then
         io.stdout:write("    (no handler matched)\n")
@@ -474,7 +480,7 @@ line. Reads the journal directly, also while a server runs.]],
       for _, dl in ipairs(e.deliveries) do
         local extra = ""
         if dl.status == "retrying" and dl.next_at then
-          extra = "  next " .. core.time.iso8601(dl.next_at)
+          extra = "  next " .. api.time.iso8601(dl.next_at)
         end
         if dl.last_error then extra = extra .. "  " .. dl.last_error:gsub("\n.*", "") end
         io.stdout:write(("    %-44s %-9s %s%s\n"):format(dl.handler, dl.status, plural(dl.attempts, "attempt"), extra))
@@ -522,7 +528,7 @@ and waits for the outcome: exit 0 with the new generation, or exit 1 with what i
     local url = ("http://%s/reload"):format(local_address(opts.admin or cfg.admin or "127.0.0.1:9090"))
     local headers = {}
     if type(cfg.admin_token) == "string" then headers.Authorization = "Bearer " .. cfg.admin_token end
-    local resp, err = core.http.request { url = url, method = "POST", headers = headers, timeout = 120 }
+    local resp, err = api.http.request { url = url, method = "POST", headers = headers, timeout = 120 }
     if not resp then die(1, "reload: %s: %s", url, err) end
     local body = resp.json or {}
     if resp.status == 200 then

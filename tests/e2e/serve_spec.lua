@@ -172,12 +172,13 @@ limits = { max_body = 65536 }
       assert.are.equal(200, srv:post("/hooks/ibm", body, {}).status) -- the same body again
     end)
 
-    it("journals the verified claims, not the token", function()
+    it("journals the event with the verified claims as raw, and the body as received", function()
       local body = jwt.body(jwt.rs256(fs.read(FIX .. "ibm-cm/v4.cert_renewed.json"), priv))
       local r = srv:post("/hooks/ibm", body, {})
       assert.are.equal(202, r.status)
-      local rows = srv:sql(("SELECT json_extract(payload, '$.event_type'), instr(payload, 'eyJ') FROM events WHERE id = '%s'"):format(r.json.id))
-      assert.are.same({ "cert_renewed", "0" }, rows[1])
+      local rows = srv:sql(("SELECT type, instr(body, 'eyJ') > 0 AND length(body) = %d, length(event) > 0 " ..
+        "FROM events WHERE id = '%s'"):format(#body, r.json.id))
+      assert.are.same({ "certificate.renewal.succeeded", "1", "1" }, rows[1])
     end)
 
     local function refused(body, pattern)

@@ -35,7 +35,9 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
-#include "certhook.h"
+#include "journal/journal.h"
+#include "intake/intake.h"
+#include "server.h"
 #include "fuzz.h"
 
 #ifndef FUZZ_PUBKEY
@@ -82,15 +84,15 @@ static struct {
 /* ---- the pipeline --------------------------------------------------------------------------- */
 
 /* Journal sink (writer thread): notes what was accepted, then frees it. */
-static void on_accepted(void *cls, struct journal_event *list)
+static void on_accepted(void *cls, struct event *list)
 {
     (void)cls;
     while (list != NULL) {
-        struct journal_event *next = list->next;
+        struct event *next = list->next;
         atomic_fetch_add(&fz.accepted, 1);
         if (strcmp(list->source, "cf") == 0)
             atomic_fetch_add(&fz.accepted_cf, 1);
-        journal_event_free(list);
+        event_free(list);
         list = next;
     }
 }
@@ -168,12 +170,14 @@ static void start(void)
     if (mkdtemp(fz.dir) == NULL)
         fail(fz.dir, strerror(errno));
     load_config(fz.dir);
-    if (journal_open(&fz.j, fz.dir, JOURNAL_CREATE, fz.cfg.busy_timeout, fz.cfg.retention, err,
+    struct journal_options jo = {fz.dir, JOURNAL_CREATE, fz.cfg.busy_timeout, fz.cfg.retention,
+                                 fz.cfg.max_wal};
+    if (journal_open(&fz.j, &jo, err,
                      sizeof err) != 0)
         fail("journal_open", err);
     if (journal_start(fz.j, on_accepted, NULL) != 0)
         fail("journal_start", "cannot start the writer");
-    if (intake_start(&fz.in, &fz.cfg, fz.j, NULL, err, sizeof err) != 0)
+    if (intake_start(&fz.in, &fz.cfg.in, fz.j, NULL, err, sizeof err) != 0)
         fail("intake_start", err);
     intake_addresses(fz.in, listen, admin, sizeof listen);
     const char *colon = strrchr(listen, ':');

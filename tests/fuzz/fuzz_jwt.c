@@ -4,14 +4,15 @@
  * Each input is a token as IBM Certificate Manager puts it in {"data": "<JWT>"}. It is
  * decoded without verification (what an insecure source without keys does), verified with
  * the RSA key of tests/fuzz/jwt-key.pub.pem (FUZZ_PUBKEY; the seeds are signed with its
- * private half), and the input as a whole goes through auth_base64url_decode. A reference
+ * private half), and the input as a whole goes through jwt_base64url_decode. A reference
  * base64url decoder written here says what each of them must return.
  */
 #include <string.h>
 
 #include <lauxlib.h>
 
-#include "certhook.h"
+#include "lua/api.h"
+#include "providers/provider.h"
 #include "fuzz.h"
 
 #ifndef FUZZ_PUBKEY
@@ -19,14 +20,14 @@
 #endif
 
 static lua_State *L;
-static struct auth_keys *keys;
+static struct jwt_keys *keys;
 
 static void teardown(void)
 {
     if (L != NULL)
         lua_close(L);
     L = NULL;
-    auth_keys_free(keys);
+    jwt_keys_free(keys);
     keys = NULL;
 }
 
@@ -35,7 +36,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     char err[300];
     (void)argc, (void)argv;
     L = module_newstate(NULL, NULL, NULL, NULL, err, sizeof err);
-    if (L == NULL || auth_keys_add(&keys, FUZZ_PUBKEY, err, sizeof err) != 0) {
+    if (L == NULL || jwt_keys_add(&keys, FUZZ_PUBKEY, err, sizeof err) != 0) {
         fprintf(stderr, "fuzz_jwt: %s\n", err);
         exit(1);
     }
@@ -86,7 +87,7 @@ static unsigned char *ref_decode(const char *s, size_t n)
 
 /* ---- the code under test ------------------------------------------------------------------- */
 
-/* auth_base64url_decode returns what the reference does and writes nothing past the decoded
+/* jwt_base64url_decode returns what the reference does and writes nothing past the decoded
  * bytes (a canary after them; the writes come from libcrypto, which ASan does not see). */
 static void base64url(const char *s, size_t n)
 {
@@ -96,7 +97,7 @@ static void base64url(const char *s, size_t n)
     unsigned char *out = malloc(cap), *ref = ref_decode(s, n);
     FUZZ_CHECK(out != NULL);
     memset(out, CANARY, cap);
-    int rc = auth_base64url_decode(s, n, out, &len);
+    int rc = jwt_base64url_decode(s, n, out, &len);
     FUZZ_CHECK((rc == 0) == (ref != NULL));
     if (rc == 0) {
         FUZZ_CHECK((long)len == want && memcmp(out, ref, len) == 0);
@@ -112,7 +113,7 @@ static int header_is_rs256(const unsigned char *h, size_t n)
 {
     char err[200];
     int ok = 0;
-    if (module_decode(L, (const char *)h, n, err, sizeof err) != 0)
+    if (json_decode(L, (const char *)h, n, err, sizeof err) != 0)
         return 0;
     if (lua_istable(L, -1) && lua_getfield(L, -1, "alg") == LUA_TSTRING)
         ok = strcmp(lua_tostring(L, -1), "RS256") == 0;
@@ -135,7 +136,7 @@ static void jwt(const char *tok, size_t n)
     }
     int decodes = hdr != NULL && payload != NULL && sig != NULL;
 
-    int rc = auth_jwt_verify(L, NULL, tok, n, &claims, &clen, err, sizeof err);
+    int rc = jwt_verify(L, NULL, tok, n, &claims, &clen, err, sizeof err);
     FUZZ_CHECK(lua_gettop(L) == 0);
     FUZZ_CHECK((rc == 0) == decodes);
     if (rc == 0) {
@@ -146,7 +147,7 @@ static void jwt(const char *tok, size_t n)
     }
 
     err[0] = '\0';
-    int vrc = auth_jwt_verify(L, keys, tok, n, &verified, &vlen, err, sizeof err);
+    int vrc = jwt_verify(L, keys, tok, n, &verified, &vlen, err, sizeof err);
     FUZZ_CHECK(lua_gettop(L) == 0);
     if (vrc == 0) { /* signed with our key: what decoding gave, and only ever RS256 */
         FUZZ_CHECK(rc == 0 && vlen == clen && memcmp(verified, claims, clen) == 0);

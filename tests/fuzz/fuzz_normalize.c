@@ -1,21 +1,23 @@
 /*
- * fuzz_normalize.c -- libFuzzer target: request bodies through normalize.c (cloudflare.c,
- * ibm_cm.c, auth.c's JWT decoding, api_time.c's timestamps).
+ * fuzz_normalize.c -- libFuzzer target: request bodies through the providers (source.c,
+ * cloudflare.c, ibm_cm.c, jwt.c's decoding, clock.c's timestamps) and the event's encoding
+ * (event.c, base/pack.c).
  *
- * Each input is a request body, as intake hands it to normalize_body, for three sources: a
+ * Each input is a request body, as intake hands it to source_normalize, for three sources: a
  * Cloudflare one, an insecure IBM one without keys (decode-only JWT, bare JSON) and an IBM
- * one with the RSA key of tests/fuzz/jwt-key.pub.pem (FUZZ_PUBKEY). An accepted body must
- * give the event the dispatcher rebuilds from the journaled payload (run_push_event). Then
- * the steps one by one: module_decode, normalize_fixup, normalize_detect and normalize_push
- * for both providers. The event intake hands to the dispatcher (pack.c) must unpack to the
- * same tree, raw included. Every step must leave the Lua stack as documented in certhook.h.
+ * one with the RSA key of tests/fuzz/jwt-key.pub.pem (FUZZ_PUBKEY). Every event of an accepted
+ * body is packed as the journal keeps it, and the event the dispatcher unpacks from it
+ * (run_push_event) must be the same tree, raw included. Then the steps one by one: json_decode,
+ * json_fixup, each provider's detect. Every step must leave the Lua stack as documented.
  */
 #include <string.h>
 
 #include <lauxlib.h>
 
-#include "certhook.h"
+#include "dispatch/dispatch.h"
 #include "fuzz.h"
+#include "lua/api.h"
+#include "providers/provider.h"
 
 #ifndef FUZZ_PUBKEY
 #error "FUZZ_PUBKEY (the path of tests/fuzz/jwt-key.pub.pem) must be defined"
@@ -25,17 +27,29 @@
 
 static lua_State *L;
 static unsigned long runs;
-static struct source cf = {.name = "cf", .provider = PROVIDER_CLOUDFLARE, .insecure = 1};
-static struct source ibm_open = {.name = "ibm", .provider = PROVIDER_IBM_CM, .insecure = 1};
-static struct source ibm_keyed = {.name = "ibm-keyed", .provider = PROVIDER_IBM_CM};
+static struct source cf, ibm_open, ibm_keyed;
 
 static void teardown(void)
 {
+    source_release(&cf);
+    source_release(&ibm_open);
+    source_release(&ibm_keyed);
     if (L != NULL)
         lua_close(L);
     L = NULL;
-    auth_keys_free(ibm_keyed.keys);
-    ibm_keyed.keys = NULL;
+}
+
+/* Configures s from the Lua table constructor in settings. */
+static void configure(struct source *s, const char *name, const char *settings)
+{
+    char err[300];
+    if (luaL_dostring(L, settings) != LUA_OK ||
+        source_configure(L, -1, name, s, err, sizeof err) != 0) {
+        fprintf(stderr, "fuzz_normalize: %s: %s\n", name,
+                lua_isstring(L, -1) ? lua_tostring(L, -1) : err);
+        exit(1);
+    }
+    lua_settop(L, 0);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
@@ -44,10 +58,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc, (void)argv;
     log_set_level(LOG_ERROR + 1); /* run_push_event logs what it refuses */
     L = module_newstate(NULL, NULL, NULL, NULL, err, sizeof err);
-    if (L == NULL || auth_keys_add(&ibm_keyed.keys, FUZZ_PUBKEY, err, sizeof err) != 0) {
+    if (L == NULL) {
         fprintf(stderr, "fuzz_normalize: %s\n", err);
         exit(1);
     }
+    configure(&cf, "cf", "return { provider = 'cloudflare', insecure = true }");
+    configure(&ibm_open, "ibm", "return { provider = 'ibm-cm', insecure = true }");
+    configure(&ibm_keyed, "ibm-keyed", "return { provider = 'ibm-cm', public_key = '" FUZZ_PUBKEY "' }");
     atexit(teardown);
     return 0;
 }
@@ -66,14 +83,17 @@ static int same(const char *a, const char *b)
     return a == b || (a != NULL && b != NULL && strcmp(a, b) == 0);
 }
 
-/* What every event has (DESIGN §2): a type, its provider, the raw payload. */
-static void check_event(int ev, enum provider p)
+/* What every finished event has (DESIGN §3): an id, its source and provider, a type, when it
+ * was received, the raw payload. */
+static void check_event(int ev, const struct source *src)
 {
     FUZZ_CHECK(lua_type(L, ev) == LUA_TTABLE);
     FUZZ_CHECK(field(ev, "type") != NULL && *field(ev, "type") != '\0');
-    FUZZ_CHECK(same(field(ev, "provider"), provider_name(p)));
+    FUZZ_CHECK(field(ev, "id") != NULL && same(field(ev, "source"), src->name));
+    FUZZ_CHECK(same(field(ev, "provider"), src->provider->name));
+    FUZZ_CHECK(lua_getfield(L, ev, "received_at") == LUA_TNUMBER);
     FUZZ_CHECK(lua_getfield(L, ev, "raw") == LUA_TTABLE);
-    lua_pop(L, 1);
+    lua_pop(L, 2);
 }
 
 /* 1 if the values at a and b are the same tree: same types (integer and float told apart),
@@ -120,100 +140,78 @@ static int same_value(int a, int b)
     }
 }
 
-/* The event the dispatcher builds from what the journal keeps must be the one intake made:
- * from the payload (events read back from the journal) and, as intake hands it over, packed
- * without raw (pack.c), raw then decoded from the payload on first use. */
-static void check_redelivery(const struct source *src, int ev, const char *payload, size_t n)
+/* The event the dispatcher unpacks from what the journal keeps must be the one intake made,
+ * raw included. */
+static void check_redelivery(int ev, const char *body, size_t n)
 {
+    char err[300];
     struct buf packed;
-    struct journal_event *je = journal_event_new(src->provider, RECEIVED_AT, field(ev, "id"),
-                                                 src->name, field(ev, "type"),
-                                                 field(ev, "provider_type"),
-                                                 field(ev, "hostname"), payload, n);
-    FUZZ_CHECK(je != NULL);
-    FUZZ_CHECK(run_push_event(L, je) == 0);
-    int again = lua_gettop(L);
-    FUZZ_CHECK(again == ev + 1);
-    check_event(again, src->provider);
-    static const char *const keys[] = {"id", "source", "type", "provider_type", "hostname"};
-    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-        FUZZ_CHECK(same(field(ev, keys[i]), field(again, keys[i])));
-    lua_settop(L, ev);
-
+    struct event summary;
+    int top = lua_gettop(L);
     buf_init(&packed);
-    if (pack_value(L, ev, "raw", &packed) == 0) { /* -1: too deep; intake sends no packed */
-        je->packed = packed.p;
-        je->packed_len = packed.n;
-        FUZZ_CHECK(run_push_event(L, je) == 0);
-        FUZZ_CHECK(lua_gettop(L) == ev + 1);
-        FUZZ_CHECK(lua_getfield(L, -1, "raw") == LUA_TTABLE); /* decoded now */
-        lua_pop(L, 1);
-        FUZZ_CHECK(same_value(ev, ev + 1));
-        je->packed = NULL;
-        lua_settop(L, ev);
+    if (event_pack(L, ev, &summary, &packed, err, sizeof err) != 0) { /* too deep for one */
+        buf_free(&packed);
+        lua_settop(L, top);
+        return;
     }
+    summary.body = body;
+    summary.body_len = n;
+    struct event *rec = event_new(&summary);
+    FUZZ_CHECK(rec != NULL);
+    lua_settop(L, top);
+    FUZZ_CHECK(run_push_event(L, rec) == 0);
+    FUZZ_CHECK(lua_gettop(L) == top + 1);
+#define SAME(f) FUZZ_CHECK(same(rec->f, field(-1, #f)));
+    EVENT_STRINGS(SAME)
+#undef SAME
+    FUZZ_CHECK(same_value(ev, -1));
+    lua_settop(L, top);
+    event_free(rec);
     buf_free(&packed);
-    journal_event_free(je);
 }
 
 static void body(const struct source *src, const char *data, size_t size)
 {
-    char err[600] = "", *claims = (char *)"unset";
-    size_t claims_len = 0;
-    int status = normalize_body(L, src, data, size, RECEIVED_AT, &claims, &claims_len, err,
-                                sizeof err);
-    if (status != 0) {
+    char err[600] = "";
+    struct reply rp = {0};
+    struct request rq = {.method = "POST", .body = data, .body_len = size,
+                         .received_at = RECEIVED_AT};
+    int status = source_normalize(L, src, &rq, &rp, err, sizeof err);
+    buf_free(&rp.body);
+    if (status != 0 || rp.status != 0) {
         FUZZ_CHECK(status == 400 || status == 401);
         FUZZ_CHECK(lua_gettop(L) == 0);
-        FUZZ_CHECK(claims == NULL && err[0] != '\0');
+        FUZZ_CHECK(err[0] != '\0');
         return;
     }
-    FUZZ_CHECK(lua_gettop(L) == 1);
-    check_event(1, src->provider);
-    FUZZ_CHECK(field(1, "id") != NULL && same(field(1, "source"), src->name));
-    FUZZ_CHECK(lua_getfield(L, 1, "received_at") == LUA_TNUMBER);
-    lua_pop(L, 1);
-    if (src->provider == PROVIDER_CLOUDFLARE)
-        FUZZ_CHECK(claims == NULL);
-    if (claims != NULL)
-        FUZZ_CHECK(claims[claims_len] == '\0');
-    check_redelivery(src, 1, claims ? claims : data, claims ? claims_len : size);
-    free(claims);
-    lua_settop(L, 0);
-}
-
-/* The steps normalize_body is made of, called one by one as the CLI does. */
-static void steps(const char *data, size_t size)
-{
-    char err[600];
-    if (module_decode(L, data, size, err, sizeof err) != 0) {
-        FUZZ_CHECK(lua_gettop(L) == 0);
-        return;
-    }
-    FUZZ_CHECK(lua_gettop(L) == 1);
-    normalize_fixup(L, 1);
-    FUZZ_CHECK(lua_gettop(L) == 1);
-    enum provider detected = normalize_detect(L, 1);
-    FUZZ_CHECK(lua_gettop(L) == 1);
-    FUZZ_CHECK(normalize_detect(L, -1) == detected);
-    static const enum provider ps[] = {PROVIDER_CLOUDFLARE, PROVIDER_IBM_CM, PROVIDER_NONE};
-    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) {
-        err[0] = '\0';
-        if (normalize_push(L, ps[i], -1, err, sizeof err) == 0) {
-            FUZZ_CHECK(ps[i] != PROVIDER_NONE && lua_gettop(L) == 2);
-            check_event(2, ps[i]);
-            FUZZ_CHECK(lua_rawequal(L, 1, -1) == 0);
-            lua_getfield(L, 2, "raw");
-            FUZZ_CHECK(lua_rawequal(L, 1, -1));
-        } else {
-            FUZZ_CHECK(lua_gettop(L) == 1 && err[0] != '\0');
-        }
+    FUZZ_CHECK(lua_gettop(L) == 1 && lua_rawlen(L, 1) > 0);
+    for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, 1); i++) {
+        FUZZ_CHECK(lua_rawgeti(L, 1, i) == LUA_TTABLE);
+        check_event(2, src);
+        check_redelivery(2, data, size);
         lua_settop(L, 1);
     }
     lua_settop(L, 0);
 }
 
-/* normalize_glob: "pattern\nstring" from the first bytes (it is quadratic at worst). */
+/* The steps source_normalize is made of that the command line also uses. */
+static void steps(const char *data, size_t size)
+{
+    char err[600];
+    if (json_decode(L, data, size, err, sizeof err) != 0) {
+        FUZZ_CHECK(lua_gettop(L) == 0);
+        return;
+    }
+    FUZZ_CHECK(lua_gettop(L) == 1);
+    json_fixup(L, 1);
+    FUZZ_CHECK(lua_gettop(L) == 1);
+    const struct provider *detected = provider_detect(L, 1);
+    FUZZ_CHECK(lua_gettop(L) == 1);
+    FUZZ_CHECK(provider_detect(L, -1) == detected);
+    lua_settop(L, 0);
+}
+
+/* glob_match: "pattern\nstring" from the first bytes (it is quadratic at worst). */
 static void glob(const char *data, size_t size)
 {
     char p[256], s[256];
@@ -223,11 +221,11 @@ static void glob(const char *data, size_t size)
         return;
     snprintf(p, sizeof p, "%.*s", (int)(nl - data), data);
     snprintf(s, sizeof s, "%.*s", (int)(n - (size_t)(nl + 1 - data)), nl + 1);
-    int m = normalize_glob(p, s);
+    int m = glob_match(p, s);
     FUZZ_CHECK(m == 0 || m == 1);
     if (strchr(p, '*') == NULL) /* no wildcard: equality */
         FUZZ_CHECK(m == (strcmp(p, s) == 0));
-    FUZZ_CHECK(normalize_glob("*", s) == 1 && normalize_glob(s, s) == 1);
+    FUZZ_CHECK(glob_match("*", s) == 1 && glob_match(s, s) == 1);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -23,7 +23,8 @@
 
 #include <lauxlib.h>
 
-#include "certhook.h"
+#include "lua/api.h"
+#include "providers/provider.h"
 
 #define SECRET "fuzz-secret"
 #define JSON "Content-Type: application/json\r\n"
@@ -102,7 +103,7 @@ static void put_buf(const char *sub, const char *name, const char *variant, stru
 static char *data_member(const char *json, size_t n)
 {
     char err[300], *s = NULL;
-    if (module_decode(L, json, n, err, sizeof err) != 0)
+    if (json_decode(L, json, n, err, sizeof err) != 0)
         die("fixture", err);
     if (lua_istable(L, -1) && lua_getfield(L, -1, "data") == LUA_TSTRING)
         s = strdup(lua_tostring(L, -1));
@@ -124,7 +125,7 @@ static void ibm_fixture(const char *name, const char *body, size_t n)
         buf_free(&b);
         return;
     }
-    token = auth_jwt_sign(key, body, n, err, sizeof err);
+    token = jwt_sign(key, body, n, err, sizeof err);
     if (token == NULL)
         die(name, err);
     put("jwt", name, token, strlen(token));

@@ -24,7 +24,7 @@
 #include <microhttpd.h>
 #include <pthread.h>
 
-#include "certhook.h"
+#include "base/base.h"
 
 static atomic_int requests, in_flight, max_in_flight;
 

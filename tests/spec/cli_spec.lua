@@ -193,7 +193,7 @@ describe("certhook CLI", function()
     end)
 
     it("with an unknown provider or an unreadable key", function()
-      serve_fails('sources = { x = { provider = "acme", insecure = true } }', 'provider must be "cloudflare" or "ibm%-cm"')
+      serve_fails('sources = { x = { provider = "acme", insecure = true } }', 'sources%.x%.provider must be one of cloudflare, ibm%-cm')
       serve_fails('sources = { ibm = { provider = "ibm-cm", public_key = "nope.pem" } }', "sources%.ibm%.public_key: cannot read public key")
     end)
 

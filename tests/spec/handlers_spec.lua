@@ -1,6 +1,6 @@
 -- Handler loading and running (DESIGN §4): what `check` accepts and refuses (with file:line),
 -- and how `run` matches patterns and isolates handlers from each other.
-local core = require "certhook.core"
+local core = require "helpers.core"
 local fs = require "helpers.fs"
 
 local FIX = "tests/fixtures/"

@@ -1,7 +1,7 @@
 -- certhook.state (DESIGN §5): values are copies; nil, booleans, numbers, strings and
 -- JSON-able tables only; TTL; incr; keys; misuse raises. Exercised through `run`, which gives
 -- handlers the state of a data directory as serve does.
-local core = require "certhook.core"
+local core = require "helpers.core"
 local fs = require "helpers.fs"
 
 local body = fs.read("tests/fixtures/cloudflare/test-message.json")

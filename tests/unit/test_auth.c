@@ -1,7 +1,7 @@
-/* auth.c: base64url as JWTs use it, and the constant-time secret check. */
+/* jwt.c and secret.c: base64url as JWTs use it, and the constant-time secret check. */
 #include <string.h>
 
-#include "certhook.h"
+#include "providers/provider.h"
 #include "tap.h"
 
 static const struct {
@@ -25,7 +25,7 @@ int main(void)
     unsigned char out[64];
     for (size_t i = 0; i < sizeof b64 / sizeof b64[0]; i++) {
         size_t n = 0;
-        int rc = auth_base64url_decode(b64[i].in, strlen(b64[i].in), out, &n);
+        int rc = jwt_base64url_decode(b64[i].in, strlen(b64[i].in), out, &n);
         if (b64[i].out == NULL)
             ok(rc != 0, "base64url refuses \"%s\"", b64[i].in);
         else
@@ -33,15 +33,15 @@ int main(void)
                "base64url \"%s\" decodes (%zu bytes)", b64[i].in, n);
     }
 
-    unsigned char secrets[2][32];
-    auth_digest("old-secret", 10, secrets[0]);
-    auth_digest("new-secret", 10, secrets[1]);
-    struct source s = {.name = "cf", .provider = PROVIDER_CLOUDFLARE, .secrets = secrets, .nsecrets = 2};
-    ok(auth_secret_ok(&s, "old-secret"), "the first secret is accepted");
-    ok(auth_secret_ok(&s, "new-secret"), "the second secret is accepted");
-    ok(!auth_secret_ok(&s, "new-secre"), "a prefix of a secret is refused");
-    ok(!auth_secret_ok(&s, "new-secret "), "a secret with a trailing space is refused");
-    ok(!auth_secret_ok(&s, ""), "an empty header is refused");
-    ok(!auth_secret_ok(&s, NULL), "a missing header is refused");
+    struct secrets s = {0};
+    secrets_add(&s, "old-secret");
+    secrets_add(&s, "new-secret");
+    ok(secrets_match(&s, "old-secret"), "the first secret is accepted");
+    ok(secrets_match(&s, "new-secret"), "the second secret is accepted");
+    ok(!secrets_match(&s, "new-secre"), "a prefix of a secret is refused");
+    ok(!secrets_match(&s, "new-secret "), "a secret with a trailing space is refused");
+    ok(!secrets_match(&s, ""), "an empty header is refused");
+    ok(!secrets_match(&s, NULL), "a missing header is refused");
+    secrets_free(&s);
     return done();
 }

@@ -1,5 +1,5 @@
-/* normalize_glob: handler patterns with `*` (DESIGN §4). */
-#include "certhook.h"
+/* glob_match: handler patterns with `*` (DESIGN §4). */
+#include "base/base.h"
 #include "tap.h"
 
 static const struct {
@@ -30,7 +30,7 @@ static const struct {
 int main(void)
 {
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        ok(normalize_glob(cases[i].pattern, cases[i].s) == cases[i].match, "%s %s %s",
+        ok(glob_match(cases[i].pattern, cases[i].s) == cases[i].match, "%s %s %s",
            cases[i].pattern, cases[i].match ? "matches" : "does not match", cases[i].s);
     return done();
 }

@@ -1,5 +1,5 @@
 /* retry_delay: the retry policy (DESIGN §10) -- backoff, cap, jitter bounds, dead. */
-#include "certhook.h"
+#include "dispatch/dispatch.h"
 #include "tap.h"
 
 static const struct delivery_cfg cfg = {.max_attempts = 5, .backoff = 2, .max_backoff = 10};

@@ -2,7 +2,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "certhook.h"
+#include "base/base.h"
 #include "tap.h"
 
 static const struct {

@@ -1,0 +1,132 @@
+/*
+ * journal.c -- opening the journal on its store, and what is read from it: every read goes
+ * to the store's operations (store.h) on the calling thread's connection. The writer's side
+ * is writer.c.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "journal/store.h"
+
+/* The store for where: a data directory is SQLite's. */
+static const struct store_ops *store_for(const char *where)
+{
+    (void)where;
+    return &store_sqlite;
+}
+
+int journal_open(struct journal **jp, const struct journal_options *o, char *err, size_t errlen)
+{
+    struct journal *j = calloc(1, sizeof *j);
+    *jp = NULL;
+    if (j == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    j->ops = store_for(o->where);
+    if (j->ops->open(&j->s, o, err, errlen) != 0) {
+        free(j);
+        return -1;
+    }
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_condattr_t ca; /* the writer's timed waits follow the monotonic clock */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&j->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    j->reqs_tail = &j->reqs;
+    j->dones_tail = &j->dones;
+    j->healthy = 1;
+    j->retention = o->retention;
+    *jp = j;
+    return 0;
+}
+
+void journal_close(struct journal *j)
+{
+    if (j == NULL)
+        return;
+    journal_stop(j);
+    j->ops->close(j->s);
+    pthread_mutex_destroy(&j->mu);
+    pthread_cond_destroy(&j->cv);
+    free(j);
+}
+
+int journal_upgrade(struct journal *j,
+                    int (*fn)(void *cls, const struct event *ev, struct buf *packed, char *err,
+                              size_t errlen),
+                    void *cls, char *err, size_t errlen)
+{
+    return j->ops->upgrade(j->s, fn, cls, err, errlen);
+}
+
+int64_t journal_max_seq(struct journal *j)
+{
+    return j->ops->max_seq(j->s);
+}
+
+int journal_scan_events(struct journal *j, int state, int64_t after, int64_t upto, int limit,
+                        void (*fn)(void *cls, struct event *ev), void *cls)
+{
+    return j->ops->scan_events(j->s, state, after, upto, limit, fn, cls);
+}
+
+struct event *journal_load(struct journal *j, int64_t seq, const char *id)
+{
+    return j->ops->load(j->s, seq, id);
+}
+
+int journal_scan_deliveries(struct journal *j, const char *status,
+                            void (*fn)(void *cls, const struct journal_delivery *row), void *cls)
+{
+    return j->ops->scan_deliveries(j->s, status, fn, cls);
+}
+
+int journal_scan_replays(struct journal *j, int64_t after,
+                         void (*fn)(void *cls, int64_t id, const char *event_id, int dead),
+                         void *cls)
+{
+    return j->ops->scan_replays(j->s, after, fn, cls);
+}
+
+int journal_state_get(struct journal *j, const char *key, char **out, size_t *len, char *err,
+                      size_t errlen)
+{
+    return j->ops->state_get(j->s, key, out, len, err, errlen);
+}
+
+int journal_state_keys(struct journal *j, const char *prefix, void (*fn)(void *, const char *),
+                       void *cls, char *err, size_t errlen)
+{
+    return j->ops->state_keys(j->s, prefix, fn, cls, err, errlen);
+}
+
+int journal_list(struct journal *j, const struct journal_filter *f,
+                 void (*fn)(void *cls, const struct journal_row *row), void *cls, char *err,
+                 size_t errlen)
+{
+    return j->ops->list(j->s, f, fn, cls, err, errlen);
+}
+
+int journal_request_replay(struct journal *j, const char *event_id, int *count, char *err,
+                           size_t errlen)
+{
+    return j->ops->request_replay(j->s, event_id, count, err, errlen);
+}
+
+void journal_status(struct journal *j, struct journal_status *st)
+{
+    memset(st, 0, sizeof *st);
+    pthread_mutex_lock(&j->mu);
+    st->queued = j->queued;
+    pthread_mutex_unlock(&j->mu);
+    j->ops->status(j->s, st);
+}
+
+int journal_load_inventory(struct journal *j, size_t cap)
+{
+    return j->ops->load_inventory(j->s, cap);
+}

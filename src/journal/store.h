@@ -1,0 +1,91 @@
+/*
+ * store.h -- what a journal store does, behind the engine-neutral journal (journal.h): one
+ * struct of operations per engine, one file each (store_sqlite.c); and the journal itself.
+ * Private to src/journal.
+ *
+ * The writer thread (writer.c) uses the write operations, one transaction per batch: begin,
+ * insert / state / delivery / settle / replayed for each request, commit or rollback. Reads come from any one other thread at a time per operation family: the
+ * dispatcher's (scans, loads, state reads), the command line's, the admin listener's (status).
+ */
+#ifndef CERTHOOK_STORE_H
+#define CERTHOOK_STORE_H
+
+#include <pthread.h>
+
+#include "journal/journal.h"
+
+struct store;
+
+struct store_ops {
+    const char *name;
+    /* Opens (and with JOURNAL_CREATE makes) the store; migrates its schema. */
+    int (*open)(struct store **sp, const struct journal_options *o, char *err, size_t errlen);
+    void (*close)(struct store *s);
+
+    /* ---- the writer's thread ---- */
+    int (*writer_start)(struct store *s); /* before the first batch (a checkpointer, ...) */
+    void (*writer_stop)(struct store *s); /* after the last */
+    /* durable 0: the commit may be lost to a power cut (not to a crash of certhook) until the
+     * next durable one */
+    int (*begin)(struct store *s, int durable);
+    /* 1: new (ev->seq set; the inventory updated in the same transaction), 0: its id was
+     * journaled before, -1: error */
+    int (*insert)(struct store *s, struct event *ev);
+    int (*state)(struct store *s, struct journal_req *r); /* r->result set; 0, or -1: error */
+    int (*delivery)(struct store *s, int64_t seq, const struct delivery_result *r);
+    int (*settle)(struct store *s, int64_t seq); /* the event's state from its deliveries */
+    int (*replayed)(struct store *s, int64_t upto); /* replay requests up to upto are done */
+    int (*commit)(struct store *s);
+    void (*rollback)(struct store *s);
+    const char *(*error)(struct store *s); /* why the last write operation failed */
+    void (*prune)(struct store *s, double retention); /* between batches, now and then */
+
+    /* ---- reads ---- */
+    int64_t (*max_seq)(struct store *s);
+    int (*scan_events)(struct store *s, int state, int64_t after, int64_t upto, int limit,
+                       void (*fn)(void *cls, struct event *ev), void *cls);
+    struct event *(*load)(struct store *s, int64_t seq, const char *id);
+    int (*scan_deliveries)(struct store *s, const char *status,
+                           void (*fn)(void *cls, const struct journal_delivery *row), void *cls);
+    int (*scan_replays)(struct store *s, int64_t after,
+                        void (*fn)(void *cls, int64_t id, const char *event_id, int dead),
+                        void *cls);
+    int (*state_get)(struct store *s, const char *key, char **out, size_t *len, char *err,
+                     size_t errlen);
+    int (*state_keys)(struct store *s, const char *prefix, void (*fn)(void *, const char *),
+                      void *cls, char *err, size_t errlen);
+    int (*list)(struct store *s, const struct journal_filter *f,
+                void (*fn)(void *cls, const struct journal_row *row), void *cls, char *err,
+                size_t errlen);
+    int (*request_replay)(struct store *s, const char *event_id, int *count, char *err,
+                          size_t errlen);
+    void (*status)(struct store *s, struct journal_status *st); /* any thread */
+    int (*load_inventory)(struct store *s, size_t cap);
+    /* Events without their packed form: fn gives it, the store keeps it. */
+    int (*upgrade)(struct store *s,
+                   int (*fn)(void *cls, const struct event *ev, struct buf *packed, char *err,
+                             size_t errlen),
+                   void *cls, char *err, size_t errlen);
+};
+
+extern const struct store_ops store_sqlite;
+
+/* The journal: a store and the writer's queue (writer.c), shared by journal.c and writer.c. */
+struct journal {
+    const struct store_ops *ops;
+    struct store *s;
+    double retention;
+    pthread_t thread;
+    int started, stop;
+    pthread_mutex_t mu; /* guards what follows */
+    pthread_cond_t cv;  /* on the monotonic clock */
+    struct journal_req *reqs, **reqs_tail;
+    struct journal_done *dones, **dones_tail;
+    size_t queued;      /* requests waiting for the writer */
+    int healthy;        /* the last batch was written */
+    char why[200];      /* why it was not */
+    journal_sink sink;
+    void *sink_cls;
+};
+
+#endif

@@ -1,0 +1,275 @@
+/*
+ * writer.c -- the journal's writer thread, whatever the store (DESIGN §10: group commit).
+ *
+ * Intake threads queue new events, handlers queue certhook.state writes, the dispatcher
+ * queues delivery states; the writer takes everything queued, writes it in one transaction
+ * and commits once, and only then answers the requests and hands the accepted events to the
+ * sink (the dispatcher). A batch that fails rolls back whole: nothing half-written, every
+ * request in it is answered FAILED (-> 503). A batch of nothing but delivery states that are
+ * done (or running) is committed without forcing it to disk: it rides to disk with the next
+ * durable commit, so the success path costs one durable commit per batch of accepted events.
+ * Between batches the store prunes what is older than the retention.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "journal/store.h"
+
+struct journal_done *journal_done_new(int64_t seq, size_t n)
+{
+    struct journal_done *d = calloc(1, sizeof *d + n * sizeof d->r[0]);
+    if (d != NULL)
+        d->seq = seq;
+    return d;
+}
+
+void journal_done_free(struct journal_done *d)
+{
+    if (d == NULL)
+        return;
+    for (size_t i = 0; i < d->n; i++) {
+        free(d->r[i].handler);
+        free(d->r[i].error);
+        free(d->r[i].traceback);
+    }
+    free(d);
+}
+
+/* Whether a delivery record must be on disk before anything that follows: everything but
+ * successes and "running" marks, which a crash may lose (the handler runs again). */
+static int needs_durability(const struct journal_done *d)
+{
+    if (d->replays_upto > 0)
+        return 1;
+    for (size_t i = 0; i < d->n; i++)
+        if (d->r[i].status != DELIVERY_DONE && d->r[i].status != DELIVERY_RUNNING)
+            return 1;
+    return 0;
+}
+
+static int write_done(struct journal *j, struct journal_done *d)
+{
+    for (size_t i = 0; i < d->n; i++)
+        if (j->ops->delivery(j->s, d->seq, &d->r[i]) != 0)
+            return -1;
+    if (d->seq > 0 && j->ops->settle(j->s, d->seq) != 0)
+        return -1;
+    if (d->replays_upto > 0 && j->ops->replayed(j->s, d->replays_upto) != 0)
+        return -1;
+    return 0;
+}
+
+static int do_request(struct journal *j, struct journal_req *r)
+{
+    if (r->op != JOURNAL_APPEND)
+        return j->ops->state(j->s, r);
+    int rc = j->ops->insert(j->s, r->ev);
+    if (rc < 0)
+        return -1;
+    r->result = rc == 1 ? JOURNAL_ACCEPTED : JOURNAL_DUPLICATE;
+    return 0;
+}
+
+/* Writes one batch in one transaction; answers every request. */
+static void commit_batch(struct journal *j, struct journal_req *reqs, struct journal_done *dones)
+{
+    int durable = reqs != NULL;
+    for (struct journal_done *d = dones; d && !durable; d = d->next)
+        durable = needs_durability(d);
+    int ok = j->ops->begin(j->s, durable) == 0;
+    for (struct journal_req *r = reqs; ok && r; r = r->next)
+        ok = do_request(j, r) == 0;
+    for (struct journal_done *d = dones; ok && d; d = d->next)
+        ok = write_done(j, d) == 0;
+    if (ok)
+        ok = j->ops->commit(j->s) == 0;
+
+    char why[200];
+    if (!ok) {
+        snprintf(why, sizeof why, "%s", j->ops->error(j->s));
+        j->ops->rollback(j->s);
+        log_msg(LOG_ERROR, "journal write failed, batch rolled back: %s", why);
+    }
+    pthread_mutex_lock(&j->mu);
+    j->healthy = ok;
+    if (!ok)
+        snprintf(j->why, sizeof j->why, "%s", why);
+    pthread_mutex_unlock(&j->mu);
+
+    /* hand the accepted events on before answering: a request may be freed once answered */
+    struct event *accepted = NULL, **tail = &accepted;
+    for (struct journal_req *r = reqs; r; r = r->next) {
+        if (!ok) {
+            r->result = JOURNAL_FAILED;
+            snprintf(r->error, sizeof r->error, "%s", why);
+        } else if (r->op == JOURNAL_APPEND && r->result == JOURNAL_ACCEPTED) {
+            const struct event *ev = r->ev;
+            if (ev->hostname != NULL && strncmp(ev->type, "certificate.", 12) == 0)
+                metrics_certificate(ev->hostname, ev->type,
+                                    ev->cert_status[0] ? ev->cert_status : NULL, ev->expires_at,
+                                    ev->received_at);
+            *tail = r->ev;
+            tail = &r->ev->next;
+            r->ev->next = NULL;
+            r->ev = NULL;
+        }
+    }
+    if (accepted != NULL) {
+        if (j->sink)
+            j->sink(j->sink_cls, accepted);
+        else
+            event_free_list(accepted);
+    }
+    for (struct journal_req *r = reqs, *next; r; r = next) {
+        next = r->next;
+        r->done(r);
+    }
+    /* unwritten delivery states: the journal still has the previous ones, which are redone at
+     * the next start (at least once) */
+    for (struct journal_done *d = dones, *next; d; d = next) {
+        next = d->next;
+        journal_done_free(d);
+    }
+}
+
+static void *writer_main(void *arg)
+{
+    struct journal *j = arg;
+    double interval = j->retention / 4 < 600 ? j->retention / 4 : 600;
+    if (interval < 0.25)
+        interval = 0.25;
+    double next_prune = time_mono() + 1;
+    for (;;) {
+        pthread_mutex_lock(&j->mu);
+        while (!j->reqs && !j->dones && !j->stop) {
+            double wait = next_prune - time_mono();
+            if (wait <= 0)
+                break;
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            double at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + wait;
+            ts.tv_sec = (time_t)at;
+            ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
+            pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+        }
+        struct journal_req *reqs = j->reqs;
+        struct journal_done *dones = j->dones;
+        int stop = j->stop;
+        j->reqs = NULL;
+        j->reqs_tail = &j->reqs;
+        j->dones = NULL;
+        j->dones_tail = &j->dones;
+        pthread_mutex_unlock(&j->mu);
+        size_t n = 0;
+        for (struct journal_req *r = reqs; r; r = r->next)
+            n++;
+        if (reqs != NULL || dones != NULL)
+            commit_batch(j, reqs, dones);
+        else if (stop)
+            return NULL;
+        if (n > 0) {
+            pthread_mutex_lock(&j->mu);
+            j->queued -= n;
+            pthread_mutex_unlock(&j->mu);
+        }
+        if (time_mono() >= next_prune) {
+            j->ops->prune(j->s, j->retention);
+            next_prune = time_mono() + interval;
+        }
+    }
+}
+
+int journal_start(struct journal *j, journal_sink sink, void *cls)
+{
+    j->sink = sink;
+    j->sink_cls = cls;
+    if (j->ops->writer_start(j->s) != 0 || pthread_create(&j->thread, NULL, writer_main, j) != 0)
+        return -1;
+    pthread_setname_np(j->thread, "journal-writer");
+    j->started = 1;
+    return 0;
+}
+
+void journal_stop(struct journal *j)
+{
+    if (j == NULL || !j->started)
+        return;
+    pthread_mutex_lock(&j->mu);
+    j->stop = 1;
+    pthread_cond_signal(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    pthread_join(j->thread, NULL);
+    j->started = 0;
+    j->ops->writer_stop(j->s);
+}
+
+void journal_append(struct journal *j, struct journal_req *r)
+{
+    struct journal_req *last = r;
+    size_t n = 1;
+    for (r->result = JOURNAL_PENDING; last->next; n++) {
+        last = last->next;
+        last->result = JOURNAL_PENDING;
+    }
+    pthread_mutex_lock(&j->mu);
+    *j->reqs_tail = r;
+    j->reqs_tail = &last->next;
+    j->queued += n;
+    pthread_cond_signal(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+struct waiter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+};
+
+static void wake(struct journal_req *r)
+{
+    struct waiter *w = r->cls;
+    pthread_mutex_lock(&w->mu);
+    w->done = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+void journal_call(struct journal *j, struct journal_req *r)
+{
+    struct waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    r->next = NULL;
+    r->done = wake;
+    r->cls = &w;
+    journal_append(j, r);
+    pthread_mutex_lock(&w.mu);
+    while (!w.done)
+        pthread_cond_wait(&w.cv, &w.mu);
+    pthread_mutex_unlock(&w.mu);
+    pthread_mutex_destroy(&w.mu);
+    pthread_cond_destroy(&w.cv);
+}
+
+void journal_finish(struct journal *j, struct journal_done *d)
+{
+    struct journal_done *last = d;
+    while (last->next)
+        last = last->next;
+    pthread_mutex_lock(&j->mu);
+    *j->dones_tail = d;
+    j->dones_tail = &last->next;
+    pthread_cond_signal(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+int journal_healthy(struct journal *j, char *why, size_t n)
+{
+    pthread_mutex_lock(&j->mu);
+    int ok = j->healthy;
+    if (!ok)
+        snprintf(why, n, "%s", j->why);
+    pthread_mutex_unlock(&j->mu);
+    return ok;
+}

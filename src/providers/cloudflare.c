@@ -1,0 +1,355 @@
+/*
+ * cloudflare.c -- the Cloudflare provider (DESIGN §3-5, PROVIDERS.md §1): its secret and its
+ * payloads to the canonical event.
+ *
+ * Authentication: the destination's shared secret, sent verbatim in cf-webhook-auth, checked
+ * from the head before any of the body is read. Shapes, recognized by structure: the SSL event
+ * itself ({metadata, data}: SSL for SaaS custom hostnames, Universal and Advanced
+ * certificates), the generic notification envelope (name, text, data, ts, alert_type, ...)
+ * with that event nested in data or a flat alert in it, and the destination test message
+ * {"text": ...}. Types map through cf_types.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#include "providers/fields.h"
+#include "providers/provider.h"
+
+/* Cloudflare ssl.<family>.<rest>: rest -> canonical; from/to: the certificate status
+ * transition the SSL for SaaS docs define for the event (from == to: "remains in"). */
+static const struct {
+    const char *rest, *type, *from, *to;
+} cf_types[] = {
+    {"validation.succeeded", "certificate.validation.succeeded", "pending_validation", "pending_issuance"},
+    {"validation.failed", "certificate.validation.failed", "pending_validation", "pending_validation"},
+    {"issuance.succeeded", "certificate.issuance.succeeded", NULL, "pending_deployment"},
+    {"issuance.failed", "certificate.issuance.failed", "pending_issuance", "pending_issuance"},
+    {"deployment.succeeded", "certificate.deployment.succeeded", "pending_deployment", "active"},
+    {"deployment.failed", "certificate.deployment.failed", "pending_deployment", "pending_deployment"},
+    {"deletion.succeeded", "certificate.deletion.succeeded", "pending_deletion", "deleted"},
+    {"deletion.failed", "certificate.deletion.failed", "pending_deletion", "pending_deletion"},
+    {"renewal.succeeded", "certificate.renewal.succeeded", "active", "pending_deployment"},
+    {"renewal.failed", "certificate.renewal.failed", "active", "pending_issuance"},
+    {"renewal.upcoming_certificate_expiration_notification", "certificate.expiration.upcoming", NULL, NULL},
+};
+
+static const char *const cf_families[] = {
+    "ssl.custom_hostname_certificate.", "ssl.certificate.", "ssl.dedicated_certificate.",
+};
+
+/* Cloudflare: the certificate of an ssl object (SaaS data.ssl, or the certificate pack that
+ * is `data` of Universal/Advanced SSL events), of a flat alert, and the custom hostname. */
+static const struct field cf_cert_fields[] = {
+    {"id", "id", F_STR},
+    {"status", "status", F_STR},
+    {"type", "type", F_STR},
+    {"method", "method", F_STR},
+    {"domains", "hosts", F_LIST},
+    {"issuer", "issuer", F_STR},
+    {"serial_number", "serial_number", F_STR},
+    {"signature", "signature", F_STR},
+    {"uploaded_at", "uploaded_on", F_TIME},
+    {"expires_at", "expires_on", F_TIME},
+    {"custom_csr_id", "custom_csr_id", F_STR},
+    {"settings", "settings", F_TABLE},
+};
+static const struct field cf_alert_cert_fields[] = {
+    {"id", "certificate_id", F_STR},
+    {"status", "certificate_status", F_STR},
+    {"domains", "hostnames", F_SPLIT},
+};
+static const struct field cf_hostname_fields[] = {
+    {"hostname_id", "id", F_STR},
+    {"metadata", "custom_metadata", F_TABLE},
+    {"origin_server", "custom_origin_server", F_STR},
+};
+
+/* ev.validation from an ssl object: the method, the CNAME/TXT record to create (on the object
+ * or its first validation record that has one) and the validation error messages; ev.error
+ * joins those messages. */
+static void cf_validation(lua_State *L, int ev, int s, const char *hostname)
+{
+    static const char *const rec_fields[] = {"cname", "cname_target", "txt_name", "txt_value"};
+    int top = lua_gettop(L);
+    lua_newtable(L);
+    int v = lua_gettop(L);
+    if (fields_get_string(L, s, "method") != NULL)
+        lua_setfield(L, v, "method");
+    int records = fields_get_table(L, s, "validation_records");
+    for (size_t i = 0; i < COUNT(rec_fields); i++) {
+        if (fields_get_string(L, s, rec_fields[i]) != NULL) {
+            lua_setfield(L, v, rec_fields[i]);
+            continue;
+        }
+        for (lua_Integer r = 1; records && lua_rawgeti(L, records, r) == LUA_TTABLE; r++) {
+            int rec = lua_gettop(L);
+            if (fields_get_string(L, rec, rec_fields[i]) != NULL) {
+                lua_setfield(L, v, rec_fields[i]);
+                lua_pop(L, 1);
+                break;
+            }
+            lua_pop(L, 1);
+        }
+        if (records)
+            lua_settop(L, records);
+    }
+    lua_newtable(L);
+    int errs = lua_gettop(L), nerr = 0;
+    int list = fields_get_table(L, s, "validation_errors");
+    for (lua_Integer i = 1; list && lua_rawgeti(L, list, i) != LUA_TNIL; i++) {
+        int item = lua_gettop(L);
+        if (lua_type(L, item) == LUA_TSTRING && lua_rawlen(L, item) > 0)
+            lua_pushvalue(L, item);
+        else if (fields_get_string(L, item, "message") == NULL)
+            lua_pushnil(L);
+        if (lua_isnil(L, -1))
+            lua_pop(L, 1);
+        else
+            lua_rawseti(L, errs, ++nerr);
+        lua_settop(L, item - 1);
+    }
+    lua_settop(L, errs);
+    if (nerr > 0) {
+        if (fields_push_joined(L, errs))
+            lua_setfield(L, ev, "error");
+        lua_setfield(L, v, "errors");
+    } else {
+        lua_pop(L, 1);
+    }
+    lua_pushnil(L);
+    if (lua_next(L, v) != 0) { /* anything known about the validation */
+        lua_pop(L, 2);
+        fields_set_str(L, v, "domain", hostname);
+        lua_pushvalue(L, v);
+        lua_setfield(L, ev, "validation");
+    }
+    lua_settop(L, top);
+}
+
+/* ev.status = {from=, to=} for the SSL for SaaS events the docs define a transition for. */
+static void cf_status(lua_State *L, int ev, const char *from, const char *to, int s)
+{
+    if (from == NULL && to == NULL)
+        return;
+    lua_createtable(L, 0, 2);
+    fields_set_str(L, lua_gettop(L), "from", from);
+    if (fields_get_string(L, s, "status") != NULL)
+        lua_setfield(L, -2, "to");
+    else
+        fields_set_str(L, lua_gettop(L), "to", to);
+    lua_setfield(L, ev, "status");
+}
+
+/* Fills the event at ev from the payload at raw: 0, or -1 with a message. */
+static int fill(lua_State *L, int raw, int ev, char *err, size_t errlen)
+{
+    int obj = 0, env = 0; /* the SSL event object; the notification envelope around it */
+    if (lua_type(L, raw) != LUA_TTABLE || lua_rawlen(L, raw) > 0) {
+        snprintf(err, errlen, "not a recognizable Cloudflare payload: expected a JSON object");
+        return -1;
+    }
+    if (fields_get_table(L, raw, "metadata")) { /* {metadata, data}: the SSL event itself */
+        obj = raw;
+    } else {
+        env = raw;
+        int data = fields_get_table(L, raw, "data");
+        if (data && fields_get_table(L, data, "metadata"))
+            obj = data; /* the SSL event nested in the envelope */
+        if (!obj && !fields_get_string(L, raw, "alert_type") && !fields_get_string(L, raw, "text")) {
+            snprintf(err, errlen,
+                     "not a recognizable Cloudflare payload: expected an SSL event "
+                     "{\"metadata\": {\"event\": {\"type\": ...}}, \"data\": ...}, a notification "
+                     "envelope with \"alert_type\", or the test message {\"text\": ...}");
+            return -1;
+        }
+    }
+    int meta = fields_get_table(L, obj, "metadata");
+    int mevent = fields_get_table(L, meta, "event");
+    const char *ptype = fields_get_string(L, mevent, "type");
+    if (ptype == NULL && env == 0) {
+        snprintf(err, errlen, "metadata.event.type is missing or not a string");
+        return -1;
+    }
+    int envdata = fields_get_table(L, env, "data");
+    if (ptype == NULL) { /* a flat alert: its own ssl.* event_type, else the alert type */
+        ptype = fields_get_string(L, envdata, "event_type");
+        if (ptype != NULL && !fields_has_prefix(ptype, "ssl.")) {
+            lua_pop(L, 1);
+            ptype = NULL;
+        }
+        if (ptype == NULL)
+            ptype = fields_get_string(L, env, "alert_type");
+    }
+
+    const char *type = "unknown", *from = NULL, *to = NULL;
+    if (ptype != NULL && fields_has_prefix(ptype, "ssl.")) {
+        for (size_t f = 0; f < COUNT(cf_families); f++) {
+            if (!fields_has_prefix(ptype, cf_families[f]))
+                continue;
+            const char *rest = ptype + strlen(cf_families[f]);
+            for (size_t i = 0; i < COUNT(cf_types); i++) {
+                if (strcmp(rest, cf_types[i].rest) != 0)
+                    continue;
+                type = cf_types[i].type;
+                if (f == 0) /* transitions are documented for SSL for SaaS only */
+                    from = cf_types[i].from, to = cf_types[i].to;
+            }
+        }
+    } else if (ptype != NULL && fields_has_suffix(ptype, "_certificate_expiration_type")) {
+        type = "certificate.expiration.upcoming";
+    } else if (ptype == NULL && !obj && !envdata) {
+        type = "notification.test"; /* {"text": "Hello World! ..."} */
+    }
+    fields_set_str(L, ev, "type", type);
+    fields_set_str(L, ev, "provider_type", ptype);
+    lua_pushinteger(L, 1);
+    lua_setfield(L, ev, "payload_version");
+
+    if (fields_get_string(L, mevent, "id") != NULL) {
+        lua_pushliteral(L, "cloudflare:"); /* not %s: the id may hold a NUL (intake refuses) */
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+        lua_setfield(L, ev, "id");
+    }
+    double t;
+    fields_get(L, mevent, "created_at");
+    if (fields_epoch(L, -1, &t) != 0)
+        fields_get(L, env, "ts");
+    if (fields_epoch(L, -1, &t) == 0) {
+        event_push_epoch(L, t);
+        lua_setfield(L, ev, "occurred_at");
+    }
+    int acct = fields_get_table(L, meta, "account");
+    if (fields_get_string(L, acct, "id") || fields_get_string(L, env, "account_id") ||
+        fields_get_string(L, envdata, "account_tag"))
+        lua_setfield(L, ev, "account");
+    int zone = fields_get_table(L, meta, "zone");
+    if (fields_get_string(L, zone, "id") || fields_get_string(L, envdata, "zone_tag"))
+        lua_setfield(L, ev, "zone");
+
+    const char *hostname = NULL; /* points into a string kept on the stack */
+    int data = fields_get_table(L, obj, "data");
+    int ssl = fields_get_table(L, data, "ssl");
+    int certsrc = ssl ? ssl : data; /* where the certificate facts are */
+    int cert = 0;
+    if (ssl) { /* SSL for SaaS: data is the custom hostname, data.ssl its certificate */
+        hostname = fields_get_string(L, data, "hostname");
+        fields_set_str(L, ev, "hostname", hostname);
+        COPY(L, ev, data, cf_hostname_fields);
+    }
+    if (certsrc) /* Universal/Advanced SSL: data is the certificate pack itself */
+        cert = fields_push_certificate(L, certsrc, cf_cert_fields, COUNT(cf_cert_fields));
+    else if (envdata) /* flat alert */
+        cert = fields_push_certificate(L, envdata, cf_alert_cert_fields, COUNT(cf_alert_cert_fields));
+    if (cert) {
+        /* not for SSL for SaaS: a certificate without data.hostname is no longer the custom
+         * hostname's (Cloudflare docs, Troubleshooting), so its hosts would mislead */
+        if (!ssl && (hostname = fields_first_domain(L, cert)) != NULL)
+            fields_set_str(L, ev, "hostname", hostname);
+        lua_pushvalue(L, cert);
+        fields_set_certificate(L, ev);
+    }
+    if (certsrc) {
+        cf_validation(L, ev, certsrc, hostname);
+        cf_status(L, ev, from, to, certsrc);
+    }
+    return 0;
+}
+
+/* ---- the provider ------------------------------------------------------------------------------- */
+
+static int add_secret(void *cls, const char *secret, char *err, size_t errlen)
+{
+    if (secrets_add(cls, secret) != 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* secret = "..." or {"old", "new"}: the values Cloudflare may send in cf-webhook-auth. */
+static int configure(lua_State *L, int t, struct source *s, char *err, size_t errlen)
+{
+    char path[160];
+    struct secrets *secrets = calloc(1, sizeof *secrets);
+    if (secrets == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    s->priv = secrets;
+    snprintf(path, sizeof path, "sources.%s.", s->name);
+    if (setting_strings(L, t, "secret", path, add_secret, secrets, err, errlen) != 0)
+        return -1;
+    if (secrets->n == 0 && !s->insecure) {
+        snprintf(err, errlen, "sources.%s has no credentials: set secret (the value Cloudflare "
+                              "sends in cf-webhook-auth), or insecure = true to accept "
+                              "unauthenticated requests", s->name);
+        return -1;
+    }
+    return 0;
+}
+
+static void release(struct source *s)
+{
+    if (s->priv != NULL)
+        secrets_free(s->priv);
+    free(s->priv);
+    s->priv = NULL;
+}
+
+static int head(const struct source *s, const struct request *rq, struct reply *r, char *err,
+                size_t errlen)
+{
+    const struct secrets *secrets = s->priv;
+    (void)r;
+    if (secrets->n > 0 && !secrets_match(secrets, rq->header(rq, "cf-webhook-auth"))) {
+        snprintf(err, errlen, "missing or wrong cf-webhook-auth header");
+        return 401;
+    }
+    return 0;
+}
+
+static int normalize(lua_State *L, int body, const struct source *s, const struct request *rq,
+                     struct reply *r, char *err, size_t errlen)
+{
+    (void)s, (void)rq, (void)r;
+    luaL_checkstack(L, 80, "normalize");
+    lua_createtable(L, 1, 0);
+    lua_createtable(L, 0, 24);
+    int ev = lua_gettop(L);
+    if (fill(L, body, ev, err, errlen) != 0) {
+        lua_settop(L, ev - 2);
+        return 400;
+    }
+    lua_settop(L, ev);
+    lua_pushvalue(L, body);
+    lua_setfield(L, ev, "raw");
+    lua_rawseti(L, ev - 1, 1);
+    return 0;
+}
+
+static int detect(lua_State *L, int body)
+{
+    int top = lua_gettop(L), d;
+    int found = lua_type(L, body) == LUA_TTABLE &&
+                (fields_get_table(L, body, "metadata") || fields_get_string(L, body, "alert_type") ||
+                 ((d = fields_get_table(L, body, "data")) && fields_get_table(L, d, "metadata")) ||
+                 (fields_get_string(L, body, "text") && !fields_get_string(L, body, "event_type")));
+    lua_settop(L, top);
+    return found;
+}
+
+static const char *const settings[] = {"secret", NULL};
+
+const struct provider cloudflare_provider = {
+    .name = "cloudflare",
+    .settings = settings,
+    .configure = configure,
+    .release = release,
+    .head = head,
+    .normalize = normalize,
+    .detect = detect,
+};

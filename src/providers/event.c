@@ -1,0 +1,398 @@
+/*
+ * event.c -- the canonical event (DESIGN §3) as Lua sees it and as bytes: JSON through
+ * lua-cjson (registered per state by json_open), the fix-up every decoded payload gets, the
+ * summary of an event, and the walk between an event table and base/pack.c's format.
+ *
+ * An event is packed once, at intake, raw included, and kept so by the journal; whoever
+ * delivers it unpacks a plain table: no second parse, no second normalization, and pairs() and
+ * json.encode see every field. A table met twice (event.certificate is certificates[1]) is
+ * written once and referenced after, so the table read back shares what the original shared.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <openssl/evp.h>
+
+#include "providers/provider.h"
+
+#define MAX_DEPTH 64
+
+static const char decode_key = 'd', encode_key = 'e';
+
+/* ---- JSON ------------------------------------------------------------------------------------- */
+
+void json_open(lua_State *L)
+{
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &decode_key) != LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    lua_pop(L, 1);
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson");
+    lua_call(L, 1, 1);
+    lua_getfield(L, -1, "decode");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &decode_key);
+    lua_getfield(L, -1, "encode");
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &encode_key);
+    lua_pop(L, 1);
+}
+
+int json_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen)
+{
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &decode_key);
+    lua_pushlstring(L, s, n);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    return 0;
+}
+
+const char *json_encode(lua_State *L, int idx, size_t *len)
+{
+    idx = lua_absindex(L, idx);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &encode_key);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
+        if (lua_type(L, -1) != LUA_TSTRING) {
+            lua_pop(L, 1);
+            lua_pushliteral(L, "not encodable");
+        }
+        return NULL;
+    }
+    return lua_tolstring(L, -1, len);
+}
+
+static int has_nul(lua_State *L, int idx)
+{
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    return memchr(s, '\0', n) != NULL;
+}
+
+int json_fixup(lua_State *L, int idx)
+{
+    int nuls = 0;
+    idx = lua_absindex(L, idx);
+    if (lua_type(L, idx) != LUA_TTABLE)
+        return lua_type(L, idx) == LUA_TSTRING && has_nul(L, idx);
+    luaL_checkstack(L, 4, "JSON nesting");
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) { /* key, value */
+        if (lua_type(L, -2) == LUA_TSTRING)
+            nuls += has_nul(L, -2);
+        switch (lua_type(L, -1)) {
+        case LUA_TSTRING:
+            nuls += has_nul(L, -1);
+            break;
+        case LUA_TLIGHTUSERDATA: /* cjson.null */
+            if (lua_touserdata(L, -1) == NULL && lua_type(L, -2) == LUA_TSTRING) {
+                lua_pushvalue(L, -2);
+                lua_pushnil(L);
+                lua_rawset(L, idx); /* clearing a field during traversal is allowed */
+            }
+            break;
+        case LUA_TNUMBER:
+            if (!lua_isinteger(L, -1)) {
+                double v = lua_tonumber(L, -1);
+                if (!isfinite(v)) { /* 1e309 decodes as inf: no JSON, no date, no handler */
+                    lua_pushvalue(L, -2);
+                    if (lua_type(L, -1) == LUA_TSTRING)
+                        lua_pushnil(L); /* absent, as a JSON null member */
+                    else
+                        lua_pushlightuserdata(L, NULL); /* in an array: cjson.null */
+                    lua_rawset(L, idx);
+                } else if (v == floor(v) && fabs(v) < 9007199254740992.0) {
+                    lua_pushvalue(L, -2);
+                    lua_pushinteger(L, (lua_Integer)v);
+                    lua_rawset(L, idx); /* assigning an existing field is allowed */
+                }
+            }
+            break;
+        case LUA_TTABLE:
+            nuls += json_fixup(L, -1);
+            break;
+        }
+        lua_pop(L, 1);
+    }
+    return nuls;
+}
+
+void event_push_epoch(lua_State *L, double t)
+{
+    if (t == floor(t) && fabs(t) < 9007199254740992.0)
+        lua_pushinteger(L, (lua_Integer)t);
+    else
+        lua_pushnumber(L, t);
+}
+
+void event_hash_id(const char *source, const char *body, size_t n, struct buf *out)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int len = 0;
+    EVP_Digest(body, n, md, &len, EVP_sha256(), NULL);
+    buf_printf(out, "%s:sha256:", source);
+    for (unsigned int i = 0; i < len; i++)
+        buf_printf(out, "%02x", md[i]);
+}
+
+/* ---- packing ----------------------------------------------------------------------------------- */
+
+/* The tables written so far: open addressing by address, with each one's number (1, 2, ...)
+ * and where its tag is in the buffer. */
+struct seen {
+    const void *table;
+    uint32_t number;
+    size_t at;
+};
+
+struct packer {
+    struct buf *b;
+    struct seen *seen, small[64];
+    size_t cap, n;
+    uint32_t tables;
+};
+
+static struct seen *slot(struct seen *seen, size_t cap, const void *t)
+{
+    size_t i = (size_t)(((uintptr_t)t >> 4) * 0x9e3779b97f4a7c15u) % cap;
+    while (seen[i].table != NULL && seen[i].table != t)
+        i = (i + 1) % cap;
+    return &seen[i];
+}
+
+/* Remembers table t, written at `at`, keeping the table at most half full. */
+static int remember(struct packer *pk, const void *t, size_t at)
+{
+    if (2 * (pk->n + 1) > pk->cap) {
+        size_t cap = 2 * pk->cap;
+        struct seen *seen = calloc(cap, sizeof *seen);
+        if (seen == NULL)
+            return -1;
+        for (size_t i = 0; i < pk->cap; i++)
+            if (pk->seen[i].table != NULL)
+                *slot(seen, cap, pk->seen[i].table) = pk->seen[i];
+        if (pk->seen != pk->small)
+            free(pk->seen);
+        pk->seen = seen;
+        pk->cap = cap;
+    }
+    *slot(pk->seen, pk->cap, t) = (struct seen){t, ++pk->tables, at};
+    pk->n++;
+    return 0;
+}
+
+/* Writes the value at idx: tables (no cycles, nesting up to MAX_DEPTH), strings, numbers,
+ * booleans, cjson.null. -1 for anything else. */
+static int pack_at(lua_State *L, int idx, struct packer *pk, int depth)
+{
+    struct buf *b = pk->b;
+    switch (lua_type(L, idx)) {
+    case LUA_TBOOLEAN:
+        return pack_bool(b, lua_toboolean(L, idx));
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx))
+            return pack_int(b, lua_tointeger(L, idx));
+        return pack_float(b, lua_tonumber(L, idx));
+    case LUA_TSTRING: {
+        size_t n;
+        const char *s = lua_tolstring(L, idx, &n);
+        return pack_str(b, s, n);
+    }
+    case LUA_TLIGHTUSERDATA:
+        return lua_touserdata(L, idx) == NULL ? pack_null(b) : -1;
+    case LUA_TTABLE: {
+        if (depth >= MAX_DEPTH || !lua_checkstack(L, 3))
+            return -1;
+        const void *t = lua_topointer(L, idx);
+        struct seen *met = slot(pk->seen, pk->cap, t);
+        if (met->table != NULL) {
+            pack_share(b, met->at);
+            return pack_ref(b, met->number);
+        }
+        lua_Unsigned narr = lua_rawlen(L, idx);
+        size_t at = pack_table(b, (uint32_t)narr, 0), pairs = 0;
+        if (at == (size_t)-1 || remember(pk, t, at) != 0)
+            return -1;
+        lua_pushnil(L);
+        while (lua_next(L, idx) != 0) { /* key, value */
+            int top = lua_gettop(L);
+            if (pack_at(L, top - 1, pk, depth + 1) != 0 || pack_at(L, top, pk, depth + 1) != 0) {
+                lua_pop(L, 2);
+                return -1;
+            }
+            lua_pop(L, 1);
+            pairs++;
+        }
+        pack_table_sizes(b, at, (uint32_t)narr, pairs > narr ? (uint32_t)(pairs - narr) : 0);
+        return pack_end(b);
+    }
+    default:
+        return -1;
+    }
+}
+
+/* Pushes field f of the table at idx and returns it as a string (a number is turned into
+ * one), or NULL when it is neither. */
+static const char *field(lua_State *L, int idx, const char *f)
+{
+    int type = lua_getfield(L, idx, f);
+    return type == LUA_TSTRING || type == LUA_TNUMBER ? lua_tostring(L, -1) : NULL;
+}
+
+/* What the certificate inventory keeps from the event at idx: the expiry (the certificate's,
+ * else IBM's expiry_date) and the status (the transition's target, else the certificate's). */
+static void certificate_facts(lua_State *L, int idx, struct event *ev)
+{
+    int top = lua_gettop(L);
+    lua_getfield(L, idx, "certificate");
+    int cert = lua_gettop(L);
+    if (lua_istable(L, cert) && lua_getfield(L, cert, "expires_at") == LUA_TNUMBER)
+        ev->expires_at = lua_tonumber(L, -1);
+    else if (lua_getfield(L, idx, "expiry_date") == LUA_TNUMBER)
+        ev->expires_at = lua_tonumber(L, -1);
+    lua_settop(L, cert);
+    const char *status = NULL;
+    if (lua_getfield(L, idx, "status") == LUA_TTABLE && lua_getfield(L, -1, "to") == LUA_TSTRING)
+        status = lua_tostring(L, -1);
+    else if (lua_istable(L, cert) && lua_getfield(L, cert, "status") == LUA_TSTRING)
+        status = lua_tostring(L, -1);
+    if (status != NULL)
+        snprintf(ev->cert_status, sizeof ev->cert_status, "%s", status);
+    lua_settop(L, top);
+}
+
+int event_pack(lua_State *L, int idx, struct event *ev, struct buf *out, char *err,
+               size_t errlen)
+{
+    idx = lua_absindex(L, idx);
+    memset(ev, 0, sizeof *ev);
+    /* the summary's strings stay on the stack, above idx, until the caller's settop */
+#define SUMMARY(f) ev->f = field(L, idx, #f);
+    EVENT_STRINGS(SUMMARY)
+#undef SUMMARY
+    if (ev->id == NULL || ev->source == NULL || ev->provider == NULL || ev->type == NULL) {
+        snprintf(err, errlen, "an event needs id, source, provider and type");
+        return -1;
+    }
+    lua_getfield(L, idx, "received_at");
+    ev->received_at = lua_tonumber(L, -1);
+    lua_getfield(L, idx, "occurred_at");
+    ev->occurred_at = lua_tonumber(L, -1);
+    lua_pop(L, 2);
+    certificate_facts(L, idx, ev);
+
+    struct packer pk = {.b = out, .cap = sizeof pk.small / sizeof pk.small[0]};
+    pk.seen = memset(pk.small, 0, sizeof pk.small);
+    int rc = pack_start(out) == 0 && pack_at(L, idx, &pk, 0) == 0 ? 0 : -1;
+    if (pk.seen != pk.small)
+        free(pk.seen);
+    if (rc != 0)
+        snprintf(err, errlen, "the event holds a value that cannot be kept (a function, a "
+                              "cycle, or nesting deeper than %d)", MAX_DEPTH);
+    ev->packed = out->p;
+    ev->packed_len = out->n;
+    return rc;
+}
+
+/* ---- unpacking ---------------------------------------------------------------------------------- */
+
+struct unpacker {
+    struct pack_reader r;
+    int shared;       /* stack index: the shared tables by number (nil until there is one) */
+    lua_Integer made; /* tables made so far */
+};
+
+/* Pushes the value whose first item is it (one value on success; nothing on failure). */
+static int unpack_at(lua_State *L, struct unpacker *u, const struct pack_item *it, int depth)
+{
+    if (!lua_checkstack(L, 3))
+        return -1;
+    switch (it->tag) {
+    case PACK_FALSE:
+    case PACK_TRUE:
+        lua_pushboolean(L, it->tag == PACK_TRUE);
+        return 0;
+    case PACK_NULL:
+        lua_pushlightuserdata(L, NULL);
+        return 0;
+    case PACK_INT:
+        lua_pushinteger(L, (lua_Integer)it->i);
+        return 0;
+    case PACK_FLOAT:
+        lua_pushnumber(L, it->f);
+        return 0;
+    case PACK_STR:
+        lua_pushlstring(L, it->s, it->n);
+        return 0;
+    case PACK_REF:
+        if (!lua_istable(L, u->shared))
+            return -1;
+        if (lua_rawgeti(L, u->shared, it->i) != LUA_TTABLE) {
+            lua_pop(L, 1);
+            return -1;
+        }
+        return 0;
+    case PACK_TABLE:
+    case PACK_SHARED: {
+        if (depth >= MAX_DEPTH)
+            return -1;
+        lua_createtable(L, (int)(it->i < 4096 ? it->i : 0), (int)(it->n < 4096 ? it->n : 0));
+        u->made++;
+        if (it->tag == PACK_SHARED) {
+            if (!lua_istable(L, u->shared)) {
+                lua_newtable(L);
+                lua_replace(L, u->shared);
+            }
+            lua_pushvalue(L, -1);
+            lua_rawseti(L, u->shared, u->made);
+        }
+        for (;;) {
+            struct pack_item k, v;
+            if (pack_next(&u->r, &k) != 0)
+                goto bad;
+            if (k.tag == PACK_END)
+                return 0;
+            if (unpack_at(L, u, &k, depth + 1) != 0)
+                goto bad;
+            if (pack_next(&u->r, &v) != 0 || v.tag == PACK_END || lua_isnil(L, -1) ||
+                unpack_at(L, u, &v, depth + 1) != 0) {
+                lua_pop(L, 1);
+                goto bad;
+            }
+            lua_rawset(L, -3);
+        }
+    bad:
+        lua_pop(L, 1);
+        return -1;
+    }
+    case PACK_END:
+        break;
+    }
+    return -1;
+}
+
+int event_unpack(lua_State *L, const void *p, size_t n)
+{
+    struct pack_item it;
+    if (!lua_checkstack(L, 2))
+        return -1;
+    lua_pushnil(L); /* becomes the table of the shared tables when there is one */
+    struct unpacker u = {.shared = lua_gettop(L)};
+    if (pack_open(&u.r, p, n) != 0 || pack_next(&u.r, &it) != 0 ||
+        (it.tag != PACK_TABLE && it.tag != PACK_SHARED) || unpack_at(L, &u, &it, 0) != 0) {
+        lua_settop(L, u.shared - 1);
+        return -1;
+    }
+    lua_remove(L, u.shared);
+    if (u.r.p != u.r.end) {
+        lua_pop(L, 1);
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,45 @@
+/*
+ * fields.h -- what the provider normalizers share (fields.c); private to src/providers.
+ *
+ * Conventions: t, src, dst are absolute stack indices of tables; 0 means "none" (every
+ * reader then yields nothing). Readers push the value they return; strings they return stay
+ * valid while that value is on the stack.
+ */
+#ifndef CERTHOOK_FIELDS_H
+#define CERTHOOK_FIELDS_H
+
+#include <lua.h>
+
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+/* How a provider field becomes an event field. */
+enum field_kind {
+    F_STR,   /* a non-empty string */
+    F_TIME,  /* ISO 8601, or epoch seconds / milliseconds -> epoch seconds */
+    F_BOOL,  /* a boolean */
+    F_TABLE, /* a table, shared with raw (the dispatcher copies the event per handler) */
+    F_LIST,  /* an array -> its non-empty strings, if any */
+    F_SPLIT, /* "a, b" -> {"a", "b"}, if any */
+};
+
+struct field {
+    const char *to, *from;
+    enum field_kind kind;
+};
+
+int fields_has_prefix(const char *s, const char *p);
+int fields_has_suffix(const char *s, const char *x);
+int fields_get(lua_State *L, int t, const char *k);              /* pushes t[k]; its type */
+int fields_get_table(lua_State *L, int t, const char *k);        /* index, or 0 (no push) */
+const char *fields_get_string(lua_State *L, int t, const char *k); /* non-empty, or NULL */
+int fields_epoch(lua_State *L, int idx, double *t);              /* 0 / -1 */
+void fields_set_str(lua_State *L, int ev, const char *key, const char *value);
+void fields_copy(lua_State *L, int dst, int src, const struct field *f, size_t n);
+#define COPY(L, dst, src, fields) fields_copy(L, dst, src, fields, COUNT(fields))
+/* Pushes the certificate the fields describe and returns its index; 0 when none is there. */
+int fields_push_certificate(lua_State *L, int src, const struct field *f, size_t n);
+const char *fields_first_domain(lua_State *L, int cert); /* pushes it, or nothing */
+void fields_set_certificate(lua_State *L, int ev);       /* ev.certificate(s) = top; pops */
+int fields_push_joined(lua_State *L, int idx);           /* "a; b", or 0 and nothing */
+
+#endif

@@ -1,0 +1,311 @@
+/*
+ * source.c -- sources: a provider configured under a name (sources.<name> = {...}), read from
+ * the configuration's Lua table with the settings readers below (config.c reads the rest of
+ * the configuration with them too), and the whole path of a request body to finished
+ * canonical events: JSON, the provider's authentication and normalization, then what every
+ * event gets the same way -- id, source, provider, received_at, a hostname it can keep.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <lauxlib.h>
+
+#include "providers/provider.h"
+
+#define FAIL(...) do { snprintf(err, errlen, __VA_ARGS__); return -1; } while (0)
+
+/* ---- settings ------------------------------------------------------------------------------------ */
+
+int setting_string(lua_State *L, int t, const char *k, char **out, const char *path, char *err,
+                   size_t errlen)
+{
+    int type = lua_getfield(L, t, k);
+    if (type == LUA_TNIL) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (type != LUA_TSTRING || lua_rawlen(L, -1) == 0) {
+        lua_pop(L, 1);
+        FAIL("%s%s must be a non-empty string", path, k);
+    }
+    free(*out);
+    *out = strdup(lua_tostring(L, -1));
+    lua_pop(L, 1);
+    if (*out == NULL)
+        FAIL("out of memory");
+    return 0;
+}
+
+int setting_number(lua_State *L, int t, const char *k, double min, double max, double *out,
+                   const char *path, char *err, size_t errlen)
+{
+    int type = lua_getfield(L, t, k);
+    double v = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    if (type == LUA_TNIL)
+        return 0;
+    if (type != LUA_TNUMBER || !(v >= min && v <= max))
+        FAIL("%s%s must be a number from %g to %g", path, k, min, max);
+    *out = v;
+    return 0;
+}
+
+int setting_table(lua_State *L, int t, const char *k, int *idx, const char *path, char *err,
+                  size_t errlen)
+{
+    int type = lua_getfield(L, t, k);
+    *idx = 0;
+    if (type == LUA_TNIL) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (type != LUA_TTABLE) {
+        lua_pop(L, 1);
+        FAIL("%s%s must be a table", path, k);
+    }
+    *idx = lua_gettop(L);
+    return 0;
+}
+
+int setting_strings(lua_State *L, int t, const char *k, const char *path,
+                    int (*fn)(void *cls, const char *s, char *err, size_t errlen), void *cls,
+                    char *err, size_t errlen)
+{
+    int top = lua_gettop(L), type = lua_getfield(L, t, k), rc = 0;
+    if (type == LUA_TSTRING && lua_rawlen(L, -1) > 0) {
+        rc = fn(cls, lua_tostring(L, -1), err, errlen);
+    } else if (type == LUA_TTABLE && lua_rawlen(L, -1) > 0) {
+        for (lua_Integer i = 1; rc == 0 && i <= (lua_Integer)lua_rawlen(L, top + 1); i++) {
+            if (lua_rawgeti(L, top + 1, i) != LUA_TSTRING || lua_rawlen(L, -1) == 0) {
+                snprintf(err, errlen, "%s%s[%lld] must be a non-empty string", path, k,
+                         (long long)i);
+                rc = -1;
+                break;
+            }
+            rc = fn(cls, lua_tostring(L, -1), err, errlen);
+            lua_pop(L, 1);
+        }
+    } else if (type != LUA_TNIL) {
+        snprintf(err, errlen, "%s%s must be a non-empty string or a list of them", path, k);
+        rc = -1;
+    }
+    lua_settop(L, top);
+    return rc;
+}
+
+static int in_list(const char *const *list, const char *k)
+{
+    for (; list && *list; list++)
+        if (strcmp(*list, k) == 0)
+            return 1;
+    return 0;
+}
+
+int setting_keys(lua_State *L, int t, const char *name, const char *const *keys, char *err,
+                 size_t errlen)
+{
+    lua_pushnil(L);
+    while (lua_next(L, t) != 0) { /* key, value */
+        lua_pop(L, 1);
+        if (lua_type(L, -1) != LUA_TSTRING || !in_list(keys, lua_tostring(L, -1))) {
+            struct buf known;
+            buf_init(&known);
+            for (const char *const *p = keys; *p; p++)
+                buf_printf(&known, "%s%s", p == keys ? "" : ", ", *p);
+            if (lua_type(L, -1) == LUA_TSTRING)
+                snprintf(err, errlen, "%s.%.60s is not a setting (those of %s are %s)", name,
+                         lua_tostring(L, -1), name, known.p ? known.p : "");
+            else
+                snprintf(err, errlen, "%s has a key that is not a name (its settings are %s)",
+                         name, known.p ? known.p : "");
+            buf_free(&known);
+            lua_pop(L, 1);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- sources ------------------------------------------------------------------------------------- */
+
+static int valid_name(const char *s)
+{
+    if (*s == '\0')
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '-' || *s == '_' || *s == '.'))
+            return 0;
+    return 1;
+}
+
+int source_configure(lua_State *L, int t, const char *name, struct source *s, char *err,
+                     size_t errlen)
+{
+    char path[160], names[200];
+    const char *keys[16] = {"provider", "insecure"};
+    int top = lua_gettop(L);
+    memset(s, 0, sizeof *s);
+    t = lua_absindex(L, t);
+    if (!valid_name(name))
+        FAIL("source names must be strings of letters, digits, '-', '_' or '.' (they are the "
+             "path /hooks/<name>)");
+    if ((s->name = strdup(name)) == NULL)
+        FAIL("out of memory");
+    snprintf(path, sizeof path, "sources.%s", name);
+    if (lua_type(L, t) != LUA_TTABLE)
+        FAIL("%s must be a table", path);
+    if (lua_getfield(L, t, "provider") != LUA_TSTRING ||
+        (s->provider = provider_find(lua_tostring(L, -1))) == NULL) {
+        lua_settop(L, top);
+        FAIL("%s.provider must be one of %s", path, provider_names(names, sizeof names, ", "));
+    }
+    lua_pop(L, 1);
+    size_t n = 2;
+    for (const char *const *k = s->provider->settings; k && *k && n < 15; k++)
+        keys[n++] = *k;
+    keys[n] = NULL;
+    if (setting_keys(L, t, path, keys, err, errlen) != 0)
+        return -1;
+    /* Only the boolean true opens a source: os.getenv("X") gives the string "false" */
+    int type = lua_getfield(L, t, "insecure");
+    s->insecure = type == LUA_TBOOLEAN && lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (type != LUA_TNIL && !s->insecure)
+        FAIL("%s.insecure must be true (the boolean), or left out: it accepts requests "
+             "without credentials", path);
+    int rc = s->provider->configure(L, t, s, err, errlen);
+    lua_settop(L, top);
+    return rc;
+}
+
+void source_release(struct source *s)
+{
+    if (s->provider != NULL && s->provider->release != NULL)
+        s->provider->release(s);
+    free(s->name);
+    memset(s, 0, sizeof *s);
+}
+
+/* The media type of ct (no parameters, no spaces) is want: n bytes. */
+static int media_type_is(const char *ct, size_t n, const char *want)
+{
+    return strlen(want) == n && strncasecmp(ct, want, n) == 0;
+}
+
+int source_accepts(const struct source *s, const char *ct)
+{
+    if (ct == NULL)
+        return 1;
+    size_t n = strcspn(ct, ";");
+    while (n > 0 && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+        n--;
+    while (n > 0 && (*ct == ' ' || *ct == '\t'))
+        ct++, n--;
+    if (media_type_is(ct, n, "application/json") || media_type_is(ct, n, "text/json") ||
+        (n > 17 && strncasecmp(ct, "application/", 12) == 0 &&
+         strncasecmp(ct + n - 5, "+json", 5) == 0))
+        return 1;
+    for (const char *const *t = s->provider->content_types; t && *t; t++)
+        if (media_type_is(ct, n, *t))
+            return 1;
+    return 0;
+}
+
+/* Whether s is a hostname certhook keeps: at most 253 bytes of dot-separated labels of 1 to 63
+ * bytes (a final dot allowed), each made of ASCII letters, digits, '-' (not first or last),
+ * '_' and '*', or non-ASCII characters in valid UTF-8 (internationalized names as sent). */
+static int valid_hostname(const char *s, size_t n)
+{
+    size_t label = 0, len;
+    unsigned cp;
+    if (n == 0 || n > 253 || s[0] == '.')
+        return 0;
+    for (size_t i = 0; i < n; i += len) {
+        if ((len = buf_utf8_next(s + i, n - i, &cp)) == 0)
+            return 0;
+        if (cp == '.') {
+            if (label == 0 || s[i - 1] == '-')
+                return 0;
+            label = 0;
+            continue;
+        }
+        if (!((cp >= 'a' && cp <= 'z') || (cp >= 'A' && cp <= 'Z') || (cp >= '0' && cp <= '9') ||
+              cp == '_' || cp == '*' || (cp == '-' && label > 0) || cp >= 0xa0))
+            return 0;
+        if ((label += len) > 63)
+            return 0;
+    }
+    return label == 0 || s[n - 1] != '-';
+}
+
+/* What every event of the request gets the same way: the event at ev is the i-th of n. */
+static void finish(lua_State *L, int ev, const struct source *s, const struct request *rq,
+                   lua_Integer i, lua_Integer n)
+{
+    size_t len;
+    int top = lua_gettop(L);
+    if (lua_getfield(L, ev, "id") != LUA_TSTRING) {
+        struct buf id;
+        buf_init(&id);
+        event_hash_id(s->name, rq->body, rq->body_len, &id);
+        if (n > 1)
+            buf_printf(&id, ":%lld", (long long)i);
+        lua_pushlstring(L, id.p ? id.p : "", id.n);
+        lua_setfield(L, ev, "id");
+        buf_free(&id);
+    }
+    const char *host = lua_getfield(L, ev, "hostname") == LUA_TSTRING
+                           ? lua_tolstring(L, -1, &len)
+                           : NULL;
+    if (host != NULL && !valid_hostname(host, len)) { /* raw keeps what was sent */
+        lua_pushnil(L);
+        lua_setfield(L, ev, "hostname");
+    }
+    lua_pushstring(L, s->name);
+    lua_setfield(L, ev, "source");
+    lua_pushstring(L, s->provider->name);
+    lua_setfield(L, ev, "provider");
+    event_push_epoch(L, rq->received_at);
+    lua_setfield(L, ev, "received_at");
+    lua_settop(L, top);
+}
+
+int source_normalize(lua_State *L, const struct source *s, const struct request *rq,
+                     struct reply *r, char *err, size_t errlen)
+{
+    char msg[400];
+    int top = lua_gettop(L);
+    r->status = 0;
+    if (json_decode(L, rq->body ? rq->body : "", rq->body_len, msg, sizeof msg) != 0) {
+        snprintf(err, errlen, "invalid JSON: %s", msg);
+        return 400;
+    }
+    if (json_fixup(L, -1) != 0) { /* the journal and C code would cut such strings short */
+        lua_settop(L, top);
+        snprintf(err, errlen, "a string in the payload holds a NUL byte (\\u0000)");
+        return 400;
+    }
+    int body = lua_gettop(L);
+    int status = s->provider->normalize(L, body, s, rq, r, err, errlen);
+    if (status != 0 || r->status != 0) {
+        lua_settop(L, top);
+        return status;
+    }
+    lua_remove(L, body); /* the events' raw holds what a handler needs of it */
+    int list = lua_gettop(L);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, list);
+    if (!lua_istable(L, list) || n == 0) {
+        lua_settop(L, top);
+        snprintf(err, errlen, "the payload holds no event");
+        return 400;
+    }
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, list, i);
+        finish(L, lua_gettop(L), s, rq, i, n);
+        lua_pop(L, 1);
+    }
+    return 0;
+}
