@@ -439,3 +439,41 @@ describe("the journal's WAL", function()
     assert.is_true(wal_size() < 4 * 1048576)
   end)
 end)
+
+describe("a transfer whose response does not fit in the handler's memory", function()
+  local Sink = require "helpers.sink"
+  local sink, srv
+  setup(function()
+    sink = Sink.start()
+    srv = Server.start {
+      config = SOURCES .. "delivery = { max_attempts = 1, timeout = 10, memory_limit = 8 << 20 }\n",
+      handlers = {
+        ["big.lua"] = RECORD .. ([[
+          local certhook = require "certhook"
+          return {
+            ["certificate.validation.failed"] = function(e)
+              -- the echo of 3 MiB, as a string and decoded, is more than the state may hold:
+              -- pushing the response raises, after the handler was resumed
+              local big = ("x"):rep(3 * 1024 * 1024)
+              local ok, err = pcall(certhook.http.post, %q, big)
+              record("big", e, tostring(ok))
+            end,
+            ["certificate.issuance.succeeded"] = function(e) record("ok", e) end,
+          }]]):format(sink.url .. "/echo"),
+      },
+    }
+  end)
+  teardown(function()
+    if srv then srv:cleanup() end
+    sink:stop()
+  end)
+
+  it("raises in that handler only, and frees the transfer", function()
+    local id = post(srv, "validation.failed")
+    assert(fs.wait_for(function() return #calls(srv, "big", id) == 1 end, 15))
+    assert.are.same({ "false" }, calls(srv, "big", id)) -- "not enough memory", caught by pcall
+    local ok = post(srv, "issuance.succeeded")
+    assert(fs.wait_for(function() return #calls(srv, "ok", ok) == 1 end, 5))
+    assert.are.equal(0, srv:stop()) -- the sanitizer build aborts on a bad free or use
+  end)
+end)

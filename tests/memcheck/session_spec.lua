@@ -31,6 +31,12 @@ return {
   end,
   -- certhook.exec: output, a program killed at its timeout, and (first attempt) a delivery
   -- stopped at delivery.timeout while its program runs
+  -- a response that does not fit in the state's memory: pushing it raises after the resume,
+  -- and the transfer (userdata) must still be freed
+  ["certificate.deletion.succeeded"] = function(e)
+    local big = ("x"):rep(3 * 1024 * 1024)
+    assert(not pcall(certhook.http.post, SINK .. "/echo", big))
+  end,
   ["notification.test"] = function(e)
     local r = assert(certhook.exec { argv = { "sh", "-c", "read x; echo $x" }, stdin = "hi\n" })
     assert(r.stdout == "hi\n" and r.status == 0)
@@ -82,7 +88,8 @@ describe("valgrind memcheck", function()
     local srv = Server.start {
       config = ('sources = { cloudflare = { provider = "cloudflare", secret = %q },\n' ..
         '  ibm = { provider = "ibm-cm", public_key = %q } }\n' ..
-        'delivery = { max_attempts = 2, backoff = 0.05, timeout = 8 }\nlimits = { max_body = 65536, request_timeout = 2 }\n')
+        'delivery = { max_attempts = 2, backoff = 0.05, timeout = 8, memory_limit = 8 << 20 }\n' ..
+        'limits = { max_body = 65536, request_timeout = 2 }\n')
         :format(SECRET, pub),
       handlers = { ["h.lua"] = ("SINK = %q\n"):format(sink.url) .. HANDLER },
     }
@@ -98,6 +105,7 @@ describe("valgrind memcheck", function()
     assert.are.equal(404, http.get(srv.port, "/nowhere").status)
     assert.are.equal(405, http.get(srv.port, "/hooks/cloudflare").status)
     assert.are.equal(202, srv:post("/hooks/cloudflare", fs.read(FIX .. "cloudflare/test-message.json"), CF).status)
+    assert.are.equal(202, srv:post("/hooks/cloudflare", (events.cloudflare("deletion.succeeded")), CF).status)
     local claims = fs.read(FIX .. "ibm-cm/v4.cert_issued.json")
     assert.are.equal(202, srv:post("/hooks/ibm", jwt.body(jwt.rs256(claims, priv))).status)
     assert.are.equal(401, srv:post("/hooks/ibm", jwt.body(jwt.none(claims))).status)
