@@ -3,7 +3,7 @@
  * luaopen_certhook_cli, loaded from the same shared object as certhook.core but never by a
  * handler state. serve (server.c), check and run (a handler generation, dispatch_event: the
  * same path as serve's deliveries), normalize (the provider's normalization and the event's
- * pack round trip: what handlers get), events and replay (the journal), jwt_sign, detect,
+ * pack round trip: what handlers get), events and replay (the journal), send, detect,
  * providers, mode, versions.
  */
 #include <errno.h>
@@ -457,18 +457,28 @@ static int cli_replay(lua_State *L)
     return 1;
 }
 
-/* pem_or_path, claims -> jwt | nil, message */
-static int cli_jwt_sign(lua_State *L)
+/* provider, body, source | nil, {secret=, sign_key=} -> body, headers | nil, message: the
+ * request certhook send makes, as the provider's client would (its signature, its header). */
+static int cli_send(lua_State *L)
 {
     char err[300];
     size_t n;
-    const char *pem = luaL_checkstring(L, 1), *claims = luaL_checklstring(L, 2, &n);
-    char *jwt = jwt_sign(pem, claims, n, err, sizeof err);
-    if (jwt == NULL)
+    const char *name = luaL_checkstring(L, 1), *body = luaL_checklstring(L, 2, &n);
+    luaL_checktype(L, 4, LUA_TTABLE);
+    const struct provider *p = provider_find(name);
+    if (p == NULL)
+        return luaL_error(L, "unknown provider %s", name);
+    int cfg = lua_type(L, 3) == LUA_TTABLE ? 3 : 0;
+    lua_settop(L, 4);
+    lua_createtable(L, 0, 2);
+    lua_pushliteral(L, "application/json");
+    lua_setfield(L, 5, "Content-Type");
+    if (p->send == NULL)
+        lua_pushvalue(L, 2);
+    else if (p->send(L, body, n, cfg, 4, 5, err, sizeof err) != 0)
         return fail(L, err);
-    lua_pushstring(L, jwt);
-    free(jwt);
-    return 1;
+    lua_insert(L, 5);
+    return 2;
 }
 
 /* body -> the name of the provider whose payload it looks like | nil */
@@ -539,12 +549,12 @@ static const luaL_Reg cli_funcs[] = {
     {"check", cli_check},
     {"detect", cli_detect},
     {"events", cli_events},
-    {"jwt_sign", cli_jwt_sign},
     {"mode", cli_mode},
     {"normalize", cli_normalize},
     {"providers", cli_providers},
     {"replay", cli_replay},
     {"run", cli_run},
+    {"send", cli_send},
     {"serve", cli_serve},
     {"versions", cli_versions},
     {NULL, NULL},

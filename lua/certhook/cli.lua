@@ -334,8 +334,9 @@ prints a list of them. The provider is detected from the payload unless given. A
       provider = opts.provider, source = opts.source, public_key = opts["public-key"],
     })
     if not events then die(1, "%s: %s", file, err) end
-    if events[1].provider == "ibm-cm" and body:match('^%s*{%s*"data"%s*:') and not opts["public-key"] then
-      io.stderr:write("note: JWT signature not verified (pass --public-key PEM to verify it)\n")
+    local reads = core.providers()[events[1].provider].settings
+    if not opts["public-key"] and table.concat(reads, " "):find("public_key", 1, true) then
+      io.stderr:write("note: signature not verified (pass --public-key PEM to verify it)\n")
     end
     io.stdout:write(pretty(#events == 1 and events[1] or events), "\n")
     return 0
@@ -413,18 +414,12 @@ defaults to http://<listen>/hooks/<source> from the config, the secret to the so
     local cfg = settings(opts)
     local provider = opts.provider or core.detect(body)
     if not provider then die(1, "%s: cannot tell the provider; pass --provider", file) end
+    if not core.providers()[provider] then die(2, "send: unknown provider %s", provider) end
     local name, source = pick_source(cfg, opts, provider)
     local url = opts.url or ("http://%s/hooks/%s"):format(local_address(cfg.listen), name)
-    local headers = { ["Content-Type"] = "application/json" }
-    if provider == "cloudflare" then
-      local secret = opts.secret or (source and source.secret)
-      if type(secret) == "table" then secret = secret[1] end
-      if secret then headers["cf-webhook-auth"] = secret end
-    elseif opts["sign-key"] and not body:match('^%s*{%s*"data"%s*:') then
-      local jwt, err = core.jwt_sign(opts["sign-key"], body)
-      if not jwt then die(1, "%s", err) end
-      body = cjson.encode { data = jwt }
-    end
+    local headers
+    body, headers = core.send(provider, body, source, { secret = opts.secret, sign_key = opts["sign-key"] })
+    if not body then die(1, "%s", headers) end
     local resp, err = api.http.request { url = url, method = "POST", headers = headers, body = body }
     if not resp then die(1, "%s: %s", url, err) end
     io.stdout:write(resp.status, " ", resp.body, resp.body:sub(-1) == "\n" and "" or "\n")

@@ -342,6 +342,29 @@ static int detect(lua_State *L, int body)
     return found;
 }
 
+/* Cloudflare sends the configured secret in cf-webhook-auth: --secret, else the source's (the
+ * first of a list). */
+static int send(lua_State *L, const char *body, size_t n, int cfg, int opts, int hdr, char *err,
+                size_t errlen)
+{
+    (void)err, (void)errlen;
+    int top = lua_gettop(L);
+    const char *secret = fields_get_string(L, opts, "secret");
+    if (secret == NULL && cfg != 0) {
+        lua_getfield(L, cfg, "secret");
+        if (lua_type(L, -1) == LUA_TTABLE)
+            lua_rawgeti(L, -1, 1);
+        secret = lua_tostring(L, -1);
+    }
+    if (secret != NULL) {
+        lua_pushstring(L, secret);
+        lua_setfield(L, hdr, "cf-webhook-auth");
+    }
+    lua_settop(L, top);
+    lua_pushlstring(L, body, n);
+    return 0;
+}
+
 static const char *const settings[] = {"secret", NULL};
 
 const struct provider cloudflare_provider = {
@@ -352,4 +375,5 @@ const struct provider cloudflare_provider = {
     .head = head,
     .normalize = normalize,
     .detect = detect,
+    .send = send,
 };

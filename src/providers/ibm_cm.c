@@ -378,6 +378,35 @@ static int detect(lua_State *L, int body)
     return found;
 }
 
+/* Certificate Manager posts {"data": "<RS256 JWT of the payload>"}: with --sign-key, a bare
+ * payload is signed so; a body that is already a token goes as it is. */
+static int send(lua_State *L, const char *body, size_t n, int cfg, int opts, int hdr, char *err,
+                size_t errlen)
+{
+    (void)cfg, (void)hdr;
+    int top = lua_gettop(L);
+    const char *key = fields_get_string(L, opts, "sign_key");
+    if (key == NULL || (json_decode(L, body, n, err, errlen) == 0 &&
+                        lua_type(L, -1) == LUA_TTABLE && fields_get_string(L, -1, "data") &&
+                        is_jwt(lua_tostring(L, -1)))) {
+        lua_settop(L, top);
+        lua_pushlstring(L, body, n);
+        return 0;
+    }
+    char *jwt = jwt_sign(key, body, n, err, errlen);
+    lua_settop(L, top);
+    if (jwt == NULL)
+        return -1;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    luaL_addstring(&b, "{\"data\":\"");
+    luaL_addstring(&b, jwt);
+    luaL_addstring(&b, "\"}");
+    luaL_pushresult(&b);
+    free(jwt);
+    return 0;
+}
+
 static const char *const settings[] = {"public_key", "leeway", "max_age", NULL};
 
 const struct provider ibm_cm_provider = {
@@ -387,4 +416,5 @@ const struct provider ibm_cm_provider = {
     .release = release,
     .normalize = normalize,
     .detect = detect,
+    .send = send,
 };

@@ -61,6 +61,13 @@ struct provider {
     /* 1 when the decoded body at index body looks like this provider's (certhook normalize,
      * send and run without --provider). NULL: never. */
     int (*detect)(lua_State *L, int body);
+    /* certhook send: the request a client of this provider makes to deliver the payload text
+     * body..n to a source configured by the table at cfg (0: none in the config), given the
+     * command line's options table at opts (secret, sign_key). Pushes the body to send (a
+     * string) and sets the headers it needs in the table at hdr. 0, or -1 with err. NULL: the
+     * payload as is. */
+    int (*send)(lua_State *L, const char *body, size_t n, int cfg, int opts, int hdr, char *err,
+                size_t errlen);
 };
 
 /* A provider configured under a name: POST /hooks/<name>. */

@@ -278,6 +278,22 @@ describe("certhook CLI", function()
       assert.truthy(out:match("^401 "))
     end)
 
+    it("sends a body that is already a token as it is, and refuses an unknown provider or key", function()
+      local url = ("http://127.0.0.1:%d/hooks/ibm"):format(srv.port)
+      local jwt = require "helpers.jwt"
+      local signed = srv.dir .. "/signed.json"
+      fs.write(signed, '{"data":"' .. jwt.rs256(fs.read(FIX .. "ibm-cm/v4.cert_issued.json"), srv.dir .. "/priv.pem") .. '"}')
+      local out, _, code = certhook(("send %s --url %s --sign-key %s/priv.pem"):format(signed, url, srv.dir))
+      assert.are.equal(0, code, out)
+      local _, err
+      _, err, code = certhook(("send %s --url %s --provider nope"):format(signed, url))
+      assert.are.equal(2, code)
+      assert.truthy(err:match("unknown provider nope"))
+      _, err, code = certhook(("send %sibm-cm/v4.cert_issued.json --url %s --sign-key %s/missing.pem"):format(FIX, url, srv.dir))
+      assert.are.equal(1, code)
+      assert.truthy(err:match("missing%.pem"), err)
+    end)
+
     it("exits 1 when nothing listens", function()
       local _, err, code = certhook("send " .. FIX .. "cloudflare/test-message.json --url http://127.0.0.1:1/hooks/x")
       assert.are.equal(1, code)
