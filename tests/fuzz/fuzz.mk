@@ -10,8 +10,9 @@
 #   FUZZ_TARGETS   the targets to run (default: all of them)
 #   FUZZ_FLAGS     more libFuzzer flags, e.g. FUZZ_FLAGS=-seed=1
 #
-# Targets: normalize (request bodies through normalize.c), jwt (auth.c's JWT decoding and
-# RS256 verification), intake (HTTP request streams into the webhook listener).
+# Targets: normalize (request bodies through src/providers and the event's encoding), jwt
+# (providers/jwt.c: JWT decoding and RS256 verification), intake (HTTP request streams into
+# the webhook listener).
 
 FUZZ_NAMES   = normalize jwt intake
 FUZZ_TARGETS ?= $(FUZZ_NAMES)

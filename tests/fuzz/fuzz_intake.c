@@ -1,6 +1,6 @@
 /*
  * fuzz_intake.c -- libFuzzer target: raw HTTP request streams into the webhook listener
- * (intake.c over libmicrohttpd, then normalize.c, auth.c and the journal).
+ * (src/intake over libmicrohttpd, then the providers and the journal).
  *
  * LLVMFuzzerInitialize starts the real pipeline on loopback: a configuration read by
  * config_from_lua, a journal in a temporary directory under /dev/shm, intake_start (no

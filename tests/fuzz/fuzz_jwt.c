@@ -1,5 +1,5 @@
 /*
- * fuzz_jwt.c -- libFuzzer target: JWT parsing and RS256 verification (auth.c).
+ * fuzz_jwt.c -- libFuzzer target: JWT parsing and RS256 verification (providers/jwt.c).
  *
  * Each input is a token as IBM Certificate Manager puts it in {"data": "<JWT>"}. It is
  * decoded without verification (what an insecure source without keys does), verified with
