@@ -42,7 +42,7 @@ ALL_CFLAGS = $(CFLAGS) -fPIC -std=gnu11 -D_GNU_SOURCE $(WARN) $(SANFLAGS) -I$(LU
              $(SYSTEMD_CFLAGS) -MMD -MP
 ALL_LIBS   = $(DEP_LIBS) -lpthread -lm
 
-SRCS   = $(wildcard src/*.c)
+SRCS   = $(wildcard src/*.c src/*/*.c)
 OBJS   = $(SRCS:src/%.c=$(BUILD)/obj/%.o)
 MODULE = $(BUILD)/certhook/core.so
 LAUNCH = $(BUILD)/certhook-dev
