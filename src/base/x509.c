@@ -1,0 +1,240 @@
+/*
+ * x509.c -- the facts of an X.509 certificate (x509.h) with OpenSSL libcrypto.
+ *
+ * Parses one certificate (PEM or DER) and copies out what handlers and the inventory use:
+ * subject and issuer on one line, serial and SHA-256 fingerprint in lower-case hex, validity
+ * in epoch seconds, DNS names. Nothing here keeps OpenSSL objects past a call, and every
+ * call leaves OpenSSL's error queue empty, so the thread's next TLS or JWT check starts clean.
+ */
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <openssl/asn1.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "x509.h"
+
+static const char hexdigits[] = "0123456789abcdef";
+
+static void hex(const unsigned char *p, size_t n, char *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hexdigits[p[i] >> 4];
+        out[2 * i + 1] = hexdigits[p[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+/* Writes why OpenSSL failed (its first queued reason, else `what` alone) and empties the
+ * queue. */
+static void ossl_error(char *err, size_t errlen, const char *what)
+{
+    unsigned long e = ERR_peek_error();
+    const char *reason = e != 0 ? ERR_reason_error_string(e) : NULL;
+    if (reason != NULL)
+        snprintf(err, errlen, "%s: %s", what, reason);
+    else
+        snprintf(err, errlen, "%s", what);
+    ERR_clear_error();
+}
+
+/* The name on one line, most specific part first ("CN=a,O=b"), UTF-8 kept as is; cut at a
+ * character boundary to fit out[cap]. */
+static int name_line(const X509_NAME *name, char *out, size_t cap)
+{
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *p;
+    long n;
+    if (bio == NULL)
+        return -1;
+    if (X509_NAME_print_ex(bio, name, 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB) < 0) {
+        BIO_free(bio);
+        return -1;
+    }
+    n = BIO_get_mem_data(bio, &p);
+    if (n < 0)
+        n = 0;
+    if ((size_t)n >= cap) {
+        n = (long)cap - 1;
+        while (n > 0 && ((unsigned char)p[n] & 0xC0) == 0x80) /* p[n] continues a character */
+            n--;
+    }
+    memcpy(out, p, (size_t)n);
+    out[n] = '\0';
+    BIO_free(bio);
+    return 0;
+}
+
+static int epoch(const ASN1_TIME *t, double *out)
+{
+    struct tm tm;
+    if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1)
+        return -1;
+    *out = (double)timegm(&tm);
+    return 0;
+}
+
+static void serial_hex(const ASN1_INTEGER *serial, char *out, size_t cap)
+{
+    const unsigned char *p = ASN1_STRING_get0_data(serial);
+    size_t n = (size_t)ASN1_STRING_length(serial);
+    int neg = ASN1_STRING_type(serial) == V_ASN1_NEG_INTEGER;
+    out[0] = '\0';
+    if (n == 0) {
+        snprintf(out, cap, "00");
+        return;
+    }
+    if (2 * n + (size_t)neg + 1 > cap)
+        return;
+    if (neg)
+        *out++ = '-';
+    hex(p, n, out);
+}
+
+/* Appends a copy of the n bytes at s to f->domains; names holding a NUL byte (the old
+ * "www.bank.com\0.evil.example" trick) are skipped, as are empty ones. */
+static int add_domain(struct x509_facts *f, const unsigned char *s, int n)
+{
+    char **grown, *copy;
+    if (n <= 0 || memchr(s, '\0', (size_t)n) != NULL)
+        return 0;
+    grown = realloc(f->domains, (f->ndomains + 1) * sizeof *grown);
+    if (grown == NULL)
+        return -1;
+    f->domains = grown;
+    if ((copy = malloc((size_t)n + 1)) == NULL)
+        return -1;
+    memcpy(copy, s, (size_t)n);
+    copy[n] = '\0';
+    f->domains[f->ndomains++] = copy;
+    return 0;
+}
+
+static int domains(X509 *x, struct x509_facts *f)
+{
+    GENERAL_NAMES *names = X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    int rc = 0;
+    for (int i = 0; names != NULL && i < sk_GENERAL_NAME_num(names) && rc == 0; i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(names, i);
+        if (g->type == GEN_DNS)
+            rc = add_domain(f, ASN1_STRING_get0_data(g->d.dNSName),
+                            ASN1_STRING_length(g->d.dNSName));
+    }
+    GENERAL_NAMES_free(names);
+    if (rc == 0 && f->ndomains == 0) { /* no DNS name: the subject's (last) CN */
+        const X509_NAME *subject = X509_get_subject_name(x);
+        int at = -1, next;
+        while ((next = X509_NAME_get_index_by_NID(subject, NID_commonName, at)) >= 0)
+            at = next;
+        if (at >= 0) {
+            unsigned char *utf8 = NULL;
+            const X509_NAME_ENTRY *cn = X509_NAME_get_entry(subject, at);
+            int n = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(cn));
+            if (n >= 0)
+                rc = add_domain(f, utf8, n);
+            OPENSSL_free(utf8);
+        }
+    }
+    return rc;
+}
+
+/* Fills *out from x; on failure *out is zeroed. */
+static int facts(X509 *x, struct x509_facts *out, char *err, size_t errlen)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (name_line(X509_get_subject_name(x), out->subject, sizeof out->subject) != 0 ||
+        name_line(X509_get_issuer_name(x), out->issuer, sizeof out->issuer) != 0) {
+        ossl_error(err, errlen, "certificate names");
+        goto fail;
+    }
+    serial_hex(X509_get0_serialNumber(x), out->serial_number, sizeof out->serial_number);
+    if (X509_digest(x, EVP_sha256(), md, &mdlen) != 1 || mdlen != 32) {
+        ossl_error(err, errlen, "certificate fingerprint");
+        goto fail;
+    }
+    hex(md, mdlen, out->fingerprint_sha256);
+    if (epoch(X509_get0_notBefore(x), &out->not_before) != 0 ||
+        epoch(X509_get0_notAfter(x), &out->not_after) != 0) {
+        snprintf(err, errlen, "certificate validity: not a valid time");
+        goto fail;
+    }
+    if (domains(x, out) != 0) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    ERR_clear_error();
+    return 0;
+fail:
+    ERR_clear_error();
+    x509_facts_free(out);
+    return -1;
+}
+
+int x509_facts_pem(const char *pem, size_t n, struct x509_facts *out, char *err, size_t errlen)
+{
+    BIO *bio = NULL;
+    X509 *x = NULL;
+    int rc = -1;
+    memset(out, 0, sizeof *out);
+    if (n > INT_MAX) {
+        snprintf(err, errlen, "PEM text too long");
+        return -1;
+    }
+    if ((bio = BIO_new_mem_buf(pem, (int)n)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        goto done;
+    }
+    if ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) == NULL) {
+        ossl_error(err, errlen, "no PEM certificate");
+        goto done;
+    }
+    rc = facts(x, out, err, errlen);
+done:
+    X509_free(x);
+    BIO_free(bio);
+    ERR_clear_error();
+    return rc;
+}
+
+int x509_facts_der(const unsigned char *der, size_t n, struct x509_facts *out, char *err,
+                   size_t errlen)
+{
+    const unsigned char *p = der;
+    X509 *x;
+    int rc;
+    memset(out, 0, sizeof *out);
+    if (n > LONG_MAX) {
+        snprintf(err, errlen, "DER certificate too long");
+        return -1;
+    }
+    if ((x = d2i_X509(NULL, &p, (long)n)) == NULL) {
+        ossl_error(err, errlen, "not a DER certificate");
+        return -1;
+    }
+    if (p != der + n) {
+        snprintf(err, errlen, "%zu bytes after the DER certificate", (size_t)(der + n - p));
+        X509_free(x);
+        ERR_clear_error();
+        return -1;
+    }
+    rc = facts(x, out, err, errlen);
+    X509_free(x);
+    return rc;
+}
+
+void x509_facts_free(struct x509_facts *f)
+{
+    for (size_t i = 0; i < f->ndomains; i++)
+        free(f->domains[i]);
+    free(f->domains);
+    memset(f, 0, sizeof *f);
+}
