@@ -223,8 +223,8 @@ static int normalize(lua_State *L, const struct source *s, const char *body, siz
         struct event ev;
         lua_rawgeti(L, list, i);
         packed.n = 0;
-        if (event_pack(L, lua_gettop(L), &ev, &packed, err, sizeof err) != 0 ||
-            event_unpack(L, packed.p, packed.n) != 0) {
+        if (event_pack(L, lua_gettop(L), list - 1, &ev, &packed, err, sizeof err) != 0 ||
+            event_unpack(L, packed.p, packed.n, body, n) != 0) {
             buf_free(&packed);
             lua_pushstring(L, err);
             lua_pushinteger(L, 400);
@@ -239,6 +239,7 @@ static int normalize(lua_State *L, const struct source *s, const char *body, siz
     }
     buf_free(&packed);
     lua_remove(L, list);
+    lua_remove(L, list - 1); /* the decoded body */
     return (int)count;
 }
 

@@ -214,7 +214,7 @@ static int upgrade_one(void *cls, const struct event *old, struct buf *packed, c
     struct reply rp = {0};
     struct request rq = {.method = "POST", .body = old->body, .body_len = old->body_len,
                          .received_at = old->received_at};
-    int top = lua_gettop(L), ev = 0;
+    int top = lua_gettop(L), ev = 0, body = 0;
     const struct provider *p = provider_find(old->provider);
     if (p != NULL) {
         lua_createtable(L, 0, 2);
@@ -225,7 +225,7 @@ static int upgrade_one(void *cls, const struct event *old, struct buf *packed, c
         if (source_configure(L, -1, old->source, &s, why, sizeof why) == 0 &&
             source_normalize(L, &s, &rq, &rp, why, sizeof why) == 0 && rp.status == 0 &&
             lua_rawgeti(L, -1, 1) == LUA_TTABLE)
-            ev = lua_gettop(L);
+            ev = lua_gettop(L), body = ev - 2;
         source_release(&s);
         buf_free(&rp.body);
     } else {
@@ -251,7 +251,7 @@ static int upgrade_one(void *cls, const struct event *old, struct buf *packed, c
     event_push_epoch(L, old->received_at);
     lua_setfield(L, ev, "received_at");
     struct event summary;
-    int rc = event_pack(L, ev, &summary, packed, err, errlen);
+    int rc = event_pack(L, ev, body, &summary, packed, err, errlen);
     lua_settop(L, top);
     return rc;
 }

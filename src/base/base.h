@@ -117,13 +117,16 @@ void event_free_list(struct event *ev); /* ev and every one after it */
 /* ---- pack.c: the byte format of a normalized event --------------------------------------------- */
 
 /* A tree of values -- tables (string and integer keys), strings, integers, floats, booleans,
- * null -- as bytes: a version byte, then each value as a tag and its data (little-endian
- * numbers, lengths before bytes). A table is its sizes, its key/value pairs, an end tag; a
- * table met again is a reference to the n-th table written (1-based), and the first copy's tag
- * says it is shared. The journal keeps events in it, so it only grows new tags. */
+ * null -- as bytes: a version byte, then each value as a tag byte and its data. Strings are
+ * their length and bytes (under 192 bytes, the length is in the tag); integers zigzag varints;
+ * floats 8 bytes, little-endian. A table is two bytes that presize its copy, its key/value
+ * pairs, an end tag; a table met again is a reference to the n-th table written (1-based), and
+ * the first copy's tag says it is shared. The journal keeps events in it, so it only grows new
+ * tags. */
 enum pack_tag {
     PACK_END, PACK_FALSE, PACK_TRUE, PACK_INT, PACK_FLOAT, PACK_STR, PACK_TABLE, PACK_NULL,
     PACK_REF, PACK_SHARED,
+    PACK_BODY, /* the body the event came in, decoded as JSON: raw, when it is the payload */
 };
 #define PACK_VERSION 1
 
@@ -133,6 +136,7 @@ int pack_int(struct buf *b, int64_t v);
 int pack_float(struct buf *b, double v);
 int pack_str(struct buf *b, const char *s, size_t n);
 int pack_null(struct buf *b);
+int pack_body(struct buf *b);
 /* A table of narr array and nhash other entries follows, key value key value ..., then
  * pack_end. Returns where its tag is (for pack_table_sizes, pack_share), or (size_t)-1. The
  * sizes only presize the table that is read back: they may be set once it is written. */

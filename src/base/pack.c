@@ -10,10 +10,29 @@
 
 #include "base/base.h"
 
+/* Small values take few bytes: strings under SHORT_MAX bytes are one tag byte (SHORT_STR + the
+ * length) and their bytes; lengths, integers (zigzag) and references are varints (7 bits a
+ * byte, low bits first); a table's sizes are one byte each (they only presize the copy). */
+#define SHORT_STR 0x40
+#define SHORT_MAX (0x100 - SHORT_STR)
+
 static int put(struct buf *b, enum pack_tag tag, const void *p, size_t n)
 {
     unsigned char t = (unsigned char)tag;
     return buf_add(b, &t, 1) != 0 || (n > 0 && buf_add(b, p, n) != 0) ? -1 : 0;
+}
+
+static int put_varint(struct buf *b, enum pack_tag tag, uint64_t v)
+{
+    unsigned char out[11];
+    size_t n = 0;
+    out[n++] = (unsigned char)tag;
+    do {
+        out[n] = (unsigned char)(v & 0x7f);
+        v >>= 7;
+        out[n++] |= v ? 0x80 : 0;
+    } while (v);
+    return buf_add(b, out, n);
 }
 
 int pack_start(struct buf *b)
@@ -29,8 +48,8 @@ int pack_bool(struct buf *b, int v)
 
 int pack_int(struct buf *b, int64_t v)
 {
-    uint64_t le = htole64((uint64_t)v);
-    return put(b, PACK_INT, &le, sizeof le);
+    uint64_t u = (uint64_t)v;
+    return put_varint(b, PACK_INT, (u << 1) ^ (v < 0 ? ~(uint64_t)0 : 0));
 }
 
 int pack_float(struct buf *b, double v)
@@ -43,10 +62,9 @@ int pack_float(struct buf *b, double v)
 
 int pack_str(struct buf *b, const char *s, size_t n)
 {
-    if (n > UINT32_MAX)
-        return -1;
-    uint32_t le = htole32((uint32_t)n);
-    return put(b, PACK_STR, &le, sizeof le) != 0 || buf_add(b, s, n) != 0 ? -1 : 0;
+    if (n < SHORT_MAX)
+        return put(b, (enum pack_tag)(SHORT_STR + n), s, n);
+    return put_varint(b, PACK_STR, n) != 0 || buf_add(b, s, n) != 0 ? -1 : 0;
 }
 
 int pack_null(struct buf *b)
@@ -54,17 +72,28 @@ int pack_null(struct buf *b)
     return put(b, PACK_NULL, NULL, 0);
 }
 
+int pack_body(struct buf *b)
+{
+    return put(b, PACK_BODY, NULL, 0);
+}
+
+static void sizes(unsigned char out[2], uint32_t narr, uint32_t nhash)
+{
+    out[0] = (unsigned char)(narr < 0xff ? narr : 0xff);
+    out[1] = (unsigned char)(nhash < 0xff ? nhash : 0xff);
+}
+
 size_t pack_table(struct buf *b, uint32_t narr, uint32_t nhash)
 {
     size_t at = b->n;
-    uint32_t sizes[2] = {htole32(narr), htole32(nhash)};
-    return put(b, PACK_TABLE, sizes, sizeof sizes) == 0 ? at : (size_t)-1;
+    unsigned char sz[2];
+    sizes(sz, narr, nhash);
+    return put(b, PACK_TABLE, sz, sizeof sz) == 0 ? at : (size_t)-1;
 }
 
 void pack_table_sizes(struct buf *b, size_t at, uint32_t narr, uint32_t nhash)
 {
-    uint32_t sizes[2] = {htole32(narr), htole32(nhash)};
-    memcpy(b->p + at + 1, sizes, sizeof sizes);
+    sizes((unsigned char *)b->p + at + 1, narr, nhash);
 }
 
 int pack_end(struct buf *b)
@@ -74,8 +103,7 @@ int pack_end(struct buf *b)
 
 int pack_ref(struct buf *b, uint32_t n)
 {
-    uint32_t le = htole32(n);
-    return put(b, PACK_REF, &le, sizeof le);
+    return put_varint(b, PACK_REF, n);
 }
 
 void pack_share(struct buf *b, size_t at)
@@ -102,24 +130,41 @@ static int take(struct pack_reader *r, void *out, size_t n)
     return 0;
 }
 
+static int take_varint(struct pack_reader *r, uint64_t *v)
+{
+    *v = 0;
+    for (int shift = 0; shift < 64 && r->p < r->end; shift += 7) {
+        unsigned char c = *r->p++;
+        *v |= (uint64_t)(c & 0x7f) << shift;
+        if (!(c & 0x80))
+            return 0;
+    }
+    return -1;
+}
+
 int pack_next(struct pack_reader *r, struct pack_item *it)
 {
-    unsigned char tag;
-    uint32_t u32[2];
+    unsigned char tag, sz[2];
     uint64_t u64;
     if (take(r, &tag, 1) != 0)
         return -1;
+    if (tag >= SHORT_STR) {
+        it->tag = PACK_STR;
+        it->n = tag - SHORT_STR;
+        goto bytes;
+    }
     it->tag = (enum pack_tag)tag;
     switch (it->tag) {
     case PACK_END:
     case PACK_FALSE:
     case PACK_TRUE:
     case PACK_NULL:
+    case PACK_BODY:
         return 0;
     case PACK_INT:
-        if (take(r, &u64, sizeof u64) != 0)
+        if (take_varint(r, &u64) != 0)
             return -1;
-        it->i = (int64_t)le64toh(u64);
+        it->i = (int64_t)((u64 >> 1) ^ (~(u64 & 1) + 1));
         return 0;
     case PACK_FLOAT:
         if (take(r, &u64, sizeof u64) != 0)
@@ -128,26 +173,28 @@ int pack_next(struct pack_reader *r, struct pack_item *it)
         memcpy(&it->f, &u64, sizeof it->f);
         return 0;
     case PACK_STR:
-        if (take(r, u32, sizeof u32[0]) != 0)
+        if (take_varint(r, &u64) != 0)
             return -1;
-        it->n = le32toh(u32[0]);
-        if ((size_t)(r->end - r->p) < it->n)
-            return -1;
-        it->s = (const char *)r->p;
-        r->p += it->n;
-        return 0;
+        it->n = (size_t)u64;
+        goto bytes;
     case PACK_REF:
-        if (take(r, u32, sizeof u32[0]) != 0)
+        if (take_varint(r, &u64) != 0 || u64 > INT32_MAX)
             return -1;
-        it->i = le32toh(u32[0]);
+        it->i = (int64_t)u64;
         return 0;
     case PACK_TABLE:
     case PACK_SHARED:
-        if (take(r, u32, sizeof u32) != 0)
+        if (take(r, sz, sizeof sz) != 0)
             return -1;
-        it->i = le32toh(u32[0]);
-        it->n = le32toh(u32[1]);
+        it->i = sz[0];
+        it->n = sz[1];
         return 0;
     }
     return -1;
+bytes:
+    if ((size_t)(r->end - r->p) < it->n)
+        return -1;
+    it->s = (const char *)r->p;
+    r->p += it->n;
+    return 0;
 }

@@ -22,7 +22,7 @@
 
 int run_push_event(lua_State *L, const struct event *ev)
 {
-    if (event_unpack(L, ev->packed, ev->packed_len) == 0)
+    if (event_unpack(L, ev->packed, ev->packed_len, ev->body, ev->body_len) == 0)
         return 0;
     log_msg(LOG_ERROR, "event %s: its journaled form does not decode", ev->id);
     return -1;

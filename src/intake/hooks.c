@@ -196,7 +196,7 @@ static enum MHD_Result on_body(struct listener *l, struct hook *h)
         struct hook_event *he = &h->evs[i];
         lua_rawgeti(L, list, (lua_Integer)i + 1);
         packed.n = 0;
-        if (event_pack(L, lua_gettop(L), &ev, &packed, err, sizeof err) != 0) {
+        if (event_pack(L, lua_gettop(L), list - 1, &ev, &packed, err, sizeof err) != 0) {
             buf_free(&packed);
             lua_settop(L, 0);
             return http_reply_error(h->conn, MHD_HTTP_BAD_REQUEST, "bad_request", h->src->name,

@@ -38,7 +38,7 @@
 struct store {
     sqlite3 *db;  /* the writer's; NULL when read-only */
     sqlite3 *rdb; /* the reader's */
-    sqlite3_stmt *ins, *fin, *del, *sset, *sdel, *sget, *rload, *rload_id, *cert, *uncert;
+    sqlite3_stmt *ins, *ins_data, *fin, *del, *sset, *sdel, *sget, *rload, *rload_id, *cert, *uncert;
     sqlite3 *adb; /* the admin thread's (counts for /metrics), opened on first use */
     pthread_mutex_t amu;
     sqlite3 *cdb; /* the checkpointer's */
@@ -53,8 +53,11 @@ struct store {
     char *path;                      /* <dir>/certhook.db */
 };
 
-#define EVENT_COLUMNS "seq, id, source, provider, type, provider_type, hostname, received_at, " \
-                      "occurred_at, event, body"
+/* An event's row: the summary in events (small: its state changes), the event and the body in
+ * event_data (written once). */
+#define EVENT_COLUMNS "e.seq, e.id, e.source, e.provider, e.type, e.provider_type, e.hostname, " \
+                      "e.received_at, e.occurred_at, d.event, d.body"
+#define EVENT_FROM "events e JOIN event_data d ON d.seq = e.seq"
 
 /* Schema versions, in order: migration i takes user_version i to i + 1. events.state: 0 not
  * yet dispatched, 1 deliveries not all final, 2 all final (done/dead, or no handler matched),
@@ -111,10 +114,12 @@ static const char *const migrations[] = {
      * it dead */
     "ALTER TABLE deliveries ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;",
 
-    /* the event as normalized at intake (base/pack.c), kept with the body as received: rows
-     * of earlier versions get theirs from journal_upgrade */
-    "ALTER TABLE events RENAME COLUMN payload TO body;"
-    "ALTER TABLE events ADD COLUMN event BLOB;"
+    /* the event as normalized at intake (base/pack.c), kept with the body as received, in a
+     * table of their own: written once, while the events row stays small for the state updates
+     * and the scans. Rows of earlier versions get their event from journal_upgrade. */
+    "CREATE TABLE event_data (seq INTEGER PRIMARY KEY, event BLOB, body TEXT NOT NULL);"
+    "INSERT INTO event_data (seq, body) SELECT seq, payload FROM events;"
+    "ALTER TABLE events DROP COLUMN payload;"
     "ALTER TABLE events ADD COLUMN occurred_at REAL;",
 };
 
@@ -285,9 +290,11 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
         if (migrate(j->db, path, err, errlen) != 0 ||
             prepare(j->db,
                     "INSERT INTO events (id, source, provider, type, provider_type, hostname, "
-                    "received_at, occurred_at, event, body) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                    "received_at, occurred_at) VALUES (?,?,?,?,?,?,?,?) "
                     "ON CONFLICT (id) DO NOTHING",
                     &j->ins, err, errlen) ||
+            prepare(j->db, "INSERT INTO event_data (seq, event, body) VALUES (?,?,?)",
+                    &j->ins_data, err, errlen) ||
             prepare(j->db,
                     "UPDATE events SET state = CASE WHEN EXISTS (SELECT 1 FROM deliveries WHERE "
                     "event_seq = ?1 AND " OPEN_DELIVERY ") THEN 1 ELSE 2 END "
@@ -325,10 +332,10 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
             goto fail;
     }
     if (open_db(&j->rdb, path, SQLITE_OPEN_READONLY, o->busy_timeout, err, errlen) != 0 ||
-        prepare(j->rdb, "SELECT " EVENT_COLUMNS " FROM events WHERE seq = ?", &j->rload, err,
-                errlen) != 0 ||
-        prepare(j->rdb, "SELECT " EVENT_COLUMNS " FROM events WHERE id = ?", &j->rload_id, err,
-                errlen) != 0)
+        prepare(j->rdb, "SELECT " EVENT_COLUMNS " FROM " EVENT_FROM " WHERE e.seq = ?", &j->rload,
+                err, errlen) != 0 ||
+        prepare(j->rdb, "SELECT " EVENT_COLUMNS " FROM " EVENT_FROM " WHERE e.id = ?",
+                &j->rload_id, err, errlen) != 0)
         goto fail;
     *sp = j;
     return 0;
@@ -341,7 +348,7 @@ static void sq_close(struct store *j)
 {
     if (j == NULL)
         return;
-    sqlite3_stmt *stmts[] = {j->ins,  j->fin,   j->del,      j->sset, j->sdel,
+    sqlite3_stmt *stmts[] = {j->ins, j->ins_data, j->fin,   j->del,      j->sset, j->sdel,
                              j->sget, j->rload, j->rload_id, j->cert, j->uncert};
     for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
         sqlite3_finalize(stmts[i]);
@@ -410,14 +417,17 @@ static int sq_insert(struct store *j, struct event *ev)
     sqlite3_bind_double(s, 7, ev->received_at);
     if (ev->occurred_at != 0)
         sqlite3_bind_double(s, 8, ev->occurred_at);
-    sqlite3_bind_blob(s, 9, ev->packed, (int)ev->packed_len, SQLITE_STATIC);
-    sqlite3_bind_text(s, 10, ev->body, (int)ev->body_len, SQLITE_STATIC);
     int rc = step_reset(s);
     if (rc != 0)
         return -1;
     if (sqlite3_changes(j->db) != 1)
         return 0;
     ev->seq = sqlite3_last_insert_rowid(j->db);
+    sqlite3_bind_int64(j->ins_data, 1, ev->seq);
+    sqlite3_bind_blob(j->ins_data, 2, ev->packed, (int)ev->packed_len, SQLITE_STATIC);
+    sqlite3_bind_text(j->ins_data, 3, ev->body, (int)ev->body_len, SQLITE_STATIC);
+    if (step_reset(j->ins_data) != 0)
+        return -1;
     if (ev->hostname != NULL && strncmp(ev->type, "certificate.", 12) == 0 &&
         remember_certificate(j, ev) != 0)
         return -1;
@@ -557,6 +567,7 @@ static void sq_prune(struct store *j, double retention)
                  (long long)cutoff, PRUNE_BATCH);
         snprintf(drop, sizeof drop,
                  "DELETE FROM deliveries WHERE event_seq IN (SELECT seq FROM doomed);"
+                 "DELETE FROM event_data WHERE seq IN (SELECT seq FROM doomed);"
                  "DELETE FROM events WHERE seq IN (SELECT seq FROM doomed);"
                  "DELETE FROM state WHERE expires_at < %.6f; COMMIT",
                  now);
@@ -756,8 +767,8 @@ static int sq_scan_events(struct store *j, int state, int64_t after, int64_t upt
     sqlite3_stmt *s;
     int n = 0, rc;
     if (sqlite3_prepare_v2(j->rdb,
-                           "SELECT " EVENT_COLUMNS " FROM events WHERE " OPEN_EVENT " AND state = ? "
-                           "AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                           "SELECT " EVENT_COLUMNS " FROM " EVENT_FROM " WHERE e." OPEN_EVENT
+                           " AND e.state = ? AND e.seq > ? AND e.seq <= ? ORDER BY e.seq LIMIT ?",
                            -1, &s, NULL) != SQLITE_OK) {
         read_failed(j, "events");
         return -1;
@@ -1057,9 +1068,9 @@ static int sq_upgrade(struct store *j,
     if (j->db == NULL)
         return 0;
     if (sqlite3_exec(j->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(j->db, "SELECT " EVENT_COLUMNS " FROM events WHERE event IS NULL",
-                           -1, &s, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(j->db, "UPDATE events SET event = ? WHERE seq = ?", -1, &u, NULL) !=
+        sqlite3_prepare_v2(j->db, "SELECT " EVENT_COLUMNS " FROM " EVENT_FROM
+                                  " WHERE d.event IS NULL", -1, &s, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(j->db, "UPDATE event_data SET event = ? WHERE seq = ?", -1, &u, NULL) !=
             SQLITE_OK) {
         snprintf(err, errlen, "cannot upgrade the journal: %s", sqlite3_errmsg(j->db));
         goto fail;

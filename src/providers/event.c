@@ -153,6 +153,7 @@ struct seen {
 
 struct packer {
     struct buf *b;
+    int body; /* stack index of the decoded body, or 0 */
     struct seen *seen, small[64];
     size_t cap, n;
     uint32_t tables;
@@ -209,6 +210,8 @@ static int pack_at(lua_State *L, int idx, struct packer *pk, int depth)
     case LUA_TTABLE: {
         if (depth >= MAX_DEPTH || !lua_checkstack(L, 3))
             return -1;
+        if (pk->body != 0 && lua_rawequal(L, idx, pk->body))
+            return pack_body(b); /* raw: decoded again from the body, which is kept anyway */
         const void *t = lua_topointer(L, idx);
         struct seen *met = slot(pk->seen, pk->cap, t);
         if (met->table != NULL) {
@@ -267,10 +270,11 @@ static void certificate_facts(lua_State *L, int idx, struct event *ev)
     lua_settop(L, top);
 }
 
-int event_pack(lua_State *L, int idx, struct event *ev, struct buf *out, char *err,
+int event_pack(lua_State *L, int idx, int body, struct event *ev, struct buf *out, char *err,
                size_t errlen)
 {
     idx = lua_absindex(L, idx);
+    body = body != 0 ? lua_absindex(L, body) : 0;
     memset(ev, 0, sizeof *ev);
     /* the summary's strings stay on the stack, above idx, until the caller's settop */
 #define SUMMARY(f) ev->f = field(L, idx, #f);
@@ -287,7 +291,7 @@ int event_pack(lua_State *L, int idx, struct event *ev, struct buf *out, char *e
     lua_pop(L, 2);
     certificate_facts(L, idx, ev);
 
-    struct packer pk = {.b = out, .cap = sizeof pk.small / sizeof pk.small[0]};
+    struct packer pk = {.b = out, .body = body, .cap = sizeof pk.small / sizeof pk.small[0]};
     pk.seen = memset(pk.small, 0, sizeof pk.small);
     int rc = pack_start(out) == 0 && pack_at(L, idx, &pk, 0) == 0 ? 0 : -1;
     if (pk.seen != pk.small)
@@ -304,6 +308,8 @@ int event_pack(lua_State *L, int idx, struct event *ev, struct buf *out, char *e
 
 struct unpacker {
     struct pack_reader r;
+    const char *body; /* for PACK_BODY */
+    size_t body_len;
     int shared;       /* stack index: the shared tables by number (nil until there is one) */
     lua_Integer made; /* tables made so far */
 };
@@ -330,6 +336,13 @@ static int unpack_at(lua_State *L, struct unpacker *u, const struct pack_item *i
     case PACK_STR:
         lua_pushlstring(L, it->s, it->n);
         return 0;
+    case PACK_BODY: {
+        char err[200];
+        if (u->body == NULL || json_decode(L, u->body, u->body_len, err, sizeof err) != 0)
+            return -1;
+        json_fixup(L, -1); /* as at intake: the same tree */
+        return 0;
+    }
     case PACK_REF:
         if (!lua_istable(L, u->shared))
             return -1;
@@ -377,13 +390,13 @@ static int unpack_at(lua_State *L, struct unpacker *u, const struct pack_item *i
     return -1;
 }
 
-int event_unpack(lua_State *L, const void *p, size_t n)
+int event_unpack(lua_State *L, const void *p, size_t n, const char *body, size_t body_len)
 {
     struct pack_item it;
     if (!lua_checkstack(L, 2))
         return -1;
     lua_pushnil(L); /* becomes the table of the shared tables when there is one */
-    struct unpacker u = {.shared = lua_gettop(L)};
+    struct unpacker u = {.shared = lua_gettop(L), .body = body, .body_len = body_len};
     if (pack_open(&u.r, p, n) != 0 || pack_next(&u.r, &it) != 0 ||
         (it.tag != PACK_TABLE && it.tag != PACK_SHARED) || unpack_at(L, &u, &it, 0) != 0) {
         lua_settop(L, u.shared - 1);

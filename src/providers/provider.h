@@ -100,10 +100,11 @@ void source_release(struct source *s);
 /* Whether a request of this Content-Type (NULL: none sent) may come to s: JSON, or a type its
  * provider lists. */
 int source_accepts(const struct source *s, const char *content_type);
-/* The whole request: parses the body, authenticates and normalizes it. Pushes the array of
- * finished events -- id (from the provider, else "<source>:sha256:<hex of the body>", with
- * ":<n>" for the n-th of several), source, provider, received_at -- and returns 0; or returns
- * a status with err (nothing pushed), or 0 with r->status set (a handshake; nothing pushed). */
+/* The whole request: parses the body, authenticates and normalizes it. Pushes the decoded body
+ * (for event_pack) and the array of finished events -- id (from the provider, else
+ * "<source>:sha256:<hex of the body>", with ":<n>" for the n-th of several), source, provider,
+ * received_at -- and returns 0; or returns a status with err (nothing pushed), or 0 with
+ * r->status set (a handshake; nothing pushed). */
 int source_normalize(lua_State *L, const struct source *s, const struct request *rq,
                      struct reply *r, char *err, size_t errlen);
 
@@ -138,12 +139,15 @@ const char *json_encode(lua_State *L, int idx, size_t *len);
 int json_fixup(lua_State *L, int idx);
 void event_push_epoch(lua_State *L, double t); /* an integer when whole */
 /* The summary of the finished event table at idx into *ev (its strings point into the table:
- * valid while it is on the stack) and the whole event, raw included, packed into out. 0, or -1
- * with err (a value an event cannot hold). */
-int event_pack(lua_State *L, int idx, struct event *ev, struct buf *out, char *err,
+ * valid while it is on the stack) and the whole event, raw included, packed into out: where
+ * it holds the decoded body at index body (source_normalize's; 0: none) -- its raw, usually --
+ * only a mark is kept, and unpacking decodes the body again. 0, or -1 with err (a value an
+ * event cannot hold). */
+int event_pack(lua_State *L, int idx, int body, struct event *ev, struct buf *out, char *err,
                size_t errlen);
-/* Pushes the event table packed in p..p+n, a plain table; -1 (nothing pushed) if it is not one. */
-int event_unpack(lua_State *L, const void *p, size_t n);
+/* Pushes the event table packed in p..p+n, with the body it came in (for raw), a plain table;
+ * -1 (nothing pushed) if it is not one. */
+int event_unpack(lua_State *L, const void *p, size_t n, const char *body, size_t body_len);
 /* "<source>:sha256:<hex of body>", the id of an event whose provider gives none. */
 void event_hash_id(const char *source, const char *body, size_t n, struct buf *out);
 

@@ -294,7 +294,6 @@ int source_normalize(lua_State *L, const struct source *s, const struct request 
         lua_settop(L, top);
         return status;
     }
-    lua_remove(L, body); /* the events' raw holds what a handler needs of it */
     int list = lua_gettop(L);
     lua_Integer n = (lua_Integer)lua_rawlen(L, list);
     if (!lua_istable(L, list) || n == 0) {

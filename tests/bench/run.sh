@@ -101,8 +101,8 @@ echo "|---|---:|---:|---:|---:|"
 (cd "$root" && CERTHOOK="$certhook" LUA_PATH="$root/tests/?.lua;;" $pin_client lua5.4 "$here/reload.lua")
 echo
 echo "Journal floor (tests/bench/journal_floor.c): SQLite alone, same schema, WAL + synchronous=FULL,"
-echo "no HTTP and no Lua; each batch of events committed, then a delivery row and the event state for"
-echo "each in a second commit, as certhook does. 20,000 events on the server's CPU:"
+echo "no HTTP and no Lua; each batch of events committed together with a delivery row and the event"
+echo "state for each event of the batch before, as certhook's writer does. 20,000 events on the server's CPU:"
 echo
 echo "| events per commit | CPU us per event | commits/s |"
 echo "|---:|---:|---:|"

@@ -177,7 +177,7 @@ limits = { max_body = 65536 }
       local r = srv:post("/hooks/ibm", body, {})
       assert.are.equal(202, r.status)
       local rows = srv:sql(("SELECT type, instr(body, 'eyJ') > 0 AND length(body) = %d, length(event) > 0 " ..
-        "FROM events WHERE id = '%s'"):format(#body, r.json.id))
+        "FROM events JOIN event_data USING (seq) WHERE id = '%s'"):format(#body, r.json.id))
       assert.are.same({ "certificate.renewal.succeeded", "1", "1" }, rows[1])
     end)
 

@@ -142,14 +142,14 @@ static int same_value(int a, int b)
 
 /* The event the dispatcher unpacks from what the journal keeps must be the one intake made,
  * raw included. */
-static void check_redelivery(int ev, const char *body, size_t n)
+static void check_redelivery(int ev, int decoded, const char *body, size_t n)
 {
     char err[300];
     struct buf packed;
     struct event summary;
     int top = lua_gettop(L);
     buf_init(&packed);
-    if (event_pack(L, ev, &summary, &packed, err, sizeof err) != 0) { /* too deep for one */
+    if (event_pack(L, ev, decoded, &summary, &packed, err, sizeof err) != 0) { /* too deep */
         buf_free(&packed);
         lua_settop(L, top);
         return;
@@ -184,12 +184,12 @@ static void body(const struct source *src, const char *data, size_t size)
         FUZZ_CHECK(err[0] != '\0');
         return;
     }
-    FUZZ_CHECK(lua_gettop(L) == 1 && lua_rawlen(L, 1) > 0);
-    for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, 1); i++) {
-        FUZZ_CHECK(lua_rawgeti(L, 1, i) == LUA_TTABLE);
-        check_event(2, src);
-        check_redelivery(2, data, size);
-        lua_settop(L, 1);
+    FUZZ_CHECK(lua_gettop(L) == 2 && lua_rawlen(L, 2) > 0); /* the decoded body, the events */
+    for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, 2); i++) {
+        FUZZ_CHECK(lua_rawgeti(L, 2, i) == LUA_TTABLE);
+        check_event(3, src);
+        check_redelivery(3, 1, data, size);
+        lua_settop(L, 2);
     }
     lua_settop(L, 0);
 }
