@@ -39,10 +39,11 @@ i=0; until [ -f "$run/data/certhook.db" ] && sqlite3 "$run/data/certhook.db" "SE
     i=$((i + 1)); [ $i -lt 100 ] || exit 1; sleep 0.1; done
 kill -TERM $pid; wait $pid || true
 sqlite3 "$run/data/certhook.db" "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < $EVENTS)
-    INSERT INTO events (id, source, provider, type, provider_type, hostname, received_at, body)
+    INSERT INTO events (id, source, provider, type, provider_type, hostname, received_at)
     SELECT 'cloudflare:drain-' || i, 'cloudflare', 'cloudflare', 'certificate.issuance.succeeded',
-        'ssl.custom_hostname_certificate.issuance.succeeded', 'blog.com', unixepoch(),
-        readfile('$root/examples/payloads/cloudflare-issuance-succeeded.json') FROM c"
+        'ssl.custom_hostname_certificate.issuance.succeeded', 'blog.com', unixepoch() FROM c;
+    INSERT INTO event_data (seq, body) SELECT seq,
+        readfile('$root/examples/payloads/cloudflare-issuance-succeeded.json') FROM events"
 
 t0=$(date +%s%N)
 BENCH_SINK_URL="http://127.0.0.1:$port/?delay=$DELAY_MS" $pin_server "$certhook" serve \
