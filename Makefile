@@ -24,8 +24,8 @@ CC           ?= cc
 CFLAGS       ?= -O2 -g -fPIC
 LIBFLAG      ?= -shared
 PKG_CONFIG   ?= pkg-config
-DEP_CFLAGS   ?= $(shell $(PKG_CONFIG) --cflags libmicrohttpd libcurl sqlite3 libcrypto gnutls 2>/dev/null)
-DEP_LIBS     ?= $(shell $(PKG_CONFIG) --libs libmicrohttpd libcurl sqlite3 libcrypto gnutls 2>/dev/null || echo -lmicrohttpd -lcurl -lsqlite3 -lcrypto -lgnutls)
+DEP_CFLAGS   ?= $(shell $(PKG_CONFIG) --cflags libmicrohttpd libcurl sqlite3 libssl libcrypto gnutls 2>/dev/null)
+DEP_LIBS     ?= $(shell $(PKG_CONFIG) --libs libmicrohttpd libcurl sqlite3 libssl libcrypto gnutls 2>/dev/null || echo -lmicrohttpd -lcurl -lsqlite3 -lssl -lcrypto -lgnutls)
 
 # systemd's sd_notify (Type=notify, watchdog) when libsystemd is there; optional.
 SYSTEMD_CFLAGS ?= $(shell $(PKG_CONFIG) --exists libsystemd 2>/dev/null && echo -DHAVE_SYSTEMD)

@@ -41,7 +41,7 @@ build = {
     LUA = "$(LUA)",
     LUA_INCDIR = "$(LUA_INCDIR)",
     DEP_CFLAGS = "-I$(MICROHTTPD_INCDIR) -I$(SQLITE3_INCDIR) -I$(OPENSSL_INCDIR) -I$(GNUTLS_INCDIR)",
-    DEP_LIBS = "-L$(MICROHTTPD_LIBDIR) -L$(CURL_LIBDIR) -L$(SQLITE3_LIBDIR) -L$(OPENSSL_LIBDIR) -L$(GNUTLS_LIBDIR) -lmicrohttpd -lcurl -lsqlite3 -lcrypto -lgnutls",
+    DEP_LIBS = "-L$(MICROHTTPD_LIBDIR) -L$(CURL_LIBDIR) -L$(SQLITE3_LIBDIR) -L$(OPENSSL_LIBDIR) -L$(GNUTLS_LIBDIR) -lmicrohttpd -lcurl -lsqlite3 -lssl -lcrypto -lgnutls",
   },
   install_variables = {
     LUA = "$(LUA)",

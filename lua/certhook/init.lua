@@ -11,6 +11,7 @@ local M = {
   exec = core.exec,       -- exec{argv=, stdin=, env=, timeout=}: run a program without blocking
   state = core.state,     -- get, set(key, value [, ttl]), delete, incr(key [, by]), keys(prefix)
   time = core.time,       -- iso8601([t]), now(), parse(s)
+  tls = core.tls,         -- probe(host [, {port=, sni=, timeout=, ca_file=}]): the served certificate
   json = require "cjson", -- lua-cjson
   version = core.version,
 }

@@ -238,3 +238,74 @@ void x509_facts_free(struct x509_facts *f)
     free(f->domains);
     memset(f, 0, sizeof *f);
 }
+
+/* The certificate of a PEM text, or NULL. */
+static X509 *read_pem(const char *pem, size_t n)
+{
+    if (n > INT_MAX)
+        return NULL;
+    BIO *bio = BIO_new_mem_buf(pem, (int)n);
+    X509 *x = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+    BIO_free(bio);
+    return x;
+}
+
+int x509_verify_chain(const char *const *pem, const size_t *len, size_t n, const char *host,
+                      const char *ca_file, double at, char *err, size_t errlen)
+{
+    X509 *leaf = NULL;
+    STACK_OF(X509) *untrusted = sk_X509_new_null();
+    X509_STORE *store = X509_STORE_new();
+    X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+    int rc = -1;
+    if (n == 0 || untrusted == NULL || store == NULL || ctx == NULL) {
+        snprintf(err, errlen, n == 0 ? "no certificate" : "out of memory");
+        goto done;
+    }
+    if ((leaf = read_pem(pem[0], len[0])) == NULL) {
+        ossl_error(err, errlen, "the server's certificate does not parse");
+        goto done;
+    }
+    for (size_t i = 1; i < n; i++) {
+        X509 *x = read_pem(pem[i], len[i]);
+        if (x == NULL || !sk_X509_push(untrusted, x)) {
+            X509_free(x);
+            ossl_error(err, errlen, "a certificate of the chain does not parse");
+            goto done;
+        }
+    }
+    if ((ca_file ? X509_STORE_load_file(store, ca_file) : X509_STORE_set_default_paths(store)) != 1) {
+        ossl_error(err, errlen, ca_file ? "cannot read ca_file" : "cannot read the system's CAs");
+        goto done;
+    }
+    if (X509_STORE_CTX_init(ctx, store, leaf, untrusted) != 1) {
+        ossl_error(err, errlen, "verification");
+        goto done;
+    }
+    X509_VERIFY_PARAM *vp = X509_STORE_CTX_get0_param(ctx);
+    if (at > 0)
+        X509_VERIFY_PARAM_set_time(vp, (time_t)at);
+    X509_VERIFY_PARAM_set_purpose(vp, X509_PURPOSE_SSL_SERVER);
+    if (host != NULL && (X509_VERIFY_PARAM_set1_ip_asc(vp, host) != 1 &&
+                         X509_VERIFY_PARAM_set1_host(vp, host, 0) != 1)) {
+        snprintf(err, errlen, "not a host name: %s", host);
+        goto done;
+    }
+    ERR_clear_error();
+    if (X509_verify_cert(ctx) == 1) {
+        rc = 1;
+    } else {
+        int e = X509_STORE_CTX_get_error(ctx);
+        snprintf(err, errlen, "%s", e == X509_V_ERR_HOSTNAME_MISMATCH || e == X509_V_ERR_IP_ADDRESS_MISMATCH
+                                        ? "the certificate is not valid for the host name"
+                                        : X509_verify_cert_error_string(e));
+        rc = 0;
+    }
+done:
+    X509_STORE_CTX_free(ctx);
+    X509_STORE_free(store);
+    sk_X509_pop_free(untrusted, X509_free);
+    X509_free(leaf);
+    ERR_clear_error();
+    return rc;
+}

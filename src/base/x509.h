@@ -33,4 +33,12 @@ int x509_facts_der(const unsigned char *der, size_t n, struct x509_facts *out, c
 /* Frees f->domains and zeroes *f; safe on a zeroed struct and to call twice. */
 void x509_facts_free(struct x509_facts *f);
 
+/* Whether the chain a server presented (n PEM certificates, the leaf first, as pem[i] of
+ * len[i] bytes) verifies at time `at` (epoch seconds; 0: now) against the trusted CAs --
+ * ca_file (PEM), else the system's -- and its leaf is valid for host (a name or an IP
+ * address; NULL: not checked). 1: verified; 0: not, with the reason in err; -1: the chain
+ * could not be read (err says why). */
+int x509_verify_chain(const char *const *pem, const size_t *len, size_t n, const char *host,
+                      const char *ca_file, double at, char *err, size_t errlen);
+
 #endif

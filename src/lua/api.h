@@ -69,6 +69,7 @@ int time_open(lua_State *L);
 int http_open(lua_State *L);
 int exec_open(lua_State *L);
 int state_open(lua_State *L);
+int tls_open(lua_State *L);
 
 /* ---- api_state.c ------------------------------------------------------------------------------ */
 
@@ -76,7 +77,25 @@ int state_open(lua_State *L);
  * first use and closed with L. */
 void state_attach(lua_State *L, struct journal *j, const char *dir, double busy_timeout);
 
-/* ---- api_http.c: the dispatcher's transfers ---------------------------------------------------- */
+/* ---- api_http.c: transfers, for certhook.http and certhook.tls ------------------------------- */
+
+struct http_req;
+/* Pushes a new transfer (userdata: __gc and __close free it, whatever raises) with
+ * certhook.http's defaults -- a 10 s timeout, TLS peers verified, http and https only -- and
+ * returns it, with its curl handle in *easy for more options. */
+struct http_req *http_req_push(lua_State *L, void **easy);
+struct http_req *http_req_check(lua_State *L, int idx); /* raises unless idx holds one */
+struct curl_slist;
+void http_req_keep_list(struct http_req *r, struct curl_slist *list); /* freed with r */
+/* Runs the transfer r (on the stack): in a handler run by the dispatcher the coroutine yields
+ * while it runs and k continues it; elsewhere it runs synchronously, then k. Returns what k
+ * returns (or nil, message, "busy" when too many wait for their host). */
+int http_req_run(lua_State *L, struct http_req *r, lua_KFunction k);
+/* 0 if the transfer worked, else -1 with the message and a stable code (timeout, tls...). */
+int http_req_failed(struct http_req *r, const char **msg, const char **code);
+void http_req_close(struct http_req *r); /* frees it now (also safe later, by __gc) */
+
+/* The dispatcher's: */
 
 /* A curl multi handle whose sockets wait in loop. per_host bounds the transfers in flight to
  * one host (0: no bound); past it a transfer waits without holding a slot of the dispatcher's

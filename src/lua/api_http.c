@@ -31,7 +31,7 @@
 
 struct http_req {
     CURL *easy;
-    struct curl_slist *headers;
+    struct curl_slist *headers, *more; /* more: another list an option points to */
     struct buf body, resp, resp_headers;
     size_t max_size;
     int too_large;
@@ -75,7 +75,8 @@ static void req_close(struct http_req *r)
         curl_easy_cleanup(r->easy);
     r->easy = NULL;
     curl_slist_free_all(r->headers);
-    r->headers = NULL;
+    curl_slist_free_all(r->more);
+    r->headers = r->more = NULL;
     buf_free(&r->body);
     buf_free(&r->resp);
     buf_free(&r->resp_headers);
@@ -138,17 +139,49 @@ static char *url_host(const char *url)
 
 /* Pushes a request built from the options table at idx. Raises on misuse (the userdata on
  * the stack frees what was built). */
+struct http_req *http_req_push(lua_State *L, void **easy)
+{
+    struct http_req *r = lua_newuserdatauv(L, sizeof *r, 0);
+    memset(r, 0, sizeof *r);
+    luaL_setmetatable(L, REQUEST);
+    if ((r->easy = curl_easy_init()) == NULL)
+        luaL_error(L, "certhook: out of memory");
+    r->max_size = DEFAULT_MAX_SIZE;
+    curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, (long)(DEFAULT_TIMEOUT * 1000));
+    curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(r->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(r->easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(r->easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(r->easy, CURLOPT_USERAGENT, "certhook/" CERTHOOK_VERSION);
+    curl_easy_setopt(r->easy, CURLOPT_WRITEFUNCTION, on_data);
+    curl_easy_setopt(r->easy, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(r->easy, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(r->easy, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(r->easy, CURLOPT_ERRORBUFFER, r->errbuf);
+    curl_easy_setopt(r->easy, CURLOPT_PRIVATE, r);
+    *easy = r->easy;
+    return r;
+}
+
+struct http_req *http_req_check(lua_State *L, int idx)
+{
+    return luaL_checkudata(L, idx, REQUEST);
+}
+
+void http_req_keep_list(struct http_req *r, struct curl_slist *list)
+{
+    curl_slist_free_all(r->more);
+    r->more = list;
+}
+
 static struct http_req *http_build(lua_State *L, int idx)
 {
     const char *msg = NULL;
     double timeout = DEFAULT_TIMEOUT;
     int has_type = 0;
-    struct http_req *r = lua_newuserdatauv(L, sizeof *r, 0);
-    memset(r, 0, sizeof *r);
-    luaL_setmetatable(L, REQUEST);
-    if ((r->easy = curl_easy_init()) == NULL)
-        luaL_error(L, "certhook.http: out of memory");
-    r->max_size = DEFAULT_MAX_SIZE;
+    void *easy;
+    struct http_req *r = http_req_push(L, &easy);
     if (lua_getfield(L, idx, "url") != LUA_TSTRING) {
         msg = "certhook.http.request: url must be a string";
         goto misuse;
@@ -250,18 +283,6 @@ static struct http_req *http_build(lua_State *L, int idx)
     }
     curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers);
     curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
-    curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYPEER, 1L);
-    curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYHOST, 2L);
-    curl_easy_setopt(r->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(r->easy, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(r->easy, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(r->easy, CURLOPT_USERAGENT, "certhook/" CERTHOOK_VERSION);
-    curl_easy_setopt(r->easy, CURLOPT_WRITEFUNCTION, on_data);
-    curl_easy_setopt(r->easy, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(r->easy, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(r->easy, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(r->easy, CURLOPT_ERRORBUFFER, r->errbuf);
-    curl_easy_setopt(r->easy, CURLOPT_PRIVATE, r);
     lua_settop(L, idx + 1); /* the options, the request */
     return r;
 misuse:
@@ -374,6 +395,25 @@ static int request_done(lua_State *L, int status, lua_KContext k)
 
 static int multi_add(struct http_multi *m, struct http_req *r);
 
+int http_req_failed(struct http_req *r, const char **msg, const char **code)
+{
+    if (r->too_large) {
+        *msg = "response too large (max_size)";
+        *code = "toolarge";
+        return -1;
+    }
+    if (r->result == CURLE_OK)
+        return 0;
+    *msg = r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result);
+    *code = error_code(r->result);
+    return -1;
+}
+
+void http_req_close(struct http_req *r)
+{
+    req_close(r);
+}
+
 /* The delivery was stopped while the transfer ran. */
 static void on_cancel(struct wait *w)
 {
@@ -388,11 +428,8 @@ static void on_cancel(struct wait *w)
 
 /* {url=, method=, headers=, body=, json=, timeout=, max_size=, redirects=, ca_file=} ->
  * response | nil, msg, code */
-static int http_request(lua_State *L)
+int http_req_run(lua_State *L, struct http_req *r, lua_KFunction k)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 1);
-    struct http_req *r = http_build(L, 1);
     struct delivery_ctx *ctx = module_ctx(L);
     if (ctx != NULL && ctx->http != NULL && lua_isyieldable(L)) {
         if (multi_add(ctx->http, r) != 0) {
@@ -406,10 +443,18 @@ static int http_request(lua_State *L)
         r->ctx = ctx;
         r->wait.cancel = on_cancel;
         ctx->wait(ctx, &r->wait);
-        return lua_yieldk(L, 0, 0, request_done);
+        return lua_yieldk(L, 0, 0, k);
     }
     r->result = curl_easy_perform(r->easy);
-    return request_done(L, LUA_OK, 0);
+    return k(L, LUA_OK, 0);
+}
+
+static int http_request(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    struct http_req *r = http_build(L, 1);
+    return http_req_run(L, r, request_done);
 }
 
 /* Copies opts (or a new table) into a new table at the top. */

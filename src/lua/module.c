@@ -148,6 +148,7 @@ static const struct {
     {"log", log_open},
     {"state", state_open},
     {"time", time_open},
+    {"tls", tls_open},
 };
 
 int luaopen_certhook_core(lua_State *L)

@@ -25,6 +25,8 @@ return {
     certhook.state.set("last", { id = e.id, hostname = e.hostname }, 60)
     local resp, err = certhook.http.request { url = SINK .. "/echo", json = { id = e.id } }
     certhook.log.info("called", { status = resp and resp.status, err = err })
+    local cert = certhook.tls.probe("127.0.0.1", { port = TLS_PORT })
+    assert(cert and cert.verified == false and cert.serial_number)
   end,
   ["*"] = function(e)
     if e.type == "notification.test" then error("a failing handler") end
@@ -78,9 +80,17 @@ local function stop_clean(srv)
 end
 
 describe("valgrind memcheck", function()
-  local sink
-  setup(function() sink = Sink.start() end)
-  teardown(function() sink:stop() end)
+  local sink, tls, tlsdir
+  setup(function()
+    sink = Sink.start()
+    tlsdir = fs.tmpdir()
+    tls = Sink.start { tls = { Sink.self_signed(tlsdir) } }
+  end)
+  teardown(function()
+    sink:stop()
+    tls:stop()
+    fs.rm(tlsdir)
+  end)
 
   it("serves, dispatches, reloads and stops without a memory error or leak", function()
     local dir = fs.tmpdir()
@@ -91,7 +101,7 @@ describe("valgrind memcheck", function()
         'delivery = { max_attempts = 2, backoff = 0.05, timeout = 8, memory_limit = 8 << 20 }\n' ..
         'limits = { max_body = 65536, request_timeout = 2 }\n')
         :format(SECRET, pub),
-      handlers = { ["h.lua"] = ("SINK = %q\n"):format(sink.url) .. HANDLER },
+      handlers = { ["h.lua"] = ("SINK = %q\nTLS_PORT = %d\n"):format(sink.url, tls.port) .. HANDLER },
     }
     local body = event()
     assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
