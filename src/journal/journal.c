@@ -98,6 +98,12 @@ int journal_state_get(struct journal *j, const char *key, char **out, size_t *le
     return j->ops->state_get(j->s, key, out, len, err, errlen);
 }
 
+int journal_once_get(struct journal *j, const char *key, char **out, size_t *len, char *err,
+                     size_t errlen)
+{
+    return j->ops->once_get(j->s, key, out, len, err, errlen);
+}
+
 int journal_state_keys(struct journal *j, const char *prefix, void (*fn)(void *, const char *),
                        void *cls, char *err, size_t errlen)
 {

@@ -18,6 +18,11 @@ enum journal_op {
     JOURNAL_STATE_SET,    /* key = value (JSON text), expires_at (0: never) */
     JOURNAL_STATE_DELETE, /* key */
     JOURNAL_STATE_INCR,   /* key += by; the new value in number */
+    /* certhook.once: claim key until expires_at (wall clock) -- ACCEPTED: ours to run;
+     * DUPLICATE: it ran to success already; REFUSED: another claim holds it (error: till when) */
+    JOURNAL_ONCE_CLAIM,
+    JOURNAL_ONCE_DONE,    /* key ran to success: its results (JSON text) in value */
+    JOURNAL_ONCE_RELEASE, /* key did not run to success: the claim goes */
 };
 
 enum journal_result {
@@ -132,6 +137,10 @@ int journal_state_get(struct journal *j, const char *key, char **out, size_t *le
                       size_t errlen);
 int journal_state_keys(struct journal *j, const char *prefix, void (*fn)(void *, const char *),
                        void *cls, char *err, size_t errlen);
+/* certhook.once: 1 when key ran to success, its results (JSON text) in *out (malloc'd); 0 when
+ * it did not (yet); -1 with err. */
+int journal_once_get(struct journal *j, const char *key, char **out, size_t *len, char *err,
+                     size_t errlen);
 
 /* The command line's view (certhook events / replay). */
 struct journal_filter {

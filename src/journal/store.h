@@ -31,7 +31,8 @@ struct store_ops {
     /* 1: new (ev->seq set; the inventory updated in the same transaction), 0: its id was
      * journaled before, -1: error */
     int (*insert)(struct store *s, struct event *ev);
-    int (*state)(struct store *s, struct journal_req *r); /* r->result set; 0, or -1: error */
+    int (*state)(struct store *s, struct journal_req *r); /* STATE_* and ONCE_* requests: r->result
+                                                            * set; 0, or -1: error */
     int (*delivery)(struct store *s, int64_t seq, const struct delivery_result *r);
     int (*settle)(struct store *s, int64_t seq); /* the event's state from its deliveries */
     int (*replayed)(struct store *s, int64_t upto); /* replay requests up to upto are done */
@@ -54,6 +55,8 @@ struct store_ops {
                      size_t errlen);
     int (*state_keys)(struct store *s, const char *prefix, void (*fn)(void *, const char *),
                       void *cls, char *err, size_t errlen);
+    int (*once_get)(struct store *s, const char *key, char **out, size_t *len, char *err,
+                    size_t errlen);
     int (*list)(struct store *s, const struct journal_filter *f,
                 void (*fn)(void *cls, const struct journal_row *row), void *cls, char *err,
                 size_t errlen);

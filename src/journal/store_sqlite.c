@@ -121,6 +121,9 @@ static const char *const migrations[] = {
     "INSERT INTO event_data (seq, body) SELECT seq, payload FROM events;"
     "ALTER TABLE events DROP COLUMN payload;"
     "ALTER TABLE events ADD COLUMN occurred_at REAL;",
+
+    /* certhook.once: keys that ran to success (results: JSON), or are claimed till lease_until */
+    "CREATE TABLE once (key TEXT PRIMARY KEY, results TEXT, lease_until REAL) WITHOUT ROWID;",
 };
 
 
@@ -444,9 +447,54 @@ static int json_number(const char *s, double *v)
     return end != s && *end == '\0' ? 0 : -1;
 }
 
+/* certhook.once's writes. */
+static int sq_once(struct store *j, struct journal_req *r)
+{
+    static const char *const sql[] = {
+        [JOURNAL_ONCE_CLAIM] = "INSERT INTO once (key, lease_until) VALUES (?1, ?2) ON CONFLICT "
+                               "(key) DO UPDATE SET lease_until = excluded.lease_until WHERE "
+                               "results IS NULL AND lease_until < ?3",
+        [JOURNAL_ONCE_DONE] = "INSERT INTO once (key, results) VALUES (?1, ?4) ON CONFLICT (key) "
+                              "DO UPDATE SET results = excluded.results, lease_until = NULL",
+        [JOURNAL_ONCE_RELEASE] = "DELETE FROM once WHERE key = ?1 AND results IS NULL",
+    };
+    sqlite3_stmt *s = NULL, *q = NULL;
+    int rc = -1;
+    if (sqlite3_prepare_v2(j->db, sql[r->op], -1, &s, NULL) != SQLITE_OK)
+        return -1;
+    sqlite3_bind_text(s, 1, r->key, -1, SQLITE_STATIC);
+    if (r->op == JOURNAL_ONCE_CLAIM) {
+        sqlite3_bind_double(s, 2, r->expires_at);
+        sqlite3_bind_double(s, 3, time_now());
+    }
+    if (r->op == JOURNAL_ONCE_DONE)
+        sqlite3_bind_text(s, 4, r->value, (int)r->value_len, SQLITE_STATIC);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        goto done;
+    r->result = JOURNAL_ACCEPTED;
+    if (r->op == JOURNAL_ONCE_CLAIM && sqlite3_changes(j->db) == 0) { /* done, or held */
+        if (sqlite3_prepare_v2(j->db, "SELECT results IS NOT NULL, lease_until FROM once WHERE "
+                                      "key = ?", -1, &q, NULL) != SQLITE_OK)
+            goto done;
+        sqlite3_bind_text(q, 1, r->key, -1, SQLITE_STATIC);
+        if (sqlite3_step(q) != SQLITE_ROW)
+            goto done;
+        r->result = sqlite3_column_int(q, 0) ? JOURNAL_DUPLICATE : JOURNAL_REFUSED;
+        r->expires_at = sqlite3_column_double(q, 1);
+    }
+    rc = 0;
+done:
+    sqlite3_finalize(q);
+    sqlite3_finalize(s);
+    return rc;
+}
+
 static int sq_state(struct store *j, struct journal_req *r)
 {
     double now = time_now();
+    if (r->op == JOURNAL_ONCE_CLAIM || r->op == JOURNAL_ONCE_DONE ||
+        r->op == JOURNAL_ONCE_RELEASE)
+        return sq_once(j, r);
     if (r->op == JOURNAL_STATE_DELETE) {
         sqlite3_bind_text(j->sdel, 1, r->key, -1, SQLITE_STATIC);
         if (step_reset(j->sdel) != 0)
@@ -888,6 +936,33 @@ static int sq_state_get(struct store *j, const char *key, char **out, size_t *le
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
 }
 
+static int sq_once_get(struct store *j, const char *key, char **out, size_t *len, char *err,
+                       size_t errlen)
+{
+    sqlite3_stmt *s;
+    *out = NULL;
+    if (sqlite3_prepare_v2(j->rdb, "SELECT results FROM once WHERE key = ? AND results IS NOT "
+                                   "NULL", -1, &s, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
+        return -1;
+    }
+    sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s), found = 0;
+    if (rc == SQLITE_ROW) {
+        *len = (size_t)sqlite3_column_bytes(s, 0);
+        *out = malloc(*len + 1);
+        if (*out)
+            memcpy(*out, sqlite3_column_text(s, 0), *len + 1);
+        found = *out != NULL;
+        if (!found)
+            snprintf(err, errlen, "out of memory");
+    } else if (rc != SQLITE_DONE) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
+    }
+    sqlite3_finalize(s);
+    return rc == SQLITE_DONE ? 0 : found ? 1 : -1;
+}
+
 static int sq_state_keys(struct store *j, const char *prefix,
                          void (*fn)(void *, const char *), void *cls, char *err, size_t errlen)
 {
@@ -1134,6 +1209,7 @@ const struct store_ops store_sqlite = {
     .scan_deliveries = sq_scan_deliveries,
     .scan_replays = sq_scan_replays,
     .state_get = sq_state_get,
+    .once_get = sq_once_get,
     .state_keys = sq_state_keys,
     .list = sq_list,
     .request_replay = sq_request_replay,

@@ -70,6 +70,7 @@ int http_open(lua_State *L);
 int exec_open(lua_State *L);
 int state_open(lua_State *L);
 int tls_open(lua_State *L);
+int once_open(lua_State *L); /* certhook.once's primitives, in api_state.c */
 
 /* ---- api_state.c ------------------------------------------------------------------------------ */
 

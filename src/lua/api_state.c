@@ -112,15 +112,15 @@ static void check_value(lua_State *L, int idx, int depth, const char *fn, int pa
         return;
     if (t == LUA_TNUMBER) {
         if (!isfinite(lua_tonumber(L, idx)))
-            luaL_error(L, "certhook.state.%s: %s is not a finite number", fn, where);
+            luaL_error(L, "%s: %s is not a finite number", fn, where);
         return;
     }
     if (t != LUA_TTABLE)
-        luaL_error(L, "certhook.state.%s: %s is a %s, which cannot be stored (store nil, "
+        luaL_error(L, "%s: %s is a %s, which cannot be stored (store nil, "
                       "booleans, numbers, strings and tables of them)", fn, where,
                    luaL_typename(L, idx));
     if (depth > MAX_DEPTH)
-        luaL_error(L, "certhook.state.%s: %s nests deeper than %d (a cycle?)", fn, where, MAX_DEPTH);
+        luaL_error(L, "%s: %s nests deeper than %d (a cycle?)", fn, where, MAX_DEPTH);
     luaL_checkstack(L, 4, "state value nesting");
     idx = lua_absindex(L, idx);
     lua_Integer n = (lua_Integer)lua_rawlen(L, idx), ints = 0, strings = 0;
@@ -134,7 +134,7 @@ static void check_value(lua_State *L, int idx, int depth, const char *fn, int pa
             ints++;
             lua_pushfstring(L, "%s[%I]", where, lua_tointeger(L, -2));
         } else {
-            luaL_error(L, "certhook.state.%s: %s has a key JSON cannot hold (a %s); use 1..n "
+            luaL_error(L, "%s: %s has a key JSON cannot hold (a %s); use 1..n "
                           "keys for a list or string keys for a record", fn, where,
                        luaL_typename(L, -2));
         }
@@ -142,7 +142,7 @@ static void check_value(lua_State *L, int idx, int depth, const char *fn, int pa
         lua_pop(L, 2);
     }
     if (ints > 0 && strings > 0)
-        luaL_error(L, "certhook.state.%s: %s mixes list and record keys; JSON cannot hold that",
+        luaL_error(L, "%s: %s mixes list and record keys; JSON cannot hold that",
                    fn, where);
 }
 
@@ -155,7 +155,7 @@ static const char *encode(lua_State *L, int idx, const char *fn, size_t *len)
     lua_pop(L, 1);
     const char *s = json_encode(L, idx, len);
     if (s == NULL)
-        luaL_error(L, "certhook.state.%s: %s", fn, lua_tostring(L, -1));
+        luaL_error(L, "%s: %s", fn, lua_tostring(L, -1));
     return s;
 }
 
@@ -180,10 +180,18 @@ static const char *check_key(lua_State *L, int idx)
     return key;
 }
 
-/* Pushes a write's outcome: true (incr: the new value), or nil, message, "journal". Raises for
- * an incr on a value that is not a number. */
+/* Pushes a write's outcome: true (incr: the new value; a once claim: "claimed", "done", or
+ * "held" and until when), or nil, message, "journal". Raises for an incr on a value that is
+ * not a number. */
 static int write_result(lua_State *L, struct journal_req *r)
 {
+    if (r->op == JOURNAL_ONCE_CLAIM && r->result != JOURNAL_FAILED) {
+        lua_pushstring(L, r->result == JOURNAL_ACCEPTED    ? "claimed"
+                          : r->result == JOURNAL_DUPLICATE ? "done"
+                                                           : "held");
+        event_push_epoch(L, r->expires_at);
+        return 2;
+    }
     if (r->result == JOURNAL_REFUSED)
         return luaL_error(L, "certhook.state.incr: %s", r->error);
     if (r->result != JOURNAL_ACCEPTED)
@@ -277,7 +285,8 @@ static int state_set(lua_State *L)
     struct journal_req r = {.op = JOURNAL_STATE_DELETE, .key = key};
     if (!lua_isnil(L, 2)) {
         r.op = JOURNAL_STATE_SET;
-        r.value = encode(L, 2, "set", &r.value_len); /* stays on the stack until written */
+        /* stays on the stack until written */
+        r.value = encode(L, 2, "certhook.state.set", &r.value_len);
         r.expires_at = ttl > 0 ? time_now() + ttl : 0;
     }
     struct journal *j = state_journal(L);
@@ -320,6 +329,79 @@ static int state_keys(lua_State *L)
     lua_newtable(L);
     if (journal_state_keys(j, prefix, add_key, L, err, sizeof err) != 0)
         return fail(L, err, "journal");
+    return 1;
+}
+
+/* ---- certhook.once's primitives (lua/certhook/init.lua builds once from them) ---------------- */
+
+/* key -> true, results | false | nil, message, "journal" */
+static int once_get(lua_State *L)
+{
+    char err[300];
+    size_t n;
+    const char *key = check_key(L, 1);
+    struct journal *j = state_journal(L);
+    if (j == NULL)
+        return fail(L, lua_tostring(L, -1), "journal");
+    char **json = lua_newuserdatauv(L, sizeof *json, 0);
+    *json = NULL;
+    luaL_setmetatable(L, BOX);
+    int done = journal_once_get(j, key, json, &n, err, sizeof err);
+    if (done < 0)
+        return fail(L, err, "journal");
+    lua_pushboolean(L, done);
+    if (!done)
+        return 1;
+    lua_pushlstring(L, *json, n);
+    free(*json);
+    *json = NULL;
+    push_json(L, lua_tostring(L, -1), n);
+    lua_remove(L, -2);
+    return 2;
+}
+
+/* key -> "claimed" | "done" | "held", until | nil, message, "journal". The claim lasts as long
+ * as the running delivery may (its deadline) and a minute more; outside one, five minutes. */
+static int once_claim(lua_State *L)
+{
+    struct journal_req r = {.op = JOURNAL_ONCE_CLAIM, .key = check_key(L, 1)};
+    struct delivery_ctx *ctx = module_ctx(L);
+    double left = ctx != NULL && ctx->deadline > 0 ? ctx->deadline - time_mono() : 240;
+    r.expires_at = time_now() + (left > 0 ? left : 0) + 60;
+    struct journal *j = state_journal(L);
+    return j ? write(L, j, &r) : fail(L, lua_tostring(L, -1), "journal");
+}
+
+/* key, results -> true | nil, message, "journal". Raises when results cannot be stored. */
+static int once_done(lua_State *L)
+{
+    struct journal_req r = {.op = JOURNAL_ONCE_DONE, .key = check_key(L, 1)};
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    r.value = encode(L, 2, "certhook.once: the results of fn", &r.value_len);
+    struct journal *j = state_journal(L);
+    return j ? write(L, j, &r) : fail(L, lua_tostring(L, -1), "journal");
+}
+
+/* key -> true | nil, message, "journal" */
+static int once_release(lua_State *L)
+{
+    struct journal_req r = {.op = JOURNAL_ONCE_RELEASE, .key = check_key(L, 1)};
+    struct journal *j = state_journal(L);
+    return j ? write(L, j, &r) : fail(L, lua_tostring(L, -1), "journal");
+}
+
+static const luaL_Reg once_funcs[] = {
+    {"claim", once_claim},
+    {"done", once_done},
+    {"get", once_get},
+    {"release", once_release},
+    {NULL, NULL},
+};
+
+int once_open(lua_State *L)
+{
+    luaL_newlib(L, once_funcs);
     return 1;
 }
 

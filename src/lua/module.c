@@ -146,6 +146,7 @@ static const struct {
     {"exec", exec_open},
     {"http", http_open},
     {"log", log_open},
+    {"once", once_open},
     {"state", state_open},
     {"time", time_open},
     {"tls", tls_open},
