@@ -38,8 +38,14 @@ struct event {
     size_t packed_len;
     const char *body;
     size_t body_len;
-    double expires_at;    /* the inventory: when its certificate expires; 0: not said */
-    char cert_status[48]; /* the inventory: the certificate status it reports; "": not said */
+    /* What the certificate inventory learns from it: a JSON array of one object per
+     * certificate (providers/event.c says what they hold), or NULL. */
+    const char *certs;
+    size_t certs_len;
+    /* What the inventory said when the event was journaled -- {"stale":, "repeats":,
+     * "previous": {the certificate's entry before it}} -- or NULL: none (stale false, repeats
+     * 1). Set by the journal; malloc'd, freed with the event. */
+    char *context;
 };
 
 enum delivery_status {

@@ -224,7 +224,8 @@ static int normalize(lua_State *L, const struct source *s, const char *body, siz
         lua_rawgeti(L, list, i);
         packed.n = 0;
         if (event_pack(L, lua_gettop(L), list - 1, &ev, &packed, err, sizeof err) != 0 ||
-            event_unpack(L, packed.p, packed.n, body, n) != 0) {
+            event_unpack(L, packed.p, packed.n, body, n) != 0 ||
+            event_set_context(L, -1, NULL) != 0) { /* as the first event of its certificate */
             buf_free(&packed);
             lua_pushstring(L, err);
             lua_pushinteger(L, 400);
@@ -440,6 +441,37 @@ static int cli_events(lua_State *L)
     return rc == 0 ? 1 : fail(L, err);
 }
 
+static void push_entry(void *cls, const char *json)
+{
+    lua_State *L = cls;
+    lua_pushstring(L, json);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+/* data, {expiring_within = seconds, status =, limit =} -> {entry JSON, ...} | nil, message:
+ * the certificate inventory, soonest expiry first. */
+static int cli_certs(lua_State *L)
+{
+    char err[600];
+    struct journal *j;
+    const char *data = luaL_checkstring(L, 1);
+    struct journal_certs_query q = {0};
+    luaL_checktype(L, 2, LUA_TTABLE);
+    if (lua_getfield(L, 2, "expiring_within") == LUA_TNUMBER)
+        q.expiring_before = time_now() + lua_tonumber(L, -1);
+    lua_getfield(L, 2, "status");
+    q.status = lua_tostring(L, -1);
+    lua_getfield(L, 2, "limit");
+    q.limit = (int)luaL_optinteger(L, -1, 0);
+    struct journal_options o = {data, JOURNAL_READONLY, 5, 0, 0};
+    if (journal_open(&j, &o, err, sizeof err) != 0)
+        return fail(L, err);
+    lua_newtable(L);
+    int rc = journal_certs(j, &q, push_entry, L, err, sizeof err);
+    journal_close(j);
+    return rc == 0 ? 1 : fail(L, err);
+}
+
 /* data, event_id | nil (every dead delivery) -> count | nil, message */
 static int cli_replay(lua_State *L)
 {
@@ -547,6 +579,7 @@ static int cli_versions(lua_State *L)
 }
 
 static const luaL_Reg cli_funcs[] = {
+    {"certs", cli_certs},
     {"check", cli_check},
     {"detect", cli_detect},
     {"events", cli_events},

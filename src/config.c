@@ -95,7 +95,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     c->in.max_body = 1048576;
     c->in.max_header = 8192;
     c->in.max_backlog = 10000;
-    c->max_hostnames = 10000;
+    c->max_certificates = 10000;
     c->in.max_connections = 1024;
     c->in.max_connections_per_ip = 64;
     c->in.request_timeout = 10;
@@ -124,7 +124,8 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         "timeout", "shutdown_grace", "concurrency", "per_host", "memory_limit", NULL};
     static const char *const journal_keys[] = {"busy_timeout", "retention", "max_wal", NULL};
     static const char *const log_keys[] = {"level", "format", NULL};
-    static const char *const metrics_keys[] = {"max_hostnames", NULL};
+    /* max_hostnames: its name before the inventory knew certificates, still read */
+    static const char *const metrics_keys[] = {"max_certificates", "max_hostnames", NULL};
     if (setting_table(L, t, "limits", &sub, "", err, errlen) ||
         (sub && setting_keys(L, sub, "limits", limits_keys, err, errlen)))
         goto done;
@@ -160,10 +161,11 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         (sub && setting_keys(L, sub, "metrics", metrics_keys, err, errlen)))
         goto done;
     if (sub) {
-        v = (double)c->max_hostnames;
-        if (setting_number(L, sub, "max_hostnames", 0, 1e7, &v, "metrics.", err, errlen))
+        v = (double)c->max_certificates;
+        if (setting_number(L, sub, "max_hostnames", 0, 1e7, &v, "metrics.", err, errlen) ||
+            setting_number(L, sub, "max_certificates", 0, 1e7, &v, "metrics.", err, errlen))
             goto done;
-        c->max_hostnames = (size_t)v;
+        c->max_certificates = (size_t)v;
     }
     v = (double)c->max_wal;
     if (setting_table(L, t, "journal", &sub, "", err, errlen) ||

@@ -187,7 +187,7 @@ static int reload_now(struct server *s, int with_config, unsigned *generation, c
         }
         log_set_level(fresh->log_level);
         log_set_text(fresh->log_text);
-        metrics_inventory_cap(fresh->max_hostnames);
+        metrics_inventory_cap(fresh->max_certificates);
         dispatch_set_config(s->d, &fresh->delivery);
         stall_set_limit(s->stall, fresh->delivery.timeout + STALL_GRACE);
         s->cfg = fresh;
@@ -309,7 +309,7 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
         server_upgrade_journal(s.j, err, errlen) < 0)
         goto done;
     died = stall_crashed(s.stall, &crashed);
-    if (journal_load_inventory(s.j, c->max_hostnames) < 0)
+    if (journal_load_inventory(s.j, c->max_certificates) < 0)
         log_msg(LOG_WARN, "cannot read the certificate inventory; it starts empty");
     s.d = dispatch_new(s.j, &c->delivery, journal_max_seq(s.j));
     if (sigfd < 0 || s.d == NULL || journal_start(s.j, dispatch_enqueue, s.d) != 0 ||

@@ -18,7 +18,7 @@ struct config {
     struct source *sources;   /* owned; in.sources points at them */
     size_t nsources;
     char *handlers, *data;
-    size_t max_hostnames;     /* the certificate inventory's cap (metrics) */
+    size_t max_certificates;  /* certificates with metrics series of their own */
     int log_level, log_text;  /* log.format = "text" */
     struct delivery_cfg delivery;
     double busy_timeout;      /* journal: seconds to wait for a locked database */

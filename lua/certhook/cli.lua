@@ -27,6 +27,7 @@ usage: certhook <command> [options]
   run        run the handlers matching a payload once, locally
   send       POST a payload file to a running server
   events     list journaled events and their deliveries
+  certs      list the certificates certhook has heard of, soonest expiry first
   replay     run an event's deliveries, or every dead one, again
   reload     make the running server reread its config and handlers
   version    print the versions of certhook and its libraries
@@ -432,6 +433,73 @@ local STATUSES = { pending = true, running = true, retrying = true, done = true,
 local function plural(n, word)
   return ("%d %s%s"):format(n, word, n == 1 and "" or "s")
 end
+
+-- "3d 4h", "5h 2m", "12m", "-2d 1h" (past): how far t is from now.
+local function span(seconds)
+  local sign = seconds < 0 and "-" or ""
+  seconds = math.abs(seconds)
+  local d, h, m = seconds // 86400, seconds % 86400 // 3600, seconds % 3600 // 60
+  if d > 0 then return ("%s%dd %dh"):format(sign, d, h) end
+  if h > 0 then return ("%s%dh %dm"):format(sign, h, m) end
+  return ("%s%dm"):format(sign, m)
+end
+
+COMMANDS.certs = {
+  options = { config = true, data = true, expiring = true, status = true, limit = true, json = "flag" },
+  help = [[
+usage: certhook certs [--expiring DAYS] [--status S] [--limit N] [--json] [--config FILE] [--data DIR]
+
+Lists the certificate inventory -- every certificate certhook has heard of, from any provider
+or the watchdog -- soonest expiry first: hostname, provider, status, when it expires, the last
+event and how long ago it came. --expiring keeps those expiring within DAYS (expired ones
+included); --status those in that status (deleted ones only with --status deleted); --json
+prints one JSON object per certificate and line. Reads the journal, also while servers run.]],
+  run = function(opts)
+    local cfg = settings(opts)
+    local q = {}
+    if opts.expiring then
+      local days = tonumber(opts.expiring)
+      if not days or days < 0 then die(2, "certs: --expiring must be a number of days") end
+      q.expiring_within = days * 86400
+    end
+    q.status = opts.status
+    if opts.limit then
+      q.limit = math.tointeger(tonumber(opts.limit))
+      if not q.limit or q.limit < 1 then die(2, "certs: --limit must be a positive integer") end
+    end
+    local entries, err = core.certs(data_dir(cfg), q)
+    if not entries then die(1, "certs: %s", err) end
+    if opts.json then
+      for _, e in ipairs(entries) do io.stdout:write(e, "\n") end
+      return 0
+    end
+    if #entries == 0 then
+      io.stderr:write("no certificates", (opts.expiring or opts.status) and " match" or "", "\n")
+      return 0
+    end
+    local now = os.time()
+    local rows = { { "HOSTNAME", "PROVIDER", "STATUS", "EXPIRES IN", "LAST EVENT", "AGE" } }
+    for _, text in ipairs(entries) do
+      local e = cjson.decode(text)
+      local function s(v) return (v == nil or v == cjson.null) and "-" or tostring(v) end
+      local expires = type(e.expires_at) == "number" and span(e.expires_at - now) or "-"
+      local last = s(e.last_type):gsub("^certificate%.", "")
+      if type(e.repeats) == "number" and e.repeats > 1 then last = last .. " x" .. e.repeats end
+      rows[#rows + 1] = { s(e.hostname ~= cjson.null and e.hostname or e.name), s(e.provider), s(e.status),
+        expires, last, type(e.updated_at) == "number" and span(now - e.updated_at) or "-" }
+    end
+    local widths = {}
+    for _, r in ipairs(rows) do
+      for i, c in ipairs(r) do widths[i] = math.max(widths[i] or 0, #c) end
+    end
+    for _, r in ipairs(rows) do
+      local out = {}
+      for i, c in ipairs(r) do out[i] = i < #r and c .. (" "):rep(widths[i] - #c) or c end
+      io.stdout:write(table.concat(out, "  "), "\n")
+    end
+    return 0
+  end,
+}
 
 COMMANDS.events = {
   options = { config = true, data = true, status = true, type = true, limit = true, json = "flag" },

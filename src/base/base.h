@@ -79,14 +79,13 @@ enum metric {
 void metrics_add(enum metric m, double v, ...);     /* counters, gauges */
 void metrics_set(enum metric m, double v, ...);     /* gauges; counters kept elsewhere */
 void metrics_observe(enum metric m, double v, ...); /* histograms */
-/* The inventory: hostname's certificate as the event of canonical type at time `at` told it
- * (status, expires_at: NULL / 0 when the event did not say: the last known value stays). A
- * certificate.deletion.succeeded removes the hostname. Past the cap, new hostnames are
- * counted as dropped. */
-void metrics_certificate(const char *hostname, const char *type, const char *status,
-                         double expires_at, double at);
+/* The inventory's series: certificate `key` (of hostname, from provider) as its entry is after
+ * an event of canonical type at time `at` (status NULL, expires_at 0: unknown). A
+ * certificate.deletion.succeeded removes it. Past the cap, new certificates are counted as
+ * left out. */
+void metrics_certificate(const char *key, const char *hostname, const char *provider,
+                         const char *status, const char *type, double expires_at, double at);
 void metrics_inventory_cap(size_t n);
-int metrics_inventory_room(const char *hostname); /* 1: known, or under the cap */
 void metrics_render(struct buf *b); /* appends the exposition text of every family */
 
 /* ---- loop.c: an event loop ------------------------------------------------------------------ */

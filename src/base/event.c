@@ -12,7 +12,8 @@ const char *const delivery_status_names[] = {"pending", "running", "retrying", "
 
 struct event *event_new(const struct event *from)
 {
-    size_t total = sizeof(struct event) + from->packed_len + from->body_len + 1;
+    size_t total = sizeof(struct event) + from->packed_len + from->body_len + 1 +
+                   from->certs_len + 1;
 #define LEN(f) total += from->f ? strlen(from->f) + 1 : 0;
     EVENT_STRINGS(LEN)
 #undef LEN
@@ -21,6 +22,11 @@ struct event *event_new(const struct event *from)
         return NULL;
     *ev = *from;
     ev->next = NULL;
+    ev->context = NULL;
+    if (from->context != NULL && (ev->context = strdup(from->context)) == NULL) {
+        free(ev);
+        return NULL;
+    }
     char *at = (char *)(ev + 1);
     if (from->packed_len > 0)
         memcpy(at, from->packed, from->packed_len);
@@ -31,6 +37,13 @@ struct event *event_new(const struct event *from)
     at[from->body_len] = '\0';
     ev->body = at;
     at += from->body_len + 1;
+    ev->certs = NULL;
+    if (from->certs != NULL) {
+        memcpy(at, from->certs, from->certs_len);
+        at[from->certs_len] = '\0';
+        ev->certs = at;
+    }
+    at += from->certs_len + 1;
 #define COPY(f)                                     \
     if (from->f != NULL) {                          \
         size_t n = strlen(from->f) + 1;             \
@@ -44,6 +57,8 @@ struct event *event_new(const struct event *from)
 
 void event_free(struct event *ev)
 {
+    if (ev != NULL)
+        free(ev->context);
     free(ev);
 }
 
@@ -51,6 +66,6 @@ void event_free_list(struct event *ev)
 {
     for (struct event *next; ev; ev = next) {
         next = ev->next;
-        free(ev);
+        event_free(ev);
     }
 }

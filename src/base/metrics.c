@@ -27,7 +27,7 @@ static const double seconds_slow[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5,
 
 static const struct family {
     const char *name, *help, *type;
-    const char *labels[3];
+    const char *labels[5]; /* the inventory's families have five; the others up to three */
     const double *buckets;
     size_t nbuckets;
 } families[METRIC_COUNT] = {
@@ -91,21 +91,22 @@ static const struct family {
                              "(a reader holding a snapshot keeps it from that).",
                              "gauge", {NULL}, NULL, 0},
     [M_CERT_EXPIRY] = {"certhook_certificate_expiry_timestamp_seconds",
-                       "When the certificate of a hostname expires, from the last event "
+                       "When a certificate of the inventory expires, from the last event "
                        "that said so.",
-                       "gauge", {"hostname"}, NULL, 0},
+                       "gauge", {"certificate", "hostname", "provider"}, NULL, 0},
     [M_CERT_STATUS] = {"certhook_certificate_status",
-                       "The last known certificate status of a hostname and the event that "
+                       "The last known status of a certificate and the type of the event that "
                        "reported it (always 1).",
-                       "gauge", {"hostname", "status", "type"}, NULL, 0},
+                       "gauge", {"certificate", "hostname", "provider", "status", "type"}, NULL,
+                       0},
     [M_CERT_UPDATED] = {"certhook_certificate_last_event_timestamp_seconds",
-                        "When the last event about a hostname's certificate was received.",
-                        "gauge", {"hostname"}, NULL, 0},
-    [M_CERTS] = {"certhook_certificate_hostnames",
-                 "Hostnames in the certificate inventory.", "gauge", {NULL}, NULL, 0},
-    [M_CERTS_DROPPED] = {"certhook_certificate_hostnames_dropped_total",
-                         "Hostnames left out of the inventory: it held "
-                         "metrics.max_hostnames already.",
+                        "When the last event about a certificate was received.",
+                        "gauge", {"certificate", "hostname", "provider"}, NULL, 0},
+    [M_CERTS] = {"certhook_certificates",
+                 "Certificates with series of their own.", "gauge", {NULL}, NULL, 0},
+    [M_CERTS_DROPPED] = {"certhook_certificates_left_out_total",
+                         "Certificates left without series of their own: there were "
+                         "metrics.max_certificates already.",
                          "counter", {NULL}, NULL, 0},
     [M_RSS] = {"process_resident_memory_bytes", "Resident memory size in bytes.", "gauge",
                {NULL}, NULL, 0},
@@ -285,24 +286,13 @@ void metrics_observe(enum metric m, double v, ...)
 
 struct cert {
     struct cert *next;
-    char *hostname, *status, *type;
+    char *key, *hostname, *provider, *status, *type;
     double expires_at, updated_at; /* expires_at 0: unknown */
 };
 
 static struct cert *certs;
 static size_t ncerts;
 static size_t cap = 10000;
-
-int metrics_inventory_room(const char *hostname)
-{
-    int room;
-    pthread_mutex_lock(&mu);
-    room = ncerts < cap;
-    for (const struct cert *c = certs; c && !room; c = c->next)
-        room = strcmp(c->hostname, hostname) == 0;
-    pthread_mutex_unlock(&mu);
-    return room;
-}
 
 void metrics_inventory_cap(size_t n)
 {
@@ -325,19 +315,21 @@ static int set_str(char **p, const char *s)
 
 static void cert_free(struct cert *c)
 {
+    free(c->key);
     free(c->hostname);
+    free(c->provider);
     free(c->status);
     free(c->type);
     free(c);
 }
 
-void metrics_certificate(const char *hostname, const char *type, const char *status,
-                         double expires_at, double at)
+void metrics_certificate(const char *key, const char *hostname, const char *provider,
+                         const char *status, const char *type, double expires_at, double at)
 {
     int dropped = 0;
     pthread_mutex_lock(&mu);
     struct cert **pc = &certs, *c;
-    while ((c = *pc) != NULL && strcmp(c->hostname, hostname) != 0)
+    while ((c = *pc) != NULL && strcmp(c->key, key) != 0)
         pc = &c->next;
     if (type != NULL && strcmp(type, "certificate.deletion.succeeded") == 0) {
         if (c != NULL) { /* gone: nothing left to alert on */
@@ -350,7 +342,7 @@ void metrics_certificate(const char *hostname, const char *type, const char *sta
     } else {
         if (c == NULL) {
             c = calloc(1, sizeof *c);
-            if (c == NULL || (c->hostname = strdup(hostname)) == NULL) {
+            if (c == NULL || (c->key = strdup(key)) == NULL) {
                 free(c);
                 pthread_mutex_unlock(&mu);
                 return;
@@ -359,6 +351,8 @@ void metrics_certificate(const char *hostname, const char *type, const char *sta
             certs = c;
             ncerts++;
         }
+        set_str(&c->hostname, hostname);
+        set_str(&c->provider, provider);
         set_str(&c->status, status);
         set_str(&c->type, type);
         if (expires_at > 0)
@@ -430,7 +424,9 @@ static void inventory(struct buf *b)
                 continue;
             buf_init(&l);
             buf_adds(&l, "{");
-            add_label(&l, "hostname", c->hostname);
+            add_label(&l, "certificate", c->key);
+            add_label(&l, "hostname", c->hostname ? c->hostname : "");
+            add_label(&l, "provider", c->provider ? c->provider : "");
             if (m == M_CERT_STATUS) {
                 add_label(&l, "status", c->status ? c->status : "");
                 add_label(&l, "type", c->type ? c->type : "");

@@ -22,8 +22,11 @@
 
 int run_push_event(lua_State *L, const struct event *ev)
 {
-    if (event_unpack(L, ev->packed, ev->packed_len, ev->body, ev->body_len) == 0)
-        return 0;
+    if (event_unpack(L, ev->packed, ev->packed_len, ev->body, ev->body_len) == 0) {
+        if (event_set_context(L, -1, ev->context) == 0)
+            return 0;
+        lua_pop(L, 1);
+    }
     log_msg(LOG_ERROR, "event %s: its journaled form does not decode", ev->id);
     return -1;
 }

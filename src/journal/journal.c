@@ -136,3 +136,9 @@ int journal_load_inventory(struct journal *j, size_t cap)
 {
     return j->ops->load_inventory(j->s, cap);
 }
+
+int journal_certs(struct journal *j, const struct journal_certs_query *q,
+                  void (*fn)(void *cls, const char *json), void *cls, char *err, size_t errlen)
+{
+    return j->ops->certs(j->s, q, fn, cls, err, errlen);
+}

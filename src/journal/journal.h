@@ -162,6 +162,21 @@ int journal_list(struct journal *j, const struct journal_filter *f,
 int journal_request_replay(struct journal *j, const char *event_id, int *count, char *err,
                            size_t errlen);
 
+/* The certificate inventory (certhook.certs, certhook certs): entries as JSON objects -- key,
+ * provider, source, hostname, certificate_id, name, scope, status, domains, issuer,
+ * serial_number, not_before, expires_at, last_event, last_type, last_occurred_at, repeats,
+ * first_seen, updated_at. `find`: the one entry with that key, else certificate id, else the
+ * newest of that hostname. Otherwise a list, soonest expiry first: those with the status (NULL:
+ * all but deleted ones), expiring before `expiring_before` (0: any; those without an expiry
+ * are left out then), up to limit. fn(cls, json) for each; 0, or -1 with err. */
+struct journal_certs_query {
+    const char *find, *status;
+    double expiring_before;
+    int limit;
+};
+int journal_certs(struct journal *j, const struct journal_certs_query *q,
+                  void (*fn)(void *cls, const char *json), void *cls, char *err, size_t errlen);
+
 /* For /metrics, from any thread. */
 struct journal_status {
     size_t queued;        /* requests waiting for the writer */

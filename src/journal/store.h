@@ -57,6 +57,8 @@ struct store_ops {
                       void *cls, char *err, size_t errlen);
     int (*once_get)(struct store *s, const char *key, char **out, size_t *len, char *err,
                     size_t errlen);
+    int (*certs)(struct store *s, const struct journal_certs_query *q,
+                 void (*fn)(void *cls, const char *json), void *cls, char *err, size_t errlen);
     int (*list)(struct store *s, const struct journal_filter *f,
                 void (*fn)(void *cls, const struct journal_row *row), void *cls, char *err,
                 size_t errlen);

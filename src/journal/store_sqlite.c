@@ -38,7 +38,8 @@
 struct store {
     sqlite3 *db;  /* the writer's; NULL when read-only */
     sqlite3 *rdb; /* the reader's */
-    sqlite3_stmt *ins, *ins_data, *fin, *del, *sset, *sdel, *sget, *rload, *rload_id, *cert, *uncert;
+    sqlite3_stmt *ins, *ins_data, *fin, *del, *sset, *sdel, *sget, *rload, *rload_id, *cert,
+        *facts, *entry;
     sqlite3 *adb; /* the admin thread's (counts for /metrics), opened on first use */
     pthread_mutex_t amu;
     sqlite3 *cdb; /* the checkpointer's */
@@ -56,7 +57,17 @@ struct store {
 /* An event's row: the summary in events (small: its state changes), the event and the body in
  * event_data (written once). */
 #define EVENT_COLUMNS "e.seq, e.id, e.source, e.provider, e.type, e.provider_type, e.hostname, " \
-                      "e.received_at, e.occurred_at, d.event, d.body"
+                      "e.received_at, e.occurred_at, d.event, d.body, d.context"
+
+/* An inventory entry as JSON: what the event's `previous` holds, certhook.certs and
+ * `certhook certs` read. */
+#define ENTRY_JSON                                                                               \
+    "json_object('key', key, 'provider', provider, 'source', source, 'hostname', hostname, "     \
+    "'certificate_id', certificate_id, 'name', name, 'scope', scope, 'status', status, "         \
+    "'domains', json(domains), 'issuer', issuer, 'serial_number', serial_number, "               \
+    "'not_before', not_before, 'expires_at', expires_at, 'last_event', last_event, "              \
+    "'last_type', last_type, 'last_occurred_at', last_occurred_at, 'repeats', repeats, "          \
+    "'first_seen', first_seen, 'updated_at', updated_at)"
 #define EVENT_FROM "events e JOIN event_data d ON d.seq = e.seq"
 
 /* Schema versions, in order: migration i takes user_version i to i + 1. events.state: 0 not
@@ -124,8 +135,28 @@ static const char *const migrations[] = {
 
     /* certhook.once: keys that ran to success (results: JSON), or are claimed till lease_until */
     "CREATE TABLE once (key TEXT PRIMARY KEY, results TEXT, lease_until REAL) WITHOUT ROWID;",
+
+    /* the inventory by certificate (provider and certificate id, else hostname), with the last
+     * event applied and its repeats; what it said when each event came (event_data.context).
+     * The hostnames of the previous inventory become entries of their own. */
+    "CREATE TABLE inventory (key TEXT PRIMARY KEY, provider TEXT NOT NULL, source TEXT,"
+    "  hostname TEXT, certificate_id TEXT, name TEXT, scope TEXT, status TEXT, domains TEXT,"
+    "  issuer TEXT, serial_number TEXT, not_before REAL, expires_at REAL, last_event TEXT,"
+    "  last_type TEXT, last_occurred_at REAL, repeats INTEGER NOT NULL DEFAULT 1,"
+    "  first_seen REAL NOT NULL, updated_at REAL NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX inventory_hostname ON inventory(hostname);"
+    "CREATE INDEX inventory_expiry ON inventory(expires_at);"
+    "INSERT INTO inventory (key, provider, hostname, status, expires_at, last_type,"
+    "  last_occurred_at, first_seen, updated_at)"
+    "  SELECT p || ':host:' || hostname, p, hostname, status, expires_at, type, updated_at,"
+    "    updated_at, updated_at FROM (SELECT c.*, coalesce((SELECT provider FROM events e WHERE"
+    "    e.hostname = c.hostname ORDER BY seq DESC LIMIT 1), 'unknown') AS p FROM certificates c);"
+    "DROP TABLE certificates;"
+    "ALTER TABLE event_data ADD COLUMN context TEXT;",
 };
 
+
+static const char *column(sqlite3_stmt *s, int i);
 
 #define OPEN_DELIVERY "status <> 'done' AND status <> 'dead'"
 #define OPEN_EVENT "state <> 2"
@@ -296,8 +327,11 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     "received_at, occurred_at) VALUES (?,?,?,?,?,?,?,?) "
                     "ON CONFLICT (id) DO NOTHING",
                     &j->ins, err, errlen) ||
-            prepare(j->db, "INSERT INTO event_data (seq, event, body) VALUES (?,?,?)",
+            prepare(j->db, "INSERT INTO event_data (seq, event, body, context) VALUES (?,?,?,?)",
                     &j->ins_data, err, errlen) ||
+            prepare(j->db, "SELECT value FROM json_each(?)", &j->facts, err, errlen) ||
+            prepare(j->db, "SELECT " ENTRY_JSON ", last_type, last_occurred_at, repeats FROM "
+                           "inventory WHERE key = json_extract(?, '$.key')", &j->entry, err, errlen) ||
             prepare(j->db,
                     "UPDATE events SET state = CASE WHEN EXISTS (SELECT 1 FROM deliveries WHERE "
                     "event_seq = ?1 AND " OPEN_DELIVERY ") THEN 1 ELSE 2 END "
@@ -324,14 +358,32 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
             prepare(j->db, "SELECT value FROM state WHERE key = ? AND (expires_at IS NULL OR "
                            "expires_at > ?)", &j->sget, err, errlen) ||
             prepare(j->db,
-                    "INSERT INTO certificates (hostname, type, status, expires_at, updated_at) "
-                    "VALUES (?,?,?,?,?) ON CONFLICT (hostname) DO UPDATE SET type = excluded.type, "
-                    "status = coalesce(excluded.status, status), "
-                    "expires_at = coalesce(excluded.expires_at, expires_at), "
-                    "updated_at = excluded.updated_at",
-                    &j->cert, err, errlen) ||
-            prepare(j->db, "DELETE FROM certificates WHERE hostname = ?", &j->uncert, err,
-                    errlen))
+                    "INSERT INTO inventory (key, provider, source, hostname, certificate_id, name,"
+                    " scope, status, domains, issuer, serial_number, not_before, expires_at,"
+                    " last_event, last_type, last_occurred_at, repeats, first_seen, updated_at) "
+                    "SELECT json_extract(?1, '$.key'), ?2, ?3, json_extract(?1, '$.hostname'),"
+                    " json_extract(?1, '$.certificate_id'), json_extract(?1, '$.name'),"
+                    " json_extract(?1, '$.scope'), CASE WHEN ?5 = 'certificate.deletion.succeeded'"
+                    " THEN 'deleted' ELSE json_extract(?1, '$.status') END,"
+                    " json_extract(?1, '$.domains'), json_extract(?1, '$.issuer'),"
+                    " json_extract(?1, '$.serial_number'), json_extract(?1, '$.not_before'),"
+                    " json_extract(?1, '$.expires_at'), ?4, ?5, ?6, ?7, ?8, ?8 WHERE true "
+                    "ON CONFLICT (key) DO UPDATE SET source = excluded.source,"
+                    " hostname = coalesce(excluded.hostname, hostname),"
+                    " certificate_id = coalesce(excluded.certificate_id, certificate_id),"
+                    " name = coalesce(excluded.name, name), scope = coalesce(excluded.scope, scope),"
+                    " status = coalesce(excluded.status, status),"
+                    " domains = coalesce(excluded.domains, domains),"
+                    " issuer = coalesce(excluded.issuer, issuer),"
+                    " serial_number = coalesce(excluded.serial_number, serial_number),"
+                    " not_before = coalesce(excluded.not_before, not_before),"
+                    " expires_at = coalesce(excluded.expires_at, expires_at),"
+                    " last_event = excluded.last_event, last_type = excluded.last_type,"
+                    " last_occurred_at = coalesce(excluded.last_occurred_at, last_occurred_at),"
+                    " repeats = excluded.repeats,"
+                    " updated_at = excluded.updated_at "
+                    "RETURNING key, hostname, status, expires_at, updated_at",
+                    &j->cert, err, errlen))
             goto fail;
     }
     if (open_db(&j->rdb, path, SQLITE_OPEN_READONLY, o->busy_timeout, err, errlen) != 0 ||
@@ -352,7 +404,7 @@ static void sq_close(struct store *j)
     if (j == NULL)
         return;
     sqlite3_stmt *stmts[] = {j->ins, j->ins_data, j->fin,   j->del,      j->sset, j->sdel,
-                             j->sget, j->rload, j->rload_id, j->cert, j->uncert};
+                             j->sget, j->rload, j->rload_id, j->cert, j->facts, j->entry};
     for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
         sqlite3_finalize(stmts[i]);
     sqlite3_close(j->db);
@@ -389,23 +441,64 @@ static int sq_begin(struct store *j, int durable)
     return sqlite3_exec(j->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
 }
 
-/* The inventory row of the event's hostname (a deletion removes it). */
-static int remember_certificate(struct store *j, const struct event *ev)
+/* The inventory learns what ev says of its certificates (ev->certs, in the transaction that
+ * journals it): an event that occurred before the last one applied to a certificate (both
+ * saying when they occurred) is stale and leaves the entry as it is; otherwise it updates the
+ * entry, counting repeats of the same type. ev->context gets what the entry of its first
+ * certificate was. */
+static int remember_certificates(struct store *j, struct event *ev)
 {
-    if (strcmp(ev->type, "certificate.deletion.succeeded") == 0) {
-        sqlite3_bind_text(j->uncert, 1, ev->hostname, -1, SQLITE_STATIC);
-        return step_reset(j->uncert);
+    double at = ev->occurred_at;
+    struct buf ctx;
+    int rc, first = 1;
+    buf_init(&ctx);
+    sqlite3_bind_text(j->facts, 1, ev->certs, (int)ev->certs_len, SQLITE_STATIC);
+    while ((rc = sqlite3_step(j->facts)) == SQLITE_ROW) {
+        const char *fact = column(j->facts, 0);
+        sqlite3_bind_text(j->entry, 1, fact, -1, SQLITE_STATIC);
+        int found = sqlite3_step(j->entry) == SQLITE_ROW;
+        const char *last_type = found ? column(j->entry, 1) : NULL;
+        int stale = found && at > 0 && sqlite3_column_type(j->entry, 2) != SQLITE_NULL &&
+                    at < sqlite3_column_double(j->entry, 2);
+        int repeats = last_type && strcmp(last_type, ev->type) == 0
+                          ? sqlite3_column_int(j->entry, 3) + 1
+                          : 1;
+        if (first)
+            buf_printf(&ctx, "{\"stale\":%s,\"repeats\":%d%s%s}", stale ? "true" : "false",
+                       repeats, found ? ",\"previous\":" : "", found ? column(j->entry, 0) : "");
+        sqlite3_reset(j->entry);
+        first = 0;
+        if (stale)
+            continue;
+        sqlite3_stmt *s = j->cert;
+        sqlite3_bind_text(s, 1, fact, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, ev->provider, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 3, ev->source, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 4, ev->id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 5, ev->type, -1, SQLITE_STATIC);
+        if (at > 0)
+            sqlite3_bind_double(s, 6, at);
+        else
+            sqlite3_bind_null(s, 6);
+        sqlite3_bind_int(s, 7, repeats);
+        sqlite3_bind_double(s, 8, ev->received_at);
+        if (sqlite3_step(s) != SQLITE_ROW) {
+            sqlite3_reset(s);
+            break;
+        }
+        metrics_certificate(column(s, 0), column(s, 1) ? column(s, 1) : "", ev->provider,
+                            column(s, 2), ev->type, sqlite3_column_double(s, 3),
+                            sqlite3_column_double(s, 4));
+        sqlite3_step(s); /* to SQLITE_DONE: RETURNING gives one row */
+        sqlite3_reset(s);
     }
-    if (!metrics_inventory_room(ev->hostname))
-        return 0; /* past the cap: counted as dropped after the commit, not kept */
-    sqlite3_bind_text(j->cert, 1, ev->hostname, -1, SQLITE_STATIC);
-    sqlite3_bind_text(j->cert, 2, ev->type, -1, SQLITE_STATIC);
-    if (ev->cert_status[0])
-        sqlite3_bind_text(j->cert, 3, ev->cert_status, -1, SQLITE_STATIC);
-    if (ev->expires_at > 0)
-        sqlite3_bind_double(j->cert, 4, ev->expires_at);
-    sqlite3_bind_double(j->cert, 5, ev->received_at);
-    return step_reset(j->cert);
+    sqlite3_reset(j->facts);
+    if (rc != SQLITE_DONE) {
+        buf_free(&ctx);
+        return -1;
+    }
+    ev->context = ctx.p; /* the event's now */
+    return 0;
 }
 
 static int sq_insert(struct store *j, struct event *ev)
@@ -426,13 +519,15 @@ static int sq_insert(struct store *j, struct event *ev)
     if (sqlite3_changes(j->db) != 1)
         return 0;
     ev->seq = sqlite3_last_insert_rowid(j->db);
+    free(ev->context);
+    ev->context = NULL;
+    if (ev->certs != NULL && remember_certificates(j, ev) != 0)
+        return -1;
     sqlite3_bind_int64(j->ins_data, 1, ev->seq);
     sqlite3_bind_blob(j->ins_data, 2, ev->packed, (int)ev->packed_len, SQLITE_STATIC);
     sqlite3_bind_text(j->ins_data, 3, ev->body, (int)ev->body_len, SQLITE_STATIC);
+    sqlite3_bind_text(j->ins_data, 4, ev->context, -1, SQLITE_STATIC);
     if (step_reset(j->ins_data) != 0)
-        return -1;
-    if (ev->hostname != NULL && strncmp(ev->type, "certificate.", 12) == 0 &&
-        remember_certificate(j, ev) != 0)
         return -1;
     return 1;
 }
@@ -805,7 +900,8 @@ static struct event *row_event(sqlite3_stmt *s)
         .hostname = column(s, 6), .received_at = sqlite3_column_double(s, 7),
         .occurred_at = sqlite3_column_double(s, 8),
         .packed = sqlite3_column_blob(s, 9), .packed_len = (size_t)sqlite3_column_bytes(s, 9),
-        .body = column(s, 10), .body_len = (size_t)sqlite3_column_bytes(s, 10)};
+        .body = column(s, 10), .body_len = (size_t)sqlite3_column_bytes(s, 10),
+        .context = (char *)column(s, 11)};
     return event_new(&ev);
 }
 
@@ -963,6 +1059,35 @@ static int sq_once_get(struct store *j, const char *key, char **out, size_t *len
     return rc == SQLITE_DONE ? 0 : found ? 1 : -1;
 }
 
+static int sq_certs(struct store *j, const struct journal_certs_query *q,
+                    void (*fn)(void *cls, const char *json), void *cls, char *err, size_t errlen)
+{
+    sqlite3_stmt *s;
+    const char *sql =
+        q->find ? "SELECT " ENTRY_JSON " FROM inventory WHERE key = ?1 OR certificate_id = ?1 OR "
+                  "hostname = ?1 ORDER BY key = ?1 DESC, certificate_id IS ?1 DESC, "
+                  "updated_at DESC LIMIT 1"
+                : "SELECT " ENTRY_JSON " FROM inventory WHERE CASE WHEN ?2 IS NULL THEN "
+                  "status IS NOT 'deleted' ELSE status = ?2 END AND (?3 IS NULL OR expires_at "
+                  "< ?3) ORDER BY expires_at IS NULL, expires_at, hostname, key LIMIT ?4";
+    if (sqlite3_prepare_v2(j->rdb, sql, -1, &s, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
+        return -1;
+    }
+    sqlite3_bind_text(s, 1, q->find, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, q->status, -1, SQLITE_STATIC);
+    if (q->expiring_before > 0)
+        sqlite3_bind_double(s, 3, q->expiring_before);
+    sqlite3_bind_int(s, 4, q->limit > 0 ? q->limit : -1);
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+        fn(cls, column(s, 0));
+    if (rc != SQLITE_DONE)
+        snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
+    sqlite3_finalize(s);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
 static int sq_state_keys(struct store *j, const char *prefix,
                          void (*fn)(void *, const char *), void *cls, char *err, size_t errlen)
 {
@@ -1115,16 +1240,16 @@ static int sq_load_inventory(struct store *j, size_t cap)
     sqlite3_stmt *s;
     int n = 0;
     metrics_inventory_cap(cap);
-    if (sqlite3_prepare_v2(j->rdb, "SELECT hostname, type, status, expires_at, updated_at FROM "
-                                   "certificates ORDER BY updated_at DESC LIMIT ?",
+    if (sqlite3_prepare_v2(j->rdb, "SELECT key, hostname, provider, status, last_type, expires_at,"
+                                   " updated_at FROM inventory WHERE status IS NOT 'deleted' "
+                                   "ORDER BY updated_at DESC LIMIT ?",
                            -1, &s, NULL) != SQLITE_OK)
         return -1;
     sqlite3_bind_int64(s, 1, (sqlite3_int64)cap);
     while (sqlite3_step(s) == SQLITE_ROW) {
-        metrics_certificate((const char *)sqlite3_column_text(s, 0),
-                            (const char *)sqlite3_column_text(s, 1),
-                            (const char *)sqlite3_column_text(s, 2), sqlite3_column_double(s, 3),
-                            sqlite3_column_double(s, 4));
+        metrics_certificate(column(s, 0), column(s, 1) ? column(s, 1) : "", column(s, 2),
+                            column(s, 3), column(s, 4), sqlite3_column_double(s, 5),
+                            sqlite3_column_double(s, 6));
         n++;
     }
     sqlite3_finalize(s);
@@ -1210,6 +1335,7 @@ const struct store_ops store_sqlite = {
     .scan_replays = sq_scan_replays,
     .state_get = sq_state_get,
     .once_get = sq_once_get,
+    .certs = sq_certs,
     .state_keys = sq_state_keys,
     .list = sq_list,
     .request_replay = sq_request_replay,

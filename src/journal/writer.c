@@ -106,11 +106,6 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
             r->result = JOURNAL_FAILED;
             snprintf(r->error, sizeof r->error, "%s", why);
         } else if (r->op == JOURNAL_APPEND && r->result == JOURNAL_ACCEPTED) {
-            const struct event *ev = r->ev;
-            if (ev->hostname != NULL && strncmp(ev->type, "certificate.", 12) == 0)
-                metrics_certificate(ev->hostname, ev->type,
-                                    ev->cert_status[0] ? ev->cert_status : NULL, ev->expires_at,
-                                    ev->received_at);
             *tail = r->ev;
             tail = &r->ev->next;
             r->ev->next = NULL;

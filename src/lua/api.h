@@ -70,7 +70,8 @@ int http_open(lua_State *L);
 int exec_open(lua_State *L);
 int state_open(lua_State *L);
 int tls_open(lua_State *L);
-int once_open(lua_State *L); /* certhook.once's primitives, in api_state.c */
+int once_open(lua_State *L);  /* certhook.once's primitives, in api_state.c */
+int certs_open(lua_State *L); /* certhook.certs, in api_state.c */
 
 /* ---- api_state.c ------------------------------------------------------------------------------ */
 

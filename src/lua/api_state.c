@@ -405,6 +405,85 @@ int once_open(lua_State *L)
     return 1;
 }
 
+/* ---- certhook.certs: the certificate inventory ------------------------------------------------ */
+
+/* Appends the entry (JSON text) to the table on top, as a string: decoded after the read. */
+static void add_entry(void *cls, const char *json)
+{
+    lua_State *L = cls;
+    lua_pushstring(L, json);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+/* Runs q, leaving the entries decoded in a table on top. 0, or -1 with a message pushed. */
+static int certs_query(lua_State *L, const struct journal_certs_query *q)
+{
+    char err[300];
+    struct journal *j = state_journal(L);
+    if (j == NULL)
+        return -1;
+    lua_newtable(L);
+    if (journal_certs(j, q, add_entry, L, err, sizeof err) != 0) {
+        lua_pushstring(L, err);
+        return -1;
+    }
+    for (lua_Integer i = 1; i <= (lua_Integer)lua_rawlen(L, -1); i++) {
+        lua_rawgeti(L, -1, i);
+        push_json(L, lua_tostring(L, -1), lua_rawlen(L, -1));
+        lua_remove(L, -2);
+        lua_rawseti(L, -2, i);
+    }
+    return 0;
+}
+
+/* key, certificate id or hostname -> entry | nil | nil, message, "journal" */
+static int certs_get(lua_State *L)
+{
+    struct journal_certs_query q = {.find = check_key(L, 1), .limit = 1};
+    if (certs_query(L, &q) != 0)
+        return fail(L, lua_tostring(L, -1), "journal");
+    lua_rawgeti(L, -1, 1);
+    return 1;
+}
+
+/* [{expiring_within = seconds, status =, limit =}] -> {entry...} soonest expiry first |
+ * nil, message, "journal" */
+static int certs_list(lua_State *L)
+{
+    struct journal_certs_query q = {0};
+    if (!lua_isnoneornil(L, 1)) {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        if (lua_getfield(L, 1, "expiring_within") != LUA_TNIL) {
+            luaL_argcheck(L, lua_isnumber(L, -1), 1, "expiring_within must be seconds");
+            q.expiring_before = time_now() + lua_tonumber(L, -1);
+        }
+        if (lua_getfield(L, 1, "status") != LUA_TNIL) {
+            luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 1, "status must be a string");
+            q.status = lua_tostring(L, -1);
+        }
+        if (lua_getfield(L, 1, "limit") != LUA_TNIL) {
+            luaL_argcheck(L, lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0, 1,
+                          "limit must be a positive integer");
+            q.limit = (int)lua_tointeger(L, -1);
+        }
+    }
+    if (certs_query(L, &q) != 0)
+        return fail(L, lua_tostring(L, -1), "journal");
+    return 1;
+}
+
+static const luaL_Reg certs_funcs[] = {
+    {"get", certs_get},
+    {"list", certs_list},
+    {NULL, NULL},
+};
+
+int certs_open(lua_State *L)
+{
+    luaL_newlib(L, certs_funcs);
+    return 1;
+}
+
 static const luaL_Reg state_funcs[] = {
     {"delete", state_delete},
     {"get", state_get},

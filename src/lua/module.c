@@ -143,6 +143,7 @@ static const struct {
     const char *name;
     int (*open)(lua_State *L);
 } areas[] = {
+    {"certs", certs_open},
     {"exec", exec_open},
     {"http", http_open},
     {"log", log_open},

@@ -248,26 +248,123 @@ static const char *field(lua_State *L, int idx, const char *f)
     return type == LUA_TSTRING || type == LUA_TNUMBER ? lua_tostring(L, -1) : NULL;
 }
 
-/* What the certificate inventory keeps from the event at idx: the expiry (the certificate's,
- * else IBM's expiry_date) and the status (the transition's target, else the certificate's). */
-static void certificate_facts(lua_State *L, int idx, struct event *ev)
+/* Copies field k of the table at from into the table at to, when it is a string (a
+ * non-empty one) or a number. */
+static void copy_fact(lua_State *L, int to, int from, const char *k, const char *as)
+{
+    int t = lua_getfield(L, from, k);
+    if ((t == LUA_TSTRING && lua_rawlen(L, -1) > 0) || t == LUA_TNUMBER)
+        lua_setfield(L, to, as ? as : k);
+    else
+        lua_pop(L, 1);
+}
+
+/* What the certificate inventory learns from the finished event at idx, pushed as the JSON
+ * text of an array (or nothing; returns 0 then): for each certificate of a certificate.* event
+ * -- or for its hostname when it names no certificate -- its key (`<provider>:<certificate
+ * id>`, `<provider>:host:<hostname>` without one), certificate_id, hostname, name, scope
+ * (account, zone, instance, region), status (the transition's target, else the
+ * certificate's), domains, issuer, serial_number, not_before, expires_at (else the event's
+ * expiry_date). */
+static int certificate_facts(lua_State *L, int idx)
 {
     int top = lua_gettop(L);
-    lua_getfield(L, idx, "certificate");
-    int cert = lua_gettop(L);
-    if (lua_istable(L, cert) && lua_getfield(L, cert, "expires_at") == LUA_TNUMBER)
-        ev->expires_at = lua_tonumber(L, -1);
-    else if (lua_getfield(L, idx, "expiry_date") == LUA_TNUMBER)
-        ev->expires_at = lua_tonumber(L, -1);
-    lua_settop(L, cert);
-    const char *status = NULL;
-    if (lua_getfield(L, idx, "status") == LUA_TTABLE && lua_getfield(L, -1, "to") == LUA_TSTRING)
-        status = lua_tostring(L, -1);
-    else if (lua_istable(L, cert) && lua_getfield(L, cert, "status") == LUA_TSTRING)
-        status = lua_tostring(L, -1);
-    if (status != NULL)
-        snprintf(ev->cert_status, sizeof ev->cert_status, "%s", status);
-    lua_settop(L, top);
+    const char *type = field(L, idx, "type"), *provider = field(L, idx, "provider");
+    if (type == NULL || provider == NULL || strncmp(type, "certificate.", 12) != 0 ||
+        !lua_checkstack(L, 12)) {
+        lua_settop(L, top);
+        return 0;
+    }
+    int list = (lua_newtable(L), lua_gettop(L));
+    int certs = lua_getfield(L, idx, "certificates") == LUA_TTABLE ? lua_gettop(L) : 0;
+    lua_Integer n = certs ? (lua_Integer)lua_rawlen(L, certs) : 0, made = 0;
+    for (lua_Integer i = 1; i <= (n > 0 ? n : 1); i++) {
+        int c = 0;
+        if (n > 0) {
+            if (lua_rawgeti(L, certs, i) != LUA_TTABLE) {
+                lua_pop(L, 1);
+                continue;
+            }
+            c = lua_gettop(L);
+        }
+        lua_newtable(L);
+        int f = lua_gettop(L);
+        const char *id = NULL;
+        if (c) {
+            static const char *const ids[] = {"id", "arn", "uri"};
+            for (size_t k = 0; k < sizeof ids / sizeof ids[0] && id == NULL; k++)
+                id = field(L, c, ids[k]);
+            static const char *const copied[] = {"name", "status", "domains", "issuer",
+                                                 "serial_number", "not_before", "expires_at"};
+            for (size_t k = 0; k < sizeof copied / sizeof copied[0]; k++) {
+                if (strcmp(copied[k], "domains") == 0) {
+                    if (lua_getfield(L, c, "domains") == LUA_TTABLE && lua_rawlen(L, -1) > 0)
+                        lua_setfield(L, f, "domains");
+                    else
+                        lua_pop(L, 1);
+                } else {
+                    copy_fact(L, f, c, copied[k], NULL);
+                }
+            }
+        }
+        if (id != NULL) {
+            lua_pushstring(L, id);
+            lua_setfield(L, f, "certificate_id");
+        }
+        if (i == 1) { /* what the event says of its (first) certificate */
+            copy_fact(L, f, idx, "hostname", NULL);
+            if (lua_getfield(L, f, "expires_at") == LUA_TNIL)
+                copy_fact(L, f, idx, "expiry_date", "expires_at");
+            lua_pop(L, 1);
+            if (lua_getfield(L, idx, "status") == LUA_TTABLE)
+                copy_fact(L, f, lua_gettop(L), "to", "status");
+            lua_pop(L, 1);
+        } else if (lua_getfield(L, f, "domains") == LUA_TTABLE) {
+            lua_rawgeti(L, -1, 1);
+            lua_setfield(L, f, "hostname");
+        }
+        lua_settop(L, f);
+        const char *host = field(L, f, "hostname");
+        lua_pop(L, 1);
+        if (id == NULL && host == NULL) { /* nothing to know it by */
+            lua_settop(L, certs ? certs : list);
+            continue;
+        }
+        lua_pushfstring(L, id ? "%s:%s" : "%s:host:%s", provider, id ? id : host);
+        lua_setfield(L, f, "key");
+        luaL_Buffer scope;
+        luaL_buffinit(L, &scope);
+        static const char *const scopes[] = {"account", "zone", "instance", "region"};
+        int parts = 0;
+        for (size_t k = 0; k < sizeof scopes / sizeof scopes[0]; k++) {
+            const char *v = field(L, idx, scopes[k]);
+            lua_pop(L, 1); /* the string stays alive in the event table */
+            if (v != NULL) {
+                if (parts++)
+                    luaL_addchar(&scope, '/');
+                luaL_addstring(&scope, v);
+            }
+        }
+        luaL_pushresult(&scope);
+        if (parts)
+            lua_setfield(L, f, "scope");
+        else
+            lua_pop(L, 1);
+        lua_rawseti(L, list, ++made);
+        lua_settop(L, certs ? certs : list);
+    }
+    lua_settop(L, list);
+    if (made == 0) {
+        lua_settop(L, top);
+        return 0;
+    }
+    size_t len;
+    if (json_encode(L, list, &len) == NULL) {
+        lua_settop(L, top);
+        return 0;
+    }
+    lua_remove(L, list);
+    return 1;
 }
 
 int event_pack(lua_State *L, int idx, int body, struct event *ev, struct buf *out, char *err,
@@ -289,7 +386,8 @@ int event_pack(lua_State *L, int idx, int body, struct event *ev, struct buf *ou
     lua_getfield(L, idx, "occurred_at");
     ev->occurred_at = lua_tonumber(L, -1);
     lua_pop(L, 2);
-    certificate_facts(L, idx, ev);
+    if (certificate_facts(L, idx))
+        ev->certs = lua_tolstring(L, -1, &ev->certs_len);
 
     struct packer pk = {.b = out, .body = body, .cap = sizeof pk.small / sizeof pk.small[0]};
     pk.seen = memset(pk.small, 0, sizeof pk.small);
@@ -388,6 +486,33 @@ static int unpack_at(lua_State *L, struct unpacker *u, const struct pack_item *i
         break;
     }
     return -1;
+}
+
+int event_set_context(lua_State *L, int idx, const char *context)
+{
+    char err[200];
+    idx = lua_absindex(L, idx);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, idx, "stale");
+    lua_pushinteger(L, 1);
+    lua_setfield(L, idx, "repeats");
+    if (context == NULL)
+        return 0;
+    if (json_decode(L, context, strlen(context), err, sizeof err) != 0)
+        return -1;
+    if (lua_type(L, -1) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return -1;
+    }
+    json_fixup(L, -1);
+    static const char *const keys[] = {"stale", "repeats", "previous"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (lua_getfield(L, -1, keys[i]) != LUA_TNIL)
+            lua_setfield(L, idx, keys[i]);
+        else
+            lua_pop(L, 1);
+    lua_pop(L, 1);
+    return 0;
 }
 
 int event_unpack(lua_State *L, const void *p, size_t n, const char *body, size_t body_len)

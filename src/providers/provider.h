@@ -148,6 +148,10 @@ int event_pack(lua_State *L, int idx, int body, struct event *ev, struct buf *ou
 /* Pushes the event table packed in p..p+n, with the body it came in (for raw), a plain table;
  * -1 (nothing pushed) if it is not one. */
 int event_unpack(lua_State *L, const void *p, size_t n, const char *body, size_t body_len);
+/* Adds to the event table at idx what the inventory said when it was journaled (the JSON of
+ * struct event's context; NULL: nothing): stale, repeats, previous. 0, or -1 if it does not
+ * decode. */
+int event_set_context(lua_State *L, int idx, const char *context);
 /* "<source>:sha256:<hex of body>", the id of an event whose provider gives none. */
 void event_hash_id(const char *source, const char *body, size_t n, struct buf *out);
 

@@ -153,38 +153,40 @@ describe("/metrics", function()
 end)
 
 describe("the certificate inventory", function()
-  it("exports expiry and status per hostname, drops past the cap, forgets deleted ones, survives a restart", function()
-    local srv = Server.start { config = SOURCES .. "metrics = { max_hostnames = 2 }\n" }
+  it("exports expiry and status per certificate, leaves out past the cap, forgets deleted ones, survives a restart", function()
+    local srv = Server.start { config = SOURCES .. "metrics = { max_certificates = 2 }\n" }
     local upcoming = "renewal.upcoming_certificate_expiration_notification"
     assert.are.equal(202, srv:post("/hooks/cloudflare", event(upcoming, "a.example"), CF).status)
     assert.are.equal(202, srv:post("/hooks/cloudflare", event("validation.failed", "b.example"), CF).status)
     assert.are.equal(202, srv:post("/hooks/cloudflare", event(upcoming, "c.example"), CF).status) -- past the cap
     local m, text = scrape(srv)
-    assert.are.equal(1669032000, m[key("certhook_certificate_expiry_timestamp_seconds", { hostname = "a.example" })])
-    assert.are.equal(1, m[key("certhook_certificate_status", { hostname = "a.example", status = "active",
+    assert.are.equal(1669032000, m[key("certhook_certificate_expiry_timestamp_seconds", { certificate = "cloudflare:cert-a.example", hostname = "a.example", provider = "cloudflare" })])
+    assert.are.equal(1, m[key("certhook_certificate_status", { certificate = "cloudflare:cert-a.example", hostname = "a.example", provider = "cloudflare", status = "active",
       type = "certificate.expiration.upcoming" })])
-    assert.are.equal(1, m[key("certhook_certificate_status", { hostname = "b.example", status = "pending_validation",
+    assert.are.equal(1, m[key("certhook_certificate_status", { certificate = "cloudflare:cert-b.example", hostname = "b.example", provider = "cloudflare", status = "pending_validation",
       type = "certificate.validation.failed" })])
-    assert.is_nil(m[key("certhook_certificate_expiry_timestamp_seconds", { hostname = "c.example" })])
-    assert.are.equal(2, m["certhook_certificate_hostnames{}"])
-    assert.are.equal(1, m["certhook_certificate_hostnames_dropped_total{}"])
-    assert.is_true(math.abs(m[key("certhook_certificate_last_event_timestamp_seconds", { hostname = "a.example" })] - os.time()) < 60)
+    assert.is_nil(m[key("certhook_certificate_expiry_timestamp_seconds", { certificate = "cloudflare:cert-c.example", hostname = "c.example", provider = "cloudflare" })])
+    assert.are.equal(2, m["certhook_certificates{}"])
+    assert.are.equal(1, m["certhook_certificates_left_out_total{}"])
+    assert.is_true(math.abs(m[key("certhook_certificate_last_event_timestamp_seconds", { certificate = "cloudflare:cert-a.example", hostname = "a.example", provider = "cloudflare" })] - os.time()) < 60)
     assert.are.equal(0, (promtool("check metrics", text)))
     -- a later event without an expiry keeps the known one; a deletion removes the hostname
     assert.are.equal(202, srv:post("/hooks/cloudflare", event("deployment.succeeded", "a.example"), CF).status)
     assert.are.equal(202, srv:post("/hooks/cloudflare", event("deletion.succeeded", "b.example"), CF).status)
     m = scrape(srv)
-    assert.are.equal(1669032000, m[key("certhook_certificate_expiry_timestamp_seconds", { hostname = "a.example" })])
-    assert.are.equal(1, m[key("certhook_certificate_status", { hostname = "a.example", status = "active",
+    assert.are.equal(1669032000, m[key("certhook_certificate_expiry_timestamp_seconds", { certificate = "cloudflare:cert-a.example", hostname = "a.example", provider = "cloudflare" })])
+    assert.are.equal(1, m[key("certhook_certificate_status", { certificate = "cloudflare:cert-a.example", hostname = "a.example", provider = "cloudflare", status = "active",
       type = "certificate.deployment.succeeded" })])
-    assert.are.equal(1, m["certhook_certificate_hostnames{}"])
-    assert.is_nil(m[key("certhook_certificate_last_event_timestamp_seconds", { hostname = "b.example" })])
-    -- kept in the journal: the same after a restart
+    assert.are.equal(1, m["certhook_certificates{}"])
+    assert.is_nil(m[key("certhook_certificate_last_event_timestamp_seconds", { certificate = "cloudflare:cert-b.example", hostname = "b.example", provider = "cloudflare" })])
+    -- kept in the journal: after a restart the newest certificates within the cap have series
+    -- (c.example, left out while the cap was full, is in the inventory and now has room)
     assert.are.equal(0, srv:stop())
     srv:launch()
     m = scrape(srv)
-    assert.are.equal(1669032000, m[key("certhook_certificate_expiry_timestamp_seconds", { hostname = "a.example" })])
-    assert.are.equal(1, m["certhook_certificate_hostnames{}"])
+    assert.are.equal(1669032000, m[key("certhook_certificate_expiry_timestamp_seconds", { certificate = "cloudflare:cert-a.example", hostname = "a.example", provider = "cloudflare" })])
+    assert.are.equal(1669032000, m[key("certhook_certificate_expiry_timestamp_seconds", { certificate = "cloudflare:cert-c.example", hostname = "c.example", provider = "cloudflare" })])
+    assert.are.equal(2, m["certhook_certificates{}"])
     srv:cleanup()
   end)
 end)

@@ -467,7 +467,7 @@ describe("the event handlers receive", function()
         local t = fs.read(srv.dir .. "/" .. name)
         return t ~= "" and t
       end, 5)
-      assert.are.equal("blog.com <<CERTIFICATE_ID> true true", text)
+      assert.are.equal("blog.com cert-blog.com true true", text)
     end
     srv:cleanup()
   end)

@@ -164,6 +164,7 @@ static void check_redelivery(int ev, int decoded, const char *body, size_t n)
 #define SAME(f) FUZZ_CHECK(same(rec->f, field(-1, #f)));
     EVENT_STRINGS(SAME)
 #undef SAME
+    FUZZ_CHECK(event_set_context(L, ev, NULL) == 0); /* what a first event of its certificate gets */
     FUZZ_CHECK(same_value(ev, -1));
     lua_settop(L, top);
     event_free(rec);
