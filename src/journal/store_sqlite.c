@@ -39,7 +39,7 @@ struct store {
     sqlite3 *db;  /* the writer's; NULL when read-only */
     sqlite3 *rdb; /* the reader's */
     sqlite3_stmt *ins, *ins_data, *fin, *del, *sset, *sdel, *sget, *rload, *rload_id, *cert,
-        *facts, *entry;
+        *entry, *cert_now;
     sqlite3 *adb; /* the admin thread's (counts for /metrics), opened on first use */
     pthread_mutex_t amu;
     sqlite3 *cdb; /* the checkpointer's */
@@ -272,10 +272,20 @@ static int lock_dir(struct store *j, const char *dir, char *err, size_t errlen)
 
 static void sq_close(struct store *j);
 
+/* Before SQLite's first use: no statistics of its memory use (a global mutex on every
+ * allocation otherwise). */
+static void sqlite_setup(void)
+{
+    sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+    sqlite3_initialize();
+}
+
 static int sq_open(struct store **sp, const struct journal_options *o, char *err, size_t errlen)
 {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
     char path[4096];
     struct stat st;
+    pthread_once(&once, sqlite_setup);
     struct store *j = calloc(1, sizeof *j);
     *sp = NULL;
     if (j == NULL) {
@@ -329,7 +339,6 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     &j->ins, err, errlen) ||
             prepare(j->db, "INSERT INTO event_data (seq, event, body, context) VALUES (?,?,?,?)",
                     &j->ins_data, err, errlen) ||
-            prepare(j->db, "SELECT value FROM json_each(?)", &j->facts, err, errlen) ||
             prepare(j->db, "SELECT " ENTRY_JSON ", last_type, last_occurred_at, repeats FROM "
                            "inventory WHERE key = json_extract(?, '$.key')", &j->entry, err, errlen) ||
             prepare(j->db,
@@ -381,9 +390,12 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     " last_event = excluded.last_event, last_type = excluded.last_type,"
                     " last_occurred_at = coalesce(excluded.last_occurred_at, last_occurred_at),"
                     " repeats = excluded.repeats,"
-                    " updated_at = excluded.updated_at "
-                    "RETURNING key, hostname, status, expires_at, updated_at",
-                    &j->cert, err, errlen))
+                    " updated_at = excluded.updated_at",
+                    &j->cert, err, errlen) ||
+            /* (not RETURNING: SQLite makes an ephemeral table for it at every step) */
+            prepare(j->db, "SELECT key, hostname, status, expires_at, updated_at FROM "
+                           "inventory WHERE key = json_extract(?, '$.key')", &j->cert_now, err,
+                    errlen))
             goto fail;
     }
     if (open_db(&j->rdb, path, SQLITE_OPEN_READONLY, o->busy_timeout, err, errlen) != 0 ||
@@ -404,7 +416,7 @@ static void sq_close(struct store *j)
     if (j == NULL)
         return;
     sqlite3_stmt *stmts[] = {j->ins, j->ins_data, j->fin,   j->del,      j->sset, j->sdel,
-                             j->sget, j->rload, j->rload_id, j->cert, j->facts, j->entry};
+                             j->sget, j->rload, j->rload_id, j->cert, j->entry, j->cert_now};
     for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
         sqlite3_finalize(stmts[i]);
     sqlite3_close(j->db);
@@ -452,10 +464,12 @@ static int remember_certificates(struct store *j, struct event *ev)
     struct buf ctx;
     int rc, first = 1;
     buf_init(&ctx);
-    sqlite3_bind_text(j->facts, 1, ev->certs, (int)ev->certs_len, SQLITE_STATIC);
-    while ((rc = sqlite3_step(j->facts)) == SQLITE_ROW) {
-        const char *fact = column(j->facts, 0);
-        sqlite3_bind_text(j->entry, 1, fact, -1, SQLITE_STATIC);
+    rc = SQLITE_DONE;
+    for (const char *fact = ev->certs, *end; fact && *fact; fact = *end ? end + 1 : end) {
+        end = strchr(fact, '\n');
+        end = end ? end : fact + strlen(fact);
+        int flen = (int)(end - fact);
+        sqlite3_bind_text(j->entry, 1, fact, flen, SQLITE_STATIC);
         int found = sqlite3_step(j->entry) == SQLITE_ROW;
         const char *last_type = found ? column(j->entry, 1) : NULL;
         int stale = found && at > 0 && sqlite3_column_type(j->entry, 2) != SQLITE_NULL &&
@@ -471,7 +485,7 @@ static int remember_certificates(struct store *j, struct event *ev)
         if (stale)
             continue;
         sqlite3_stmt *s = j->cert;
-        sqlite3_bind_text(s, 1, fact, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 1, fact, flen, SQLITE_STATIC);
         sqlite3_bind_text(s, 2, ev->provider, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 3, ev->source, -1, SQLITE_STATIC);
         sqlite3_bind_text(s, 4, ev->id, -1, SQLITE_STATIC);
@@ -482,17 +496,20 @@ static int remember_certificates(struct store *j, struct event *ev)
             sqlite3_bind_null(s, 6);
         sqlite3_bind_int(s, 7, repeats);
         sqlite3_bind_double(s, 8, ev->received_at);
-        if (sqlite3_step(s) != SQLITE_ROW) {
+        if (sqlite3_step(s) != SQLITE_DONE) {
             sqlite3_reset(s);
+            rc = SQLITE_ERROR;
             break;
         }
-        metrics_certificate(column(s, 0), column(s, 1) ? column(s, 1) : "", ev->provider,
-                            column(s, 2), ev->type, sqlite3_column_double(s, 3),
-                            sqlite3_column_double(s, 4));
-        sqlite3_step(s); /* to SQLITE_DONE: RETURNING gives one row */
+        sqlite3_reset(s);
+        s = j->cert_now;
+        sqlite3_bind_text(s, 1, fact, flen, SQLITE_STATIC);
+        if (sqlite3_step(s) == SQLITE_ROW)
+            metrics_certificate(column(s, 0), column(s, 1) ? column(s, 1) : "", ev->provider,
+                                column(s, 2), ev->type, sqlite3_column_double(s, 3),
+                                sqlite3_column_double(s, 4));
         sqlite3_reset(s);
     }
-    sqlite3_reset(j->facts);
     if (rc != SQLITE_DONE) {
         buf_free(&ctx);
         return -1;

@@ -259,8 +259,8 @@ static void copy_fact(lua_State *L, int to, int from, const char *k, const char 
         lua_pop(L, 1);
 }
 
-/* What the certificate inventory learns from the finished event at idx, pushed as the JSON
- * text of an array (or nothing; returns 0 then): for each certificate of a certificate.* event
+/* What the certificate inventory learns from the finished event at idx, pushed as JSON
+ * objects, one per line (or nothing; returns 0 then): for each certificate of a certificate.* event
  * -- or for its hostname when it names no certificate -- its key (`<provider>:<certificate
  * id>`, `<provider>:host:<hostname>` without one), certificate_id, hostname, name, scope
  * (account, zone, instance, region), status (the transition's target, else the
@@ -358,11 +358,22 @@ static int certificate_facts(lua_State *L, int idx)
         lua_settop(L, top);
         return 0;
     }
-    size_t len;
-    if (json_encode(L, list, &len) == NULL) {
-        lua_settop(L, top);
-        return 0;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b); /* JSON text holds no raw newline: one object per line */
+    for (lua_Integer i = 1; i <= made; i++) {
+        size_t len;
+        lua_rawgeti(L, list, i);
+        const char *s = json_encode(L, lua_gettop(L), &len);
+        if (s == NULL) {
+            lua_settop(L, top);
+            return 0;
+        }
+        lua_remove(L, -2);
+        if (i > 1)
+            luaL_addchar(&b, '\n');
+        luaL_addvalue(&b);
     }
+    luaL_pushresult(&b);
     lua_remove(L, list);
     return 1;
 }
