@@ -534,6 +534,8 @@ static int cli_providers(lua_State *L)
 {
     lua_newtable(L);
     for (const struct provider *const *p = providers; *p; p++) {
+        if ((*p)->internal)
+            continue;
         lua_createtable(L, 0, 1);
         lua_newtable(L);
         for (int i = 0; (*p)->settings && (*p)->settings[i]; i++) {

@@ -83,6 +83,56 @@ static int read_admin(lua_State *L, int t, struct config *c, char *err, size_t e
     return 0;
 }
 
+static int add_days(lua_State *L, int t, struct watchdog_cfg *w, char *err, size_t errlen)
+{
+    lua_Integer n = (lua_Integer)lua_rawlen(L, t);
+    if (n < 1 || n > WATCHDOG_MAX_BEFORE) {
+        snprintf(err, errlen, "watchdog.before must list 1 to %d numbers of days before an "
+                              "expiry, e.g. {30, 7, 1}", WATCHDOG_MAX_BEFORE);
+        return -1;
+    }
+    w->nbefore = 0;
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, t, i);
+        double d = lua_tonumber(L, -1);
+        int ok = lua_type(L, -1) == LUA_TNUMBER && d > 0 && d <= 3650;
+        lua_pop(L, 1);
+        if (!ok) {
+            snprintf(err, errlen, "watchdog.before[%lld] must be a number of days (more than 0)",
+                     (long long)i);
+            return -1;
+        }
+        w->before[w->nbefore++] = d;
+    }
+    return 0;
+}
+
+/* watchdog = { interval = 60, before = {30, 7, 1} }, or watchdog = false. */
+static int read_watchdog(lua_State *L, int t, struct watchdog_cfg *w, char *err, size_t errlen)
+{
+    static const char *const keys[] = {"interval", "before", NULL};
+    int sub, top = lua_gettop(L);
+    if (lua_getfield(L, t, "watchdog") == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+        w->enabled = 0;
+        lua_settop(L, top);
+        return 0;
+    }
+    lua_settop(L, top);
+    if (setting_table(L, t, "watchdog", &sub, "", err, errlen) ||
+        (sub && setting_keys(L, sub, "watchdog", keys, err, errlen)))
+        return -1;
+    int rc = 0;
+    if (sub) {
+        int before;
+        rc = setting_number(L, sub, "interval", 0.05, 86400, &w->interval, "watchdog.", err,
+                            errlen) ||
+             setting_table(L, sub, "before", &before, "watchdog.", err, errlen) ||
+             (before && add_days(L, before, w, err, errlen));
+    }
+    lua_settop(L, top);
+    return rc ? -1 : 0;
+}
+
 int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t errlen)
 {
     int t = lua_absindex(L, idx), top = lua_gettop(L), rc = -1, sub;
@@ -106,6 +156,8 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
                                         .timeout = 30, .shutdown_grace = 10, .concurrency = 256,
                                         .memory_limit = 64 << 20};
     c->log_level = LOG_INFO;
+    c->watchdog = (struct watchdog_cfg){.enabled = 1, .interval = 60, .before = {30, 7, 1},
+                                        .nbefore = 3};
     if (!c->in.listen || !c->in.admin || !c->handlers || !c->data) {
         snprintf(err, errlen, "out of memory");
         goto done;
@@ -209,6 +261,8 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
             goto done;
         }
     }
+    if (read_watchdog(L, t, &c->watchdog, err, errlen) != 0)
+        goto done;
     if (setting_table(L, t, "log", &sub, "", err, errlen) ||
         (sub && setting_keys(L, sub, "log", log_keys, err, errlen)))
         goto done;

@@ -46,7 +46,8 @@ struct server {
     struct generation *gen;          /* the current one */
     struct stall *stall;             /* what runs: the slot and the stall detector */
     unsigned next_generation;
-    double watchdog, next_ping;      /* systemd's watchdog interval (0: none), next ping */
+    struct watchdog *expiry;         /* the expiry watchdog (NULL: off) */
+    double sd_watchdog, next_ping;   /* systemd's watchdog interval (0: none), next ping */
 };
 
 /* Tells systemd (Type=notify) how certhook is: READY=1, RELOADING=1, STOPPING=1, STATUS=...
@@ -67,14 +68,17 @@ static void notify(const char *fmt, ...)
 #endif
 }
 
-static void ping_watchdog(void *cls)
+/* After each turn of the dispatcher's loop: systemd's watchdog is pinged, and the expiry
+ * watchdog makes its rounds. */
+static void tick(void *cls)
 {
     struct server *s = cls;
     double now = time_mono();
-    if (s->watchdog > 0 && now >= s->next_ping) {
+    if (s->sd_watchdog > 0 && now >= s->next_ping) {
         notify("WATCHDOG=1");
-        s->next_ping = now + s->watchdog / 2;
+        s->next_ping = now + s->sd_watchdog / 2;
     }
+    watchdog_tick(s->expiry);
 }
 
 /* How long past delivery.timeout the slot may say the same before the process is stalled: the
@@ -189,6 +193,8 @@ static int reload_now(struct server *s, int with_config, unsigned *generation, c
         log_set_text(fresh->log_text);
         metrics_inventory_cap(fresh->max_certificates);
         dispatch_set_config(s->d, &fresh->delivery);
+        if (s->expiry != NULL)
+            watchdog_set_config(s->expiry, &fresh->watchdog);
         stall_set_limit(s->stall, fresh->delivery.timeout + STALL_GRACE);
         s->cfg = fresh;
     }
@@ -351,9 +357,12 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
 #ifdef HAVE_SYSTEMD
     uint64_t usec;
     if (sd_watchdog_enabled(0, &usec) > 0)
-        s.watchdog = (double)usec / 1e6;
+        s.sd_watchdog = (double)usec / 1e6;
 #endif
-    dispatch_on_tick(s.d, ping_watchdog, &s);
+    char why[300];
+    if ((s.expiry = watchdog_new(s.j, &c->watchdog, why, sizeof why)) == NULL)
+        log_msg(LOG_WARN, "%s: no expiry watchdog", why);
+    dispatch_on_tick(s.d, tick, &s);
 
     char listen[300], admin[300];
     intake_addresses(s.in, listen, admin, sizeof listen);
@@ -381,6 +390,7 @@ done:
     if (s.j != NULL)
         journal_stop(s.j);
     dispatch_free(s.d); /* releases the current generation */
+    watchdog_free(s.expiry);
     if (s.d == NULL)
         generation_release(s.gen);
     journal_close(s.j);

@@ -9,6 +9,7 @@
 #include <lua.h>
 
 #include "certhook.h"
+#include "dispatch/dispatch.h"
 #include "intake/intake.h"
 
 struct source;
@@ -21,6 +22,7 @@ struct config {
     size_t max_certificates;  /* certificates with metrics series of their own */
     int log_level, log_text;  /* log.format = "text" */
     struct delivery_cfg delivery;
+    struct watchdog_cfg watchdog;
     double busy_timeout;      /* journal: seconds to wait for a locked database */
     double retention;         /* journal: seconds finished events are kept */
     size_t max_wal;           /* journal: bytes the WAL may reach before it is truncated */

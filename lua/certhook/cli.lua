@@ -16,6 +16,7 @@ local M = {}
 local SETTINGS = {
   listen = true, admin = true, admin_token = true, handlers = true, data = true, tls = true,
   sources = true, delivery = true, limits = true, journal = true, log = true, metrics = true,
+  watchdog = true,
 }
 
 local USAGE = [[
@@ -221,7 +222,8 @@ local function load_config(path)
   for k, v in pairs(env) do
     if not SETTINGS[k] then
       die(1, "%s: unknown setting %q (settings are listen, admin, admin_token, handlers, data, " ..
-        "tls, sources, delivery, limits, journal, log, metrics; make helper variables local)", path, tostring(k))
+        "tls, sources, delivery, limits, journal, log, metrics, watchdog; make helper variables local)",
+        path, tostring(k))
     end
     cfg[k] = v
   end

@@ -108,6 +108,9 @@ static const struct family {
                          "Certificates left without series of their own: there were "
                          "metrics.max_certificates already.",
                          "counter", {NULL}, NULL, 0},
+    [M_WATCHDOG] = {"certhook_watchdog_events_total",
+                    "Events the expiry watchdog raised (journaled), by canonical type.",
+                    "counter", {"type"}, NULL, 0},
     [M_RSS] = {"process_resident_memory_bytes", "Resident memory size in bytes.", "gauge",
                {NULL}, NULL, 0},
     [M_VSZ] = {"process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge",

@@ -134,6 +134,29 @@ char *run_stopped(const struct delivery_ctx *ctx);   /* why a killed one stopped
 void run_log_failure(const struct delivery_ctx *ctx, int attempt, const char *error,
                      const char *traceback);
 
+/* ---- watchdog.c: the expiry watchdog ----------------------------------------------------------- */
+
+#define WATCHDOG_MAX_BEFORE 16
+
+/* watchdog = {...} (DESIGN §6, §9). */
+struct watchdog_cfg {
+    int enabled;        /* watchdog = false: no rounds */
+    double interval;    /* seconds between rounds */
+    double before[WATCHDOG_MAX_BEFORE]; /* days before an expiry that warn */
+    size_t nbefore;
+};
+
+struct watchdog;
+struct watchdog *watchdog_new(struct journal *j, const struct watchdog_cfg *cfg, char *err,
+                              size_t errlen);
+void watchdog_free(struct watchdog *w);
+void watchdog_set_config(struct watchdog *w, const struct watchdog_cfg *cfg);
+/* One round at wall-clock time now: the findings due are queued to the journal. How many were
+ * found (some may be ones the journal has already), or -1 (logged). */
+int watchdog_round(struct watchdog *w, double now);
+/* A round when the interval has passed (monotonic); for the dispatcher's loop. w NULL: none. */
+void watchdog_tick(struct watchdog *w);
+
 /* ---- dispatch.c -------------------------------------------------------------------------------- */
 
 struct dispatch;

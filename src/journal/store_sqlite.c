@@ -67,7 +67,8 @@ struct store {
     "'domains', json(domains), 'issuer', issuer, 'serial_number', serial_number, "               \
     "'not_before', not_before, 'expires_at', expires_at, 'last_event', last_event, "              \
     "'last_type', last_type, 'last_occurred_at', last_occurred_at, 'repeats', repeats, "          \
-    "'first_seen', first_seen, 'updated_at', updated_at)"
+    "'warned_at', warned_at, 'renewed_at', renewed_at, 'first_seen', first_seen, "              \
+    "'updated_at', updated_at)"
 #define EVENT_FROM "events e JOIN event_data d ON d.seq = e.seq"
 
 /* Schema versions, in order: migration i takes user_version i to i + 1. events.state: 0 not
@@ -143,7 +144,8 @@ static const char *const migrations[] = {
     "  hostname TEXT, certificate_id TEXT, name TEXT, scope TEXT, status TEXT, domains TEXT,"
     "  issuer TEXT, serial_number TEXT, not_before REAL, expires_at REAL, last_event TEXT,"
     "  last_type TEXT, last_occurred_at REAL, repeats INTEGER NOT NULL DEFAULT 1,"
-    "  first_seen REAL NOT NULL, updated_at REAL NOT NULL) WITHOUT ROWID;"
+    "  warned_at REAL, renewed_at REAL, first_seen REAL NOT NULL, updated_at REAL NOT NULL)"
+    "  WITHOUT ROWID;"
     "CREATE INDEX inventory_hostname ON inventory(hostname);"
     "CREATE INDEX inventory_expiry ON inventory(expires_at);"
     "INSERT INTO inventory (key, provider, hostname, status, expires_at, last_type,"
@@ -157,6 +159,13 @@ static const char *const migrations[] = {
 
 
 static const char *column(sqlite3_stmt *s, int i);
+
+/* When the inventory last heard a warning of expiry (a provider's or the watchdog's), and a
+ * renewal, issuance or import: ?5 the event's type, ?8 when it was received. */
+#define WARNED "CASE WHEN ?5 = 'certificate.expiration.upcoming' THEN ?8 END"
+#define RENEWED                                                                         \
+    "CASE WHEN ?5 IN ('certificate.renewal.succeeded', 'certificate.issuance.succeeded', " \
+    "'certificate.import.succeeded') THEN ?8 END"
 
 #define OPEN_DELIVERY "status <> 'done' AND status <> 'dead'"
 #define OPEN_EVENT "state <> 2"
@@ -369,15 +378,17 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
             prepare(j->db,
                     "INSERT INTO inventory (key, provider, source, hostname, certificate_id, name,"
                     " scope, status, domains, issuer, serial_number, not_before, expires_at,"
-                    " last_event, last_type, last_occurred_at, repeats, first_seen, updated_at) "
+                    " last_event, last_type, last_occurred_at, repeats, warned_at, renewed_at,"
+                    " first_seen, updated_at) "
                     "SELECT json_extract(?1, '$.key'), ?2, ?3, json_extract(?1, '$.hostname'),"
                     " json_extract(?1, '$.certificate_id'), json_extract(?1, '$.name'),"
                     " json_extract(?1, '$.scope'), CASE WHEN ?5 = 'certificate.deletion.succeeded'"
                     " THEN 'deleted' ELSE json_extract(?1, '$.status') END,"
                     " json_extract(?1, '$.domains'), json_extract(?1, '$.issuer'),"
                     " json_extract(?1, '$.serial_number'), json_extract(?1, '$.not_before'),"
-                    " json_extract(?1, '$.expires_at'), ?4, ?5, ?6, ?7, ?8, ?8 WHERE true "
-                    "ON CONFLICT (key) DO UPDATE SET source = excluded.source,"
+                    " json_extract(?1, '$.expires_at'), ?4, ?5, ?6, ?7, " WARNED ", " RENEWED ","
+                    " ?8, ?8 WHERE true "
+                    "ON CONFLICT (key) DO UPDATE SET"
                     " hostname = coalesce(excluded.hostname, hostname),"
                     " certificate_id = coalesce(excluded.certificate_id, certificate_id),"
                     " name = coalesce(excluded.name, name), scope = coalesce(excluded.scope, scope),"
@@ -390,6 +401,8 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     " last_event = excluded.last_event, last_type = excluded.last_type,"
                     " last_occurred_at = coalesce(excluded.last_occurred_at, last_occurred_at),"
                     " repeats = excluded.repeats,"
+                    " warned_at = coalesce(excluded.warned_at, warned_at),"
+                    " renewed_at = coalesce(excluded.renewed_at, renewed_at),"
                     " updated_at = excluded.updated_at",
                     &j->cert, err, errlen) ||
             /* (not RETURNING: SQLite makes an ephemeral table for it at every step) */

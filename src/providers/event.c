@@ -262,7 +262,8 @@ static void copy_fact(lua_State *L, int to, int from, const char *k, const char 
 /* What the certificate inventory learns from the finished event at idx, pushed as JSON
  * objects, one per line (or nothing; returns 0 then): for each certificate of a certificate.* event
  * -- or for its hostname when it names no certificate -- its key (`<provider>:<certificate
- * id>`, `<provider>:host:<hostname>` without one), certificate_id, hostname, name, scope
+ * id>`, `<provider>:host:<hostname>` without one; the watchdog's events give the key of the
+ * entry they are about), certificate_id, hostname, name, scope
  * (account, zone, instance, region), status (the transition's target, else the
  * certificate's), domains, issuer, serial_number, not_before, expires_at (else the event's
  * expiry_date). */
@@ -326,11 +327,16 @@ static int certificate_facts(lua_State *L, int idx)
         lua_settop(L, f);
         const char *host = field(L, f, "hostname");
         lua_pop(L, 1);
-        if (id == NULL && host == NULL) { /* nothing to know it by */
+        lua_pushnil(L);
+        const char *key = c ? (lua_pop(L, 1), field(L, c, "key")) : NULL; /* the watchdog's */
+        if (key == NULL && id == NULL && host == NULL) { /* nothing to know it by */
             lua_settop(L, certs ? certs : list);
             continue;
         }
-        lua_pushfstring(L, id ? "%s:%s" : "%s:host:%s", provider, id ? id : host);
+        if (key == NULL) {
+            lua_pop(L, 1);
+            lua_pushfstring(L, id ? "%s:%s" : "%s:host:%s", provider, id ? id : host);
+        }
         lua_setfield(L, f, "key");
         luaL_Buffer scope;
         luaL_buffinit(L, &scope);

@@ -39,6 +39,7 @@ struct source;
 
 struct provider {
     const char *name;                  /* sources say provider = "<name>" */
+    int internal;                      /* certhook's own (the watchdog's): no source names it */
     const char *const *settings;       /* the source settings it reads, besides provider and
                                         * insecure; NULL-terminated */
     const char *const *content_types;  /* accepted besides application/json and +json; NULL */

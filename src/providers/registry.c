@@ -10,11 +10,12 @@
 
 #include "providers/provider.h"
 
-extern const struct provider cloudflare_provider, ibm_cm_provider;
+extern const struct provider cloudflare_provider, ibm_cm_provider, watchdog_provider;
 
 const struct provider *const providers[] = {
     &cloudflare_provider,
     &ibm_cm_provider,
+    &watchdog_provider, /* "certhook": the expiry watchdog's events */
     NULL,
 };
 
@@ -40,7 +41,9 @@ const char *provider_names(char *buf, size_t n, const char *sep)
     size_t at = 0;
     buf[0] = '\0';
     for (const struct provider *const *p = providers; *p && at < n; p++) {
-        int w = snprintf(buf + at, n - at, "%s%s", p == providers ? "" : sep, (*p)->name);
+        if ((*p)->internal)
+            continue;
+        int w = snprintf(buf + at, n - at, "%s%s", at == 0 ? "" : sep, (*p)->name);
         at += w > 0 ? (size_t)w : 0;
     }
     return buf;

@@ -197,7 +197,7 @@ describe("operations files", function()
     assert.are.equal(0, code, out)
     local rules = fs.read("examples/prometheus/certhook.rules.yml")
     for _, alert in ipairs { "CerthookDeadDeliveries", "CerthookReloadFailed", "CerthookCertificateExpiringSoon",
-                             "CerthookDown", "CerthookNotReady" } do
+                             "CerthookDown", "CerthookNotReady", "CerthookRenewalOverdue" } do
       assert.truthy(rules:find("alert: " .. alert, 1, true), alert)
     end
     local t = fs.tmpdir()

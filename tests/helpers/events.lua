@@ -10,7 +10,8 @@ local n = 0
 -- tests/fixtures/cloudflare/ssl.custom_hostname_certificate.<kind>.json (default
 -- "validation.failed"); opts.hostname replaces data.hostname, opts.meta data.custom_metadata.
 -- The certificate id is "cert-<hostname>" (one certificate per hostname), or opts.cert_id;
--- opts.created_at (ISO 8601) replaces metadata.event.created_at.
+-- opts.created_at (ISO 8601) replaces metadata.event.created_at; opts.expires_on (ISO 8601)
+-- sets data.ssl.expires_on.
 function M.cloudflare(kind, opts)
   n = n + 1
   local id = ("e2e-%d-%d-%d"):format(os.time(), math.random(1e6), n)
@@ -20,12 +21,13 @@ function M.cloudflare(kind, opts)
   body, placed = body:gsub("<<WEBHOOK_ID>", id)
   local cert_id = opts and opts.cert_id or ("cert-" .. (opts and opts.hostname or "blog.com"))
   body = body:gsub("<<CERTIFICATE_ID>", cert_id)
-  if placed == 0 or (opts and (opts.hostname or opts.meta or opts.created_at)) then
+  if placed == 0 or (opts and (opts.hostname or opts.meta or opts.created_at or opts.expires_on)) then
     local t = cjson.decode(body)
     t.metadata.event.id = id
     if opts and opts.hostname then t.data.hostname = opts.hostname end
     if opts and opts.meta then t.data.custom_metadata = opts.meta end
     if opts and opts.created_at then t.metadata.event.created_at = opts.created_at end
+    if opts and opts.expires_on then t.data.ssl.expires_on = opts.expires_on end
     body = cjson.encode(t)
   end
   return body, "cloudflare:" .. id

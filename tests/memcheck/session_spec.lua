@@ -27,6 +27,9 @@ return {
     certhook.log.info("called", { status = resp and resp.status, err = err })
     local cert = certhook.tls.probe("127.0.0.1", { port = TLS_PORT })
     assert(cert and cert.verified == false and cert.serial_number)
+    assert(certhook.once("memcheck", function(x) return x, { e.id } end, 1) == 1)
+    assert(#certhook.certs.list { expiring_within = 90 * 86400 } >= 0)
+    assert(e.repeats >= 1 and (e.previous == nil or e.previous.key))
   end,
   ["*"] = function(e)
     if e.type == "notification.test" then error("a failing handler") end
@@ -99,7 +102,8 @@ describe("valgrind memcheck", function()
       config = ('sources = { cloudflare = { provider = "cloudflare", secret = %q },\n' ..
         '  ibm = { provider = "ibm-cm", public_key = %q } }\n' ..
         'delivery = { max_attempts = 2, backoff = 0.05, timeout = 8, memory_limit = 8 << 20 }\n' ..
-        'limits = { max_body = 65536, request_timeout = 2 }\n')
+        'limits = { max_body = 65536, request_timeout = 2 }\n' ..
+        'watchdog = { interval = 0.2, before = { 3.001, 2.9999 } }\n')
         :format(SECRET, pub),
       handlers = { ["h.lua"] = ("SINK = %q\nTLS_PORT = %d\n"):format(sink.url, tls.port) .. HANDLER },
     }
@@ -116,6 +120,9 @@ describe("valgrind memcheck", function()
     assert.are.equal(405, http.get(srv.port, "/hooks/cloudflare").status)
     assert.are.equal(202, srv:post("/hooks/cloudflare", fs.read(FIX .. "cloudflare/test-message.json"), CF).status)
     assert.are.equal(202, srv:post("/hooks/cloudflare", (events.cloudflare("deletion.succeeded")), CF).status)
+    -- a certificate the watchdog warns of (3.001 days) and escalates (2.9999 days)
+    assert.are.equal(202, srv:post("/hooks/cloudflare", (events.cloudflare("deployment.succeeded",
+      { hostname = "wd.example", expires_on = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + 3 * 86400) })), CF).status)
     local claims = fs.read(FIX .. "ibm-cm/v4.cert_issued.json")
     assert.are.equal(202, srv:post("/hooks/ibm", jwt.body(jwt.rs256(claims, priv))).status)
     assert.are.equal(401, srv:post("/hooks/ibm", jwt.body(jwt.none(claims))).status)
@@ -149,6 +156,9 @@ describe("valgrind memcheck", function()
     assert(fs.wait_for(function()
       return #srv:sql("SELECT 1 FROM deliveries WHERE status IN ('pending', 'running', 'retrying')") == 0
     end, 40))
+    assert(fs.wait_for(function() -- the watchdog's warning was journaled
+      return #srv:sql("SELECT 1 FROM events WHERE provider = 'certhook'") >= 1
+    end, 30), "the watchdog raised nothing")
     -- reloads: SIGHUP (config and handlers) and POST /reload, one of them broken
     srv:signal("HUP")
     assert(fs.wait_for(function() return http.get(srv.admin, "/readyz").json.generation == 2 end, 20))
