@@ -137,8 +137,8 @@ int journal_state_get(struct journal *j, const char *key, char **out, size_t *le
                       size_t errlen);
 int journal_state_keys(struct journal *j, const char *prefix, void (*fn)(void *, const char *),
                        void *cls, char *err, size_t errlen);
-/* certhook.once: 1 when key ran to success, its results (JSON text) in *out (malloc'd); 0 when
- * it did not (yet); -1 with err. */
+/* certhook.once: the results (JSON text) of key's run to success in *out (malloc'd), or NULL
+ * when it did not run to success (yet). 0, or -1 with err. */
 int journal_once_get(struct journal *j, const char *key, char **out, size_t *len, char *err,
                      size_t errlen);
 

@@ -1037,24 +1037,27 @@ static int sq_scan_replays(struct store *j, int64_t after,
     return rc == SQLITE_DONE ? n : -1;
 }
 
-static int sq_state_get(struct store *j, const char *key, char **out, size_t *len, char *err,
-                        size_t errlen)
+/* The text of the first column of the row sql selects (?1: key, ?2: now) into *out,
+ * malloc'd; NULL when there is none. 0, or -1 with err. */
+static int read_text(struct store *j, const char *sql, const char *key, char **out, size_t *len,
+                     char *err, size_t errlen)
 {
     sqlite3_stmt *s;
     *out = NULL;
-    if (sqlite3_prepare_v2(j->rdb, "SELECT value FROM state WHERE key = ? AND (expires_at IS NULL "
-                                   "OR expires_at > ?)", -1, &s, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(j->rdb, sql, -1, &s, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
         return -1;
     }
     sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
-    sqlite3_bind_double(s, 2, time_now());
+    if (sqlite3_bind_parameter_count(s) >= 2)
+        sqlite3_bind_double(s, 2, time_now());
     int rc = sqlite3_step(s);
     if (rc == SQLITE_ROW) {
         *len = (size_t)sqlite3_column_bytes(s, 0);
-        *out = malloc(*len + 1);
-        if (*out)
+        if ((*out = malloc(*len + 1)) != NULL)
             memcpy(*out, sqlite3_column_text(s, 0), *len + 1);
+        else
+            snprintf(err, errlen, "out of memory"), rc = SQLITE_NOMEM;
     } else if (rc != SQLITE_DONE) {
         snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
     }
@@ -1062,31 +1065,18 @@ static int sq_state_get(struct store *j, const char *key, char **out, size_t *le
     return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1;
 }
 
+static int sq_state_get(struct store *j, const char *key, char **out, size_t *len, char *err,
+                        size_t errlen)
+{
+    return read_text(j, "SELECT value FROM state WHERE key = ?1 AND (expires_at IS NULL OR "
+                        "expires_at > ?2)", key, out, len, err, errlen);
+}
+
 static int sq_once_get(struct store *j, const char *key, char **out, size_t *len, char *err,
                        size_t errlen)
 {
-    sqlite3_stmt *s;
-    *out = NULL;
-    if (sqlite3_prepare_v2(j->rdb, "SELECT results FROM once WHERE key = ? AND results IS NOT "
-                                   "NULL", -1, &s, NULL) != SQLITE_OK) {
-        snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
-        return -1;
-    }
-    sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
-    int rc = sqlite3_step(s), found = 0;
-    if (rc == SQLITE_ROW) {
-        *len = (size_t)sqlite3_column_bytes(s, 0);
-        *out = malloc(*len + 1);
-        if (*out)
-            memcpy(*out, sqlite3_column_text(s, 0), *len + 1);
-        found = *out != NULL;
-        if (!found)
-            snprintf(err, errlen, "out of memory");
-    } else if (rc != SQLITE_DONE) {
-        snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
-    }
-    sqlite3_finalize(s);
-    return rc == SQLITE_DONE ? 0 : found ? 1 : -1;
+    return read_text(j, "SELECT results FROM once WHERE key = ?1 AND results IS NOT NULL", key,
+                     out, len, err, errlen);
 }
 
 static int sq_certs(struct store *j, const struct journal_certs_query *q,

@@ -249,8 +249,10 @@ static int box_gc(lua_State *L)
     return 0;
 }
 
-/* key -> value | nil; nil, message, "journal" when the journal cannot be read */
-static int state_get(lua_State *L)
+/* Pushes the JSON value get finds for the key at index 1, decoded, or nil; nil, message,
+ * "journal" when the journal cannot be read. Returns the number of values. */
+static int read_json(lua_State *L, int (*get)(struct journal *j, const char *key, char **out,
+                                               size_t *len, char *err, size_t errlen))
 {
     char err[300];
     size_t n;
@@ -261,7 +263,7 @@ static int state_get(lua_State *L)
     char **json = lua_newuserdatauv(L, sizeof *json, 0);
     *json = NULL;
     luaL_setmetatable(L, BOX);
-    if (journal_state_get(j, key, json, &n, err, sizeof err) != 0)
+    if (get(j, key, json, &n, err, sizeof err) != 0)
         return fail(L, err, "journal");
     if (*json == NULL) {
         lua_pushnil(L);
@@ -272,6 +274,12 @@ static int state_get(lua_State *L)
     *json = NULL;
     push_json(L, lua_tostring(L, -1), n);
     return 1;
+}
+
+/* key -> value | nil; nil, message, "journal" when the journal cannot be read */
+static int state_get(lua_State *L)
+{
+    return read_json(L, journal_state_get);
 }
 
 /* key, value [, ttl_seconds] -> true | nil, message, "journal". value nil deletes. */
@@ -337,26 +345,12 @@ static int state_keys(lua_State *L)
 /* key -> true, results | false | nil, message, "journal" */
 static int once_get(lua_State *L)
 {
-    char err[300];
-    size_t n;
-    const char *key = check_key(L, 1);
-    struct journal *j = state_journal(L);
-    if (j == NULL)
-        return fail(L, lua_tostring(L, -1), "journal");
-    char **json = lua_newuserdatauv(L, sizeof *json, 0);
-    *json = NULL;
-    luaL_setmetatable(L, BOX);
-    int done = journal_once_get(j, key, json, &n, err, sizeof err);
-    if (done < 0)
-        return fail(L, err, "journal");
-    lua_pushboolean(L, done);
-    if (!done)
-        return 1;
-    lua_pushlstring(L, *json, n);
-    free(*json);
-    *json = NULL;
-    push_json(L, lua_tostring(L, -1), n);
-    lua_remove(L, -2);
+    lua_settop(L, 1);
+    int n = read_json(L, journal_once_get);
+    if (n != 1)
+        return n;
+    lua_pushboolean(L, !lua_isnil(L, -1));
+    lua_insert(L, -2);
     return 2;
 }
 
