@@ -76,7 +76,14 @@ int state_open(lua_State *L);
  * first use and closed with L. */
 void state_attach(lua_State *L, struct journal *j, const char *dir, double busy_timeout);
 
-/* ---- api_http.c: the dispatcher's transfers ---------------------------------------------------- */
+/* ---- api_http.c: the dispatcher's transfers, and a GET for the layers above --------------------- */
+
+void http_global_init(void); /* libcurl's, once per process (luaopen_certhook_core, http_fetch) */
+/* GETs an https URL synchronously -- the peer verified, no redirects, at most max bytes into
+ * out, within timeout seconds -- for the layers above (intake fetches for providers). 0 with
+ * the HTTP status in *status, or -1 with err. */
+int http_fetch(const char *url, double timeout, size_t max, struct buf *out, long *status,
+               char *err, size_t errlen);
 
 /* A curl multi handle whose sockets wait in loop. per_host bounds the transfers in flight to
  * one host (0: no bound); past it a transfer waits without holding a slot of the dispatcher's
