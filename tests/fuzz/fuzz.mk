@@ -31,7 +31,9 @@ FUZZ_SEEDS   = $(FUZZ_RDIR)/seeds
 FUZZ_REPLAYS = $(FUZZ_NAMES:%=$(BUILD)/unit/test_fuzz_%)
 
 # The inputs of each target: its seeds, then the findings saved from earlier runs.
-FUZZ_SEEDDIRS_normalize = tests/fixtures/cloudflare tests/fixtures/ibm-cm $(FUZZ_SEEDS)/normalize
+FUZZ_SEEDDIRS_normalize = tests/fixtures/cloudflare tests/fixtures/ibm-cm tests/fixtures/aws-acm \
+                          tests/fixtures/azure-keyvault tests/fixtures/ibm-sm tests/fixtures/digicert \
+                          $(FUZZ_SEEDS)/normalize
 FUZZ_SEEDDIRS_jwt       = $(FUZZ_SEEDS)/jwt
 FUZZ_SEEDDIRS_intake    = $(FUZZ_SEEDS)/intake
 fuzz_empty       =
