@@ -11,7 +11,7 @@
 #include "providers/provider.h"
 
 extern const struct provider cloudflare_provider, ibm_cm_provider, aws_acm_provider,
-    azure_keyvault_provider, ibm_sm_provider, digicert_provider;
+    azure_keyvault_provider, ibm_sm_provider, digicert_provider, lua_provider;
 
 /* detect asks them in this order; each recognizes its own payloads only (the fixtures of every
  * provider are checked against every detect: tests/spec/providers_spec.lua). */
@@ -22,6 +22,7 @@ const struct provider *const providers[] = {
     &azure_keyvault_provider,
     &ibm_sm_provider,
     &digicert_provider,
+    &lua_provider,
     NULL,
 };
 
