@@ -310,40 +310,49 @@ static int copy_value(lua_State *from, int idx, lua_State *to, int seen, int dep
 
 /* ---- running normalize --------------------------------------------------------------------------- */
 
+/* The request's headers and URL arguments, collected before the script's state is entered (a
+ * memory error there must not unwind through intake's iteration): "name\0value\0" each. */
+struct pairs {
+    struct buf b;
+    const struct auth *auth; /* headers: names in lower case, its credentials' left out */
+    int failed;
+};
+
+static void collect(void *cls, const char *name, const char *value)
+{
+    struct pairs *p = cls;
+    size_t at = p->b.n, n = strlen(name);
+    if (p->auth != NULL &&
+        ((p->auth->secrets.n > 0 && strcasecmp(name, p->auth->header) == 0) ||
+         (p->auth->basic.n > 0 && strcasecmp(name, "authorization") == 0)))
+        return;
+    if (buf_add(&p->b, name, n + 1) != 0 || buf_add(&p->b, value, strlen(value) + 1) != 0) {
+        p->failed = 1;
+        return;
+    }
+    for (char *c = p->b.p + at; p->auth != NULL && c < p->b.p + at + n; c++)
+        if (*c >= 'A' && *c <= 'Z')
+            *c = (char)(*c + 32);
+}
+
 struct call {
     lua_State *L;          /* the parser state */
     int body;              /* its index of the decoded body */
-    const struct request *rq;
-    const struct lp *lp;
+    const char *method;
+    struct pairs headers, query;
     char err[ERROR_MAX];
 };
 
-static void add_pair(void *cls, const char *name, const char *value)
+/* Pushes a table of the pairs (runs in S, protected). */
+static void push_pairs(lua_State *S, const struct pairs *p)
 {
-    lua_State *S = cls;
-    char lower[128];
-    size_t n = strlen(name);
-    if (n >= sizeof lower)
-        return;
-    for (size_t i = 0; i <= n; i++)
-        lower[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] + 32 : name[i]);
-    lua_pushstring(S, value);
-    lua_setfield(S, -2, lower);
-}
-
-/* Headers that carry the source's credentials are not shown to the script. */
-struct header_filter {
-    lua_State *S;
-    const struct auth *auth;
-};
-
-static void add_header(void *cls, const char *name, const char *value)
-{
-    struct header_filter *f = cls;
-    if ((f->auth->secrets.n > 0 && strcasecmp(name, f->auth->header) == 0) ||
-        (f->auth->basic.n > 0 && strcasecmp(name, "authorization") == 0))
-        return;
-    add_pair(f->S, name, value);
+    lua_newtable(S);
+    for (size_t at = 0; p->b.p != NULL && at < p->b.n;) {
+        const char *name = p->b.p + at, *value = name + strlen(name) + 1;
+        lua_pushstring(S, value);
+        lua_setfield(S, -2, name);
+        at = (size_t)(value + strlen(value) + 1 - p->b.p);
+    }
 }
 
 /* Runs protected in S: copies the body and the request in, calls normalize; leaves its result. */
@@ -362,16 +371,11 @@ static int call_normalize(lua_State *S)
     }
     lua_remove(S, 3);
     lua_createtable(S, 0, 3); /* request */
-    lua_pushstring(S, c->rq->method ? c->rq->method : "POST");
+    lua_pushstring(S, c->method ? c->method : "POST");
     lua_setfield(S, -2, "method");
-    lua_newtable(S);
-    struct header_filter f = {S, &c->lp->auth};
-    if (c->rq->each != NULL)
-        c->rq->each(c->rq, 0, add_header, &f);
+    push_pairs(S, &c->headers);
     lua_setfield(S, -2, "headers");
-    lua_newtable(S);
-    if (c->rq->each != NULL)
-        c->rq->each(c->rq, 1, add_pair, S);
+    push_pairs(S, &c->query);
     lua_setfield(S, -2, "query");
     lua_call(S, 2, 1);
     return 1;
@@ -577,7 +581,20 @@ static int normalize(lua_State *L, int body, const struct source *s, const struc
         return 0;
     }
     lua_State *S = ss->S;
-    struct call c = {.L = L, .body = body, .rq = rq, .lp = lp};
+    struct call c = {.L = L, .body = body, .method = rq->method};
+    buf_init(&c.headers.b);
+    buf_init(&c.query.b);
+    c.headers.auth = &lp->auth;
+    if (rq->each != NULL) {
+        rq->each(rq, 0, collect, &c.headers);
+        rq->each(rq, 1, collect, &c.query);
+    }
+    if (c.headers.failed || c.query.failed) {
+        buf_free(&c.headers.b);
+        buf_free(&c.query.b);
+        failed(L, out, body, s, "out of memory");
+        return 0;
+    }
     ss->limit = (size_t)lp->memory_limit;
     ss->deadline = time_mono() + lp->timeout;
     lua_sethook(S, on_count, LUA_MASKCOUNT, 1000);
@@ -597,6 +614,8 @@ static int normalize(lua_State *L, int body, const struct source *s, const struc
     }
     lua_settop(S, 0);
     lua_settop(L, out);
+    buf_free(&c.headers.b);
+    buf_free(&c.query.b);
     return 0;
 }
 

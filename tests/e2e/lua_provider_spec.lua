@@ -13,6 +13,7 @@ local CONFIG = ([[
 sources = {
   am = { provider = "lua", script = %q, secret = %q },
   broken = { provider = "lua", script = "broken.lua", insecure = true },
+  echo = { provider = "lua", script = "echo.lua", secret = "echo-secret-0123" },
 }
 ]]):format(os.getenv("PWD") .. "/examples/providers/alertmanager.lua", AM_TOKEN)
 
@@ -25,6 +26,12 @@ return { ["*"] = function(e)
 end }]]
 
 local BROKEN = [[return { name = "broken", normalize = function(body) error("cannot read " .. tostring(body.kind)) end }]]
+
+-- An event that shows what the script was given of the request.
+local ECHO = [[return { name = "echo", normalize = function(body, request)
+  return { id = "echo:" .. body.n, type = "notification.test",
+    metadata = { method = request.method, headers = request.headers, query = request.query } }
+end }]]
 
 describe("Lua providers", function()
   local srv, dir
@@ -44,6 +51,7 @@ describe("Lua providers", function()
   setup(function()
     dir = fs.tmpdir()
     fs.write(dir .. "/broken.lua", BROKEN)
+    fs.write(dir .. "/echo.lua", ECHO)
     srv = Server.start { dir = dir, config = CONFIG, handlers = { ["dump.lua"] = DUMP } }
     fs.write(dir .. "/client.conf.lua", ('listen = "127.0.0.1:%d"\n'):format(srv.port) .. CONFIG)
   end)
@@ -86,6 +94,18 @@ describe("Lua providers", function()
       :format(r.json.id))[1][1])
     local metrics = http.get(srv.admin, "/metrics").body
     assert.truthy(metrics:find('certhook_provider_errors_total{source="broken",provider="broken"} 1', 1, true), metrics)
+  end)
+
+  it("shows the script the request's method, headers (names in lower case) and query, not the credentials", function()
+    local r = srv:post("/hooks/echo?region=eu&x=1", '{"n":1}', { Authorization = "Bearer echo-secret-0123",
+      ["X-Thing"] = "Value" })
+    assert.are.equal(202, r.status, r.body)
+    local e = assert(got("echo:1"))
+    assert.are.equal("POST", e.metadata.method)
+    assert.are.equal("Value", e.metadata.headers["x-thing"])
+    assert.are.equal("application/json", e.metadata.headers["content-type"])
+    assert.is_nil(e.metadata.headers.authorization)
+    assert.are.same({ region = "eu", x = "1" }, e.metadata.query)
   end)
 
   it("labels the received counter with the script's name", function()
