@@ -49,7 +49,8 @@ describe("the providers of AWS ACM, Azure, IBM Secrets Manager and DigiCert", fu
   local function got(id, seconds)
     return fs.wait_for(function()
       local text = fs.read(dir .. "/got-" .. id:gsub("[^%w]", "_") .. ".json")
-      return text and cjson.decode(text)
+      local ok, e = pcall(cjson.decode, text or "") -- the handler may be writing it still
+      return ok and e
     end, seconds or 10)
   end
 
