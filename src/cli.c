@@ -178,10 +178,13 @@ static int options_source(lua_State *L, int idx, const char *body, size_t n, str
     lua_setfield(L, -2, "provider");
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "insecure");
-    if (lua_istable(L, idx) && lua_getfield(L, idx, "public_key") == LUA_TSTRING)
-        lua_setfield(L, -2, "public_key");
-    else if (lua_istable(L, idx))
-        lua_pop(L, 1);
+    for (int i = 0; i < 2; i++) { /* credentials to verify with, a Lua provider's script */
+        const char *k = i == 0 ? "public_key" : "script";
+        if (lua_istable(L, idx) && lua_getfield(L, idx, k) == LUA_TSTRING)
+            lua_setfield(L, -2, k);
+        else if (lua_istable(L, idx))
+            lua_pop(L, 1);
+    }
     if (source_configure(L, -1, name ? name : p->name, s, err, sizeof err) != 0) {
         source_release(s);
         lua_pushstring(L, err);
@@ -244,7 +247,7 @@ static int normalize(lua_State *L, const struct source *s, const char *body, siz
     return (int)count;
 }
 
-/* body [, {provider=, source=, public_key=}] -> {event, ...} | nil, message, status */
+/* body [, {provider=, source=, public_key=, script=}] -> {event, ...} | nil, message, status */
 static int cli_normalize(lua_State *L)
 {
     size_t n;
@@ -514,6 +517,30 @@ static int cli_send(lua_State *L)
     return 2;
 }
 
+/* provider, type -> the JSON text of a sample payload of that canonical type | nil, message;
+ * provider -> {type, ...}, the types it has samples of */
+static int cli_sample(lua_State *L)
+{
+    char err[300];
+    const char *name = luaL_checkstring(L, 1), *type = luaL_optstring(L, 2, NULL);
+    const struct provider *p = provider_find(name);
+    if (p == NULL)
+        return luaL_error(L, "unknown provider %s", name);
+    lua_settop(L, 2);
+    if (p->sample == NULL) {
+        if (type == NULL) {
+            lua_newtable(L);
+            return 1;
+        }
+        lua_pushnil(L);
+        lua_pushfstring(L, "provider %s has no samples", name);
+        return 2;
+    }
+    if (p->sample(L, type, err, sizeof err) != 0)
+        return fail(L, err);
+    return 1;
+}
+
 /* body -> the name of the provider whose payload it looks like | nil */
 static int cli_detect(lua_State *L)
 {
@@ -529,14 +556,16 @@ static int cli_detect(lua_State *L)
     return 1;
 }
 
-/* -> {name = {settings = {...}}, ...}: what the command line offers and checks. */
+/* -> {name = {settings = {...}, samples = bool}, ...}: what the command line offers and checks. */
 static int cli_providers(lua_State *L)
 {
     lua_newtable(L);
     for (const struct provider *const *p = providers; *p; p++) {
         if ((*p)->internal)
             continue;
-        lua_createtable(L, 0, 1);
+        lua_createtable(L, 0, 2);
+        lua_pushboolean(L, (*p)->sample != NULL);
+        lua_setfield(L, -2, "samples");
         lua_newtable(L);
         for (int i = 0; (*p)->settings && (*p)->settings[i]; i++) {
             lua_pushstring(L, (*p)->settings[i]);
@@ -590,6 +619,7 @@ static const luaL_Reg cli_funcs[] = {
     {"providers", cli_providers},
     {"replay", cli_replay},
     {"run", cli_run},
+    {"sample", cli_sample},
     {"send", cli_send},
     {"serve", cli_serve},
     {"versions", cli_versions},

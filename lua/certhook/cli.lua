@@ -169,6 +169,7 @@ local function secrets_of(cfg)
     elseif type(s) == "table" then
       add(("sources.%s.secret"):format(name), s.secret)
     end
+    if type(s) == "table" then add(("sources.%s.password"):format(name), s.password) end
   end
   add("admin_token", cfg.admin_token)
   return out
@@ -243,6 +244,8 @@ local function load_config(path)
         else
           s.public_key = resolve(base, s.public_key)
         end
+        s.script = resolve(base, s.script)
+        if type(s.sns) == "table" then s.sns.signing_cert = resolve(base, s.sns.signing_cert) end
       end
     end
   end
@@ -320,24 +323,46 @@ handlers, or exit 1 with file:line of every broken file.]],
   end,
 }
 
+-- The provider and Lua script of a payload: --provider and --script, else those of the
+-- source named by --source in the config (a Lua provider's script comes from there).
+local function provider_of(opts)
+  local provider, script = opts.provider, opts.script
+  if opts.source and (not provider or (provider == "lua" and not script)) then
+    local ok, cfg = pcall(settings, opts)
+    local s = ok and type(cfg.sources) == "table" and cfg.sources[opts.source] or nil
+    if type(s) == "table" and (not provider or provider == s.provider) then
+      provider = s.provider
+      script = script or s.script
+    end
+  end
+  if provider == "lua" and not script then
+    die(2, "a Lua provider needs its script: --script FILE (or --source NAME of a configured source)")
+  end
+  return provider, script
+end
+
 COMMANDS.normalize = {
   args = 1,
-  options = { config = true, provider = true, source = true, ["public-key"] = true },
+  options = { config = true, provider = true, source = true, ["public-key"] = true, script = true },
   help = [[
 usage: certhook normalize FILE|- [--provider P] [--source NAME] [--public-key PEM]
+                                [--script LUA]
 
 Prints the event handlers would receive for a payload (pretty JSON, sorted keys): exactly
 what a handler gets, as serve journals and delivers it; a payload that carries several events
-prints a list of them. The provider is detected from the payload unless given. An IBM
-{"data": "<JWT>"} body is decoded; its signature is verified only with --public-key.]],
+prints a list of them. The provider is detected from the payload unless given (or named by
+the configured source --source). An IBM {"data": "<JWT>"} body is decoded; its signature is
+verified only with --public-key. A Lua provider: --provider lua --script FILE, or --source
+NAME of a configured one.]],
   run = function(opts, pos)
     local file = pos[1] or die(2, "normalize: which file? (- reads standard input)")
     local body = read_file(file)
+    local provider, script = provider_of(opts)
     local events, err = core.normalize(body, {
-      provider = opts.provider, source = opts.source, public_key = opts["public-key"],
+      provider = provider, source = opts.source, public_key = opts["public-key"], script = script,
     })
     if not events then die(1, "%s: %s", file, err) end
-    local reads = core.providers()[events[1].provider].settings
+    local reads = (core.providers()[events[1].provider] or core.providers().lua).settings
     if not opts["public-key"] and table.concat(reads, " "):find("public_key", 1, true) then
       io.stderr:write("note: signature not verified (pass --public-key PEM to verify it)\n")
     end
@@ -347,9 +372,11 @@ prints a list of them. The provider is detected from the payload unless given. A
 }
 
 COMMANDS.run = {
-  options = { config = true, event = true, handlers = true, provider = true, source = true, data = true },
+  options = { config = true, event = true, handlers = true, provider = true, source = true, data = true,
+    script = true },
   help = [[
 usage: certhook run --event FILE [--handlers DIR] [--provider P] [--source NAME] [--data DIR]
+                    [--script LUA]
 
 Normalizes the payload in FILE and runs every matching handler once, in this process, as
 serve would (without retries). certhook.state uses the journal in the data directory.
@@ -359,8 +386,10 @@ Exit 1 if a handler failed.]],
     local cfg = settings(opts)
     local dir = cfg.handlers or "./handlers"
     local delivery = type(cfg.delivery) == "table" and cfg.delivery or {}
-    local r, err = core.run(dir, read_file(file), { provider = opts.provider, source = opts.source,
-      data = data_dir(cfg), timeout = delivery.timeout, memory_limit = delivery.memory_limit })
+    local provider, script = provider_of(opts)
+    local r, err = core.run(dir, read_file(file), { provider = provider, source = opts.source,
+      script = script, data = data_dir(cfg), timeout = delivery.timeout,
+      memory_limit = delivery.memory_limit })
     if not r then die(1, "%s", err) end
     local failed = 0
     for _, ev in ipairs(r.events) do
@@ -403,21 +432,59 @@ end
 
 COMMANDS.send = {
   args = 1,
-  options = { config = true, url = true, secret = true, source = true, provider = true, ["sign-key"] = true },
+  options = { config = true, url = true, secret = true, source = true, provider = true,
+    ["sign-key"] = true, sample = true },
   help = [[
 usage: certhook send FILE [--url URL] [--secret S] [--source NAME] [--provider P]
                      [--sign-key PEM]
+       certhook send --sample TYPE [--provider P] [...]
+       certhook send --sample list [--provider P]
 
-POSTs a payload to a running server and prints the reply; exit 1 unless it is 2xx. The URL
-defaults to http://<listen>/hooks/<source> from the config, the secret to the source's.
---sign-key signs a bare IBM payload as an RS256 JWT with that RSA private key.]],
+POSTs a payload to a running server, as the provider's client would send it, and prints the
+reply; exit 1 unless it is 2xx. The URL defaults to http://<listen>/hooks/<source> from the
+config; the provider is detected from the payload, or is the one of --source; the secret (or
+Basic credentials) is the source's, sent where that provider sends it (--secret overrides).
+--sign-key signs with that private key (PEM): a bare IBM Certificate Manager payload as an
+RS256 JWT; an AWS event as an SNS message (SignatureVersion 2; the source's sns.signing_cert
+must be the key's certificate). --sample TYPE sends a fresh sample payload of that canonical
+type instead of a file (`--sample list` lists the providers' samples).]],
   run = function(opts, pos)
-    local file = pos[1] or die(2, "send: which file? (- reads standard input)")
-    local body = read_file(file)
     local cfg = settings(opts)
-    local provider = opts.provider or core.detect(body)
-    if not provider then die(1, "%s: cannot tell the provider; pass --provider", file) end
-    if not core.providers()[provider] then die(2, "send: unknown provider %s", provider) end
+    local configured = opts.source and type(cfg.sources) == "table" and cfg.sources[opts.source]
+    local provider = opts.provider or (type(configured) == "table" and configured.provider) or nil
+    local file, body = pos[1], nil
+    if opts.sample == "list" then
+      local names = {}
+      for name, p in pairs(core.providers()) do
+        if p.samples and (not provider or provider == name) then names[#names + 1] = name end
+      end
+      table.sort(names)
+      for _, name in ipairs(names) do
+        io.stdout:write(name, ": ", table.concat(core.sample(name), " "), "\n")
+      end
+      return 0
+    elseif opts.sample then
+      if file then die(2, "send: give a FILE or --sample TYPE, not both") end
+      if not provider then
+        for name, p in pairs(core.providers()) do
+          if p.samples and core.sample(name, opts.sample) and (not provider or name < provider) then
+            provider = name -- the first, by name, that has one
+          end
+        end
+        if not provider then die(2, "send: no provider has a sample of %s (see --sample list)", opts.sample) end
+      end
+      if not core.providers()[provider] then die(2, "send: unknown provider %s", provider) end
+      local err
+      body, err = core.sample(provider, opts.sample)
+      if not body then die(2, "send: %s: %s (see --sample list)", provider, err) end
+      file = "--sample " .. opts.sample
+    else
+      file = file or die(2, "send: which file? (- reads standard input), or --sample TYPE")
+      body = read_file(file)
+      provider = provider or core.detect(body)
+      if not provider then die(1, "%s: cannot tell the provider; pass --provider", file) end
+      if not core.providers()[provider] then die(2, "send: unknown provider %s", provider) end
+    end
     local name, source = pick_source(cfg, opts, provider)
     local url = opts.url or ("http://%s/hooks/%s"):format(local_address(cfg.listen), name)
     local headers

@@ -65,7 +65,8 @@ size_t time_format_iso8601(double t, char out[40]); /* UTC, ms when t has a frac
 /* ---- metrics.c: Prometheus families, series and the text format ---------------------------- */
 
 enum metric {
-    M_INFO, M_EVENTS, M_INTAKE_SECONDS, M_CUT_OFF, M_OVERLOADED, M_DELIVERIES, M_HANDLER_SECONDS, M_HTTP,
+    M_INFO, M_EVENTS, M_INTAKE_SECONDS, M_CUT_OFF, M_OVERLOADED, M_PROVIDER_ERRORS, M_DELIVERIES,
+    M_HANDLER_SECONDS, M_HTTP,
     M_READY, M_QUEUE, M_JOURNAL_DELIVERIES, M_GENERATION, M_HANDLERS, M_RELOADS, M_RELOAD_FAILURES,
     M_LAST_RELOAD_OK, M_STALLED, M_WAL_BYTES, M_CHECKPOINT_BEHIND,
     M_CERT_EXPIRY, M_CERT_STATUS, M_CERT_UPDATED, M_CERTS, /* the inventory, in this order */

@@ -24,18 +24,19 @@ static const double seconds_slow[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5,
                                       1,     2.5,   5,    10,   30,  60};
 
 #define BUCKETS(a) a, sizeof a / sizeof a[0]
+#define MAX_LABELS 5 /* the inventory's certificate_status has five */
 
 static const struct family {
     const char *name, *help, *type;
-    const char *labels[5]; /* the inventory's families have five; the others up to three */
+    const char *labels[MAX_LABELS + 1]; /* NULL-terminated */
     const double *buckets;
     size_t nbuckets;
 } families[METRIC_COUNT] = {
     [M_INFO] = {"certhook_info", "certhook's version.", "gauge", {"version"}, NULL, 0},
     [M_EVENTS] = {"certhook_events_received_total",
-                  "Webhook requests answered, by source, canonical type (empty before the "
-                  "body is understood) and reply code.",
-                  "counter", {"source", "type", "code"}, NULL, 0},
+                  "Webhook requests answered, by source, its provider, canonical type (empty "
+                  "before the body is understood) and reply code.",
+                  "counter", {"source", "provider", "type", "code"}, NULL, 0},
     [M_INTAKE_SECONDS] = {"certhook_intake_duration_seconds",
                           "Time from a webhook's headers to its reply, the durable commit "
                           "included.",
@@ -48,6 +49,10 @@ static const struct family {
                       "Webhooks answered 503 because limits.max_backlog events were waiting "
                       "for handlers.",
                       "counter", {NULL}, NULL, 0},
+    [M_PROVIDER_ERRORS] = {"certhook_provider_errors_total",
+                           "Payloads a Lua provider failed on (raised, ran out of time or "
+                           "memory, returned no event): journaled as unknown with error set.",
+                           "counter", {"source", "provider"}, NULL, 0},
     [M_DELIVERIES] = {"certhook_deliveries_total",
                       "Handler attempts that ended, by handler and outcome (success, failure: "
                       "retried later, dead: out of attempts).",
@@ -205,10 +210,10 @@ static int same_values(const char *key, const char *const *vals, int n)
  * NULL when out of memory. */
 static struct series *find(enum metric m, va_list ap)
 {
-    const char *vals[3];
+    const char *vals[MAX_LABELS];
     int n = 0;
     unsigned h = 2166136261u ^ (unsigned)m;
-    for (; n < 3 && families[m].labels[n]; n++) {
+    for (; n < MAX_LABELS && families[m].labels[n]; n++) {
         const char *v = va_arg(ap, const char *);
         vals[n] = v ? v : "";
         for (const char *p = vals[n];; p++) {

@@ -18,6 +18,7 @@
 #include "dispatch/dispatch.h"
 #include "intake/http.h"
 #include "journal/journal.h"
+#include "lua/api.h"
 #include "providers/provider.h"
 
 /* One event of a request: its journal request, and what the reply says of it. */
@@ -60,10 +61,42 @@ static const char *query_of(const struct request *rq, const char *name)
     return MHD_lookup_connection_value(rq->cls, MHD_GET_ARGUMENT_KIND, name);
 }
 
+struct each {
+    void (*fn)(void *cls, const char *name, const char *value);
+    void *cls;
+};
+
+static enum MHD_Result each_value(void *cls, enum MHD_ValueKind kind, const char *key,
+                                  const char *value)
+{
+    struct each *e = cls;
+    (void)kind;
+    if (key != NULL)
+        e->fn(e->cls, key, value ? value : "");
+    return MHD_YES;
+}
+
+static void each_of(const struct request *rq, int query,
+                    void (*fn)(void *cls, const char *name, const char *value), void *cls)
+{
+    struct each e = {fn, cls};
+    MHD_get_connection_values(rq->cls, query ? MHD_GET_ARGUMENT_KIND : MHD_HEADER_KIND,
+                              each_value, &e);
+}
+
+/* struct request's fetch: a GET on the intake thread (providers cache what they fetch). */
+static int fetch_of(const struct request *rq, const char *url, double timeout, size_t max,
+                    struct buf *out, long *status, char *err, size_t errlen)
+{
+    (void)rq;
+    return http_fetch(url, timeout, max, out, status, err, errlen);
+}
+
 static void request_of(struct request *rq, struct MHD_Connection *c, const char *method,
                        const struct buf *body)
 {
-    *rq = (struct request){.method = method, .header = header_of, .query = query_of, .cls = c,
+    *rq = (struct request){.method = method, .header = header_of, .query = query_of,
+                           .each = each_of, .fetch = fetch_of, .cls = c,
                            .body = body ? (body->p ? body->p : "") : NULL,
                            .body_len = body ? body->n : 0, .received_at = time_now()};
 }
@@ -181,6 +214,9 @@ static enum MHD_Result on_body(struct listener *l, struct hook *h)
     int status = source_normalize(L, h->src, &rq, &rp, err, sizeof err);
     if (rp.status != 0)
         return provider_reply(h->conn, &rp);
+    if (status == MHD_HTTP_SERVICE_UNAVAILABLE) /* what the provider needed is not there yet */
+        return http_reply_error(h->conn, status, "unavailable", h->src->name, "Retry-After",
+                                "30", "%s", err);
     if (status != 0)
         return http_reply_error(h->conn, status, status == MHD_HTTP_UNAUTHORIZED ? "unauthorized"
                                                                                  : "bad_request",
@@ -277,7 +313,8 @@ static void count_reply(const struct source *src, const char *type, unsigned sta
 {
     char code[12];
     snprintf(code, sizeof code, "%u", status);
-    metrics_add(M_EVENTS, 1, src ? src->name : "", type ? type : "", code);
+    metrics_add(M_EVENTS, 1, src ? src->name : "", src ? source_provider(src) : "",
+                type ? type : "", code);
     metrics_observe(M_INTAKE_SECONDS, seconds, code);
 }
 

@@ -79,6 +79,15 @@ int certs_open(lua_State *L); /* certhook.certs, in api_state.c */
  * first use and closed with L. */
 void state_attach(lua_State *L, struct journal *j, const char *dir, double busy_timeout);
 
+/* ---- api_http.c: the dispatcher's transfers, and a GET for the layers above --------------------- */
+
+void http_global_init(void); /* libcurl's, once per process (luaopen_certhook_core, http_fetch) */
+/* GETs an https URL synchronously -- the peer verified, no redirects, at most max bytes into
+ * out, within timeout seconds -- for the layers above (intake fetches for providers). 0 with
+ * the HTTP status in *status, or -1 with err. */
+int http_fetch(const char *url, double timeout, size_t max, struct buf *out, long *status,
+               char *err, size_t errlen);
+
 /* ---- api_http.c: transfers, for certhook.http and certhook.tls ------------------------------- */
 
 struct http_req;

@@ -14,6 +14,8 @@
  * code with a stable code (timeout, connrefused, resolve, tls, toolarge, busy, url, http).
  */
 #include <ctype.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -527,6 +529,76 @@ int http_open(lua_State *L)
     lua_pop(L, 1);
     luaL_newlib(L, http_funcs);
     return 1;
+}
+
+/* ---- a synchronous GET for the layers above (intake: a provider's fetch) ----------------------- */
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+
+static void curl_init(void)
+{
+    curl_global_init(CURL_GLOBAL_ALL);
+}
+
+void http_global_init(void)
+{
+    pthread_once(&curl_once, curl_init);
+}
+
+struct fetch {
+    struct buf *out;
+    size_t max;
+    int too_large;
+};
+
+static size_t on_fetch_data(char *p, size_t size, size_t n, void *cls)
+{
+    struct fetch *f = cls;
+    if (f->out->n + n * size > f->max) {
+        f->too_large = 1;
+        return 0;
+    }
+    return buf_add(f->out, p, n * size) == 0 ? n * size : 0;
+}
+
+int http_fetch(const char *url, double timeout, size_t max, struct buf *out, long *status,
+               char *err, size_t errlen)
+{
+    char errbuf[CURL_ERROR_SIZE] = "";
+    struct fetch f = {out, max, 0};
+    http_global_init();
+    CURL *easy = curl_easy_init();
+    if (easy == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    curl_easy_setopt(easy, CURLOPT_URL, url);
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+    curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long)(timeout * 1000));
+    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "https");
+    curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_USERAGENT, "certhook/" CERTHOOK_VERSION);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_fetch_data);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, &f);
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, errbuf);
+    CURLcode rc = curl_easy_perform(easy);
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, status);
+    curl_easy_cleanup(easy);
+    metrics_add(M_HTTP, 1, f.too_large ? "toolarge" : rc != CURLE_OK ? error_code(rc)
+                           : *status >= 500 ? "5xx" : *status >= 400 ? "4xx"
+                           : *status >= 300 ? "3xx" : "2xx");
+    if (f.too_large) {
+        snprintf(err, errlen, "the reply is larger than %zu bytes", max);
+        return -1;
+    }
+    if (rc != CURLE_OK) {
+        snprintf(err, errlen, "%s", errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- the multi interface, driven by the dispatcher's loop ------------------------------------- */

@@ -131,13 +131,6 @@ void module_versions(struct buf *b)
     buf_printf(b, "%s, libcurl %s", LUA_RELEASE, curl_version_info(CURLVERSION_NOW)->version);
 }
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-
-static void curl_init(void)
-{
-    curl_global_init(CURL_GLOBAL_ALL);
-}
-
 /* The API areas, in the order require "certhook" exposes them. */
 static const struct {
     const char *name;
@@ -155,7 +148,7 @@ static const struct {
 
 int luaopen_certhook_core(lua_State *L)
 {
-    pthread_once(&curl_once, curl_init);
+    http_global_init();
     json_open(L);
     lua_createtable(L, 0, 8);
     for (size_t i = 0; i < sizeof areas / sizeof areas[0]; i++) {

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <lauxlib.h>
+#include <openssl/rand.h>
 
 #include "providers/fields.h"
 #include "providers/provider.h"
@@ -164,6 +165,12 @@ void fields_copy(lua_State *L, int dst, int src, const struct field *f, size_t n
             if (push_split(L, type == LUA_TSTRING ? lua_tostring(L, -1) : NULL) == 0)
                 goto skip;
             break;
+        case F_ID:
+            if (type == LUA_TNUMBER && lua_isinteger(L, -1))
+                lua_pushfstring(L, "%I", (LUA_INTEGER)lua_tointeger(L, -1));
+            else if (type != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+                goto skip;
+            break;
         }
         lua_setfield(L, dst, f->to);
     skip:
@@ -233,4 +240,56 @@ int fields_push_certificate(lua_State *L, int src, const struct field *f, size_t
     }
     lua_settop(L, c);
     return c;
+}
+
+/* ---- samples ----------------------------------------------------------------------------------- */
+
+/* Pushes the template with its placeholders filled (fields.h). */
+void fields_push_filled(lua_State *L, const char *tmpl)
+{
+    unsigned char r[16];
+    char uuid[37], n[16], now[40];
+    if (RAND_bytes(r, sizeof r) != 1) /* not for secrecy: any bytes make a new id */
+        for (size_t i = 0; i < sizeof r; i++)
+            r[i] = (unsigned char)(rand() & 0xff);
+    r[6] = (unsigned char)((r[6] & 0x0f) | 0x40);
+    r[8] = (unsigned char)((r[8] & 0x3f) | 0x80);
+    snprintf(uuid, sizeof uuid,
+             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0], r[1],
+             r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14],
+             r[15]);
+    snprintf(n, sizeof n, "%u", 100000000u + ((unsigned)r[0] << 16 | (unsigned)r[1] << 8 |
+                                              r[2]) % 900000000u);
+    time_format_iso8601((double)(long long)time_now(), now);
+    luaL_gsub(L, tmpl, "{{id}}", uuid);
+    luaL_gsub(L, lua_tostring(L, -1), "{{n}}", n);
+    luaL_gsub(L, lua_tostring(L, -1), "{{time}}", now);
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+}
+
+int fields_sample(lua_State *L, const struct sample *s, size_t n, const char *type, char *err,
+                  size_t errlen)
+{
+    if (type == NULL) {
+        lua_newtable(L);
+        for (size_t i = 0; i < n; i++) {
+            int seen = 0;
+            for (size_t j = 0; j < i; j++)
+                seen |= strcmp(s[j].type, s[i].type) == 0;
+            if (!seen) {
+                lua_pushstring(L, s[i].type);
+                lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+            }
+        }
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(s[i].type, type) == 0) {
+            fields_push_filled(L, s[i].body);
+            return 0;
+        }
+    }
+    snprintf(err, errlen, "no sample of %s", type);
+    return -1;
 }

@@ -20,6 +20,7 @@ enum field_kind {
     F_TABLE, /* a table, shared with raw (the dispatcher copies the event per handler) */
     F_LIST,  /* an array -> its non-empty strings, if any */
     F_SPLIT, /* "a, b" -> {"a", "b"}, if any */
+    F_ID,    /* a non-empty string, or an integer as its decimal string */
 };
 
 struct field {
@@ -41,5 +42,18 @@ int fields_push_certificate(lua_State *L, int src, const struct field *f, size_t
 const char *fields_first_domain(lua_State *L, int cert); /* pushes it, or nothing */
 void fields_set_certificate(lua_State *L, int ev);       /* ev.certificate(s) = top; pops */
 int fields_push_joined(lua_State *L, int idx);           /* "a; b", or 0 and nothing */
+
+/* Samples (struct provider's sample): payload templates by canonical type. In a template,
+ * {{id}} becomes a fresh random UUID, {{n}} a fresh random 9-digit number and {{time}} the
+ * current time (RFC 3339, UTC), so that each sample is a new event. */
+struct sample {
+    const char *type, *body;
+};
+void fields_push_filled(lua_State *L, const char *tmpl); /* pushes tmpl, placeholders filled */
+/* The provider's sample op over a table of samples (the first of a type wins). */
+int fields_sample(lua_State *L, const struct sample *s, size_t n, const char *type, char *err,
+                  size_t errlen);
+#define SAMPLE(L, samples, type, err, errlen) \
+    fields_sample(L, samples, COUNT(samples), type, err, errlen)
 
 #endif

@@ -370,9 +370,11 @@ static int detect(lua_State *L, int body)
     if (lua_type(L, body) == LUA_TTABLE) {
         const char *data = fields_get_string(L, body, "data");
         found = data != NULL ? is_jwt(data)
-                             : fields_get_string(L, body, "event_type") != NULL ||
-                                   fields_get_string(L, body, "instance_crn") != NULL ||
-                                   fields_get_table(L, body, "expiring_certificates") != 0;
+                             : (fields_get_string(L, body, "event_type") != NULL ||
+                                fields_get_string(L, body, "instance_crn") != NULL ||
+                                fields_get_table(L, body, "expiring_certificates") != 0) &&
+                                   /* Secrets Manager's payloads (ibm_sm.c) name themselves */
+                                   fields_get_string(L, body, "source_service") == NULL;
     }
     lua_settop(L, top);
     return found;

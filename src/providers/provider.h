@@ -17,11 +17,23 @@
 
 /* ---- requests and providers ---------------------------------------------------------------- */
 
-/* What a provider sees of a webhook request; intake fills it. */
+/* What a provider sees of a webhook request; intake fills it. The command line and the
+ * journal's upgrade fill only method, body and received_at (use request_header, request_query:
+ * they return NULL there). */
 struct request {
     const char *method; /* "POST", "OPTIONS" */
     const char *(*header)(const struct request *r, const char *name); /* any case; NULL: absent */
     const char *(*query)(const struct request *r, const char *name);  /* URL argument; NULL */
+    /* Calls fn for every header (query 0) or URL argument (query 1), in the order sent. */
+    void (*each)(const struct request *r, int query,
+                 void (*fn)(void *cls, const char *name, const char *value), void *cls);
+    /* GETs url -- which the provider has checked is one it may reach -- over HTTPS with the
+     * peer verified, within timeout seconds, into out (at most max bytes): 0 with the HTTP
+     * status in *status, or -1 with err. It blocks the calling intake thread: providers cache
+     * what they fetch. Set by whoever owns an HTTP client (intake); NULL: none, the provider
+     * answers without what it would fetch. */
+    int (*fetch)(const struct request *r, const char *url, double timeout, size_t max,
+                 struct buf *out, long *status, char *err, size_t errlen);
     void *cls;            /* intake's */
     const char *body;     /* NULL while only the head is in */
     size_t body_len;
@@ -69,6 +81,11 @@ struct provider {
      * payload as is. */
     int (*send)(lua_State *L, const char *body, size_t n, int cfg, int opts, int hdr, char *err,
                 size_t errlen);
+    /* certhook send --sample: pushes a valid payload (JSON text) of the canonical type, with a
+     * fresh event id, as the provider sends it before send's signing; or, type NULL, an array
+     * of the canonical types it has samples of. 0, or -1 with err (no sample of that type).
+     * NULL: none. */
+    int (*sample)(lua_State *L, const char *type, char *err, size_t errlen);
 };
 
 /* A provider configured under a name: POST /hooks/<name>. */
@@ -77,6 +94,8 @@ struct source {
     const struct provider *provider;
     int insecure; /* accepts requests without credentials (insecure = true) */
     void *priv;   /* the provider's configuration */
+    char *label;  /* the provider name its events carry when it is not provider->name (a Lua
+                   * provider's own name); NULL: provider->name. Set by configure, freed here. */
 };
 
 /* ---- registry.c ------------------------------------------------------------------------------ */
@@ -98,6 +117,11 @@ void provider_versions(struct buf *b);
 int source_configure(lua_State *L, int t, const char *name, struct source *s, char *err,
                      size_t errlen);
 void source_release(struct source *s);
+/* The provider name the source's events carry (provider, metrics). */
+const char *source_provider(const struct source *s);
+/* rq->header(rq, name) / rq->query(rq, name), NULL where the request has none. */
+const char *request_header(const struct request *rq, const char *name);
+const char *request_query(const struct request *rq, const char *name);
 /* Whether a request of this Content-Type (NULL: none sent) may come to s: JSON, or a type its
  * provider lists. */
 int source_accepts(const struct source *s, const char *content_type);

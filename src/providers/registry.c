@@ -10,11 +10,19 @@
 
 #include "providers/provider.h"
 
-extern const struct provider cloudflare_provider, ibm_cm_provider, watchdog_provider;
+extern const struct provider cloudflare_provider, ibm_cm_provider, aws_acm_provider,
+    azure_keyvault_provider, ibm_sm_provider, digicert_provider, lua_provider, watchdog_provider;
 
+/* detect asks them in this order; each recognizes its own payloads only (the fixtures of every
+ * provider are checked against every detect: tests/spec/providers_spec.lua). */
 const struct provider *const providers[] = {
     &cloudflare_provider,
     &ibm_cm_provider,
+    &aws_acm_provider,
+    &azure_keyvault_provider,
+    &ibm_sm_provider,
+    &digicert_provider,
+    &lua_provider,
     &watchdog_provider, /* "certhook": the expiry watchdog's events */
     NULL,
 };

@@ -186,7 +186,23 @@ void source_release(struct source *s)
     if (s->provider != NULL && s->provider->release != NULL)
         s->provider->release(s);
     free(s->name);
+    free(s->label);
     memset(s, 0, sizeof *s);
+}
+
+const char *source_provider(const struct source *s)
+{
+    return s->label != NULL ? s->label : s->provider->name;
+}
+
+const char *request_header(const struct request *rq, const char *name)
+{
+    return rq->header != NULL ? rq->header(rq, name) : NULL;
+}
+
+const char *request_query(const struct request *rq, const char *name)
+{
+    return rq->query != NULL ? rq->query(rq, name) : NULL;
 }
 
 /* The media type of ct (no parameters, no spaces) is want: n bytes. */
@@ -266,7 +282,7 @@ static void finish(lua_State *L, int ev, const struct source *s, const struct re
     }
     lua_pushstring(L, s->name);
     lua_setfield(L, ev, "source");
-    lua_pushstring(L, s->provider->name);
+    lua_pushstring(L, source_provider(s));
     lua_setfield(L, ev, "provider");
     event_push_epoch(L, rq->received_at);
     lua_setfield(L, ev, "received_at");

@@ -29,7 +29,7 @@ end }]]
 
 local function got(srv, id)
   local text = fs.read(srv.dir .. "/got-" .. id:gsub("[^%w]", "_") .. ".json")
-  local ok, e = pcall(cjson.decode, text or "") -- nil while the handler is still writing it
+  local ok, e = pcall(cjson.decode, text or "") -- the handler may be writing it still
   return ok and e or nil
 end
 

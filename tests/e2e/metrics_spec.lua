@@ -104,8 +104,9 @@ describe("/metrics", function()
         and m[key("certhook_journal_deliveries", { status = "done" })] == 2
     end, 10))
     local m, text = scrape(srv)
-    local function events(source, type, code)
-      return m[key("certhook_events_received_total", { source = source, type = type, code = code })]
+    local function events(source, type, code) -- the provider label: the source's provider
+      return m[key("certhook_events_received_total", { source = source,
+        provider = source == "" and "" or "cloudflare", type = type, code = code })]
     end
     assert.are.equal(1, events("cloudflare", "certificate.validation.failed", "202"))
     assert.are.equal(1, events("cloudflare", "certificate.validation.failed", "200"))

@@ -21,7 +21,8 @@ FUZZ_FLAGS   ?=
 FUZZ_CC      ?= clang
 FUZZ_DIR      = build/fuzz
 FUZZ_KEY      = tests/fuzz/jwt-key.pem
-FUZZ_DEFS     = -DFUZZ_PUBKEY='"$(CURDIR)/tests/fuzz/jwt-key.pub.pem"'
+FUZZ_DEFS     = -DFUZZ_PUBKEY='"$(CURDIR)/tests/fuzz/jwt-key.pub.pem"' \
+                -DFUZZ_LUA_SCRIPT='"$(CURDIR)/examples/providers/alertmanager.lua"'
 FUZZ_FIXTURES = $(wildcard tests/fixtures/*/*.json)
 
 # ---- generated seeds and the replay tests (the project's compiler and flags) ----------------
@@ -31,7 +32,9 @@ FUZZ_SEEDS   = $(FUZZ_RDIR)/seeds
 FUZZ_REPLAYS = $(FUZZ_NAMES:%=$(BUILD)/unit/test_fuzz_%)
 
 # The inputs of each target: its seeds, then the findings saved from earlier runs.
-FUZZ_SEEDDIRS_normalize = tests/fixtures/cloudflare tests/fixtures/ibm-cm $(FUZZ_SEEDS)/normalize
+FUZZ_SEEDDIRS_normalize = tests/fixtures/cloudflare tests/fixtures/ibm-cm tests/fixtures/aws-acm \
+                          tests/fixtures/azure-keyvault tests/fixtures/ibm-sm tests/fixtures/digicert \
+                          tests/fixtures/alertmanager $(FUZZ_SEEDS)/normalize
 FUZZ_SEEDDIRS_jwt       = $(FUZZ_SEEDS)/jwt
 FUZZ_SEEDDIRS_intake    = $(FUZZ_SEEDS)/intake
 fuzz_empty       =

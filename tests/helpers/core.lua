@@ -4,7 +4,7 @@
 local path = assert(package.searchpath("certhook.core", package.cpath))
 local cli = assert(package.loadlib(path, "luaopen_certhook_cli"))()
 
-local M = setmetatable({}, { __index = cli })
+local M = setmetatable({ cli = cli }, { __index = cli }) -- M.cli: the functions as they are
 
 -- body [, opts] -> the event handlers get | nil, message, status
 function M.normalize(body, opts)

@@ -11,7 +11,7 @@ M.sent_secrets = {}
 
 local function remember(k, v)
   k = k:lower()
-  if k == "cf-webhook-auth" then M.sent_secrets[v] = true end
+  if k == "cf-webhook-auth" or k == "x-api-key" or k == "x-webhook-key" then M.sent_secrets[v] = true end
   if k == "authorization" then M.sent_secrets[v:match("^%S+%s+(.*)$") or v] = true end
 end
 

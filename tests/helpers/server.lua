@@ -109,11 +109,11 @@ function M:stop(sig)
 end
 
 -- The credentials this server was configured with or was sent (the string literals of
--- secret = ..., admin_token = ... in its config, and every cf-webhook-auth / bearer token the
+-- secret = ..., admin_token = ..., password = ... in its config, and every cf-webhook-auth / bearer token the
 -- specs sent), long enough to be told apart from ordinary words.
 function M:secrets()
   local out, config = {}, fs.read(self.dir .. "/certhook.conf.lua") or ""
-  for _, key in ipairs { "secret", "admin_token" } do
+  for _, key in ipairs { "secret", "admin_token", "password" } do
     for value in config:gmatch("%f[%w_]" .. key .. "%s*=%s*(%b{})") do
       for s in value:gmatch('"([^"]*)"') do out[s] = true end
     end

@@ -12,6 +12,7 @@ local http = require "helpers.http"
 local jwt = require "helpers.jwt"
 local Server = require "helpers.server"
 local Sink = require "helpers.sink"
+local sns = require "helpers.sns"
 
 local FIX = "tests/fixtures/"
 local SECRET = "memcheck-secret-1"
@@ -198,6 +199,54 @@ describe("valgrind memcheck", function()
     srv:cleanup()
   end)
 
+  it("takes every provider's requests, Lua providers included, without a memory error or leak", function()
+    local dir = fs.tmpdir()
+    local key = sns.keypair(dir)
+    fs.write(dir .. "/broken.lua", 'return { name = "broken", normalize = function(b) error("no " .. tostring(b.x)) end }')
+    fs.write(dir .. "/slow.lua", 'return { name = "slow", normalize = function() local t = {} while true do t[#t % 1000 + 1] = {} end end }')
+    local topic = "arn:aws:sns:us-east-1:123456789012:acm-events"
+    local srv = Server.start { dir = dir, config = ([[
+sources = {
+  acm = { provider = "aws-acm", secret = "acm-key-0123", sns = { signing_cert = "sns.pem", topic_arns = { %q } } },
+  kv = { provider = "azure-keyvault", secret = "kv-key-0123" },
+  sm = { provider = "ibm-sm", secret = "sm-token-0123" },
+  dc = { provider = "digicert", secret = "dc-key-0123456789" },
+  am = { provider = "lua", script = %q, secret = "am-token-0123" },
+  broken = { provider = "lua", script = "broken.lua", insecure = true },
+  slow = { provider = "lua", script = "slow.lua", insecure = true, timeout = 0.3, memory_limit = 2 << 20 },
+}
+]]):format(topic, os.getenv("PWD") .. "/examples/providers/alertmanager.lua") }
+    local function file(f) return fs.read(FIX .. f) end
+    assert.are.equal(202, srv:post("/hooks/acm", file("aws-acm/certificate-expired.json"), { ["x-api-key"] = "acm-key-0123" }).status)
+    local m = sns.message({ Type = "Notification", MessageId = "m1", TopicArn = topic,
+      Message = file("aws-acm/certificate-revoked.json"), Timestamp = "2024-05-02T00:54:06.655Z" }, key, 1)
+    assert.are.equal(202, srv:request("POST", "/hooks/acm", sns.request(m)).status)
+    m.Message = m.Message .. " "
+    assert.are.equal(401, srv:request("POST", "/hooks/acm", sns.request(m)).status)
+    local confirm = sns.message({ Type = "SubscriptionConfirmation", MessageId = "c1", TopicArn = topic, Token = "t",
+      Message = "confirm", Timestamp = "2024-05-02T00:54:06.655Z", SubscribeURL = "https://sns.us-east-1.amazonaws.com/?t" }, key)
+    assert.are.equal(200, srv:request("POST", "/hooks/acm", sns.request(confirm)).status)
+    local kv = "/hooks/kv?key=kv-key-0123"
+    assert.are.equal(202, srv:post(kv, file("azure-keyvault/eventgrid.batch.json")).status)
+    assert.are.equal(200, srv:post(kv, file("azure-keyvault/eventgrid.Microsoft.EventGrid.SubscriptionValidationEvent.json")).status)
+    assert.are.equal(200, http.request(srv.port, "OPTIONS", kv, { ["WebHook-Request-Origin"] = "eventgrid.azure.net" }).status)
+    assert.are.equal(202, srv:post(kv, file("azure-keyvault/cloudevents.Microsoft.KeyVault.CertificateExpired.json")).status)
+    assert.are.equal(202, srv:post("/hooks/sm", file("ibm-sm/secret_about_to_expire.in_10_days.multiple.json"),
+      { Authorization = "Bearer sm-token-0123" }).status)
+    assert.are.equal(202, srv:post("/hooks/dc", file("digicert/certificate_issued.json"), { ["X-WEBHOOK-KEY"] = "dc-key-0123456789" }).status)
+    assert.are.equal(202, srv:post("/hooks/am", file("alertmanager/x509-certificate-exporter.CertificateRenewal.firing.json"),
+      { Authorization = "Bearer am-token-0123" }).status)
+    assert.are.equal(202, srv:post("/hooks/broken", '{"x":"y"}').status)
+    assert.are.equal(202, srv:post("/hooks/slow", '{"x":"z"}').status)
+    srv:signal("HUP") -- a new configuration: the Lua providers' states are made again
+    assert(fs.wait_for(function() return http.get(srv.admin, "/readyz").json.generation == 2 end, 20))
+    assert.are.equal(202, srv:post("/hooks/am", file("alertmanager/cert-manager.CertManagerCertNotReady.firing.json"),
+      { Authorization = "Bearer am-token-0123" }).status)
+    assert.are.equal(202, srv:post("/hooks/broken", '{"x":"w"}').status)
+    stop_clean(srv)
+    srv:cleanup()
+  end)
+
   it("runs the command line without a memory error or leak", function()
     local dir = fs.tmpdir()
     local priv, pub = jwt.keypair(dir, "ibm")
@@ -208,6 +257,10 @@ describe("valgrind memcheck", function()
       ("run --event '%s/jwt.json' --handlers '%s/handlers' --data '%s/data'"):format(dir, dir, dir),
       ("events --data '%s/data'"):format(dir),
       ("check --handlers '%s/handlers'"):format(dir),
+      ("normalize '%s/%salertmanager/blackbox.BlackboxSslCertificateWillExpireSoon.firing.json' --provider lua " ..
+        "--script '%s/examples/providers/alertmanager.lua'"):format(os.getenv("PWD"), FIX, os.getenv("PWD")),
+      ("normalize '%s/%saws-acm/sns.Notification.certificate-approaching-expiration.json'"):format(os.getenv("PWD"), FIX),
+      "send --sample list",
     }
     for i, cmd in ipairs(cmds) do
       os.execute(("mkdir -p '%s/vg%d'"):format(dir, i))

@@ -261,3 +261,36 @@ describe("examples/providers/alertmanager.lua", function()
     assert.are.equal(before, cjson.encode(b))
   end)
 end)
+
+-- The same fixtures through certhook's own path: a source { provider = "lua", script = SCRIPT },
+-- the script in its own limited state, the events copied back, finished by intake's rules.
+describe("examples/providers/alertmanager.lua as a Lua provider", function()
+  local core = require "helpers.core"
+
+  local function through_certhook(file)
+    local text = assert(fs.read(FIX .. file))
+    return assert(core.cli.normalize(text, { provider = "lua", script = SCRIPT, source = "am" })), text
+  end
+
+  for file, wants in pairs(CASES) do
+    it(file, function()
+      local events = through_certhook(file)
+      assert.are.equal(#wants, #events, file .. ": number of events")
+      for i, want in ipairs(wants) do
+        local e = events[i]
+        check_fields(e, want, "events[" .. i .. "]")
+        assert.are.equal("alertmanager", e.provider)
+        assert.are.equal("am", e.source)
+        assert.are.same(body(file), e.raw)
+        assert.are.equal(e.certificate, e.certificates and e.certificates[1])
+      end
+    end)
+  end
+
+  it("journals what is no Alertmanager webhook as unknown, with the script's error", function()
+    local events = assert(core.cli.normalize('{"version":"4"}', { provider = "lua", script = SCRIPT, source = "am" }))
+    assert.are.equal(1, #events)
+    assert.are.equal("unknown", events[1].type)
+    assert.are.equal("alertmanager: not an Alertmanager webhook: no alerts array", events[1].error)
+  end)
+end)

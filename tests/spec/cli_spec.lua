@@ -70,6 +70,39 @@ describe("certhook CLI", function()
       assert.are.equal("notification.test", cjson.decode(out).type)
     end)
 
+    it("takes every provider's payload, --provider P or detected, and a Lua provider's by --script or --source", function()
+      for file, want in pairs {
+        ["aws-acm/sns.Notification.certificate-approaching-expiration.json"] = { "aws-acm", "certificate.expiration.upcoming" },
+        ["azure-keyvault/eventgrid.Microsoft.KeyVault.CertificateNearExpiry.json"] = { "azure-keyvault", "certificate.expiration.upcoming" },
+        ["ibm-sm/secret_rotation_failed.json"] = { "ibm-sm", "certificate.renewal.failed" },
+        ["digicert/certificate_issued.json"] = { "digicert", "certificate.issuance.succeeded" },
+      } do
+        for _, flags in ipairs { "", " --provider " .. want[1] } do
+          local out, err, code = certhook("normalize " .. FIX .. file .. flags)
+          assert.are.equal(0, code, file .. flags .. ": " .. err)
+          local e = cjson.decode(out)
+          assert.are.equal(want[1], e.provider)
+          assert.are.equal(want[2], e.type)
+        end
+      end
+      local am = FIX .. "alertmanager/cert-manager.CertManagerCertNotReady.firing.json"
+      local out, err, code = certhook("normalize " .. am .. " --provider lua --script examples/providers/alertmanager.lua")
+      assert.are.equal(0, code, err)
+      assert.are.equal("certificate.issuance.failed", cjson.decode(out).type)
+      local dir = fs.tmpdir()
+      fs.write(dir .. "/certhook.conf.lua", ('sources = { am = { provider = "lua", script = %q, insecure = true } }\n')
+        :format(os.getenv("PWD") .. "/examples/providers/alertmanager.lua"))
+      out, err, code = certhook("normalize " .. os.getenv("PWD") .. "/" .. am .. " --source am", dir)
+      assert.are.equal(0, code, err)
+      local e = cjson.decode(out)
+      assert.are.equal("alertmanager", e.provider)
+      assert.are.equal("am", e.source)
+      _, err, code = certhook("normalize " .. am .. " --provider lua")
+      assert.are.equal(2, code)
+      assert.truthy(err:find("--script FILE", 1, true))
+      fs.rm(dir)
+    end)
+
     it("exits 1 with the reason for a payload it cannot use", function()
       local dir = fs.tmpdir()
       fs.write(dir .. "/bad.json", '{"hello": ')
