@@ -431,7 +431,7 @@ static int cli_events(lua_State *L)
     f.type = lua_tostring(L, -1);
     lua_getfield(L, 2, "limit");
     f.limit = (int)luaL_optinteger(L, -1, 50);
-    struct journal_options o = {data, JOURNAL_READONLY, 5, 0, 0};
+    struct journal_options o = {data, JOURNAL_READONLY, 5, 0, 0, 0};
     if (journal_open(&j, &o, err, sizeof err) != 0)
         return fail(L, err);
     lua_newtable(L);
@@ -447,7 +447,7 @@ static int cli_replay(lua_State *L)
     struct journal *j;
     int count;
     const char *data = luaL_checkstring(L, 1), *id = luaL_optstring(L, 2, NULL);
-    struct journal_options o = {data, 0, 5, 0, 0};
+    struct journal_options o = {data, 0, 5, 0, 0, 0};
     if (journal_open(&j, &o, err, sizeof err) != 0)
         return fail(L, err);
     int rc = journal_request_replay(j, id, &count, err, sizeof err);
