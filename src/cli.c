@@ -3,7 +3,7 @@
  * luaopen_certhook_cli, loaded from the same shared object as certhook.core but never by a
  * handler state. serve (server.c), check and run (a handler generation, dispatch_event: the
  * same path as serve's deliveries), normalize (the provider's normalization and the event's
- * pack round trip: what handlers get), events and replay (the journal), send, detect,
+ * pack round trip: what handlers get), events, replay and migrate (the journal), send, detect,
  * providers, mode, versions.
  */
 #include <errno.h>
@@ -458,6 +458,40 @@ static int cli_replay(lua_State *L)
     return 1;
 }
 
+/* from (a data directory), to (a database URI) -> {events=, deliveries=, state=,
+ * certificates=, replays=} | nil, message. The data directory's lock is taken (no server may
+ * run on it), its events of earlier releases are upgraded first, as serve would. */
+static int cli_migrate(lua_State *L)
+{
+    char err[600];
+    long counts[JR_KINDS];
+    struct journal *from = NULL, *to = NULL;
+    const char *src = luaL_checkstring(L, 1), *dst = luaL_checkstring(L, 2);
+    struct journal_options fo = {src, JOURNAL_EXCLUSIVE, 5, 0, 0, 0};
+    struct journal_options to_o = {dst, JOURNAL_CREATE, 5, 0, 0, 0};
+    if (journal_is_database(src) || !journal_is_database(dst))
+        return fail(L, "migrate copies a data directory (--from DIR) into a PostgreSQL database "
+                       "(--to postgresql://...)");
+    int rc = -1;
+    if (journal_open(&from, &fo, err, sizeof err) == 0 &&
+        server_upgrade_journal(from, err, sizeof err) >= 0 &&
+        journal_open(&to, &to_o, err, sizeof err) == 0 &&
+        journal_copy(from, to, counts, err, sizeof err) == 0)
+        rc = 0;
+    journal_close(to);
+    journal_close(from);
+    if (rc != 0)
+        return fail(L, err);
+    static const char *const names[JR_KINDS] = {"events", "deliveries", "state", "certificates",
+                                                "replays"};
+    lua_createtable(L, 0, JR_KINDS);
+    for (int i = 0; i < JR_KINDS; i++) {
+        lua_pushinteger(L, counts[i]);
+        lua_setfield(L, -2, names[i]);
+    }
+    return 1;
+}
+
 /* provider, body, source | nil, {secret=, sign_key=} -> body, headers | nil, message: the
  * request certhook send makes, as the provider's client would (its signature, its header). */
 static int cli_send(lua_State *L)
@@ -550,6 +584,7 @@ static const luaL_Reg cli_funcs[] = {
     {"check", cli_check},
     {"detect", cli_detect},
     {"events", cli_events},
+    {"migrate", cli_migrate},
     {"mode", cli_mode},
     {"normalize", cli_normalize},
     {"providers", cli_providers},

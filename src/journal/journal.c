@@ -16,11 +16,10 @@ int journal_is_database(const char *where)
     return strncmp(where, "postgresql://", 13) == 0 || strncmp(where, "postgres://", 11) == 0;
 }
 
-/* The store for where: a data directory is SQLite's. */
+/* The store for where: a URI is PostgreSQL's, a data directory SQLite's. */
 static const struct store_ops *store_for(const char *where)
 {
-    (void)where;
-    return &store_sqlite;
+    return journal_is_database(where) ? &store_pg : &store_sqlite;
 }
 
 int journal_open(struct journal **jp, const struct journal_options *o, char *err, size_t errlen)
@@ -135,6 +134,8 @@ void journal_status(struct journal *j, struct journal_status *st)
 void journal_versions(struct buf *b)
 {
     store_sqlite_version(b);
+    buf_adds(b, ", ");
+    store_pg_version(b);
 }
 
 int journal_load_inventory(struct journal *j, size_t cap)
