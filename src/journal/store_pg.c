@@ -43,7 +43,7 @@
 
 #define SCHEMA_LOCK "7162375496571678571" /* pg_advisory_lock key of migrations ("certhook") */
 #define BACKOFF_MIN 0.1                   /* seconds before a lost connection is made again, */
-#define BACKOFF_MAX 5.0                   /* doubling up to this */
+#define BACKOFF_MAX 2.0                   /* doubling up to this */
 #define PRUNE_BATCH 1000 /* events deleted per transaction */
 #define REPLAY_BATCH 100 /* replay requests taken at a time */
 #define STR(x) STR_(x)

@@ -29,7 +29,8 @@ end }]]
 
 local function got(srv, id)
   local text = fs.read(srv.dir .. "/got-" .. id:gsub("[^%w]", "_") .. ".json")
-  return text and cjson.decode(text)
+  local ok, v = pcall(cjson.decode, text or "")
+  return ok and v or nil -- nil too while the handler is still writing it: wait_for reads again
 end
 
 -- What certhook normalize prints for the fixture (as the source named `source` would get it).
