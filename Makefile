@@ -24,8 +24,8 @@ CC           ?= cc
 CFLAGS       ?= -O2 -g -fPIC
 LIBFLAG      ?= -shared
 PKG_CONFIG   ?= pkg-config
-DEP_CFLAGS   ?= $(shell $(PKG_CONFIG) --cflags libmicrohttpd libcurl sqlite3 libssl libcrypto gnutls 2>/dev/null)
-DEP_LIBS     ?= $(shell $(PKG_CONFIG) --libs libmicrohttpd libcurl sqlite3 libssl libcrypto gnutls 2>/dev/null || echo -lmicrohttpd -lcurl -lsqlite3 -lssl -lcrypto -lgnutls)
+DEP_CFLAGS   ?= $(shell $(PKG_CONFIG) --cflags libmicrohttpd libcurl sqlite3 libpq libssl libcrypto gnutls 2>/dev/null)
+DEP_LIBS     ?= $(shell $(PKG_CONFIG) --libs libmicrohttpd libcurl sqlite3 libpq libssl libcrypto gnutls 2>/dev/null || echo -lmicrohttpd -lcurl -lsqlite3 -lpq -lssl -lcrypto -lgnutls)
 
 # systemd's sd_notify (Type=notify, watchdog) when libsystemd is there; optional.
 SYSTEMD_CFLAGS ?= $(shell $(PKG_CONFIG) --exists libsystemd 2>/dev/null && echo -DHAVE_SYSTEMD)
@@ -51,9 +51,11 @@ SINK   = $(BUILD)/sink
 
 # Debian packages: to build and run, and additionally to test.
 RUN_DEBS  = gcc libc6-dev pkg-config lua5.4 liblua5.4-dev lua-cjson libmicrohttpd-dev \
-            libcurl4-openssl-dev libsqlite3-dev libssl-dev libgnutls28-dev libsystemd-dev \
-            openssl curl
-TEST_DEBS = $(RUN_DEBS) lua-busted lua-socket sqlite3 systemd procps faketime slowhttptest
+            libcurl4-openssl-dev libsqlite3-dev libpq-dev libssl-dev libgnutls28-dev \
+            libsystemd-dev openssl curl
+# postgresql-15: the tests start a PostgreSQL of their own (tests/helpers/pg.lua)
+TEST_DEBS = $(RUN_DEBS) lua-busted lua-socket sqlite3 systemd procps faketime slowhttptest \
+            postgresql-15 postgresql-client-15
 # promtool (checks /metrics and the alert rules), without the server's recommended extras
 TEST_LEAN_DEBS = prometheus
 
@@ -142,7 +144,8 @@ define install_debs
 		echo "installing Debian packages:" $$missing; \
 		if [ "$$(id -u)" != 0 ]; then echo "run as root, or: sudo apt-get install -y" $$missing; exit 1; fi; \
 		export DEBIAN_FRONTEND=noninteractive; \
-		apt-get update -qq && apt-get install -y -qq $(2) $$missing >/dev/null || exit 1; \
+		apt-get -o DPkg::Lock::Timeout=300 update -qq && \
+		apt-get -o DPkg::Lock::Timeout=300 install -y -qq $(2) $$missing >/dev/null || exit 1; \
 	fi
 endef
 

@@ -72,6 +72,7 @@ struct delivery_result {
 struct delivery_cfg {
     int max_attempts;
     double backoff, max_backoff, timeout, shutdown_grace;
+    double lease; /* a shared journal: how long a server's hold on its work lasts unrenewed */
     unsigned concurrency, per_host; /* per_host: requests in flight to one host; 0: no bound */
     size_t memory_limit;            /* bytes a handler generation's Lua state may hold */
 };

@@ -3,7 +3,7 @@
  * luaopen_certhook_cli, loaded from the same shared object as certhook.core but never by a
  * handler state. serve (server.c), check and run (a handler generation, dispatch_event: the
  * same path as serve's deliveries), normalize (the provider's normalization and the event's
- * pack round trip: what handlers get), events and replay (the journal), send, detect,
+ * pack round trip: what handlers get), events, replay and migrate (the journal), send, detect,
  * providers, mode, versions.
  */
 #include <errno.h>
@@ -435,7 +435,7 @@ static int cli_events(lua_State *L)
     f.type = lua_tostring(L, -1);
     lua_getfield(L, 2, "limit");
     f.limit = (int)luaL_optinteger(L, -1, 50);
-    struct journal_options o = {data, JOURNAL_READONLY, 5, 0, 0};
+    struct journal_options o = {data, JOURNAL_READONLY, 5, 0, 0, 0};
     if (journal_open(&j, &o, err, sizeof err) != 0)
         return fail(L, err);
     lua_newtable(L);
@@ -466,7 +466,7 @@ static int cli_certs(lua_State *L)
     q.status = lua_tostring(L, -1);
     lua_getfield(L, 2, "limit");
     q.limit = (int)luaL_optinteger(L, -1, 0);
-    struct journal_options o = {data, JOURNAL_READONLY, 5, 0, 0};
+    struct journal_options o = {.where = data, .flags = JOURNAL_READONLY, .busy_timeout = 5};
     if (journal_open(&j, &o, err, sizeof err) != 0)
         return fail(L, err);
     lua_newtable(L);
@@ -482,7 +482,7 @@ static int cli_replay(lua_State *L)
     struct journal *j;
     int count;
     const char *data = luaL_checkstring(L, 1), *id = luaL_optstring(L, 2, NULL);
-    struct journal_options o = {data, 0, 5, 0, 0};
+    struct journal_options o = {data, 0, 5, 0, 0, 0};
     if (journal_open(&j, &o, err, sizeof err) != 0)
         return fail(L, err);
     int rc = journal_request_replay(j, id, &count, err, sizeof err);
@@ -490,6 +490,40 @@ static int cli_replay(lua_State *L)
     if (rc != 0)
         return fail(L, err);
     lua_pushinteger(L, count);
+    return 1;
+}
+
+/* from (a data directory), to (a database URI) -> {events=, deliveries=, state=,
+ * certificates=, replays=, once=} | nil, message. The data directory's lock is taken (no server may
+ * run on it), its events of earlier releases are upgraded first, as serve would. */
+static int cli_migrate(lua_State *L)
+{
+    char err[600];
+    long counts[JR_KINDS];
+    struct journal *from = NULL, *to = NULL;
+    const char *src = luaL_checkstring(L, 1), *dst = luaL_checkstring(L, 2);
+    struct journal_options fo = {src, JOURNAL_EXCLUSIVE, 5, 0, 0, 0};
+    struct journal_options to_o = {dst, JOURNAL_CREATE, 5, 0, 0, 0};
+    if (journal_is_database(src) || !journal_is_database(dst))
+        return fail(L, "migrate copies a data directory (--from DIR) into a PostgreSQL database "
+                       "(--to postgresql://...)");
+    int rc = -1;
+    if (journal_open(&from, &fo, err, sizeof err) == 0 &&
+        server_upgrade_journal(from, err, sizeof err) >= 0 &&
+        journal_open(&to, &to_o, err, sizeof err) == 0 &&
+        journal_copy(from, to, counts, err, sizeof err) == 0)
+        rc = 0;
+    journal_close(to);
+    journal_close(from);
+    if (rc != 0)
+        return fail(L, err);
+    static const char *const names[JR_KINDS] = {"events", "deliveries", "state", "certificates",
+                                                "replays", "once"};
+    lua_createtable(L, 0, JR_KINDS);
+    for (int i = 0; i < JR_KINDS; i++) {
+        lua_pushinteger(L, counts[i]);
+        lua_setfield(L, -2, names[i]);
+    }
     return 1;
 }
 
@@ -614,6 +648,7 @@ static const luaL_Reg cli_funcs[] = {
     {"check", cli_check},
     {"detect", cli_detect},
     {"events", cli_events},
+    {"migrate", cli_migrate},
     {"mode", cli_mode},
     {"normalize", cli_normalize},
     {"providers", cli_providers},

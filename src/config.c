@@ -18,6 +18,7 @@
 
 #include "base/base.h"
 #include "intake/intake.h"
+#include "journal/journal.h"
 #include "providers/provider.h"
 #include "server.h"
 
@@ -154,6 +155,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     c->max_wal = 64 << 20;
     c->delivery = (struct delivery_cfg){.max_attempts = 10, .backoff = 5, .max_backoff = 3600,
                                         .timeout = 30, .shutdown_grace = 10, .concurrency = 256,
+                                        .lease = 120,
                                         .memory_limit = 64 << 20};
     c->log_level = LOG_INFO;
     c->watchdog = (struct watchdog_cfg){.enabled = 1, .interval = 60, .before = {30, 7, 1},
@@ -173,7 +175,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     static const char *const limits_keys[] = {"max_body", "max_connections",
         "max_connections_per_ip", "request_timeout", "max_header", "max_backlog", NULL};
     static const char *const delivery_keys[] = {"max_attempts", "backoff", "max_backoff",
-        "timeout", "shutdown_grace", "concurrency", "per_host", "memory_limit", NULL};
+        "timeout", "shutdown_grace", "concurrency", "per_host", "memory_limit", "lease", NULL};
     static const char *const journal_keys[] = {"busy_timeout", "retention", "max_wal", NULL};
     static const char *const log_keys[] = {"level", "format", NULL};
     /* max_hostnames: its name before the inventory knew certificates, still read */
@@ -241,7 +243,8 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
                        err, errlen) ||
             setting_number(L, sub, "timeout", 0.001, 86400, &d->timeout, "delivery.", err, errlen) ||
             setting_number(L, sub, "shutdown_grace", 0, 3600, &d->shutdown_grace, "delivery.", err,
-                       errlen))
+                       errlen) ||
+            setting_number(L, sub, "lease", 0.1, 86400, &d->lease, "delivery.", err, errlen))
             goto done;
         d->max_attempts = (int)v;
         v = d->concurrency;
@@ -258,6 +261,13 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         d->memory_limit = (size_t)v;
         if (d->max_backoff < d->backoff) {
             snprintf(err, errlen, "delivery.max_backoff must be at least delivery.backoff");
+            goto done;
+        }
+        /* a server runs a delivery only while its lease holds for all of it (shared journals) */
+        if (journal_is_database(c->data) && d->lease <= d->timeout) {
+            snprintf(err, errlen, "delivery.lease (%g s) must be longer than delivery.timeout "
+                                  "(%g s): a server starts a delivery only while its lease on "
+                                  "the journal holds for the whole attempt", d->lease, d->timeout);
             goto done;
         }
     }

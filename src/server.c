@@ -139,7 +139,14 @@ static int restart_only(const struct config *a, const struct config *b, char *er
                  b->data);
         return -1;
     }
-    if (a->busy_timeout != b->busy_timeout || a->retention != b->retention)
+    if (journal_is_database(a->data) && b->delivery.timeout >= a->delivery.lease) {
+        snprintf(err, errlen, "delivery.timeout (%g) must stay shorter than the delivery.lease "
+                              "this server runs with (%g): change both with a restart",
+                 b->delivery.timeout, a->delivery.lease);
+        return -1;
+    }
+    if (a->busy_timeout != b->busy_timeout || a->retention != b->retention ||
+        a->delivery.lease != b->delivery.lease)
         log_msg(LOG_WARN, "journal settings changed: they take effect at the next restart");
     return 0;
 }
@@ -309,9 +316,9 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
     struct stall_slot crashed;
     int died;
     struct journal_options jo = {c->data, JOURNAL_CREATE | JOURNAL_EXCLUSIVE, c->busy_timeout,
-                                 c->retention, c->max_wal};
+                                 c->retention, c->max_wal, c->delivery.lease};
     if (journal_open(&s.j, &jo, err, errlen) != 0 ||
-        (s.stall = stall_open(c->data, err, errlen)) == NULL ||
+        (s.stall = stall_open(journal_directory(s.j), err, errlen)) == NULL ||
         server_upgrade_journal(s.j, err, errlen) < 0)
         goto done;
     died = stall_crashed(s.stall, &crashed);

@@ -60,5 +60,22 @@ if [ "$status" -ne 0 ] && [ -s "$out/busted.err" ]; then
 fi
 tally busted "$status" "$out/busted.tap"
 
+# Parity: the specs of events, handlers' state and the inventory again, the servers' journal in
+# a PostgreSQL of their own (tests/helpers/server.lua); those about SQLite itself are tagged.
+if [ "${1:-}" != memcheck ]; then
+    parity="tests/e2e/event_spec.lua tests/e2e/once_spec.lua tests/e2e/inventory_spec.lua
+            tests/e2e/watchdog_spec.lua tests/e2e/certificate_examples_spec.lua"
+    echo "# busted, journal in PostgreSQL: $(echo $parity)"
+    # shellcheck disable=SC2086
+    CERTHOOK_TEST_JOURNAL=postgresql "$LUA" /usr/bin/busted --output=TAP --exclude-tags=sqlite \
+        $parity >"$out/parity.tap" 2>"$out/parity.err"
+    status=$?
+    sed 's/^\(not \)\{0,1\}ok [0-9]* - /&[postgresql] /' "$out/parity.tap"
+    if [ "$status" -ne 0 ] && [ -s "$out/parity.err" ]; then
+        sed 's/^/# /' "$out/parity.err"
+    fi
+    tally "busted (postgresql)" "$status" "$out/parity.tap"
+fi
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -30,6 +30,7 @@ usage: certhook <command> [options]
   events     list journaled events and their deliveries
   certs      list the certificates certhook has heard of, soonest expiry first
   replay     run an event's deliveries, or every dead one, again
+  migrate    copy a data directory's journal into a PostgreSQL database
   reload     make the running server reread its config and handlers
   version    print the versions of certhook and its libraries
 
@@ -65,7 +66,8 @@ local function dirname(path)
 end
 
 local function resolve(base, path)
-  if type(path) ~= "string" or path:sub(1, 1) == "/" or path:match("^%-%-%-%-%-BEGIN") then
+  if type(path) ~= "string" or path:sub(1, 1) == "/" or path:match("^%-%-%-%-%-BEGIN") or
+      path:match("^postgresql://") or path:match("^postgres://") then -- a URI is no path
     return path
   end
   return base == "." and path or base .. "/" .. path
@@ -269,7 +271,8 @@ end
 
 -- ---- commands ---------------------------------------------------------------------------------
 
--- The data directory of a command: --data, else the config's, else the default.
+-- The journal of a command: --data (a directory or a postgresql:// URI), else the config's,
+-- else the default.
 local function data_dir(cfg)
   return cfg.data or "./certhook-data"
 end
@@ -280,13 +283,15 @@ COMMANDS.serve = {
     ["log-level"] = true, ["log-format"] = true },
   help = [[
 usage: certhook serve [--config FILE] [--listen ADDR:PORT] [--admin ADDR:PORT]
-                      [--handlers DIR] [--data DIR] [--log-level LEVEL] [--log-format json|text]
+                      [--handlers DIR] [--data DIR|URI] [--log-level LEVEL]
+                      [--log-format json|text]
 
 Receives webhooks on POST /hooks/<source>, journals every accepted event and runs the
 handlers. Admin listener: GET /healthz, /readyz, /metrics, POST /reload. A change in the
 handlers directory reloads the handlers; SIGHUP (or `certhook reload`) also rereads the
 config. Stops on SIGTERM/SIGINT. Defaults: listen 127.0.0.1:8080, admin 127.0.0.1:9090,
-handlers ./handlers, data ./certhook-data.]],
+handlers ./handlers, data ./certhook-data. --data postgresql://... shares one journal in
+PostgreSQL with every server that names the same database.]],
   run = function(opts)
     local cfg = settings(opts)
     local ok, err = core.serve(cfg, function()
@@ -574,7 +579,7 @@ COMMANDS.events = {
   options = { config = true, data = true, status = true, type = true, limit = true, json = "flag" },
   help = [[
 usage: certhook events [--status pending|running|retrying|done|dead] [--type PATTERN]
-                       [--limit N] [--json] [--config FILE] [--data DIR]
+                       [--limit N] [--json] [--config FILE] [--data DIR|URI]
 
 Lists journaled events, newest first, with their deliveries: handler, status, attempts,
 last error. --status keeps events with a delivery in that status; --type matches the
@@ -626,12 +631,13 @@ COMMANDS.replay = {
   args = 1,
   options = { config = true, data = true, dead = "flag" },
   help = [[
-usage: certhook replay ID [--config FILE] [--data DIR]
-       certhook replay --dead [--config FILE] [--data DIR]
+usage: certhook replay ID [--config FILE] [--data DIR|URI]
+       certhook replay --dead [--config FILE] [--data DIR|URI]
 
 Queues deliveries to run again: those of event ID (every handler that matches it now, with
 attempts counted from zero), or every dead delivery. A running server picks the request up
-within a second; otherwise it runs at the next start.]],
+within a second (a shared journal: the server that holds the event, or any); otherwise it
+runs at the next start.]],
   run = function(opts, pos)
     local cfg = settings(opts)
     local id = pos[1]
@@ -643,6 +649,32 @@ within a second; otherwise it runs at the next start.]],
     else
       io.stdout:write(("queued a replay of %s\n"):format(plural(n, "dead delivery"):gsub("ys$", "ies")))
     end
+    return 0
+  end,
+}
+
+COMMANDS.migrate = {
+  options = { config = true, from = true, to = true },
+  help = [[
+usage: certhook migrate --from DIR --to URI [--config FILE]
+
+Copies the journal of the data directory DIR (SQLite) into the PostgreSQL database URI, in
+one transaction: events with their bodies, deliveries with their status, attempts and errors,
+certhook.state, the certificate inventory and replay requests. The database must hold no
+events yet. Stop the server of DIR first (migrate takes its lock); then start the servers
+with data = URI: they run whatever was still pending or retrying.]],
+  run = function(opts)
+    local from = opts.from or die(2, "migrate: --from DIR is required (the data directory)")
+    local to = opts.to or die(2, "migrate: --to URI is required (postgresql://...)")
+    if not (to:match("^postgresql://") or to:match("^postgres://")) then
+      die(2, "migrate: --to must be a postgresql:// URI")
+    end
+    local counts, err = core.migrate(from, to)
+    if not counts then die(1, "migrate: %s", err) end
+    io.stdout:write(("copied %s, %s, %s, %s, %s and %s from %s\n"):format(
+      plural(counts.events, "event"), plural(counts.deliveries, "delivery"):gsub("ys$", "ies"),
+      plural(counts.state, "state key"), plural(counts.once, "certhook.once key"),
+      plural(counts.certificates, "certificate"), plural(counts.replays, "replay request"), from))
     return 0
   end,
 }

@@ -11,6 +11,12 @@
  * exponential backoff and full jitter until delivery.max_attempts, then dead. Delivery
  * states go to the journal writer once per round: a delivery that finishes within the round
  * it started costs one write; one still waiting is written as running.
+ *
+ * A shared journal (journal.h): events this server accepted come from the writer as always;
+ * those of servers that died or stopped are claimed (journal_claim) once a second, and at once
+ * when the journal says another server made some claimable. Nothing starts unless this server's
+ * lease holds for longer than delivery.timeout; a lease that was lost drops everything held
+ * here (the journal has it: whoever claims it runs it).
  */
 #include <errno.h>
 #include <math.h>
@@ -30,7 +36,8 @@
 
 #define RECOVER_CHUNK 256  /* events read from the journal at a time */
 #define ROUND 128          /* deliveries started before states are flushed */
-#define REPLAY_POLL 1.0    /* seconds between looks for replay requests */
+#define REPLAY_POLL 1.0    /* seconds between looks for replay requests and claimable work */
+#define LEASE_POLL 0.1     /* seconds between looks at a lease too short to start anything */
 #define DEBOUNCE 0.1 /* seconds of quiet after a file change before reloading */
 #define DEBOUNCE_MAX 1.0
 
@@ -82,12 +89,15 @@ struct dispatch {
     const struct delivery_cfg *cfg;
     struct loop *loop;
     struct loop_fd wakefd, sigfd, watchfd; /* eventfd, signalfd, inotify */
+    struct loop_fd journalfd;              /* the journal's wake-ups (-1: none) */
     int stop_sig, hup;                     /* what sigfd told */
     struct http_multi *http;
     pthread_mutex_t mu; /* guards head/tail/backlog and woken */
     struct event *head, **tail;
     size_t backlog;
     struct delivery *woken;        /* waits that ended on another thread; guarded by mu */
+    int disowned;                  /* the journal took back what it handed over; guarded by mu */
+    int claim_due;                 /* look for claimable work */
     struct delivery *ready;        /* waits that ended */
     struct delivery *active;       /* in flight */
     size_t nactive;
@@ -154,6 +164,15 @@ static void on_watch(struct loop_fd *w, uint32_t events)
     }
 }
 
+/* Another server made work claimable, or asked for a replay: look now. */
+static void on_journal(struct loop_fd *w, uint32_t events)
+{
+    struct dispatch *d = (struct dispatch *)((char *)w - offsetof(struct dispatch, journalfd));
+    (void)events;
+    journal_wake_clear(d->j);
+    d->next_poll = 0;
+}
+
 struct dispatch *dispatch_new(struct journal *j, const struct delivery_cfg *cfg,
                               int64_t recover_upto)
 {
@@ -161,7 +180,7 @@ struct dispatch *dispatch_new(struct journal *j, const struct delivery_cfg *cfg,
     if (d == NULL)
         return NULL;
     d->wakefd = (struct loop_fd){eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), on_wake};
-    d->sigfd.fd = d->watchfd.fd = -1;
+    d->sigfd.fd = d->watchfd.fd = d->journalfd.fd = -1;
     d->loop = loop_new();
     d->http = d->loop ? http_multi_new(d->loop, (long)cfg->per_host, cfg->concurrency) : NULL;
     if (d->wakefd.fd < 0 || d->http == NULL || loop_add(d->loop, &d->wakefd, EPOLLIN) != 0) {
@@ -306,6 +325,17 @@ static void wake(struct dispatch *d)
 void dispatch_enqueue(void *cls, struct event *list)
 {
     struct dispatch *d = cls;
+    if (list == NULL) { /* this server lost its lease: what the writer handed over is not ours */
+        pthread_mutex_lock(&d->mu);
+        event_free_list(d->head);
+        d->head = NULL;
+        d->tail = &d->head;
+        d->backlog = 0;
+        d->disowned = 1;
+        pthread_mutex_unlock(&d->mu);
+        wake(d);
+        return;
+    }
     struct event *last = list;
     size_t n = 1;
     for (; last->next; last = last->next)
@@ -782,7 +812,8 @@ static void poll_replays(struct dispatch *d)
         *d->out_tail = done;
         d->out_tail = &done->next;
     }
-    d->replays_seen = rr.upto;
+    if (rr.upto > d->replays_seen) /* a shared journal may hand over an older one */
+        d->replays_seen = rr.upto;
 }
 
 /* ---- the loop ------------------------------------------------------------------------------------ */
@@ -867,8 +898,60 @@ static void collect(void *cls, struct event *ev)
     *tail = &ev->next;
 }
 
+/* Work claimed from the journal (another server's): deliveries as at a start, events never
+ * dispatched after those read back. */
+struct claim {
+    struct dispatch *d;
+    struct event **tail;
+    int deliveries;
+};
+
+static void claimed_delivery(void *cls, const struct journal_delivery *row)
+{
+    struct claim *c = cls;
+    c->deliveries++;
+    schedule_loaded(c->d, row);
+}
+
+static void claimed_event(void *cls, struct event *ev)
+{
+    struct claim *c = cls;
+    *c->tail = ev;
+    c->tail = &ev->next;
+}
+
+static void claim(struct dispatch *d)
+{
+    struct claim c = {d, &d->recovered, 0};
+    while (*c.tail)
+        c.tail = &(*c.tail)->next;
+    int n = journal_claim(d->j, RECOVER_CHUNK, claimed_delivery, claimed_event, &c);
+    d->claim_due = n == RECOVER_CHUNK; /* there may be more */
+    if (n > 0)
+        log_msg(LOG_INFO, "claimed %d events another server held (it stopped, or its lease ran "
+                          "out): %d deliveries to finish", n, c.deliveries);
+}
+
+/* This server's lease was lost: nothing it held is its own any more (whoever claims it runs it,
+ * this server too). The retries and the events read back go; what runs now ends on its own (it
+ * started while the lease held for longer than it may run), and its states are written only
+ * where this server still holds the event. */
+static void drop_held(struct dispatch *d)
+{
+    log_msg(LOG_WARN, "dropping %zu scheduled deliveries held under the lost lease: the journal "
+                      "keeps them for whichever server claims them", d->nheap);
+    for (size_t i = 0; i < d->nheap; i++)
+        free(d->heap[i]);
+    d->nheap = 0;
+    event_free_list(d->recovered);
+    d->recovered = NULL;
+    d->recover_upto = 0;
+    d->claim_due = 1;
+}
+
 /* The next event to dispatch: never-dispatched ones from before the start first (read from
- * the journal a chunk at a time; *again = 1), then those the writer handed over. NULL if none. */
+ * the journal a chunk at a time; *again = 1), then those claimed, then those the writer handed
+ * over. NULL if none. */
 static struct event *next_event(struct dispatch *d, int *again)
 {
     if (d->recovered == NULL && d->recover_after < d->recover_upto) {
@@ -882,6 +965,8 @@ static struct event *next_event(struct dispatch *d, int *again)
         for (struct event *ev = d->recovered; ev; ev = ev->next)
             d->recover_after = ev->seq;
     }
+    if (d->recovered == NULL && d->claim_due)
+        claim(d);
     struct event *ev = d->recovered;
     *again = ev != NULL;
     if (ev != NULL) {
@@ -1005,6 +1090,9 @@ int dispatch_run(struct dispatch *d, int sigfd)
     double grace_until = 0;
     d->sigfd = (struct loop_fd){sigfd, on_signal};
     loop_add(d->loop, &d->sigfd, EPOLLIN);
+    d->journalfd = (struct loop_fd){journal_wake_fd(d->j), on_journal};
+    if (d->journalfd.fd >= 0)
+        loop_add(d->loop, &d->journalfd, EPOLLIN);
     int n = journal_scan_deliveries(d->j, NULL, schedule_loaded, d);
     if (d->has_crashed) { /* it died in the round that started it: never journaled */
         struct journal_delivery row = {.seq = d->crashed.seq, .handler = d->crashed.handler,
@@ -1019,10 +1107,12 @@ int dispatch_run(struct dispatch *d, int sigfd)
                           "again after their backoff", d->interrupted);
     if (n > 0)
         log_msg(LOG_INFO, "%d deliveries to retry from before the restart", n);
-    for (int more = 1;;) {
+    for (int more = 1, held_back = 0;;) {
         double now = time_mono(), wake_at = now + 3600, t;
         if (!sig) {
             wake_at = fmin(wake_at, d->next_poll);
+            if (held_back)
+                wake_at = fmin(wake_at, now + LEASE_POLL);
             if (d->nheap > 0)
                 wake_at = fmin(wake_at, d->heap[0]->due);
         } else {
@@ -1062,11 +1152,23 @@ int dispatch_run(struct dispatch *d, int sigfd)
             do_reload(d, hup, &generation, err, sizeof err); /* SIGHUP rereads the config */
         }
         if (!sig) {
-            more = start_work(d);
-            if (time_mono() >= d->next_poll) {
+            /* the lease first: a new one is only given once what the lost one held is dropped */
+            double lease = journal_lease(d->j);
+            pthread_mutex_lock(&d->mu);
+            int disowned = d->disowned;
+            d->disowned = 0;
+            pthread_mutex_unlock(&d->mu);
+            if (disowned)
+                drop_held(d);
+            held_back = lease <= d->cfg->timeout; /* an attempt could outlast it */
+            more = 0;
+            if (!held_back && time_mono() >= d->next_poll) {
                 poll_replays(d);
+                d->claim_due = 1;
                 d->next_poll = time_mono() + REPLAY_POLL;
             }
+            if (!held_back)
+                more = start_work(d);
         } else if (d->nactive > 0 && time_mono() >= grace_until) {
             log_msg(LOG_WARN, "shutdown grace over: %zu deliveries will run again at the next "
                               "start", d->nactive);
@@ -1079,6 +1181,8 @@ int dispatch_run(struct dispatch *d, int sigfd)
             break;
     }
     loop_del(d->loop, &d->sigfd);
+    if (d->journalfd.fd >= 0)
+        loop_del(d->loop, &d->journalfd);
     return sig;
 }
 

@@ -35,7 +35,8 @@ struct stall_slot {
 };
 
 struct stall;
-/* Maps dir/certhook.running, the slot. NULL with err. */
+/* Maps dir/certhook.running, the slot (dir NULL: memory of this process only -- a journal in a
+ * database, where the next start is maybe another server's). NULL with err. */
 struct stall *stall_open(const char *dir, char *err, size_t errlen);
 void stall_close(struct stall *st); /* a clean stop: the slot says nothing runs */
 /* 1 and *out when the previous process died while handler code ran; clears it. */

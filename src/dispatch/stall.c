@@ -84,13 +84,18 @@ struct stall *stall_open(const char *dir, char *err, size_t errlen)
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&r->cv, &ca);
     pthread_condattr_destroy(&ca);
-    snprintf(path, sizeof path, "%s/certhook.running", dir);
-    r->slot_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (r->slot_fd < 0 || ftruncate(r->slot_fd, 4096) != 0) {
-        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
-        goto fail;
+    if (dir == NULL) { /* no data directory (a database): the slot lives as long as we do */
+        r->slot = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        snprintf(path, sizeof path, "the dispatcher's slot");
+    } else {
+        snprintf(path, sizeof path, "%s/certhook.running", dir);
+        r->slot_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (r->slot_fd < 0 || ftruncate(r->slot_fd, 4096) != 0) {
+            snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+            goto fail;
+        }
+        r->slot = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, r->slot_fd, 0);
     }
-    r->slot = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, r->slot_fd, 0);
     if (r->slot == MAP_FAILED) {
         r->slot = NULL;
         snprintf(err, errlen, "cannot map %s: %s", path, strerror(errno));

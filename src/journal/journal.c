@@ -3,6 +3,7 @@
  * to the store's operations (store.h) on the calling thread's connection. The writer's side
  * is writer.c.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,11 +11,15 @@
 
 #include "journal/store.h"
 
-/* The store for where: a data directory is SQLite's. */
+int journal_is_database(const char *where)
+{
+    return strncmp(where, "postgresql://", 13) == 0 || strncmp(where, "postgres://", 11) == 0;
+}
+
+/* The store for where: a URI is PostgreSQL's, a data directory SQLite's. */
 static const struct store_ops *store_for(const char *where)
 {
-    (void)where;
-    return &store_sqlite;
+    return journal_is_database(where) ? &store_pg : &store_sqlite;
 }
 
 int journal_open(struct journal **jp, const struct journal_options *o, char *err, size_t errlen)
@@ -132,6 +137,13 @@ void journal_status(struct journal *j, struct journal_status *st)
     j->ops->status(j->s, st);
 }
 
+void journal_versions(struct buf *b)
+{
+    store_sqlite_version(b);
+    buf_adds(b, ", ");
+    store_pg_version(b);
+}
+
 int journal_load_inventory(struct journal *j, size_t cap)
 {
     return j->ops->load_inventory(j->s, cap);
@@ -141,4 +153,73 @@ int journal_certs(struct journal *j, const struct journal_certs_query *q,
                   void (*fn)(void *cls, const char *json), void *cls, char *err, size_t errlen)
 {
     return j->ops->certs(j->s, q, fn, cls, err, errlen);
+}
+
+const char *journal_directory(struct journal *j)
+{
+    return j->ops->directory ? j->ops->directory(j->s) : NULL;
+}
+
+/* ---- claims: no-ops on a journal one server uses ---------------------------------------------- */
+
+int journal_claim(struct journal *j, int limit,
+                  void (*on_delivery)(void *cls, const struct journal_delivery *row),
+                  void (*on_event)(void *cls, struct event *ev), void *cls)
+{
+    return j->ops->claim ? j->ops->claim(j->s, limit, on_delivery, on_event, cls) : 0;
+}
+
+double journal_lease(struct journal *j)
+{
+    return j->ops->lease ? j->ops->lease(j->s) : INFINITY;
+}
+
+int journal_wake_fd(struct journal *j)
+{
+    return j->ops->wake_fd ? j->ops->wake_fd(j->s) : -1;
+}
+
+void journal_wake_clear(struct journal *j)
+{
+    if (j->ops->wake_clear)
+        j->ops->wake_clear(j->s);
+}
+
+/* ---- copies ------------------------------------------------------------------------------------ */
+
+struct copy {
+    struct journal *to;
+    long *counts;
+    char *err;
+    size_t errlen;
+};
+
+static int copy_record(void *cls, const struct journal_record *rec)
+{
+    struct copy *c = cls;
+    if (c->to->ops->import(c->to->s, rec, c->err, c->errlen) != 0)
+        return -1;
+    c->counts[rec->kind]++;
+    return 0;
+}
+
+int journal_copy(struct journal *from, struct journal *to, long counts[JR_KINDS], char *err,
+                 size_t errlen)
+{
+    struct copy c = {to, counts, err, errlen};
+    memset(counts, 0, JR_KINDS * sizeof counts[0]);
+    if (from->ops->export == NULL || to->ops->import_begin == NULL) {
+        snprintf(err, errlen, "a journal is copied from a data directory (SQLite) into a "
+                              "database (PostgreSQL)");
+        return -1;
+    }
+    if (to->ops->import_begin(to->s, err, errlen) != 0)
+        return -1;
+    int ok = from->ops->export(from->s, copy_record, &c, err, errlen) == 0;
+    char end[300] = "";
+    if (to->ops->import_end(to->s, ok, end, sizeof end) != 0 && ok) {
+        snprintf(err, errlen, "%s", end);
+        ok = 0;
+    }
+    return ok ? 0 : -1;
 }

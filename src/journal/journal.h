@@ -4,7 +4,14 @@
  * replay requests, the certificate inventory. One writer thread batches every write into one
  * transaction and one durable commit (writer.c); reads go to the store directly (journal.c).
  * The store is one file behind struct store_ops (store.h): SQLite (store_sqlite.c) for a data
- * directory. Nothing outside this folder speaks SQL.
+ * directory, PostgreSQL (store_pg.c) for a postgresql:// URI, which several servers share.
+ * Nothing outside this folder speaks SQL.
+ *
+ * A shared journal: every server journals what it accepts and dispatches it itself; it holds
+ * (claims) those events under a lease it renews. When a server dies its lease runs out, and
+ * another server claims its events (journal_claim) and runs what they still need; a server
+ * that stops gives its events back at once. On a journal only one server uses, claims are
+ * no-ops: that server holds everything, and reads it back at its start.
  */
 #ifndef CERTHOOK_JOURNAL_H
 #define CERTHOOK_JOURNAL_H
@@ -65,16 +72,25 @@ typedef void (*journal_sink)(void *cls, struct event *list);
 enum {
     JOURNAL_CREATE = 1,    /* make the data directory and the schema (else it must exist) */
     JOURNAL_READONLY = 2,  /* read only: no writer */
-    JOURNAL_EXCLUSIVE = 4, /* the one server on it: a lock held until close (SQLite) */
+    JOURNAL_EXCLUSIVE = 4, /* a server: SQLite holds a lock until close (one server per data
+                            * directory); a shared store registers it and keeps its lease */
 };
 
 struct journal_options {
-    const char *where; /* the data directory */
+    const char *where; /* the data directory, or a postgresql:// URI */
     int flags;
     double busy_timeout; /* seconds to wait for a lock held by another process */
     double retention;    /* seconds finished events are kept */
     size_t max_wal;      /* bytes the write-ahead log may reach before it is cut back */
+    double lease;        /* seconds a server's claims last unrenewed (shared; 0: 120) */
 };
+
+/* Whether where names a database (a postgresql:// or postgres:// URI) rather than a data
+ * directory. */
+int journal_is_database(const char *where);
+/* The data directory of the journal, for the files that belong with it (the dispatcher's
+ * slot); NULL for a database. */
+const char *journal_directory(struct journal *j);
 
 /* Opens the journal; its schema is brought to this version. NULL with err (naming the PID of
  * the server that holds it, for JOURNAL_EXCLUSIVE). */
@@ -94,7 +110,9 @@ void journal_versions(struct buf *b);
 /* ---- writing (writer.c) ------------------------------------------------------------------- */
 
 /* Starts the writer thread; accepted events go to sink (may be NULL), in commit order, a batch
- * per call. */
+ * per call. A shared journal that lost this server's lease (it could not renew it in time, and
+ * another server may have claimed its events) calls sink with NULL: the events handed over
+ * before are no longer this server's to dispatch. */
 int journal_start(struct journal *j, journal_sink sink, void *cls);
 void journal_stop(struct journal *j); /* writes what is queued, joins the writer */
 /* Queues r and the requests chained after it (r->next: NULL for one alone), to be written in
@@ -108,11 +126,13 @@ void journal_finish(struct journal *j, struct journal_done *d);
 int journal_healthy(struct journal *j, char *why, size_t n); /* 1 if the last write worked */
 
 /* ---- reading (journal.c): the calling thread's connection, events handed over are theirs ---- */
+/* On a shared journal, scans and loads by seq see the events this server holds. */
 
 int64_t journal_max_seq(struct journal *j);
 /* Up to limit events with after < seq <= upto in state (0: never dispatched), in order. */
 int journal_scan_events(struct journal *j, int state, int64_t after, int64_t upto, int limit,
                         void (*fn)(void *cls, struct event *ev), void *cls);
+/* The event seq (one this server holds), or the event id (any). NULL: none. */
 struct event *journal_load(struct journal *j, int64_t seq, const char *id);
 
 /* A delivery as journaled, for the dispatcher's start and replays. */
@@ -127,10 +147,31 @@ struct journal_delivery {
  * Returns how many, or -1. */
 int journal_scan_deliveries(struct journal *j, const char *status,
                             void (*fn)(void *cls, const struct journal_delivery *row), void *cls);
-/* Replay requests after id: fn(cls, id, event_id or NULL, dead). Returns how many, or -1. */
+/* Replay requests after id: fn(cls, id, event_id or NULL, dead). Returns how many, or -1. A
+ * shared journal hands each request to one server: the one that holds its event, or takes
+ * it (a finished one); the next journal_finish with replays_upto marks them done. */
 int journal_scan_replays(struct journal *j, int64_t after,
                          void (*fn)(void *cls, int64_t id, const char *event_id, int dead),
                          void *cls);
+
+/* ---- claims (journal.c): which server runs what, when several share the journal ---- */
+
+/* Claims for this server up to limit open events no live server holds -- those of a server
+ * whose lease ran out, or that stopped -- and hands over what they need: on_delivery for each
+ * of their deliveries not final (running: its attempt was interrupted), on_event for each
+ * event never dispatched (taken). Returns how many events, or -1. 0 on a journal one server
+ * uses (it holds everything). */
+int journal_claim(struct journal *j, int limit,
+                  void (*on_delivery)(void *cls, const struct journal_delivery *row),
+                  void (*on_event)(void *cls, struct event *ev), void *cls);
+/* Seconds this server's claims still hold (time_mono), INFINITY on a journal one server uses.
+ * Start nothing that could outlast it. Any thread. */
+double journal_lease(struct journal *j);
+/* A descriptor that becomes readable when another server made work claimable (it stopped, a
+ * replay was asked for): a hint to claim and poll now (journal_wake_clear). -1: none. */
+int journal_wake_fd(struct journal *j);
+void journal_wake_clear(struct journal *j);
+
 /* certhook.state reads: get returns the JSON text in *out (malloc'd) or NULL when absent or
  * expired; keys calls fn for each live key with the prefix, in order. 0, or -1 with err. */
 int journal_state_get(struct journal *j, const char *key, char **out, size_t *len, char *err,
@@ -185,6 +226,32 @@ struct journal_status {
     double behind;        /* seconds since it was last checkpointed whole (0: it is) */
 };
 void journal_status(struct journal *j, struct journal_status *st);
+/* ---- copying (journal.c): certhook migrate -------------------------------------------------- */
+
+enum journal_record_kind {
+    JR_EVENT, JR_DELIVERY, JR_STATE, JR_CERTIFICATE, JR_REPLAY, JR_ONCE, JR_KINDS
+};
+/* One row of a journal, as copied: only the fields of its kind are set. */
+struct journal_record {
+    enum journal_record_kind kind;
+    const struct event *ev;        /* EVENT: with seq, its packed form and body */
+    int state;                     /* EVENT: 0 never dispatched, 1 dispatching, 2 finished */
+    int64_t seq;                   /* DELIVERY: its event; REPLAY: its id */
+    const struct delivery_result *d; /* DELIVERY */
+    const char *key, *value;       /* STATE: key, JSON text; CERTIFICATE: -, the inventory entry
+                                    * as JSON (journal_certs); ONCE: key, results (NULL: claimed) */
+    size_t key_len, value_len;
+    const char *status, *event_id; /* CERTIFICATE: status; REPLAY: the event (NULL: dead) */
+    double expires_at, at;         /* STATE: 0 never; REPLAY: requested_at; ONCE: the claim's
+                                    * lease_until (0: none) */
+    int dead;                      /* REPLAY */
+};
+/* Copies every event, delivery, state key, certificate and replay request of from into to --
+ * a journal that holds no event yet -- in one transaction of to; counts[kind]: how many. 0, or
+ * -1 with err (nothing of it was written). */
+int journal_copy(struct journal *from, struct journal *to, long counts[JR_KINDS], char *err,
+                 size_t errlen);
+
 /* Feeds the certificate inventory (metrics_certificate) the newest cap hostnames; before the
  * writer starts. Returns how many, or -1. */
 int journal_load_inventory(struct journal *j, size_t cap);

@@ -1,11 +1,14 @@
 /*
  * store.h -- what a journal store does, behind the engine-neutral journal (journal.h): one
- * struct of operations per engine, one file each (store_sqlite.c); and the journal itself.
- * Private to src/journal.
+ * struct of operations per engine, one file each (store_sqlite.c, store_pg.c); and the journal
+ * itself. Private to src/journal.
  *
  * The writer thread (writer.c) uses the write operations, one transaction per batch: begin,
- * insert / state / delivery / settle / replayed for each request, commit or rollback. Reads come from any one other thread at a time per operation family: the
- * dispatcher's (scans, loads, state reads), the command line's, the admin listener's (status).
+ * insert / state / delivery / settle / replayed for each request, commit or rollback; a store
+ * may answer the requests (r->result) only at its commit. Reads come from any one other thread
+ * at a time per operation family: the dispatcher's (scans, loads, state reads, claims), the
+ * command line's, the admin listener's (status). Operations a store leaves NULL are those of a
+ * journal one server uses: no claims, no lease, no wake-ups, no copies.
  */
 #ifndef CERTHOOK_STORE_H
 #define CERTHOOK_STORE_H
@@ -28,18 +31,26 @@ struct store_ops {
     /* durable 0: the commit may be lost to a power cut (not to a crash of certhook) until the
      * next durable one */
     int (*begin)(struct store *s, int durable);
-    /* 1: new (ev->seq set; the inventory updated in the same transaction), 0: its id was
-     * journaled before, -1: error */
-    int (*insert)(struct store *s, struct event *ev);
+    /* r->ev, a new event: r->result ACCEPTED (ev->seq set; the inventory updated in the same
+     * transaction) or DUPLICATE (its id was journaled before), set now or by commit. 0, or -1:
+     * error */
+    int (*insert)(struct store *s, struct journal_req *r);
     int (*state)(struct store *s, struct journal_req *r); /* STATE_* and ONCE_* requests: r->result
-                                                            * set; 0, or -1: error */
+                                                            * set (or by commit); 0, or -1: error */
     int (*delivery)(struct store *s, int64_t seq, const struct delivery_result *r);
     int (*settle)(struct store *s, int64_t seq); /* the event's state from its deliveries */
     int (*replayed)(struct store *s, int64_t upto); /* replay requests up to upto are done */
     int (*commit)(struct store *s);
     void (*rollback)(struct store *s);
     const char *(*error)(struct store *s); /* why the last write operation failed */
+    /* 1 when that failure may pass by itself (the database unreachable, restarting, read-only
+     * in a failover): the writer keeps the batch's delivery states for a later one. */
+    int (*transient)(struct store *s);
     void (*prune)(struct store *s, double retention); /* between batches, now and then */
+    /* A shared store: keeps this server's lease, between batches; *next: seconds until it wants
+     * to be called again. Returns 1 when the lease was lost (its events may be another
+     * server's now): the writer tells the sink, and calls again to register anew. */
+    int (*renew)(struct store *s, double *next);
 
     /* ---- reads ---- */
     int64_t (*max_seq)(struct store *s);
@@ -66,6 +77,22 @@ struct store_ops {
                           size_t errlen);
     void (*status)(struct store *s, struct journal_status *st); /* any thread */
     int (*load_inventory)(struct store *s, size_t cap);
+    const char *(*directory)(struct store *s); /* journal_directory */
+
+    /* ---- claims (shared stores; journal.h says what each does) ---- */
+    int (*claim)(struct store *s, int limit,
+                 void (*on_delivery)(void *cls, const struct journal_delivery *row),
+                 void (*on_event)(void *cls, struct event *ev), void *cls);
+    double (*lease)(struct store *s);
+    int (*wake_fd)(struct store *s);
+    void (*wake_clear)(struct store *s);
+
+    /* ---- copies: export from one store, import into another (journal_copy) ---- */
+    int (*export)(struct store *s, int (*fn)(void *cls, const struct journal_record *rec),
+                  void *cls, char *err, size_t errlen);
+    int (*import_begin)(struct store *s, char *err, size_t errlen); /* refuses a non-empty one */
+    int (*import)(struct store *s, const struct journal_record *rec, char *err, size_t errlen);
+    int (*import_end)(struct store *s, int ok, char *err, size_t errlen); /* commit / roll back */
     /* Events without their packed form: fn gives it, the store keeps it. */
     int (*upgrade)(struct store *s,
                    int (*fn)(void *cls, const struct event *ev, struct buf *packed, char *err,
@@ -73,7 +100,9 @@ struct store_ops {
                    void *cls, char *err, size_t errlen);
 };
 
-extern const struct store_ops store_sqlite;
+extern const struct store_ops store_sqlite, store_pg;
+void store_sqlite_version(struct buf *b); /* "SQLite 3.40.1" */
+void store_pg_version(struct buf *b);     /* "libpq 15.18" */
 
 /* The journal: a store and the writer's queue (writer.c), shared by journal.c and writer.c. */
 struct journal {
@@ -82,6 +111,10 @@ struct journal {
     double retention;
     pthread_t thread;
     int started, stop;
+    double hold_until;  /* time_mono() before which kept delivery states wait (a failure) */
+    char last_why[200]; /* the writer's last failure logged, when; how many since, unlogged */
+    double logged_at;
+    unsigned long unlogged;
     pthread_mutex_t mu; /* guards what follows */
     pthread_cond_t cv;  /* on the monotonic clock */
     struct journal_req *reqs, **reqs_tail;

@@ -52,6 +52,7 @@ struct store {
     int durable;                     /* the writer connection's synchronous is FULL */
     int lock_fd;                     /* certhook.lock, JOURNAL_EXCLUSIVE; -1 */
     char *path;                      /* <dir>/certhook.db */
+    char *dir;                       /* the data directory */
 };
 
 /* An event's row: the summary in events (small: its state changes), the event and the body in
@@ -312,7 +313,7 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
     j->max_wal = o->max_wal ? o->max_wal : 64 << 20;
     j->durable = 1;
     snprintf(path, sizeof path, "%s/certhook.db", o->where);
-    if ((j->path = strdup(path)) == NULL) {
+    if ((j->path = strdup(path)) == NULL || (j->dir = strdup(o->where)) == NULL) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
@@ -439,6 +440,7 @@ static void sq_close(struct store *j)
     if (j->lock_fd >= 0)
         close(j->lock_fd); /* releases the lock */
     free(j->path);
+    free(j->dir);
     pthread_mutex_destroy(&j->mu);
     pthread_mutex_destroy(&j->amu);
     pthread_cond_destroy(&j->ckcv);
@@ -531,7 +533,7 @@ static int remember_certificates(struct store *j, struct event *ev)
     return 0;
 }
 
-static int sq_insert(struct store *j, struct event *ev)
+static int sq_insert_event(struct store *j, struct event *ev)
 {
     sqlite3_stmt *s = j->ins;
     sqlite3_bind_text(s, 1, ev->id, -1, SQLITE_STATIC);
@@ -560,6 +562,15 @@ static int sq_insert(struct store *j, struct event *ev)
     if (step_reset(j->ins_data) != 0)
         return -1;
     return 1;
+}
+
+static int sq_insert(struct store *j, struct journal_req *r)
+{
+    int rc = sq_insert_event(j, r->ev);
+    if (rc < 0)
+        return -1;
+    r->result = rc == 1 ? JOURNAL_ACCEPTED : JOURNAL_DUPLICATE;
+    return 0;
 }
 
 /* Reads a JSON number (as certhook.state stores numbers) into *v; 0, or -1 if not one. */
@@ -1327,7 +1338,140 @@ fail:
     return -1;
 }
 
-void journal_versions(struct buf *b)
+static const char *sq_directory(struct store *j)
+{
+    return j->dir;
+}
+
+/* ---- certhook migrate: every row, as records --------------------------------------------------- */
+
+static double column_double(sqlite3_stmt *s, int i) /* 0 for NULL */
+{
+    return sqlite3_column_type(s, i) == SQLITE_NULL ? 0 : sqlite3_column_double(s, i);
+}
+
+/* Runs sql on the reader's connection and fn(cls, row) for each row; 0, or -1 with err. */
+static int each_row(struct store *j, const char *sql, int (*fn)(void *cls, sqlite3_stmt *row),
+                    void *cls, char *err, size_t errlen)
+{
+    sqlite3_stmt *s;
+    int rc;
+    if (sqlite3_prepare_v2(j->rdb, sql, -1, &s, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot read the journal: %s", sqlite3_errmsg(j->rdb));
+        return -1;
+    }
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW)
+        if (fn(cls, s) != 0) {
+            sqlite3_finalize(s);
+            return -1;
+        }
+    if (rc != SQLITE_DONE)
+        snprintf(err, errlen, "cannot read the journal: %s", sqlite3_errmsg(j->rdb));
+    sqlite3_finalize(s);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+struct export {
+    int (*fn)(void *cls, const struct journal_record *rec);
+    void *cls;
+};
+
+static int export_event(void *cls, sqlite3_stmt *s)
+{
+    struct export *x = cls;
+    struct event *ev = row_event(s);
+    if (ev == NULL)
+        return -1;
+    struct journal_record rec = {.kind = JR_EVENT, .ev = ev, .state = sqlite3_column_int(s, 12)};
+    int rc = x->fn(x->cls, &rec);
+    event_free(ev);
+    return rc;
+}
+
+static int export_delivery(void *cls, sqlite3_stmt *s)
+{
+    struct export *x = cls;
+    struct delivery_result d = {
+        .handler = (char *)column(s, 1), .status = DELIVERY_PENDING,
+        .attempts = sqlite3_column_int(s, 3), .crashes = sqlite3_column_int(s, 4),
+        .generation = (unsigned)sqlite3_column_int64(s, 5), .first_at = column_double(s, 6),
+        .started_at = column_double(s, 7), .duration = column_double(s, 8),
+        .next_at = column_double(s, 9), .error = (char *)column(s, 10),
+        .traceback = (char *)column(s, 11)};
+    for (int i = 0; i < 5; i++)
+        if (column(s, 2) && strcmp(column(s, 2), delivery_status_names[i]) == 0)
+            d.status = (enum delivery_status)i;
+    struct journal_record rec = {.kind = JR_DELIVERY, .seq = sqlite3_column_int64(s, 0), .d = &d};
+    return x->fn(x->cls, &rec);
+}
+
+static int export_state(void *cls, sqlite3_stmt *s)
+{
+    struct export *x = cls;
+    struct journal_record rec = {
+        .kind = JR_STATE, .key = column(s, 0), .key_len = (size_t)sqlite3_column_bytes(s, 0),
+        .value = column(s, 1), .value_len = (size_t)sqlite3_column_bytes(s, 1),
+        .expires_at = column_double(s, 2)};
+    return x->fn(x->cls, &rec);
+}
+
+static int export_certificate(void *cls, sqlite3_stmt *s)
+{
+    struct export *x = cls;
+    struct journal_record rec = {.kind = JR_CERTIFICATE, .value = column(s, 0)};
+    return x->fn(x->cls, &rec);
+}
+
+static int export_once(void *cls, sqlite3_stmt *s)
+{
+    struct export *x = cls;
+    struct journal_record rec = {
+        .kind = JR_ONCE, .key = column(s, 0), .key_len = (size_t)sqlite3_column_bytes(s, 0),
+        .value = column(s, 1), .value_len = (size_t)sqlite3_column_bytes(s, 1),
+        .at = column_double(s, 2)};
+    return x->fn(x->cls, &rec);
+}
+
+static int export_replay(void *cls, sqlite3_stmt *s)
+{
+    struct export *x = cls;
+    struct journal_record rec = {.kind = JR_REPLAY, .seq = sqlite3_column_int64(s, 0),
+                                 .event_id = column(s, 1), .dead = sqlite3_column_int(s, 2),
+                                 .at = column_double(s, 3)};
+    return x->fn(x->cls, &rec);
+}
+
+/* Every row, in one read transaction (a snapshot): events (with their data), deliveries, state,
+ * certificates, replay requests. */
+static int sq_export(struct store *j, int (*fn)(void *cls, const struct journal_record *rec),
+                     void *cls, char *err, size_t errlen)
+{
+    struct export x = {fn, cls};
+    if (sqlite3_exec(j->rdb, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "cannot read the journal: %s", sqlite3_errmsg(j->rdb));
+        return -1;
+    }
+    int rc = each_row(j, "SELECT " EVENT_COLUMNS ", e.state FROM " EVENT_FROM " ORDER BY e.seq",
+                      export_event, &x, err, errlen) ||
+             each_row(j, "SELECT event_seq, handler, status, attempts, crashes, generation, "
+                         "first_at, started_at, duration, next_at, last_error, traceback FROM "
+                         "deliveries ORDER BY event_seq, handler", export_delivery, &x, err,
+                      errlen) ||
+             each_row(j, "SELECT key, value, expires_at FROM state ORDER BY key", export_state,
+                      &x, err, errlen) ||
+             each_row(j, "SELECT " ENTRY_JSON " FROM inventory ORDER BY key", export_certificate,
+                      &x, err, errlen) ||
+             each_row(j, "SELECT key, results, lease_until FROM once ORDER BY key", export_once,
+                      &x, err, errlen) ||
+             each_row(j, "SELECT id, event_id, dead, requested_at FROM replays ORDER BY id",
+                      export_replay, &x, err, errlen)
+                 ? -1
+                 : 0;
+    sqlite3_exec(j->rdb, "COMMIT", NULL, NULL, NULL);
+    return rc;
+}
+
+void store_sqlite_version(struct buf *b)
 {
     buf_printf(b, "SQLite %s", sqlite3_libversion());
 }
@@ -1362,4 +1506,6 @@ const struct store_ops store_sqlite = {
     .status = sq_status,
     .load_inventory = sq_load_inventory,
     .upgrade = sq_upgrade,
+    .directory = sq_directory,
+    .export = sq_export,
 };

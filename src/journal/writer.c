@@ -8,7 +8,10 @@
  * request in it is answered FAILED (-> 503). A batch of nothing but delivery states that are
  * done (or running) is committed without forcing it to disk: it rides to disk with the next
  * durable commit, so the success path costs one durable commit per batch of accepted events.
- * Between batches the store prunes what is older than the retention.
+ * A batch that failed for a reason that may pass by itself (a database restarting, a failover)
+ * keeps its delivery states for the next batch, tried after a pause; the requests are answered
+ * FAILED all the same. Between batches the store prunes what is older than the retention, and
+ * a shared store renews this server's lease.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -17,6 +20,9 @@
 #include <time.h>
 
 #include "journal/store.h"
+
+#define HOLD 0.25     /* seconds kept delivery states wait after a failed batch */
+#define LOG_EVERY 5.0 /* seconds between two messages about batches failing alike */
 
 struct journal_done *journal_done_new(int64_t seq, size_t n)
 {
@@ -64,13 +70,7 @@ static int write_done(struct journal *j, struct journal_done *d)
 
 static int do_request(struct journal *j, struct journal_req *r)
 {
-    if (r->op != JOURNAL_APPEND)
-        return j->ops->state(j->s, r);
-    int rc = j->ops->insert(j->s, r->ev);
-    if (rc < 0)
-        return -1;
-    r->result = rc == 1 ? JOURNAL_ACCEPTED : JOURNAL_DUPLICATE;
-    return 0;
+    return r->op == JOURNAL_APPEND ? j->ops->insert(j->s, r) : j->ops->state(j->s, r);
 }
 
 /* Writes one batch in one transaction; answers every request. */
@@ -91,7 +91,22 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
     if (!ok) {
         snprintf(why, sizeof why, "%s", j->ops->error(j->s));
         j->ops->rollback(j->s);
-        log_msg(LOG_ERROR, "journal write failed, batch rolled back: %s", why);
+        /* once per cause, and then every LOG_EVERY while it lasts (an outage fails every batch) */
+        double now = time_mono();
+        if (strcmp(why, j->last_why) != 0 || now - j->logged_at >= LOG_EVERY) {
+            if (j->unlogged > 0)
+                log_msg(LOG_ERROR, "journal write failed, batch rolled back: %s (and %lu more "
+                                   "batches since the last message)", why, j->unlogged);
+            else
+                log_msg(LOG_ERROR, "journal write failed, batch rolled back: %s", why);
+            snprintf(j->last_why, sizeof j->last_why, "%s", why);
+            j->logged_at = now;
+            j->unlogged = 0;
+        } else {
+            j->unlogged++;
+        }
+    } else {
+        j->last_why[0] = '\0';
     }
     pthread_mutex_lock(&j->mu);
     j->healthy = ok;
@@ -122,12 +137,45 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
         next = r->next;
         r->done(r);
     }
-    /* unwritten delivery states: the journal still has the previous ones, which are redone at
-     * the next start (at least once) */
+    /* unwritten delivery states: kept for the next batch when the failure may pass (the
+     * requests queued meanwhile go first); else the journal still has the previous ones, which
+     * are redone at the next start (at least once) */
+    if (!ok && dones != NULL && j->ops->transient && j->ops->transient(j->s)) {
+        struct journal_done *last = dones;
+        while (last->next)
+            last = last->next;
+        pthread_mutex_lock(&j->mu);
+        int kept = !j->stop; /* stopping: what cannot be written now is redone elsewhere */
+        if (kept) {
+            last->next = j->dones;
+            if (j->dones == NULL)
+                j->dones_tail = &last->next;
+            j->dones = dones;
+            j->hold_until = time_mono() + HOLD;
+        }
+        pthread_mutex_unlock(&j->mu);
+        if (kept)
+            return;
+    }
     for (struct journal_done *d = dones, *next; d; d = next) {
         next = d->next;
         journal_done_free(d);
     }
+}
+
+/* A shared store's lease, when it is due. A lost one: the events handed to the sink before are
+ * no longer this server's (another may hold them now); then the store registers anew. */
+static void renew(struct journal *j, double *next_renew)
+{
+    double next = 1;
+    if (j->ops->renew == NULL || time_mono() < *next_renew)
+        return;
+    if (j->ops->renew(j->s, &next) == 1) {
+        if (j->sink)
+            j->sink(j->sink_cls, NULL);
+        j->ops->renew(j->s, &next);
+    }
+    *next_renew = time_mono() + next;
 }
 
 static void *writer_main(void *arg)
@@ -136,11 +184,16 @@ static void *writer_main(void *arg)
     double interval = j->retention / 4 < 600 ? j->retention / 4 : 600;
     if (interval < 0.25)
         interval = 0.25;
-    double next_prune = time_mono() + 1;
+    double next_prune = time_mono() + 1, next_renew = 0;
     for (;;) {
+        renew(j, &next_renew);
         pthread_mutex_lock(&j->mu);
-        while (!j->reqs && !j->dones && !j->stop) {
+        while (!j->reqs && (!j->dones || time_mono() < j->hold_until) && !j->stop) {
             double wait = next_prune - time_mono();
+            if (j->ops->renew && next_renew - time_mono() < wait)
+                wait = next_renew - time_mono();
+            if (j->dones && j->hold_until - time_mono() < wait)
+                wait = j->hold_until - time_mono();
             if (wait <= 0)
                 break;
             struct timespec ts;
@@ -151,12 +204,15 @@ static void *writer_main(void *arg)
             pthread_cond_timedwait(&j->cv, &j->mu, &ts);
         }
         struct journal_req *reqs = j->reqs;
-        struct journal_done *dones = j->dones;
+        struct journal_done *dones = NULL;
         int stop = j->stop;
         j->reqs = NULL;
         j->reqs_tail = &j->reqs;
-        j->dones = NULL;
-        j->dones_tail = &j->dones;
+        if (reqs || stop || time_mono() >= j->hold_until) { /* kept ones wait out their pause */
+            dones = j->dones;
+            j->dones = NULL;
+            j->dones_tail = &j->dones;
+        }
         pthread_mutex_unlock(&j->mu);
         size_t n = 0;
         for (struct journal_req *r = reqs; r; r = r->next)

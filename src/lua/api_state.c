@@ -81,7 +81,7 @@ static struct journal *state_journal(lua_State *L)
         luaL_error(L, "certhook.state is available to handlers run by certhook serve or "
                       "certhook run");
     if (c->j == NULL) {
-        struct journal_options o = {c->dir, JOURNAL_CREATE, c->busy_timeout, 30 * 86400.0, 0};
+        struct journal_options o = {c->dir, JOURNAL_CREATE, c->busy_timeout, 30 * 86400.0, 0, 0};
         if (journal_open(&c->j, &o, err, sizeof err) != 0 ||
             journal_start(c->j, NULL, NULL) != 0) {
             journal_close(c->j);

@@ -1,7 +1,8 @@
 #!/bin/sh
 # make bench: intake and end-to-end figures of certhook serve on this machine.
 # (Part 2, tests/bench/drain.sh: the outbound-HTTP drain; part 3, reload.lua: reload latency;
-# part 4, journal_floor.c: what the durable journal alone costs per event on this machine.)
+# part 4, journal_floor.c: what the durable journal alone costs per event on this machine;
+# part 5, pg.sh: the journal in PostgreSQL, one node and two.)
 #
 # For 1, 10 and 50 keep-alive connections, wrk POSTs a Cloudflare event with a new id per
 # request for DURATION seconds; every request is journaled (fsync) and dispatched to a
@@ -110,6 +111,11 @@ for b in 10 25 50; do
     rm -f "$run"/floor.db*
     $pin_server "$root/$BUILD/journal_floor" "$run" 20000 $b | awk '{ printf "| %d | %.1f | %d |\n", $2, $3, $4 }'
 done
+echo
+echo "PostgreSQL journal (tests/bench/pg.sh): a PostgreSQL 15 of its own on this machine (fsync on),"
+echo "50 connections in all split over the nodes, ${DURATION}s; CPU us per event of the nodes and of PostgreSQL:"
+echo
+DURATION=$DURATION BUILD=$BUILD sh "$here/pg.sh"
 } >>"$out"
 
 # The figures of issue 8 in one table, read back from the tables above.

@@ -129,7 +129,7 @@ describe("the event a handler gets", function()
 end)
 
 describe("a journal of the previous release", function()
-  it("is upgraded at open, and its events are dispatched", function()
+  it("is upgraded at open, and its events are dispatched #sqlite", function()
     local dir = fs.tmpdir()
     os.execute(("mkdir -p '%s/data' && sqlite3 '%s/data/certhook.db' < %sjournal-v4.sql"):format(dir, dir, FIX))
     -- the journal's delivery to retry is a.lua's

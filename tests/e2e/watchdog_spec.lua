@@ -69,7 +69,7 @@ describe("the expiry watchdog", function()
     local all = fired(srv, "soon.example")
     assert.are.equal("certificate.expiration.upcoming,certificate.renewal.overdue", types(all))
     assert.truthy(all[2].id:match("^watchdog:cloudflare:cert%-soon%.example:%d+:overdue$"), all[2].id)
-    local out = fs.run(("%s certs --json --data %s/data"):format(Server.certhook, srv.dir))
+    local out = fs.run(("%s certs --json --data '%s'"):format(Server.certhook, srv.data))
     for l in out:gmatch("[^\n]+") do
       local e = cjson.decode(l)
       if e.hostname == "soon.example" then assert.are.equal("certificate.renewal.overdue", e.last_type) end

@@ -17,11 +17,24 @@ end })
 
 M.certhook = os.getenv("CERTHOOK") or (io.popen("pwd"):read("l") .. "/build/certhook-dev")
 
+-- The journal of the servers of a directory: dir/data, or with CERTHOOK_TEST_JOURNAL=postgresql
+-- (the specs of the shared journal's parity run) a database of a PostgreSQL of the specs' own,
+-- one per directory.
+local pg, dbs = nil, {}
+local function journal_of(dir)
+  if os.getenv("CERTHOOK_TEST_JOURNAL") ~= "postgresql" then return dir .. "/data" end
+  pg = pg or require("helpers.pg").start()
+  dbs[dir] = dbs[dir] or pg:createdb()
+  return pg:uri(dbs[dir])
+end
+
 -- start{ config = "lua text", handlers = { ["x.lua"] = "source" }, dir = optional,
 --        env = { NAME = "value" } }
--- The config gets listen/admin on port 0 and handlers/data in dir unless it sets them.
+-- The config gets listen/admin on port 0 and handlers/data in dir unless it sets them;
+-- srv.data: the journal (--data of the command line).
 function M.start(opts)
   local self = setmetatable({ dir = opts.dir or fs.tmpdir(), env = "" }, M)
+  self.data = journal_of(self.dir)
   for k, v in pairs(opts.env or {}) do
     self.env = self.env .. ("%s='%s' "):format(k, v)
   end
@@ -29,7 +42,8 @@ function M.start(opts)
     fs.write(self.dir .. "/handlers/" .. name, src)
   end
   os.execute("mkdir -p '" .. self.dir .. "/handlers'")
-  local config = 'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nhandlers = "handlers"\ndata = "data"\n' ..
+  local config = 'listen = "127.0.0.1:0"\nadmin = "127.0.0.1:0"\nhandlers = "handlers"\n' ..
+    ("data = %q\n"):format(self.data:match("^postgresql:") and self.data or "data") ..
     "journal = { busy_timeout = 0.3 }\n" .. (opts.config or "")
   fs.write(self.dir .. "/certhook.conf.lua", config)
   live[self] = true
@@ -163,6 +177,7 @@ end
 
 -- Rows of an SQL query on the journal (via the sqlite3 command line), as arrays of strings.
 function M:sql(query)
+  if dbs[self.dir] then return pg:sql(dbs[self.dir], "SET search_path = certhook;\n" .. query) end
   local out, err, code = fs.run(("sqlite3 -separator '|' '%s/data/certhook.db' \"%s\""):format(self.dir, query))
   assert(code == 0, err)
   local rows = {}

@@ -3,13 +3,15 @@
 -- refused for each reason, IBM JWTs, HTTPS -- runs handlers that call out over HTTP, keep
 -- state and fail, reloads, cuts off a stalled client and stops on SIGTERM. The run must end
 -- with no memory error and no leak (definite, indirect or possible): valgrind's exit status
--- and its summary, both checked.
+-- and its summary, both checked. A PostgreSQL journal too: claims of a killed server's events,
+-- PostgreSQL restarting under the server, the command line against the URI.
 local cjson = require "cjson"
 local socket = require "socket"
 local events = require "helpers.events"
 local fs = require "helpers.fs"
 local http = require "helpers.http"
 local jwt = require "helpers.jwt"
+local PG = require "helpers.pg"
 local Server = require "helpers.server"
 local Sink = require "helpers.sink"
 local sns = require "helpers.sns"
@@ -245,6 +247,60 @@ sources = {
     assert.are.equal(202, srv:post("/hooks/broken", '{"x":"w"}').status)
     stop_clean(srv)
     srv:cleanup()
+  end)
+
+  it("serves a PostgreSQL journal, claims, reconnects and stops without a memory error or leak", function()
+    local pg = PG.start()
+    local db = pg:createdb()
+    local config = ('sources = { cloudflare = { provider = "cloudflare", secret = %q } }\n'):format(SECRET) ..
+      ('data = %q\ndelivery = { timeout = 1, lease = 2, backoff = 0.05, max_backoff = 0.2 }\n'):format(pg:uri(db))
+    local handlers = { ["h.lua"] = [[
+      local state = require("certhook").state
+      return { ["*"] = function(e) state.incr("n") state.set("last", e.id, 60) end }]] }
+    -- a server killed with events it holds (its own valgrind log is not looked at)
+    local first = Server.start { config = config, handlers = handlers }
+    local ids = {}
+    for i = 1, 3 do
+      local body, id = events.cloudflare()
+      assert.are.equal(202, first:post("/hooks/cloudflare", body, CF).status)
+      ids[i] = id
+    end
+    first:signal("KILL")
+    first:wait_exit(10)
+    first:cleanup()
+    local srv = Server.start { config = config, handlers = handlers }
+    for _ = 1, 3 do assert.are.equal(202, srv:post("/hooks/cloudflare", event(), CF).status) end
+    assert(fs.wait_for(function()
+      return pg:sql(db, "SELECT count(*) FROM certhook.events WHERE state <> 2")[1][1] == "0"
+    end, 60), "the killed server's events were not claimed")
+    -- PostgreSQL restarts under it: 503, then 202
+    pg:stop_server("immediate")
+    assert.are.equal(503, srv:post("/hooks/cloudflare", event(), CF).status)
+    pg:start_server()
+    assert(fs.wait_for(function() return srv:post("/hooks/cloudflare", event(), CF).status == 202 end, 30))
+    -- the command line against the URI, and a data directory migrated into a database
+    local dir = fs.tmpdir()
+    fs.write(dir .. "/handlers/h.lua", 'return { ["*"] = function(e) require("certhook").state.incr("n", 1) end }')
+    fs.write(dir .. "/event.json", event())
+    local cmds = {
+      ("events --data '%s'"):format(pg:uri(db)),
+      ("replay '%s' --data '%s'"):format(ids[1], pg:uri(db)),
+      ("run --event '%s/event.json' --handlers '%s/handlers' --data '%s/data'"):format(dir, dir, dir),
+      ("migrate --from '%s/data' --to '%s'"):format(dir, pg:uri(pg:createdb())),
+    }
+    for i, cmd in ipairs(cmds) do
+      os.execute(("mkdir -p '%s/vg%d'"):format(dir, i))
+      local _, err, code = fs.run(("cd '%s/vg%d' && %s %s"):format(dir, i, Server.certhook, cmd))
+      assert.are.equal("", verdict(("%s/vg%d"):format(dir, i)), cmd)
+      assert.are.equal(0, code, cmd .. "\n" .. err)
+    end
+    assert(fs.wait_for(function()
+      return pg:sql(db, "SELECT count(*) FROM certhook.replays")[1][1] == "0"
+    end, 30), "the replay was not taken")
+    stop_clean(srv)
+    srv:cleanup()
+    pg:cleanup()
+    fs.rm(dir)
   end)
 
   it("runs the command line without a memory error or leak", function()
