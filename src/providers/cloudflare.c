@@ -463,6 +463,7 @@ static int sample(lua_State *L, const char *type, char *err, size_t errlen)
         snprintf(err, errlen, "no sample of %s", type);
         return -1;
     }
+    luaL_checkstack(L, 40, "sample");
     fields_push_decoded(L, cf_sample);
     int desc = lua_gettop(L);
     if (strcmp(type, test) == 0 || strcmp(type, expiring) == 0) {

@@ -495,6 +495,7 @@ static int sample(lua_State *L, const char *type, char *err, size_t errlen)
         snprintf(err, errlen, "no sample of %s", type);
         return -1;
     }
+    luaL_checkstack(L, 40, "sample");
     fields_push_decoded(L, ibm_sample);
     int desc = lua_gettop(L);
     push_v4(L, ibm_types[i].provider_type, desc);
