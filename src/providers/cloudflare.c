@@ -36,6 +36,9 @@ static const struct {
     {"renewal.upcoming_certificate_expiration_notification", "certificate.expiration.upcoming", NULL, NULL},
 };
 
+/* The suffix of the alert types that announce a certificate's expiration (PROVIDERS.md §1.4). */
+#define CF_EXPIRATION_ALERT "_certificate_expiration_type"
+
 static const char *const cf_families[] = {
     "ssl.custom_hostname_certificate.", "ssl.certificate.", "ssl.dedicated_certificate.",
 };
@@ -198,7 +201,7 @@ static int fill(lua_State *L, int raw, int ev, char *err, size_t errlen)
                     from = cf_types[i].from, to = cf_types[i].to;
             }
         }
-    } else if (ptype != NULL && fields_has_suffix(ptype, "_certificate_expiration_type")) {
+    } else if (ptype != NULL && fields_has_suffix(ptype, CF_EXPIRATION_ALERT)) {
         type = "certificate.expiration.upcoming";
     } else if (ptype == NULL && !obj && !envdata) {
         type = "notification.test"; /* {"text": "Hello World! ..."} */
@@ -365,6 +368,120 @@ static int send(lua_State *L, const char *body, size_t n, int cfg, int opts, int
     return 0;
 }
 
+/* ---- samples: built from cf_types and the field tables above ----------------------------------- */
+
+#define CF_ACCOUNT "9035f53656c247e895c5a6939ae8a0e0"
+#define CF_ZONE "023e105f4ecef8ad9ca31a8372d0c353"
+
+/* What the samples say, under the names events give it: the custom hostname (cf_hostname_fields),
+ * its certificate (cf_cert_fields; `issued`: the facts it has once issued), the certificate of
+ * the expiration alert (cf_alert_cert_fields). */
+static const char cf_sample[] =
+    "{\"hostname\":{\"hostname_id\":\"0d89c70d-ad9f-4843-b99f-6cc0252067e9\",\"metadata\":"
+    "{\"customer\":\"shop\"},\"origin_server\":\"origin.shop.example.com\"},\"certificate\":"
+    "{\"id\":\"7e7b8deba8538af625850b7b2530034c\",\"type\":\"dv\",\"method\":\"txt\",\"settings\":"
+    "{\"min_tls_version\":\"1.2\",\"http2\":\"on\"}},\"issued\":{\"domains\":[\"shop.example.com\"],"
+    "\"issuer\":\"GoogleTrustServices\",\"serial_number\":\"{{n}}\",\"signature\":"
+    "\"ECDSAWithSHA256\",\"uploaded_at\":\"{{time}}\",\"expires_at\":\"2030-01-01T00:00:00Z\","
+    "\"custom_csr_id\":\"7b163417-1d2b-4c84-a38a-2fb7a0cd7752\"},\"alert_certificate\":{\"id\":"
+    "\"4ec9c1a4-9d32-4bb5-a1c4-0c1e0e2a7b91\",\"status\":\"active\",\"domains\":[\"shop.example.com\"]}}";
+
+/* An SSL for SaaS event (PROVIDERS.md §1.6) without its type, custom hostname and certificate. */
+static const char cf_saas[] =
+    "{\"metadata\":{\"event\":{\"id\":\"{{id}}\",\"created_at\":\"{{time}}\"},\"account\":"
+    "{\"id\":\"" CF_ACCOUNT "\"},\"zone\":{\"id\":\"" CF_ZONE "\"}},\"data\":{\"hostname\":"
+    "\"shop.example.com\"}}";
+/* What a certificate pending validation or issuance has instead of facts; and when that fails. */
+static const char cf_pending[] =
+    "{\"validation_records\":[{\"txt_name\":\"_acme-challenge.shop.example.com\",\"txt_value\":"
+    "\"ca3-64ce913ebfe74edeb2e8813e3928e359\"}]}";
+static const char cf_pending_failed[] =
+    "{\"validation_records\":[{\"txt_name\":\"_acme-challenge.shop.example.com\",\"txt_value\":"
+    "\"ca3-64ce913ebfe74edeb2e8813e3928e359\"}],\"validation_errors\":[{\"message\":"
+    "\"caa_error: shop.example.com\"}]}";
+/* A certificate expiration alert in the notification envelope (PROVIDERS.md §1.3), without its
+ * ts and certificate. */
+static const char cf_alert[] =
+    "{\"name\":\"Certificate expiration\",\"text\":\"Certificate expires in 14 days\","
+    "\"account_id\":\"" CF_ACCOUNT "\",\"policy_id\":\"749b911ea5d04344a58e45edd099b328\","
+    "\"policy_name\":\"Certificate expiration\",\"alert_type\":\"hostname_aop_custom"
+    CF_EXPIRATION_ALERT "\",\"alert_correlation_id\":\"{{id}}\",\"alert_event\":"
+    "\"ALERT_STATE_EVENT_START\",\"data\":{\"account_name\":\"Example\",\"account_tag\":\""
+    CF_ACCOUNT "\",\"days_til_expiration\":14,\"zone_name\":\"shop.example.com\",\"zone_tag\":\""
+    CF_ZONE "\"}}";
+/* The destination test message (PROVIDERS.md §1.3) with two members of the envelope, ts (set
+ * when sent) and alert_correlation_id, so that each sample is a new event (its id is the hash of
+ * the body). */
+static const char cf_test[] =
+    "{\"text\":\"Hello World! This is a test message sent from https://cloudflare.com. If you "
+    "can see this, your webhook is configured properly.\",\"alert_correlation_id\":\"{{id}}\"}";
+
+/* Pushes the SSL for SaaS event of cf_types[i] (cf_sample decoded is at desc). */
+static void saas_sample(lua_State *L, size_t i, int desc)
+{
+    const char *to = cf_types[i].to, *rest = cf_types[i].rest;
+    int pending = to != NULL && (strcmp(to, "pending_validation") == 0 ||
+                                 strcmp(to, "pending_issuance") == 0);
+    fields_push_decoded(L, cf_saas);
+    int p = lua_gettop(L);
+    int data = fields_get_table(L, p, "data");
+    PUT(L, data, fields_get_table(L, desc, "hostname"), cf_hostname_fields);
+    if (pending)
+        fields_push_decoded(L, fields_has_suffix(rest, ".failed") ? cf_pending_failed : cf_pending);
+    else
+        lua_newtable(L);
+    int ssl = lua_gettop(L);
+    PUT(L, ssl, fields_get_table(L, desc, "certificate"), cf_cert_fields);
+    if (!pending)
+        PUT(L, ssl, fields_get_table(L, desc, "issued"), cf_cert_fields);
+    fields_set_str(L, ssl, "status", to ? to : "active");
+    lua_pushvalue(L, ssl);
+    lua_setfield(L, data, "ssl");
+    int event = fields_get_table(L, fields_get_table(L, p, "metadata"), "event");
+    lua_pushfstring(L, "%s%s", cf_families[0], rest); /* ssl.custom_hostname_certificate. */
+    lua_setfield(L, event, "type");
+    lua_settop(L, p);
+}
+
+/* Samples of every type of cf_types -- SSL for SaaS events but for the expiration, a
+ * certificate alert -- and the test message. */
+static int sample(lua_State *L, const char *type, char *err, size_t errlen)
+{
+    static const char *const test = "notification.test", *const expiring =
+        "certificate.expiration.upcoming";
+    size_t i = 0;
+    if (type == NULL) {
+        lua_newtable(L);
+        for (; i < COUNT(cf_types); i++)
+            fields_add_type(L, lua_gettop(L), cf_types[i].type);
+        fields_add_type(L, lua_gettop(L), test);
+        return 0;
+    }
+    while (i < COUNT(cf_types) && strcmp(cf_types[i].type, type) != 0)
+        i++;
+    if (i == COUNT(cf_types) && strcmp(type, test) != 0) {
+        snprintf(err, errlen, "no sample of %s", type);
+        return -1;
+    }
+    luaL_checkstack(L, 40, "sample");
+    fields_push_decoded(L, cf_sample);
+    int desc = lua_gettop(L);
+    if (strcmp(type, test) == 0 || strcmp(type, expiring) == 0) {
+        int alert = strcmp(type, expiring) == 0;
+        fields_push_decoded(L, alert ? cf_alert : cf_test);
+        lua_pushinteger(L, (lua_Integer)time_now());
+        lua_setfield(L, -2, "ts");
+        if (alert)
+            PUT(L, fields_get_table(L, desc + 1, "data"),
+                fields_get_table(L, desc, "alert_certificate"), cf_alert_cert_fields);
+        lua_settop(L, desc + 1);
+    } else {
+        saas_sample(L, i, desc);
+    }
+    lua_remove(L, desc);
+    return fields_encode(L, err, errlen);
+}
+
 static const char *const settings[] = {"secret", NULL};
 
 const struct provider cloudflare_provider = {
@@ -376,4 +493,5 @@ const struct provider cloudflare_provider = {
     .normalize = normalize,
     .detect = detect,
     .send = send,
+    .sample = sample,
 };

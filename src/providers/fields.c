@@ -273,15 +273,8 @@ int fields_sample(lua_State *L, const struct sample *s, size_t n, const char *ty
 {
     if (type == NULL) {
         lua_newtable(L);
-        for (size_t i = 0; i < n; i++) {
-            int seen = 0;
-            for (size_t j = 0; j < i; j++)
-                seen |= strcmp(s[j].type, s[i].type) == 0;
-            if (!seen) {
-                lua_pushstring(L, s[i].type);
-                lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
-            }
-        }
+        for (size_t i = 0; i < n; i++)
+            fields_add_type(L, lua_gettop(L), s[i].type);
         return 0;
     }
     for (size_t i = 0; i < n; i++) {
@@ -292,4 +285,63 @@ int fields_sample(lua_State *L, const struct sample *s, size_t n, const char *ty
     }
     snprintf(err, errlen, "no sample of %s", type);
     return -1;
+}
+
+void fields_add_type(lua_State *L, int list, const char *type)
+{
+    lua_Integer n = (lua_Integer)lua_rawlen(L, list);
+    for (lua_Integer i = 1; i <= n; i++) {
+        int same = lua_rawgeti(L, list, i) == LUA_TSTRING && strcmp(lua_tostring(L, -1), type) == 0;
+        lua_pop(L, 1);
+        if (same)
+            return;
+    }
+    lua_pushstring(L, type);
+    lua_rawseti(L, list, n + 1);
+}
+
+void fields_push_decoded(lua_State *L, const char *tmpl)
+{
+    char err[200];
+    fields_push_filled(L, tmpl);
+    if (json_decode(L, lua_tostring(L, -1), lua_rawlen(L, -1), err, sizeof err) != 0)
+        luaL_error(L, "sample template: %s", err); /* a bug: templates are constants */
+    lua_remove(L, -2);
+}
+
+void fields_put(lua_State *L, int dst, int src, const struct field *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++, f++) {
+        if (fields_get(L, src, f->to) == LUA_TNIL) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (f->kind == F_SPLIT && lua_type(L, -1) == LUA_TTABLE) { /* {"a", "b"} -> "a, b" */
+            luaL_Buffer b;
+            int list = lua_gettop(L);
+            lua_Integer k = 1;
+            luaL_buffinit(L, &b);
+            for (; lua_rawgeti(L, list, k) == LUA_TSTRING; k++) { /* balanced between calls */
+                luaL_addvalue(&b);
+                luaL_addlstring(&b, ", ", 2);
+            }
+            lua_pop(L, 1); /* what ended the list */
+            if (k > 1)
+                luaL_buffsub(&b, 2);
+            luaL_pushresult(&b);
+            lua_remove(L, list);
+        }
+        lua_setfield(L, dst, f->from);
+    }
+}
+
+int fields_encode(lua_State *L, char *err, size_t errlen)
+{
+    if (json_encode(L, -1, NULL) == NULL) {
+        snprintf(err, errlen, "cannot encode the sample: %s", lua_tostring(L, -1));
+        lua_pop(L, 2);
+        return -1;
+    }
+    lua_remove(L, -2);
+    return 0;
 }

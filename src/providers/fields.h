@@ -56,4 +56,19 @@ int fields_sample(lua_State *L, const struct sample *s, size_t n, const char *ty
 #define SAMPLE(L, samples, type, err, errlen) \
     fields_sample(L, samples, COUNT(samples), type, err, errlen)
 
+/* Samples built from a provider's own parse tables (cloudflare.c, ibm_cm.c): a template of
+ * what the sample says under the names events give it is filled and decoded, its parts put
+ * into the payload under the provider's names (the field tables, read backwards), and the
+ * payload encoded. */
+void fields_push_decoded(lua_State *L, const char *tmpl); /* filled; raises if not JSON */
+/* The inverse of fields_copy: dst[f.from] = src[f.to] for each field the table at src has
+ * (src 0: none), as the provider sends it: an F_SPLIT array joined with ", ", any other value
+ * as it is. */
+void fields_put(lua_State *L, int dst, int src, const struct field *f, size_t n);
+#define PUT(L, dst, src, fields) fields_put(L, dst, src, fields, COUNT(fields))
+/* Replaces the payload table on top with its JSON text. 0, or -1 with err (popped). */
+int fields_encode(lua_State *L, char *err, size_t errlen);
+/* Appends type to the array at list unless it is there already (a sample op's list). */
+void fields_add_type(lua_State *L, int list, const char *type);
+
 #endif

@@ -409,6 +409,100 @@ static int send(lua_State *L, const char *body, size_t n, int cfg, int opts, int
     return 0;
 }
 
+/* ---- samples: version 4 payloads built from ibm_types and the field tables above ------------- */
+
+/* The samples' instance: its CRN is this and "::", its certificates' this and ":certificate:<id>". */
+#define IBM_SAMPLE_INSTANCE                                                                        \
+    "crn:v1:bluemix:public:cloudcerts:us-south:a/30f0a21f77994b9eb414b37300e2ced1:"               \
+    "91a17928-da3c-4465-9c4b-f1a6b4dce684"
+
+/* What the samples say, under the names events give it (ibm_event_fields, ibm_cert_fields,
+ * ibm_dv_fields, ibm_challenge_fields); fields the event type does not carry are dropped. A
+ * new certificate each time: the payload has no id of its own, its hash is the event's. */
+static const char ibm_sample[] =
+    "{\"event\":{\"instance\":\"" IBM_SAMPLE_INSTANCE "::\",\"dashboard_url\":"
+    "\"https://cloud.ibm.com/services/cloudcerts/crn%3Av1%3Abluemix%3Apublic%3Acloudcerts%3Aus-"
+    "south%3Aa%2F30f0a21f77994b9eb414b37300e2ced1%3A91a17928-da3c-4465-9c4b-f1a6b4dce684%3A%3A\","
+    "\"expiry_date\":1893369600000},\"certificate\":{\"id\":\"" IBM_SAMPLE_INSTANCE
+    ":certificate:{{id}}\",\"name\":\"shop.example.com\",\"domains\":[\"shop.example.com\","
+    "\"www.shop.example.com\"],\"expires_at\":1893456000000,\"previous_expires_at\":"
+    "1861920000000,\"auto_renewed\":true},\"validation\":{\"method\":\"dns-01\",\"domain\":"
+    "\"shop.example.com\"},\"challenge\":{\"txt_name\":\"_acme-challenge.shop.example.com\","
+    "\"txt_value\":\"Xk2pQ9rT-{{n}}\"}}";
+
+/* Drops t[k] from the table at t unless keep. */
+static void keep_if(lua_State *L, int t, const char *k, int keep)
+{
+    if (!keep) {
+        lua_pushnil(L);
+        lua_setfield(L, t, k);
+    }
+}
+
+/* Pushes the version 4 payload (PROVIDERS.md §2.4) of the event type et, as it is before
+ * signing, from the description ibm_sample decoded at desc. */
+static void push_v4(lua_State *L, const char *et, int desc)
+{
+    int event = fields_get_table(L, desc, "event");
+    int cert = fields_get_table(L, desc, "certificate");
+    keep_if(L, event, "expiry_date", fields_has_prefix(et, "cert_about_to_expire_"));
+    keep_if(L, cert, "auto_renewed", fields_has_prefix(et, "cert_renew"));
+    keep_if(L, cert, "previous_expires_at", strcmp(et, "cert_renewed_not_downloaded") == 0);
+    lua_newtable(L);
+    int p = lua_gettop(L);
+    PUT(L, p, event, ibm_event_fields);
+    fields_set_str(L, p, "event_type", et);
+    if (fields_has_prefix(et, "cert_domain_validation_")) { /* one certificate, one domain */
+        lua_getfield(L, cert, "id");
+        lua_setfield(L, p, "certificateCRN");
+        PUT(L, p, fields_get_table(L, desc, "validation"), ibm_dv_fields);
+        lua_newtable(L);
+        int challenge = lua_gettop(L);
+        PUT(L, challenge, fields_get_table(L, desc, "challenge"), ibm_challenge_fields);
+        lua_settop(L, challenge);
+        lua_setfield(L, p, "challenge");
+    } else {
+        lua_createtable(L, 1, 0);
+        lua_newtable(L);
+        int c = lua_gettop(L);
+        PUT(L, c, cert, ibm_cert_fields);
+        if (fields_has_suffix(et, "_failed"))
+            fields_set_str(L, c, "additional_info", "Domain validation failed: "
+                           "_acme-challenge.shop.example.com TXT record not found");
+        lua_rawseti(L, c - 1, 1);
+        lua_setfield(L, p, "certificates");
+    }
+    lua_pushinteger(L, 4);
+    lua_setfield(L, p, "version");
+    lua_pushinteger(L, 4);
+    lua_setfield(L, p, "latestVersion");
+    lua_settop(L, p);
+}
+
+/* The first event type of ibm_types for each canonical type; send signs it with --sign-key. */
+static int sample(lua_State *L, const char *type, char *err, size_t errlen)
+{
+    size_t i = 0;
+    if (type == NULL) {
+        lua_newtable(L);
+        for (; i < COUNT(ibm_types); i++)
+            fields_add_type(L, lua_gettop(L), ibm_types[i].type);
+        return 0;
+    }
+    while (i < COUNT(ibm_types) && strcmp(ibm_types[i].type, type) != 0)
+        i++;
+    if (i == COUNT(ibm_types)) {
+        snprintf(err, errlen, "no sample of %s", type);
+        return -1;
+    }
+    luaL_checkstack(L, 40, "sample");
+    fields_push_decoded(L, ibm_sample);
+    int desc = lua_gettop(L);
+    push_v4(L, ibm_types[i].provider_type, desc);
+    lua_remove(L, desc);
+    return fields_encode(L, err, errlen);
+}
+
 static const char *const settings[] = {"public_key", "leeway", "max_age", NULL};
 
 const struct provider ibm_cm_provider = {
@@ -419,4 +513,5 @@ const struct provider ibm_cm_provider = {
     .normalize = normalize,
     .detect = detect,
     .send = send,
+    .sample = sample,
 };

@@ -289,7 +289,7 @@ describe("providers of AWS ACM, Azure Key Vault, IBM Secrets Manager, DigiCert",
 
   it("have a sample of each type they list, a new event each time", function()
     local seen = 0
-    for _, p in ipairs(PROVIDERS) do
+    for _, p in ipairs { "cloudflare", "ibm-cm", table.unpack(PROVIDERS) } do
       local types = core.cli.sample(p)
       assert(#types >= 3, p)
       for _, t in ipairs(types) do
@@ -304,8 +304,63 @@ describe("providers of AWS ACM, Azure Key Vault, IBM Secrets Manager, DigiCert",
       assert.is_nil(none)
       assert.truthy(msg:find("no sample", 1, true))
     end
-    assert(seen >= 20)
-    assert.are.same({}, core.cli.sample("cloudflare"))
+    assert(seen >= 45)
+  end)
+
+  -- Cloudflare's and IBM Certificate Manager's samples are built from the parse tables read
+  -- backwards: what each says comes back out of normalize.
+  it("give Cloudflare and IBM Certificate Manager samples the facts their events carry", function()
+    local want = {
+      cloudflare = {
+        ["certificate.validation.failed"] = { hostname = "shop.example.com", error = "caa_error: shop.example.com",
+          provider_type = "ssl.custom_hostname_certificate.validation.failed", account = "9035f53656c247e895c5a6939ae8a0e0",
+          hostname_id = "0d89c70d-ad9f-4843-b99f-6cc0252067e9", origin_server = "origin.shop.example.com",
+          metadata = { customer = "shop" }, status = { from = "pending_validation", to = "pending_validation" },
+          validation = { method = "txt", txt_name = "_acme-challenge.shop.example.com", domain = "shop.example.com" },
+          certificate = { id = "7e7b8deba8538af625850b7b2530034c", type = "dv", status = "pending_validation",
+            settings = { http2 = "on" } }, absent = { "certificate.expires_at" } },
+        ["certificate.deployment.succeeded"] = { status = { from = "pending_deployment", to = "active" },
+          certificate = { domains = { "shop.example.com" }, issuer = "GoogleTrustServices", signature = "ECDSAWithSHA256",
+            expires_at = iso("2030-01-01T00:00:00Z"), custom_csr_id = "7b163417-1d2b-4c84-a38a-2fb7a0cd7752" } },
+        ["certificate.expiration.upcoming"] = { provider_type = "hostname_aop_custom_certificate_expiration_type",
+          hostname = "shop.example.com", zone = "023e105f4ecef8ad9ca31a8372d0c353",
+          certificate = { id = "4ec9c1a4-9d32-4bb5-a1c4-0c1e0e2a7b91", status = "active", domains = { "shop.example.com" } } },
+        ["notification.test"] = { absent = { "certificate", "hostname" } },
+      },
+      ["ibm-cm"] = {
+        ["certificate.validation.required"] = { payload_version = 4, hostname = "shop.example.com",
+          provider_type = "cert_domain_validation_required",
+          validation = { method = "dns-01", domain = "shop.example.com", txt_name = "_acme-challenge.shop.example.com" },
+          certificate = { domains = { "shop.example.com" } } },
+        ["certificate.renewal.failed"] = { hostname = "shop.example.com",
+          error = "Domain validation failed: _acme-challenge.shop.example.com TXT record not found",
+          certificate = { name = "shop.example.com", domains = { "shop.example.com", "www.shop.example.com" },
+            expires_at = iso("2030-01-01T00:00:00Z"), auto_renewed = true } },
+        ["certificate.expiration.upcoming"] = { required_action = "renew", expiry_date = iso("2029-12-31T00:00:00Z"),
+          instance = "crn:v1:bluemix:public:cloudcerts:us-south:a/30f0a21f77994b9eb414b37300e2ced1:91a17928-da3c-4465-9c4b-f1a6b4dce684::",
+          absent = { "error", "certificate.auto_renewed" } },
+        ["certificate.download.pending"] = { provider_type = "cert_issued_not_downloaded",
+          absent = { "certificate.previous_expires_at" } },
+      },
+    }
+    for p, types in pairs(want) do
+      for t, fields in pairs(types) do
+        local e = assert(core.normalize(assert(core.cli.sample(p, t)), { provider = p }))
+        assert.are.equal(t, e.type)
+        assert_clean(e, p .. " " .. t)
+        local absent = fields.absent or {}
+        fields.absent = nil
+        check_fields(e, fields, p .. " " .. t)
+        for _, path in ipairs(absent) do
+          local v = e
+          for k in path:gmatch("[^.]+") do v = type(v) == "table" and v[k] or nil end
+          assert.is_nil(v, p .. " " .. t .. ": " .. path)
+        end
+      end
+    end
+    local crn = assert(core.normalize(core.cli.sample("ibm-cm", "certificate.issuance.succeeded"))).certificate.id
+    assert.truthy(crn:find("^crn:v1:bluemix:public:cloudcerts:us%-south:a/30f0a21f77994b9eb414b37300e2ced1:" ..
+      "91a17928%-da3c%-4465%-9c4b%-f1a6b4dce684:certificate:%x+%-"), crn)
   end)
 
   it("answer the Event Grid validation handshake with its code", function()
