@@ -231,6 +231,49 @@ describe("a PostgreSQL journal", function()
     b:cleanup()
   end)
 
+  it("runs certhook.once's function once for two servers, and each watchdog event once", function()
+    local db = pg:createdb()
+    local DAY = 86400
+    local config = SOURCES .. ("data = %q\n"):format(pg:uri(db)) ..
+      "delivery = { timeout = 1, lease = 2, backoff = 0.05, max_backoff = 0.2 }\n" ..
+      ("watchdog = { interval = 0.2, before = { %.10f } }\n"):format((3 * DAY + 60) / DAY)
+    local handler = [[
+      local certhook = require("certhook")
+      local function note(what)
+        local f = assert(io.open(os.getenv("OUT"), "a"))
+        f:write(what, " ", os.getenv("NODE"), "\n")
+        f:close()
+      end
+      return { ["certificate.*"] = function(e)
+        if e.provider == "certhook" then return note(e.type .. ":" .. e.hostname) end
+        certhook.once("page:" .. e.hostname, function() note("page:" .. e.hostname) return true end)
+      end }]]
+    local out = dir .. "/" .. db .. ".txt"
+    local a = Server.start { config = config, handlers = { ["h.lua"] = handler }, env = { NODE = "a", OUT = out } }
+    local b = Server.start { config = config, handlers = { ["h.lua"] = handler }, env = { NODE = "b", OUT = out } }
+    local iso = function(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
+    for i = 1, 20 do -- one certificate, expiring in 3 days, at both servers
+      local body = events.cloudflare("deployment.succeeded", { hostname = "shared.example",
+        expires_on = iso(os.time() + 3 * DAY), created_at = iso(os.time()) })
+      assert.are.equal(202, (i % 2 == 0 and a or b):post("/hooks/cloudflare", body, CF).status)
+    end
+    local function lines(prefix)
+      local n = 0
+      for l in (fs.read(out) or ""):gmatch("[^\n]+") do n = n + (l:find(prefix, 1, true) == 1 and 1 or 0) end
+      return n
+    end
+    assert(fs.wait_for(function()
+      return lines("certificate.expiration.upcoming:shared.example") > 0 and
+        pg:sql(db, "SELECT count(*) FROM certhook.events WHERE state <> 2")[1][1] == "0"
+    end, 20), "no watchdog event, or events left")
+    socket.sleep(1) -- both watchdogs ran several times by now
+    assert.are.equal(1, lines("page:shared.example"))
+    assert.are.equal(1, lines("certificate.expiration.upcoming:shared.example"))
+    assert.are.same({ { "1" } }, pg:sql(db, "SELECT count(*) FROM certhook.events WHERE provider = 'certhook'"))
+    a:cleanup()
+    b:cleanup()
+  end)
+
   it("runs every 202 of a server killed under load, never on two servers while a lease holds", function()
     local db = pg:createdb()
     local env = { SINK = sink.url, DELAY = "50" }
