@@ -4,8 +4,9 @@
 # A PostgreSQL 15 of its own in a temporary directory (Unix socket, fsync and synchronous_commit
 # on: a 202 is a durable commit), one database per row. wrk POSTs a Cloudflare event with a new id
 # per request for DURATION seconds over CONNS keep-alive connections in all, split over the
-# nodes (one wrk per node); each event is journaled, its inventory entry updated (every event
-# names the same certificate: one hot row for every node) and dispatched to a handler. Reported:
+# nodes (one wrk per node); each event is journaled, its inventory entry updated and dispatched to
+# a handler. Two kinds of load: every event names the same certificate (one hot inventory row
+# for every node), and events spread over 1,000 certificates. Reported:
 # accepted events/s, p99 of the 202, end-to-end events/s (run time + the backlog drained), and
 # CPU microseconds per event of the certhook nodes and of PostgreSQL. Prints a markdown table.
 #   DURATION=10 CONNS=50 BUILD=build sh tests/bench/pg.sh
@@ -47,10 +48,11 @@ log = { level = "warn" }
 CONF
 chmod 600 "$run/certhook.conf.lua"
 
-echo "| nodes | connections | accepted events/s | p99 ms | errors | end-to-end events/s | certhook CPU us/event | PostgreSQL CPU us/event | backlog handled in s |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| certificates | nodes | connections | accepted events/s | p99 ms | errors | end-to-end events/s | certhook CPU us/event | PostgreSQL CPU us/event | backlog handled in s |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+for certs in 1 1000; do
 for nodes in 1 2; do
-    db=bench$nodes
+    db=bench${nodes}_$certs
     psql postgres "CREATE DATABASE $db"
     uri="postgresql://certhook@/$db?host=$run"
     nodepids="" ports=""
@@ -70,7 +72,8 @@ for nodes in 1 2; do
     load() { # duration tag: one wrk per node, at once
         wpids=""
         for port in $ports; do
-            BENCH_PAYLOAD=$root/examples/payloads/cloudflare-validation-failed.json BENCH_RUN=$2-$nodes-$port \
+            BENCH_PAYLOAD=$root/examples/payloads/cloudflare-validation-failed.json BENCH_RUN=$2-$certs-$nodes-$port \
+                BENCH_CERTS=$certs \
                 taskset -c 0 wrk -t1 -c"$per" -d"$1" --latency -s "$here/post.lua" \
                 "http://127.0.0.1:$port/hooks/cloudflare" >"$run/wrk-$port.txt" &
             wpids="$wpids $!"
@@ -89,11 +92,12 @@ for nodes in 1 2; do
     s1=$(date +%s%N)
     c1=$(ticks $nodepids) p1=$(ticks $pgp)
     for p in $nodepids; do kill -TERM "$p"; wait "$p" || true; done
-    cat "$run"/wrk-*.txt | grep '^BENCH' | awk -v nodes="$nodes" -v conns="$CONNS" -v dur="$DURATION" -v hz="$hz" \
+    cat "$run"/wrk-*.txt | grep '^BENCH' | awk -v certs="$certs" -v nodes="$nodes" -v conns="$CONNS" -v dur="$DURATION" -v hz="$hz" \
         -v ct=$((c1 - c0)) -v pt=$((p1 - p0)) -v settle=$(( (s1 - s0) / 1000000 )) '
         { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
           n += v["requests"]; rps += v["rps"]; err += v["errors"]; if (v["p99_us"] > p99) p99 = v["p99_us"] }
-        END { printf "| %d | %d | %.0f | %.2f | %d | %.0f | %.1f | %.1f | %.1f |\n", nodes, conns, rps, p99 / 1000, err,
+        END { printf "| %d | %d | %d | %.0f | %.2f | %d | %.0f | %.1f | %.1f | %.1f |\n", certs, nodes, conns, rps, p99 / 1000, err,
               n / (dur + settle / 1000), (ct / hz) / n * 1e6, (pt / hz) / n * 1e6, settle / 1000 }'
     rm -f "$run"/wrk-*.txt
+done
 done

@@ -17,9 +17,23 @@ function setup(thread)
   thread:set("tag", threads)
 end
 
+-- BENCH_CERTS=N: each request names one of N certificates (the payload's certificate id and
+-- hostname made unique per certificate) rather than all the same one.
+local certs = tonumber(os.getenv("BENCH_CERTS") or "")
+local cert_id, host = tail:match('"ssl": {%s*"id": "([^"]+)"'), tail:match('"hostname": "([^"]+)"')
+if certs then
+  assert(cert_id and host, "BENCH_CERTS needs data.ssl.id and data.hostname in the payload")
+  tail = tail:gsub(cert_id:gsub("%-", "%%-"), "%%CERT%%"):gsub(host:gsub("[%-%.]", "%%%0"), "%%HOST%%")
+end
+
 function request()
   counter = counter + 1
-  return wrk.format(nil, nil, nil, head .. ("bench-%s-%d-%d"):format(os.getenv("BENCH_RUN") or "0", tag or 0, counter) .. tail)
+  local rest = tail
+  if certs then
+    local n = counter % certs
+    rest = tail:gsub("%%CERT%%", "bench-cert-" .. n):gsub("%%HOST%%", "h" .. n .. ".bench.example")
+  end
+  return wrk.format(nil, nil, nil, head .. ("bench-%s-%d-%d"):format(os.getenv("BENCH_RUN") or "0", tag or 0, counter) .. rest)
 end
 
 function done(summary, latency)

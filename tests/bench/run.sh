@@ -126,7 +126,11 @@ echo
 echo "| figure | value |"
 echo "|---|---:|"
 awk -F'|' '
-    NF == 11 && /^\| [0-9]+ \| [0-9]/ {
+    /^PostgreSQL journal/ { pg = 1 }
+    pg && NF == 12 && /^\| [0-9]+ \| [0-9]/ {
+        pgs = pgs sep2 ($3 + 0) " node" ($3 + 0 == 1 ? "" : "s") ", " ($2 + 0) " certificate" ($2 + 0 == 1 ? "" : "s") ": " ($5 + 0); sep2 = "; "
+    }
+    !pg && NF == 11 && /^\| [0-9]+ \| [0-9]/ {
         c = $2 + 0
         printf "| intake req/s, %d connection%s | %d (p99 %s ms) |\n", c, c == 1 ? "" : "s", $3, $5 + 0
         e2e = $7 + 0; cpu = $8 + 0; if ($10 + 0 > rss) rss = $10 + 0
@@ -141,6 +145,7 @@ awk -F'|' '
         gsub(/^ +| +$/, "", reload); gsub(/^ +| +$/, "", drain)
         printf "| reload latency | %s |\n| outbound-HTTP drain | %s |\n", reload, drain
         printf "| journal floor, CPU us per event by events per commit | %s |\n", floor
+        printf "| PostgreSQL journal, accepted events/s | %s |\n", pgs
     }' "$out"
 } >>"$out.summary"
 cat "$out.summary" >>"$out"
