@@ -33,9 +33,7 @@ static void hex(const unsigned char *p, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
-/* Writes why OpenSSL failed (its first queued reason, else `what` alone) and empties the
- * queue. */
-static void ossl_error(char *err, size_t errlen, const char *what)
+void x509_openssl_error(char *err, size_t errlen, const char *what)
 {
     unsigned long e = ERR_peek_error();
     const char *reason = e != 0 ? ERR_reason_error_string(e) : NULL;
@@ -153,12 +151,12 @@ static int facts(X509 *x, struct x509_facts *out, char *err, size_t errlen)
     unsigned int mdlen = 0;
     if (name_line(X509_get_subject_name(x), out->subject, sizeof out->subject) != 0 ||
         name_line(X509_get_issuer_name(x), out->issuer, sizeof out->issuer) != 0) {
-        ossl_error(err, errlen, "certificate names");
+        x509_openssl_error(err, errlen, "certificate names");
         goto fail;
     }
     serial_hex(X509_get0_serialNumber(x), out->serial_number, sizeof out->serial_number);
     if (X509_digest(x, EVP_sha256(), md, &mdlen) != 1 || mdlen != 32) {
-        ossl_error(err, errlen, "certificate fingerprint");
+        x509_openssl_error(err, errlen, "certificate fingerprint");
         goto fail;
     }
     hex(md, mdlen, out->fingerprint_sha256);
@@ -194,7 +192,7 @@ int x509_facts_pem(const char *pem, size_t n, struct x509_facts *out, char *err,
         goto done;
     }
     if ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) == NULL) {
-        ossl_error(err, errlen, "no PEM certificate");
+        x509_openssl_error(err, errlen, "no PEM certificate");
         goto done;
     }
     rc = facts(x, out, err, errlen);
@@ -217,7 +215,7 @@ int x509_facts_der(const unsigned char *der, size_t n, struct x509_facts *out, c
         return -1;
     }
     if ((x = d2i_X509(NULL, &p, (long)n)) == NULL) {
-        ossl_error(err, errlen, "not a DER certificate");
+        x509_openssl_error(err, errlen, "not a DER certificate");
         return -1;
     }
     if (p != der + n) {
@@ -263,23 +261,23 @@ int x509_verify_chain(const char *const *pem, const size_t *len, size_t n, const
         goto done;
     }
     if ((leaf = read_pem(pem[0], len[0])) == NULL) {
-        ossl_error(err, errlen, "the server's certificate does not parse");
+        x509_openssl_error(err, errlen, "the server's certificate does not parse");
         goto done;
     }
     for (size_t i = 1; i < n; i++) {
         X509 *x = read_pem(pem[i], len[i]);
         if (x == NULL || !sk_X509_push(untrusted, x)) {
             X509_free(x);
-            ossl_error(err, errlen, "a certificate of the chain does not parse");
+            x509_openssl_error(err, errlen, "a certificate of the chain does not parse");
             goto done;
         }
     }
     if ((ca_file ? X509_STORE_load_file(store, ca_file) : X509_STORE_set_default_paths(store)) != 1) {
-        ossl_error(err, errlen, ca_file ? "cannot read ca_file" : "cannot read the system's CAs");
+        x509_openssl_error(err, errlen, ca_file ? "cannot read ca_file" : "cannot read the system's CAs");
         goto done;
     }
     if (X509_STORE_CTX_init(ctx, store, leaf, untrusted) != 1) {
-        ossl_error(err, errlen, "verification");
+        x509_openssl_error(err, errlen, "verification");
         goto done;
     }
     X509_VERIFY_PARAM *vp = X509_STORE_CTX_get0_param(ctx);

@@ -10,6 +10,10 @@
 
 #include <stddef.h>
 
+/* Writes why OpenSSL failed (its first queued reason, else `what` alone) into err and empties
+ * OpenSSL's error queue. */
+void x509_openssl_error(char *err, size_t errlen, const char *what);
+
 struct x509_facts {
     char subject[256], issuer[256]; /* one line, RFC 2253 order: "CN=example.com,O=Example" */
     char serial_number[80];         /* hex, lower-case, no colons; "-" first when negative */

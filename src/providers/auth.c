@@ -130,6 +130,49 @@ int auth_check(const struct auth *a, const struct request *rq)
     return ok;
 }
 
+int auth_refuse(const struct auth *a, const struct request *rq, char *err, size_t errlen)
+{
+    if (!auth_has(a) || auth_check(a, rq))
+        return 0;
+    snprintf(err, errlen, "missing or wrong %s header%s", a->header,
+             a->basic.n > 0 ? " or Basic credentials" : "");
+    return 401;
+}
+
+int auth_source_configure(lua_State *L, int t, struct source *s, const char *default_header,
+                          int basic, const char *hint, char *err, size_t errlen)
+{
+    struct auth *a = calloc(1, sizeof *a);
+    if (a == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    s->priv = a;
+    if (auth_configure(L, t, s, a, default_header, basic, err, errlen) != 0)
+        return -1;
+    if (!auth_has(a) && !s->insecure) {
+        snprintf(err, errlen, "sources.%s has no credentials: set secret (%s), or insecure = "
+                              "true to accept unauthenticated requests", s->name, hint);
+        return -1;
+    }
+    return 0;
+}
+
+void auth_source_release(struct source *s)
+{
+    if (s->priv != NULL)
+        auth_free(s->priv);
+    free(s->priv);
+    s->priv = NULL;
+}
+
+int auth_source_head(const struct source *s, const struct request *rq, struct reply *r,
+                     char *err, size_t errlen)
+{
+    (void)r;
+    return auth_refuse(s->priv, rq, err, errlen);
+}
+
 void auth_send(lua_State *L, int cfg, int opts, int hdr, const char *default_header)
 {
     int top = lua_gettop(L);

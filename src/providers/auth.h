@@ -31,5 +31,17 @@ int auth_check(const struct auth *a, const struct request *rq);
  * in the options at opts, else the first of the source's at cfg; 0: none) in the source's
  * header (else default_header), or, without a secret, the source's Basic credentials. */
 void auth_send(lua_State *L, int cfg, int opts, int hdr, const char *default_header);
+/* 0 when rq carries one of a's credentials, or a has none; else 401, err saying what was
+ * missing (the header, and Basic credentials when the source takes them). */
+int auth_refuse(const struct auth *a, const struct request *rq, char *err, size_t errlen);
+
+/* The provider ops of a source whose only credential is the secret in a header (or Basic when
+ * basic): s->priv is its struct auth. Without a credential the source needs insecure = true;
+ * the error then says where the provider sends the secret (hint). */
+int auth_source_configure(lua_State *L, int t, struct source *s, const char *default_header,
+                          int basic, const char *hint, char *err, size_t errlen);
+void auth_source_release(struct source *s);
+int auth_source_head(const struct source *s, const struct request *rq, struct reply *r,
+                     char *err, size_t errlen);
 
 #endif

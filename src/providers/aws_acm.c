@@ -604,11 +604,8 @@ static int head(const struct source *s, const struct request *rq, struct reply *
     (void)r;
     if (request_header(rq, "x-amz-sns-message-type") != NULL)
         return 0; /* an SNS message: its signature is checked with the body */
-    if (auth_has(&acm->auth) && !auth_check(&acm->auth, rq)) {
-        snprintf(err, errlen, "missing or wrong %s header or Basic credentials",
-                 acm->auth.header);
+    if (auth_refuse(&acm->auth, rq, err, errlen) != 0)
         return 401;
-    }
     if (!auth_has(&acm->auth) && !s->insecure) {
         snprintf(err, errlen, "source %s takes SNS messages only (sources.%s.sns); set secret "
                               "for an EventBridge API destination", s->name, s->name);

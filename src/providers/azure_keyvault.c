@@ -150,30 +150,10 @@ static int fill(lua_State *L, int e, int ev, char *err, size_t errlen)
 
 static int configure(lua_State *L, int t, struct source *s, char *err, size_t errlen)
 {
-    struct auth *a = calloc(1, sizeof *a);
-    if (a == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    s->priv = a;
-    if (auth_configure(L, t, s, a, DEFAULT_HEADER, 0, err, errlen) != 0)
-        return -1;
-    if (!auth_has(a) && !s->insecure) {
-        snprintf(err, errlen, "sources.%s has no credentials: set secret (sent as the key query "
-                              "parameter of the endpoint URL, ...?key=<secret>, or in the %s "
-                              "header), or insecure = true to accept unauthenticated requests",
-                 s->name, a->header);
-        return -1;
-    }
-    return 0;
-}
-
-static void release(struct source *s)
-{
-    if (s->priv != NULL)
-        auth_free(s->priv);
-    free(s->priv);
-    s->priv = NULL;
+    return auth_source_configure(L, t, s, DEFAULT_HEADER, 0,
+                                 "sent as the key query parameter of the endpoint URL, "
+                                 "...?key=<secret>, or in the " DEFAULT_HEADER " header",
+                                 err, errlen);
 }
 
 static int authentic(const struct source *s, const struct request *rq)
@@ -354,7 +334,7 @@ const struct provider azure_keyvault_provider = {
     .settings = settings,
     .content_types = content_types,
     .configure = configure,
-    .release = release,
+    .release = auth_source_release,
     .head = head,
     .normalize = normalize,
     .detect = detect,

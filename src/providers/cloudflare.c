@@ -15,6 +15,7 @@
 
 #include <lauxlib.h>
 
+#include "providers/auth.h"
 #include "providers/fields.h"
 #include "providers/provider.h"
 
@@ -319,19 +320,7 @@ static int normalize(lua_State *L, int body, const struct source *s, const struc
                      struct reply *r, char *err, size_t errlen)
 {
     (void)s, (void)rq, (void)r;
-    luaL_checkstack(L, 80, "normalize");
-    lua_createtable(L, 1, 0);
-    lua_createtable(L, 0, 24);
-    int ev = lua_gettop(L);
-    if (fill(L, body, ev, err, errlen) != 0) {
-        lua_settop(L, ev - 2);
-        return 400;
-    }
-    lua_settop(L, ev);
-    lua_pushvalue(L, body);
-    lua_setfield(L, ev, "raw");
-    lua_rawseti(L, ev - 1, 1);
-    return 0;
+    return fields_one_event(L, body, fill, err, errlen);
 }
 
 static int detect(lua_State *L, int body)
@@ -351,19 +340,7 @@ static int send(lua_State *L, const char *body, size_t n, int cfg, int opts, int
                 size_t errlen)
 {
     (void)err, (void)errlen;
-    int top = lua_gettop(L);
-    const char *secret = fields_get_string(L, opts, "secret");
-    if (secret == NULL && cfg != 0) {
-        lua_getfield(L, cfg, "secret");
-        if (lua_type(L, -1) == LUA_TTABLE)
-            lua_rawgeti(L, -1, 1);
-        secret = lua_tostring(L, -1);
-    }
-    if (secret != NULL) {
-        lua_pushstring(L, secret);
-        lua_setfield(L, hdr, "cf-webhook-auth");
-    }
-    lua_settop(L, top);
+    auth_send(L, cfg, opts, hdr, "cf-webhook-auth");
     lua_pushlstring(L, body, n);
     return 0;
 }

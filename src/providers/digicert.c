@@ -125,60 +125,16 @@ static int fill(lua_State *L, int raw, int ev, char *err, size_t errlen)
 
 static int configure(lua_State *L, int t, struct source *s, char *err, size_t errlen)
 {
-    struct auth *a = calloc(1, sizeof *a);
-    if (a == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    s->priv = a;
-    if (auth_configure(L, t, s, a, DEFAULT_HEADER, 0, err, errlen) != 0)
-        return -1;
-    if (!auth_has(a) && !s->insecure) {
-        snprintf(err, errlen, "sources.%s has no credentials: set secret (the webhook's secret "
-                              "key, which DigiCert sends in X-WEBHOOK-KEY), or insecure = true "
-                              "to accept unauthenticated requests", s->name);
-        return -1;
-    }
-    return 0;
-}
-
-static void release(struct source *s)
-{
-    if (s->priv != NULL)
-        auth_free(s->priv);
-    free(s->priv);
-    s->priv = NULL;
-}
-
-static int head(const struct source *s, const struct request *rq, struct reply *r, char *err,
-                size_t errlen)
-{
-    const struct auth *a = s->priv;
-    (void)r;
-    if (auth_has(a) && !auth_check(a, rq)) {
-        snprintf(err, errlen, "missing or wrong %s header", a->header);
-        return 401;
-    }
-    return 0;
+    return auth_source_configure(L, t, s, DEFAULT_HEADER, 0,
+                                 "the webhook's secret key, which DigiCert sends in X-WEBHOOK-KEY",
+                                 err, errlen);
 }
 
 static int normalize(lua_State *L, int body, const struct source *s, const struct request *rq,
                      struct reply *r, char *err, size_t errlen)
 {
     (void)s, (void)rq, (void)r;
-    luaL_checkstack(L, 40, "normalize");
-    lua_createtable(L, 1, 0);
-    lua_createtable(L, 0, 16);
-    int ev = lua_gettop(L);
-    if (fill(L, body, ev, err, errlen) != 0) {
-        lua_settop(L, ev - 2);
-        return 400;
-    }
-    lua_settop(L, ev);
-    lua_pushvalue(L, body);
-    lua_setfield(L, ev, "raw");
-    lua_rawseti(L, ev - 1, 1);
-    return 0;
+    return fields_one_event(L, body, fill, err, errlen);
 }
 
 static int detect(lua_State *L, int body)
@@ -229,8 +185,8 @@ const struct provider digicert_provider = {
     .name = "digicert",
     .settings = settings,
     .configure = configure,
-    .release = release,
-    .head = head,
+    .release = auth_source_release,
+    .head = auth_source_head,
     .normalize = normalize,
     .detect = detect,
     .send = send,

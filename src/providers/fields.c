@@ -345,3 +345,20 @@ int fields_encode(lua_State *L, char *err, size_t errlen)
     lua_remove(L, -2);
     return 0;
 }
+
+int fields_one_event(lua_State *L, int raw, fields_fill fill, char *err, size_t errlen)
+{
+    luaL_checkstack(L, 80, "normalize");
+    lua_createtable(L, 1, 0);
+    lua_createtable(L, 0, 24);
+    int ev = lua_gettop(L);
+    if (fill(L, raw, ev, err, errlen) != 0) {
+        lua_settop(L, ev - 2);
+        return 400;
+    }
+    lua_settop(L, ev);
+    lua_pushvalue(L, raw);
+    lua_setfield(L, ev, "raw");
+    lua_rawseti(L, ev - 1, 1);
+    return 0;
+}

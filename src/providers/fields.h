@@ -43,6 +43,12 @@ const char *fields_first_domain(lua_State *L, int cert); /* pushes it, or nothin
 void fields_set_certificate(lua_State *L, int ev);       /* ev.certificate(s) = top; pops */
 int fields_push_joined(lua_State *L, int idx);           /* "a; b", or 0 and nothing */
 
+/* The normalize of a payload that is one event: pushes {event}, the event filled by
+ * fill(L, raw, ev, err, errlen) (0, or -1 with err) and its raw the payload at raw. 0, or 400
+ * with err and nothing pushed. */
+typedef int (*fields_fill)(lua_State *L, int raw, int ev, char *err, size_t errlen);
+int fields_one_event(lua_State *L, int raw, fields_fill fill, char *err, size_t errlen);
+
 /* Samples (struct provider's sample): payload templates by canonical type. In a template,
  * {{id}} becomes a fresh random UUID, {{n}} a fresh random 9-digit number and {{time}} the
  * current time (RFC 3339, UTC), so that each sample is a new event. */

@@ -347,19 +347,11 @@ static int normalize(lua_State *L, int body, const struct source *s, const struc
     int status = claims(L, body, s, rq->received_at, err, errlen);
     if (status != 0)
         return status;
-    int raw = lua_gettop(L);
-    luaL_checkstack(L, 80, "normalize");
-    lua_createtable(L, 1, 0);
-    lua_createtable(L, 0, 24);
-    int ev = lua_gettop(L);
-    if (fill(L, raw, ev, err, errlen) != 0) {
+    int raw = lua_gettop(L); /* the claims */
+    if ((status = fields_one_event(L, raw, fill, err, errlen)) != 0) {
         lua_settop(L, top);
-        return 400;
+        return status;
     }
-    lua_settop(L, ev);
-    lua_pushvalue(L, raw);
-    lua_setfield(L, ev, "raw");
-    lua_rawseti(L, ev - 1, 1);
     lua_remove(L, raw);
     return 0;
 }

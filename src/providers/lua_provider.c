@@ -530,11 +530,7 @@ static int head(const struct source *s, const struct request *rq, struct reply *
 {
     const struct lp *lp = s->priv;
     (void)r;
-    if (auth_has(&lp->auth) && !auth_check(&lp->auth, rq)) {
-        snprintf(err, errlen, "missing or wrong %s header or Basic credentials", lp->auth.header);
-        return 401;
-    }
-    return 0;
+    return auth_refuse(&lp->auth, rq, err, errlen);
 }
 
 /* The payload as one unknown event with why the script failed: logged and counted. */

@@ -17,20 +17,9 @@
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
+#include "base/x509.h"
 #include "sns.h"
 
-/* Writes why OpenSSL failed (its first queued reason, else `what` alone) and empties the
- * queue. */
-static void ossl_error(char *err, size_t errlen, const char *what)
-{
-    unsigned long e = ERR_peek_error();
-    const char *reason = e != 0 ? ERR_reason_error_string(e) : NULL;
-    if (reason != NULL)
-        snprintf(err, errlen, "%s: %s", what, reason);
-    else
-        snprintf(err, errlen, "%s", what);
-    ERR_clear_error();
-}
 
 /* ---- URLs ------------------------------------------------------------------------------- */
 
@@ -241,7 +230,7 @@ int sns_verify(const struct sns_message *m, const char *cert_pem, size_t n, char
         goto done;
     }
     if ((cert = PEM_read_bio_X509(bio, NULL, NULL, NULL)) == NULL) {
-        ossl_error(err, errlen, "the signing certificate is not a PEM certificate");
+        x509_openssl_error(err, errlen, "the signing certificate is not a PEM certificate");
         goto done;
     }
     if ((key = X509_get0_pubkey(cert)) == NULL || EVP_PKEY_get_base_id(key) != EVP_PKEY_RSA) {
@@ -249,7 +238,7 @@ int sns_verify(const struct sns_message *m, const char *cert_pem, size_t n, char
         goto done;
     }
     if ((ctx = EVP_MD_CTX_new()) == NULL || EVP_DigestVerifyInit(ctx, NULL, md, NULL, key) != 1) {
-        ossl_error(err, errlen, "cannot verify");
+        x509_openssl_error(err, errlen, "cannot verify");
         goto done;
     }
     if (EVP_DigestVerify(ctx, sig, siglen, (const unsigned char *)tbs, tbslen) != 1) {
@@ -290,11 +279,11 @@ char *sns_sign(const struct sns_message *m, const char *key_pem_or_path, int ver
     else
         bio = BIO_new_file(key_pem_or_path, "r");
     if (bio == NULL) {
-        ossl_error(err, errlen, "cannot read the signing key");
+        x509_openssl_error(err, errlen, "cannot read the signing key");
         goto done;
     }
     if ((key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL)) == NULL) {
-        ossl_error(err, errlen, "no PEM private key");
+        x509_openssl_error(err, errlen, "no PEM private key");
         goto done;
     }
     if (EVP_PKEY_get_base_id(key) != EVP_PKEY_RSA) {
@@ -306,7 +295,7 @@ char *sns_sign(const struct sns_message *m, const char *key_pem_or_path, int ver
         (sig = malloc(siglen)) == NULL ||
         EVP_DigestSign(ctx, sig, &siglen, (const unsigned char *)tbs, tbslen) != 1 ||
         siglen > INT_MAX / 2) {
-        ossl_error(err, errlen, "cannot sign");
+        x509_openssl_error(err, errlen, "cannot sign");
         goto done;
     }
     if ((b64 = malloc((siglen + 2) / 3 * 4 + 1)) == NULL) {
