@@ -111,15 +111,6 @@ static const char *const migrations[] = {
     "    e.hostname = c.hostname ORDER BY seq DESC LIMIT 1), 'unknown') AS p FROM certificates c) x;"
     "DROP TABLE certificates;"
     "ALTER TABLE event_data ADD COLUMN context text;"
-    /* an entry as JSON: what an event's previous holds, certhook.certs reads */
-    "CREATE FUNCTION entry_json(e inventory) RETURNS jsonb LANGUAGE sql STABLE AS $$ SELECT"
-    "  jsonb_build_object('key', e.key, 'provider', e.provider, 'source', e.source,"
-    "  'hostname', e.hostname, 'certificate_id', e.certificate_id, 'name', e.name, 'scope',"
-    "  e.scope, 'status', e.status, 'domains', e.domains, 'issuer', e.issuer, 'serial_number',"
-    "  e.serial_number, 'not_before', e.not_before, 'expires_at', e.expires_at, 'last_event',"
-    "  e.last_event, 'last_type', e.last_type, 'last_occurred_at', e.last_occurred_at,"
-    "  'repeats', e.repeats, 'warned_at', e.warned_at, 'renewed_at', e.renewed_at,"
-    "  'first_seen', e.first_seen, 'updated_at', e.updated_at) $$;"
     /* The data of the batch's new events (those this transaction inserted: the events
      * statement runs first), with what the inventory said when each came (context), and what
      * they say of their certificates -- one event after another in the order they came, as
@@ -163,7 +154,7 @@ static const char *const migrations[] = {
     "      IF ctx IS NULL THEN"
     "        ctx := CASE WHEN e.key IS NULL THEN jsonb_build_object('stale', stale, 'repeats',"
     "          reps) ELSE jsonb_build_object('stale', stale, 'repeats', reps, 'previous',"
-    "          to_jsonb(e)) END;"
+    "          to_jsonb(e)) END;" /* an entry as JSON: its columns, as certhook.certs reads it */
     "      END IF;"
     "      CONTINUE WHEN stale;"
     "      entries[at] := ROW(f->>'key', coalesce(e.provider, providers[k]),"
@@ -2051,10 +2042,10 @@ static int pg_certs(struct store *s, const struct journal_certs_query *q,
     fmt_double(before, sizeof before, q->expiring_before);
     fmt_int(limit, sizeof limit, q->limit);
     const char *sql =
-        q->find ? "SELECT entry_json(i)::text FROM inventory i WHERE key = $1 OR certificate_id "
+        q->find ? "SELECT to_jsonb(i)::text FROM inventory i WHERE key = $1 OR certificate_id "
                   "= $1 OR hostname = $1 ORDER BY key = $1 DESC, certificate_id IS NOT DISTINCT "
                   "FROM $1 DESC, updated_at DESC LIMIT 1"
-                : "SELECT entry_json(i)::text FROM inventory i WHERE CASE WHEN $1::text IS NULL "
+                : "SELECT to_jsonb(i)::text FROM inventory i WHERE CASE WHEN $1::text IS NULL "
                   "THEN status IS DISTINCT FROM 'deleted' ELSE status = $1 END AND "
                   "($2::float8 IS NULL OR expires_at < $2::float8) ORDER BY expires_at IS NULL, "
                   "expires_at, hostname, key LIMIT $3::bigint";
