@@ -96,15 +96,16 @@ static int cli_serve(lua_State *L)
 }
 
 /* Builds generation 1 of dir with this state's package paths; certhook.state opens the
- * journal in data on first use (none without data). The table at opts may give delivery's
- * timeout and memory_limit (as serve uses them). NULL with *err on failure. */
+ * journal in data on first use (none without data). The table at opts may give load_timeout
+ * (reload.timeout) and memory_limit (delivery's), as serve uses them. NULL with *err on
+ * failure. */
 static struct generation *build(lua_State *L, const char *dir, const char *data, int opts,
                                 char **err)
 {
     char *path, *cpath;
-    struct generation_env env = {NULL, NULL, NULL, data, 5, 64 << 20, 30, NULL};
+    struct generation_env env = {NULL, NULL, NULL, data, 5, 64 << 20, 5, NULL};
     if (lua_istable(L, opts)) {
-        if (lua_getfield(L, opts, "timeout") == LUA_TNUMBER && lua_tonumber(L, -1) > 0)
+        if (lua_getfield(L, opts, "load_timeout") == LUA_TNUMBER && lua_tonumber(L, -1) > 0)
             env.timeout = lua_tonumber(L, -1);
         if (lua_getfield(L, opts, "memory_limit") == LUA_TNUMBER && lua_tonumber(L, -1) > 0)
             env.memory_limit = (size_t)lua_tonumber(L, -1);

@@ -157,6 +157,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
                                         .timeout = 30, .shutdown_grace = 10, .concurrency = 256,
                                         .lease = 120,
                                         .memory_limit = 64 << 20};
+    c->reload_timeout = 5;
     c->log_level = LOG_INFO;
     c->watchdog = (struct watchdog_cfg){.enabled = 1, .interval = 60, .before = {30, 7, 1},
                                         .nbefore = 3};
@@ -178,6 +179,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         "timeout", "shutdown_grace", "concurrency", "per_host", "memory_limit", "lease", NULL};
     static const char *const journal_keys[] = {"busy_timeout", "retention", "max_wal", NULL};
     static const char *const log_keys[] = {"level", "format", NULL};
+    static const char *const reload_keys[] = {"timeout", NULL};
     /* max_hostnames: its name before the inventory knew certificates, still read */
     static const char *const metrics_keys[] = {"max_certificates", "max_hostnames", NULL};
     if (setting_table(L, t, "limits", &sub, "", err, errlen) ||
@@ -271,6 +273,11 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
             goto done;
         }
     }
+    if (setting_table(L, t, "reload", &sub, "", err, errlen) ||
+        (sub && (setting_keys(L, sub, "reload", reload_keys, err, errlen) ||
+                 setting_number(L, sub, "timeout", 0.001, 3600, &c->reload_timeout, "reload.",
+                                err, errlen))))
+        goto done;
     if (read_watchdog(L, t, &c->watchdog, err, errlen) != 0)
         goto done;
     if (setting_table(L, t, "log", &sub, "", err, errlen) ||

@@ -13,6 +13,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,7 +45,8 @@ struct server {
     struct dispatch *d;
     struct intake *in;
     struct generation *gen;          /* the current one */
-    struct stall *stall;             /* what runs: the slot and the stall detector */
+    struct stall *stall;             /* what runs: the slots and the stall detector */
+    atomic_int closing;              /* the journal is closed; the handler states close */
     unsigned next_generation;
     struct watchdog *expiry;         /* the expiry watchdog (NULL: off) */
     double sd_watchdog, next_ping;   /* systemd's watchdog interval (0: none), next ping */
@@ -85,6 +87,7 @@ static void tick(void *cls)
  * limits hook stops handler code at its deadline; error conversion and __close get a second
  * each after it. */
 #define STALL_GRACE 5.0
+#define CLOSE_GRACE 2.0 /* seconds the handler states' finalizers get at the stop */
 
 /* Stall detector's thread: the dispatcher has run the same code for too long -- a handler's
  * finalizer that loops, a C function that never returns. The process cannot get the thread
@@ -94,12 +97,25 @@ static void on_stall(void *cls, const struct stall_slot *what, double seconds)
 {
     struct server *s = cls;
     struct log_line l;
-    log_begin(&l, LOG_ERROR, what->seq > 0 ? "a handler has stalled the dispatcher: exiting so "
-                                             "that certhook restarts; the attempt counts"
-                                           : "loading a handler file has stalled the dispatcher: "
-                                             "exiting so that certhook restarts without it");
+    if (atomic_load(&s->closing)) { /* the stop: the journal is closed, nothing can be lost */
+        log_begin(&l, LOG_WARN, "a finalizer left by a handler did not finish while the handler "
+                                "states closed: exiting without them");
+        log_str(&l, "closing", what->handler);
+        log_num(&l, "seconds", round(seconds * 10) / 10);
+        log_end(&l);
+        log_msg(LOG_INFO, "stopped");
+        stall_end(s->stall); /* a clean stop: the next start finds nothing running */
+        _exit(0);
+    }
+    log_begin(&l, LOG_ERROR,
+              what->seq > 0    ? "a handler has stalled the dispatcher: exiting so that certhook "
+                                 "restarts; the attempt counts"
+              : what->seq == 0 ? "loading a handler file has stalled: exiting so that certhook "
+                                 "restarts without it"
+                               : "a finalizer left by a handler has stalled the dispatcher while "
+                                 "an old generation closed: exiting so that certhook restarts");
     log_str(&l, "event", what->seq > 0 ? what->event_id : NULL);
-    log_str(&l, what->seq > 0 ? "handler" : "file", what->handler);
+    log_str(&l, what->seq > 0 ? "handler" : what->seq == 0 ? "file" : "closing", what->handler);
     if (what->seq > 0)
         log_num(&l, "attempt", what->attempts);
     log_num(&l, "seconds", round(seconds * 10) / 10);
@@ -151,49 +167,65 @@ static int restart_only(const struct config *a, const struct config *b, char *er
     return 0;
 }
 
-static int reload_now(struct server *s, int with_config, unsigned *generation, char *err,
-                      size_t errlen);
+/* ---- reloads (dispatch/reload.c says on which thread each step runs) -------------------------- */
 
-static int reload(void *cls, int with_config, unsigned *generation, char *err, size_t errlen)
+static const char *ready_status(int ok)
 {
-    struct server *s = cls;
-    int rc = reload_now(s, with_config, generation, err, errlen);
-    notify("READY=1\nSTATUS=%s", rc == 0 ? "serving" : "serving; the last reload failed");
-    return rc;
+    return ok ? "serving" : "serving; the last reload failed";
 }
 
-static int reload_now(struct server *s, int with_config, unsigned *generation, char *err,
-                      size_t errlen)
+/* The dispatcher's thread: the configuration reread (with_config) and checked. */
+static int reload_prepare(void *cls, int with_config, struct reload_built *b, char *err,
+                          size_t errlen)
 {
-    struct config *c = s->cfg, *fresh = NULL;
-    char *msg = NULL;
+    struct server *s = cls;
     notify("RELOADING=1");
-    if (with_config) {
-        fresh = calloc(1, sizeof *fresh);
-        if (fresh == NULL || s->load(s->load_cls, fresh, err, errlen) != 0) {
-            free(fresh);
-            return -1;
-        }
-        if (restart_only(s->cfg, fresh, err, errlen) != 0 || keep_config(s, fresh) != 0) {
-            config_free(fresh);
-            free(fresh);
-            return -1;
-        }
-        c = fresh; /* kept from here on, used or not */
+    if (!with_config)
+        return 0;
+    struct config *fresh = calloc(1, sizeof *fresh);
+    if (fresh == NULL || s->load(s->load_cls, fresh, err, errlen) != 0) {
+        free(fresh);
+        return -1;
     }
+    if (restart_only(s->cfg, fresh, err, errlen) != 0 || keep_config(s, fresh) != 0) {
+        config_free(fresh);
+        free(fresh);
+        return -1;
+    }
+    b->config = fresh; /* kept from here on, used or not: requests under way may hold it */
+    return 0;
+}
+
+/* The reload's thread: the generation, in a state nothing else sees. s->cfg and
+ * s->next_generation change only in reload_apply, which never runs at the same time. */
+static int reload_build(void *cls, struct reload_built *b, char *err, size_t errlen)
+{
+    struct server *s = cls;
+    const struct config *c = b->config ? b->config : s->cfg;
+    char *msg = NULL;
     struct generation_env env = {c->lua_path, c->lua_cpath, s->j, NULL, c->busy_timeout,
-                             c->delivery.memory_limit, c->delivery.timeout, s->stall};
-    struct generation *g = generation_build(c->handlers, &env, s->next_generation, &msg);
-    if (g == NULL) {
+                                 c->delivery.memory_limit, c->reload_timeout, s->stall};
+    b->gen = generation_build(c->handlers, &env, s->next_generation, &msg);
+    if (b->gen == NULL) {
         snprintf(err, errlen, "%s", msg);
         free(msg);
         return -1;
     }
+    return 0;
+}
+
+/* The dispatcher's thread: everything swapped in at once, or nothing. */
+static int reload_apply(void *cls, struct reload_built *b, char *err, size_t errlen)
+{
+    struct server *s = cls;
+    struct config *fresh = b->config;
+    struct generation *g = b->gen;
     if (fresh != NULL) {
         if (intake_reconfigure(s->in, &fresh->in, err, errlen) != 0 ||
             (strcmp(fresh->handlers, s->cfg->handlers) != 0 &&
              dispatch_watch(s->d, fresh->handlers, err, errlen) != 0)) {
             generation_free(g);
+            notify("READY=1\nSTATUS=%s", ready_status(0));
             return -1;
         }
         log_set_level(fresh->log_level);
@@ -202,15 +234,26 @@ static int reload_now(struct server *s, int with_config, unsigned *generation, c
         dispatch_set_config(s->d, &fresh->delivery);
         if (s->expiry != NULL)
             watchdog_set_config(s->expiry, &fresh->watchdog);
-        stall_set_limit(s->stall, fresh->delivery.timeout + STALL_GRACE);
+        stall_set_limit(s->stall, fresh->delivery.timeout + STALL_GRACE,
+                        fresh->reload_timeout + STALL_GRACE);
         s->cfg = fresh;
     }
     s->next_generation++;
     s->gen = g;
-    *generation = g->number;
     dispatch_set_generation(s->d, g); /* the previous one closes when its deliveries end */
+    notify("READY=1\nSTATUS=%s", ready_status(1));
     return 0;
 }
+
+static void reload_discard(void *cls, struct reload_built *b)
+{
+    (void)cls;
+    generation_free(b->gen);
+    notify("READY=1\nSTATUS=%s", ready_status(0));
+}
+
+static const struct reload_ops reload_ops = {reload_prepare, reload_build, reload_apply,
+                                             reload_discard};
 
 /* ---- journals of earlier versions ---------------------------------------------------------- */
 
@@ -321,17 +364,21 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
         (s.stall = stall_open(journal_directory(s.j), err, errlen)) == NULL ||
         server_upgrade_journal(s.j, err, errlen) < 0)
         goto done;
-    died = stall_crashed(s.stall, &crashed);
+    died = stall_crashed(s.stall, &crashed) && crashed.seq >= 0; /* -1: a state was closing */
     if (journal_load_inventory(s.j, c->max_certificates) < 0)
         log_msg(LOG_WARN, "cannot read the certificate inventory; it starts empty");
     s.d = dispatch_new(s.j, &c->delivery, journal_max_seq(s.j));
     if (sigfd < 0 || s.d == NULL || journal_start(s.j, dispatch_enqueue, s.d) != 0 ||
-        stall_watch(s.stall, c->delivery.timeout + STALL_GRACE, on_stall, &s) != 0) {
+        stall_watch(s.stall, c->delivery.timeout + STALL_GRACE, c->reload_timeout + STALL_GRACE,
+                    on_stall, &s) != 0) {
         snprintf(err, errlen, "cannot start: out of resources");
         goto done;
     }
     dispatch_set_stall(s.d, s.stall, died ? &crashed : NULL);
-    dispatch_on_reload(s.d, reload, &s);
+    if (dispatch_on_reload(s.d, &reload_ops, &s) != 0) {
+        snprintf(err, errlen, "cannot start: out of resources");
+        goto done;
+    }
     /* A handler set that does not load never costs the webhooks: intake runs, the events wait
      * in the journal, and the first reload that works (a fixed file is noticed) delivers them. */
     if (died && crashed.seq == 0) {
@@ -340,7 +387,7 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
                  c->handlers, crashed.handler);
     } else {
         struct generation_env env = {c->lua_path, c->lua_cpath, s.j, NULL, c->busy_timeout,
-                                 c->delivery.memory_limit, c->delivery.timeout, s.stall};
+                                     c->delivery.memory_limit, c->reload_timeout, s.stall};
         s.gen = generation_build(c->handlers, &env, 1, &msg);
         if (s.gen == NULL)
             snprintf(err, errlen, "%s", msg);
@@ -393,14 +440,21 @@ done:
         intake_close_gate(s.in);
         intake_stop(s.in);
     }
-    stall_unwatch(s.stall);
+    /* The journal is closed first: every request answered, every delivery state written. Then
+     * the handler states close, whose finalizers no hook can stop: under the stall detector,
+     * which ends the process (cleanly: nothing is left to lose) if they do not finish. */
     if (s.j != NULL)
         journal_stop(s.j);
-    dispatch_free(s.d); /* releases the current generation */
+    if (s.gen != NULL)
+        generation_detach(s.gen); /* certhook.state raises in what runs from here */
     watchdog_free(s.expiry);
+    journal_close(s.j);
+    if (s.stall != NULL)
+        stall_set_limit(s.stall, CLOSE_GRACE, CLOSE_GRACE);
+    atomic_store(&s.closing, 1);
+    dispatch_free(s.d); /* releases the current generation */
     if (s.d == NULL)
         generation_release(s.gen);
-    journal_close(s.j);
     stall_close(s.stall);
     free(msg);
     for (size_t i = 0; i < s.nconfigs; i++) {

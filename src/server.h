@@ -22,6 +22,7 @@ struct config {
     size_t max_certificates;  /* certificates with metrics series of their own */
     int log_level, log_text;  /* log.format = "text" */
     struct delivery_cfg delivery;
+    double reload_timeout;    /* reload.timeout: seconds loading the handler files may take */
     struct watchdog_cfg watchdog;
     double busy_timeout;      /* journal: seconds to wait for a locked database */
     double retention;         /* journal: seconds finished events are kept */

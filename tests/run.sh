@@ -1,5 +1,7 @@
 #!/bin/sh
-# Runs every test and ends with one line "N passed, M failed" (exit 1 if any failed):
+# Runs every test and ends with one line "N passed, M failed, K skipped" (exit 1 if any
+# failed; a skipped test -- TAP's "# SKIP": busted's pending, a fuzz replay folder with no
+# input yet -- passed nothing):
 #   C unit tests (build/unit/test_*), then busted specs (tests/spec) and end-to-end tests
 #   (tests/e2e, which start `certhook serve`). All of them print TAP.
 # `tests/run.sh memcheck` runs tests/memcheck instead, with the CLI under valgrind.
@@ -11,10 +13,13 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 passed=0
 failed=0
+skipped=0
 
 tally() { # NAME STATUS TAPFILE
-    p=$(grep -c '^ok ' "$3")
+    k=$(grep -c '^ok .*# SKIP' "$3")
+    p=$(($(grep -c '^ok ' "$3") - k))
     f=$(grep -c '^not ok ' "$3")
+    skipped=$((skipped + k))
     if [ "$2" -ne 0 ] && [ "$f" -eq 0 ]; then
         echo "not ok - $1 exited with status $2"
         f=1
@@ -77,5 +82,5 @@ if [ "${1:-}" != memcheck ]; then
     tally "busted (postgresql)" "$status" "$out/parity.tap"
 fi
 
-echo "$passed passed, $failed failed"
+echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -16,7 +16,7 @@ local M = {}
 local SETTINGS = {
   listen = true, admin = true, admin_token = true, handlers = true, data = true, tls = true,
   sources = true, delivery = true, limits = true, journal = true, log = true, metrics = true,
-  watchdog = true,
+  watchdog = true, reload = true,
 }
 
 local USAGE = [[
@@ -225,7 +225,7 @@ local function load_config(path)
   for k, v in pairs(env) do
     if not SETTINGS[k] then
       die(1, "%s: unknown setting %q (settings are listen, admin, admin_token, handlers, data, " ..
-        "tls, sources, delivery, limits, journal, log, metrics, watchdog; make helper variables local)",
+        "tls, sources, delivery, reload, limits, journal, log, metrics, watchdog; make helper variables local)",
         path, tostring(k))
     end
     cfg[k] = v
@@ -316,7 +316,10 @@ handlers, or exit 1 with file:line of every broken file.]],
   run = function(opts)
     local cfg = settings(opts)
     local dir = cfg.handlers or "./handlers"
-    local r, err = core.check(dir, data_dir(cfg), type(cfg.delivery) == "table" and cfg.delivery or nil)
+    local delivery = type(cfg.delivery) == "table" and cfg.delivery or {}
+    local reload = type(cfg.reload) == "table" and cfg.reload or {}
+    local r, err = core.check(dir, data_dir(cfg), { load_timeout = reload.timeout,
+      memory_limit = delivery.memory_limit })
     if not r then
       io.stderr:write(err, "\n")
       return 1
@@ -391,10 +394,11 @@ Exit 1 if a handler failed.]],
     local cfg = settings(opts)
     local dir = cfg.handlers or "./handlers"
     local delivery = type(cfg.delivery) == "table" and cfg.delivery or {}
+    local reload = type(cfg.reload) == "table" and cfg.reload or {}
     local provider, script = provider_of(opts)
     local r, err = core.run(dir, read_file(file), { provider = provider, source = opts.source,
       script = script, data = data_dir(cfg), timeout = delivery.timeout,
-      memory_limit = delivery.memory_limit })
+      load_timeout = reload.timeout, memory_limit = delivery.memory_limit })
     if not r then die(1, "%s", err) end
     local failed = 0
     for _, ev in ipairs(r.events) do

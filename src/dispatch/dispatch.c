@@ -1,7 +1,8 @@
 /*
  * dispatch.c -- the dispatcher: deliveries in flight, retries, replays (DESIGN §4, §9).
  *
- * Runs on the main thread, owns the handler generation (reload.c) and one epoll loop that
+ * Runs on the main thread, owns the current handler generation (new ones are built by
+ * reload.c on a thread of their own and swapped in between two turns) and one epoll loop that
  * drives everything that can wait: new events from the journal writer (dispatch_enqueue),
  * certhook.http transfers (a curl multi handle, api_http.c), certhook.state writes (the
  * journal writer answers through a completion list), the retry heap, replay requests left in
@@ -40,15 +41,6 @@
 #define LEASE_POLL 0.1     /* seconds between looks at a lease too short to start anything */
 #define DEBOUNCE 0.1 /* seconds of quiet after a file change before reloading */
 #define DEBOUNCE_MAX 1.0
-
-/* A reload asked for by another thread (the admin listener), answered when done. */
-struct reload_req {
-    struct reload_req *next;
-    pthread_cond_t cv;
-    int done, rc;
-    unsigned generation;
-    char err[2048];
-};
 
 /* An event shared by the deliveries it started; freed with the last of them. */
 struct event_ref {
@@ -113,11 +105,9 @@ struct dispatch {
     void *on_stop_cls;
     void (*on_tick)(void *);
     void *on_tick_cls;
-    int (*reload)(void *cls, int with_config, unsigned *generation, char *err, size_t errlen);
-    void *reload_cls;
+    struct reloader *reloader;        /* NULL: reloads are not available */
     struct watch *watch;
     double reload_due, reload_latest; /* a file change waits for quiet, but not forever */
-    struct reload_req *reload_reqs;   /* guarded by mu */
     struct dispatch_status status;    /* guarded by mu */
     struct stall *stall;              /* the slot: what runs now (NULL: none) */
     struct stall_slot crashed;      /* what ran when the previous process died */
@@ -198,6 +188,23 @@ struct dispatch *dispatch_new(struct journal *j, const struct delivery_cfg *cfg,
     return d;
 }
 
+/* Drops a reference to g; the last one closes its state, whose finalizers the limits hook
+ * cannot stop (Lua runs them with hooks off): under the stall detector, seq -1 in the slot. */
+static void drop_generation(struct dispatch *d, struct generation *g)
+{
+    if (g == NULL)
+        return;
+    if (g->refs > 1) {
+        generation_release(g);
+        return;
+    }
+    char what[64];
+    snprintf(what, sizeof what, "generation %u", g->number);
+    stall_begin(d->stall, -1, NULL, what, 0, 0);
+    generation_release(g);
+    stall_end(d->stall);
+}
+
 void dispatch_set_generation(struct dispatch *d, struct generation *g)
 {
     struct generation *old = d->gen;
@@ -207,7 +214,7 @@ void dispatch_set_generation(struct dispatch *d, struct generation *g)
     d->status.handlers = g->n;
     d->status.files = g->nfiles;
     pthread_mutex_unlock(&d->mu);
-    generation_release(old); /* freed now, or when its last delivery ends */
+    drop_generation(d, old); /* freed now, or when its last delivery ends */
 }
 
 void dispatch_set_config(struct dispatch *d, const struct delivery_cfg *cfg)
@@ -216,11 +223,15 @@ void dispatch_set_config(struct dispatch *d, const struct delivery_cfg *cfg)
     http_multi_limits(d->http, (long)cfg->per_host, cfg->concurrency);
 }
 
-void dispatch_on_reload(struct dispatch *d,
-                        int (*fn)(void *, int, unsigned *, char *, size_t), void *cls)
+static void wake_cb(void *d)
 {
-    d->reload = fn;
-    d->reload_cls = cls;
+    wake(d);
+}
+
+int dispatch_on_reload(struct dispatch *d, const struct reload_ops *ops, void *cls)
+{
+    d->reloader = reload_new(ops, cls, wake_cb, d);
+    return d->reloader ? 0 : -1;
 }
 
 int dispatch_watch(struct dispatch *d, const char *dir, char *err, size_t errlen)
@@ -240,11 +251,8 @@ int dispatch_watch(struct dispatch *d, const char *dir, char *err, size_t errlen
 
 void dispatch_load_failed(struct dispatch *d, const char *err)
 {
-    pthread_mutex_lock(&d->mu);
-    d->status.reload_failures++;
-    d->status.last_reload_at = time_now();
-    snprintf(d->status.last_error, sizeof d->status.last_error, "%s", err);
-    pthread_mutex_unlock(&d->mu);
+    if (d->reloader)
+        reload_failed(d->reloader, err);
 }
 
 void dispatch_set_stalled(struct dispatch *d, const char *what)
@@ -260,24 +268,16 @@ void dispatch_get_status(struct dispatch *d, struct dispatch_status *st)
     *st = d->status;
     st->backlog = d->backlog;
     pthread_mutex_unlock(&d->mu);
+    if (d->reloader)
+        reload_status(d->reloader, st);
 }
 
-int dispatch_request_reload(struct dispatch *d, unsigned *generation, char *err, size_t errlen)
+void dispatch_request_reload(struct dispatch *d, struct reload_wait *w)
 {
-    struct reload_req r = {.cv = PTHREAD_COND_INITIALIZER};
-    pthread_mutex_lock(&d->mu);
-    r.next = d->reload_reqs;
-    d->reload_reqs = &r;
-    pthread_mutex_unlock(&d->mu);
-    wake(d);
-    pthread_mutex_lock(&d->mu);
-    while (!r.done)
-        pthread_cond_wait(&r.cv, &d->mu);
-    pthread_mutex_unlock(&d->mu);
-    pthread_cond_destroy(&r.cv);
-    *generation = r.generation;
-    snprintf(err, errlen, "%s", r.err);
-    return r.rc;
+    if (d->reloader == NULL)
+        w->done(w, -1, 0, "reloading is not available");
+    else
+        reload_request(d->reloader, w);
 }
 
 void dispatch_on_tick(struct dispatch *d, void (*fn)(void *), void *cls)
@@ -305,8 +305,9 @@ void dispatch_free(struct dispatch *d)
         next = o->next;
         journal_done_free(o);
     }
+    reload_free(d->reloader); /* before the generation: one being built may be applied */
     watch_free(d->watch);
-    generation_release(d->gen);
+    drop_generation(d, d->gen);
     http_multi_free(d->http);
     if (d->wakefd.fd >= 0)
         close(d->wakefd.fd);
@@ -532,7 +533,7 @@ static void finish(struct dispatch *d, struct delivery *dl, char *error, char *t
     free(r->error);
     free(r->traceback);
     event_release(dl->ev);
-    generation_release(dl->gen); /* may close an old generation: after everything that used it */
+    drop_generation(d, dl->gen); /* may close an old generation: after everything that used it */
     free(dl);
 }
 
@@ -1020,70 +1021,6 @@ static int start_work(struct dispatch *d)
     return 1;
 }
 
-/* Builds and swaps in a new generation (and with_config, the configuration); counts it and
- * logs the outcome. 0, or -1 with err; nothing changed then. */
-static int do_reload(struct dispatch *d, int with_config, unsigned *generation, char *err,
-                     size_t errlen)
-{
-    double t0 = time_mono();
-    int rc = -1;
-    if (d->reload == NULL)
-        snprintf(err, errlen, "reloading is not available");
-    else
-        rc = d->reload(d->reload_cls, with_config, generation, err, errlen);
-    pthread_mutex_lock(&d->mu);
-    if (rc == 0) {
-        d->status.reloads++;
-        d->status.last_error[0] = '\0';
-    } else {
-        d->status.reload_failures++;
-        snprintf(d->status.last_error, sizeof d->status.last_error, "%s", err);
-    }
-    d->status.last_reload_at = time_now();
-    pthread_mutex_unlock(&d->mu);
-    struct log_line l;
-    log_begin(&l, rc == 0 ? LOG_INFO : LOG_ERROR, rc == 0 ? "reloaded" : "reload failed");
-    if (rc == 0) {
-        log_num(&l, "generation", *generation);
-        log_num(&l, "handlers", (double)d->gen->n);
-        log_num(&l, "handler_files", (double)d->gen->nfiles);
-    } else {
-        log_str(&l, "error", err);
-        log_num(&l, "generation", d->gen ? d->gen->number : 0); /* still running */
-    }
-    log_str(&l, "config", with_config ? "reread" : "kept");
-    log_num(&l, "ms", round((time_mono() - t0) * 1e6) / 1e3);
-    log_end(&l);
-    return rc;
-}
-
-/* Answers the reload requests of other threads: one reload serves all that are waiting. */
-static void serve_reload_requests(struct dispatch *d, int stopping)
-{
-    pthread_mutex_lock(&d->mu);
-    struct reload_req *reqs = d->reload_reqs;
-    d->reload_reqs = NULL;
-    pthread_mutex_unlock(&d->mu);
-    if (reqs == NULL)
-        return;
-    unsigned generation = 0;
-    char err[2048] = "";
-    int rc = -1;
-    if (stopping)
-        snprintf(err, sizeof err, "certhook is stopping");
-    else
-        rc = do_reload(d, 1, &generation, err, sizeof err);
-    pthread_mutex_lock(&d->mu);
-    for (struct reload_req *r = reqs; r; r = r->next) {
-        r->rc = rc;
-        r->generation = generation;
-        snprintf(r->err, sizeof r->err, "%s", err);
-        r->done = 1;
-        pthread_cond_signal(&r->cv);
-    }
-    pthread_mutex_unlock(&d->mu);
-}
-
 int dispatch_run(struct dispatch *d, int sigfd)
 {
     int sig = 0;
@@ -1139,18 +1076,19 @@ int dispatch_run(struct dispatch *d, int sigfd)
             if (d->on_stop)
                 d->on_stop(d->on_stop_cls);
         }
-        int hup = d->hup;
-        d->hup = 0;
         http_multi_timeout(d->http);
         resume_ready(d);
-        serve_reload_requests(d, sig != 0);
-        if (!sig && (hup || (d->reload_due > 0 && time_mono() >= fmin(d->reload_due,
-                                                                      d->reload_latest)))) {
-            unsigned generation;
-            char err[2048];
+        int changed = d->reload_due > 0 && time_mono() >= fmin(d->reload_due, d->reload_latest);
+        if (changed)
             d->reload_due = 0;
-            do_reload(d, hup, &generation, err, sizeof err); /* SIGHUP rereads the config */
+        if (d->reloader) { /* a reload is built on its own thread: nothing here waits for it */
+            if (d->hup)
+                reload_ask(d->reloader, 1, 1); /* SIGHUP rereads the config */
+            if (changed)
+                reload_ask(d->reloader, 0, 0);
+            reload_turn(d->reloader, sig != 0, d->gen ? d->gen->number : 0);
         }
+        d->hup = 0;
         if (!sig) {
             /* the lease first: a new one is only given once what the lost one held is dropped */
             double lease = journal_lease(d->j);
@@ -1180,6 +1118,7 @@ int dispatch_run(struct dispatch *d, int sigfd)
         if (sig && d->nactive == 0)
             break;
     }
+    reload_stop(d->reloader, d->gen ? d->gen->number : 0); /* within reload.timeout */
     loop_del(d->loop, &d->sigfd);
     if (d->journalfd.fd >= 0)
         loop_del(d->loop, &d->journalfd);

@@ -26,7 +26,8 @@ double retry_delay(const struct delivery_cfg *cfg, int attempts, int crashes, do
 /* ---- stall.c: what runs, for the next start and the stall detector ---------------------------- */
 
 /* The delivery whose handler code was running (at a crash, or a stall); seq 0: a handler file
- * being loaded (handler names it). */
+ * being loaded (handler names it), at the start or for a reload; seq -1: a generation being
+ * closed (its finalizers run). */
 struct stall_slot {
     int64_t seq;
     int attempts, pid;
@@ -39,18 +40,23 @@ struct stall;
  * database, where the next start is maybe another server's). NULL with err. */
 struct stall *stall_open(const char *dir, char *err, size_t errlen);
 void stall_close(struct stall *st); /* a clean stop: the slot says nothing runs */
-/* 1 and *out when the previous process died while handler code ran; clears it. */
+/* 1 and *out when the previous process died while handler code ran or a file loaded (the
+ * delivery first); clears it. */
 int stall_crashed(struct stall *st, struct stall_slot *out);
-/* Handler code of this delivery starts / ended (st NULL: no-op). Memory writes only. */
+/* Handler code of this delivery starts / ended, on the dispatcher's thread (st NULL: no-op).
+ * Memory writes only. */
 void stall_begin(struct stall *st, int64_t seq, const char *event_id, const char *handler,
                  int attempts, double first_at);
 void stall_end(struct stall *st);
-/* Starts the stall detector: on_stall runs on its thread when the same code has run for longer
- * than limit seconds. */
-int stall_watch(struct stall *st, double limit,
+/* A handler file starts / ended loading, on the thread that builds a generation. */
+void stall_loading(struct stall *st, const char *file);
+void stall_loaded(struct stall *st);
+/* Starts the stall detector: on_stall runs on its thread when the same delivery has run for
+ * longer than limit seconds, or the same file loaded for longer than load_limit. */
+int stall_watch(struct stall *st, double limit, double load_limit,
                 void (*on_stall)(void *cls, const struct stall_slot *what, double seconds),
                 void *cls);
-void stall_set_limit(struct stall *st, double limit);
+void stall_set_limit(struct stall *st, double limit, double load_limit);
 void stall_unwatch(struct stall *st); /* stops the stall detector */
 
 /* ---- generation.c: handler generations --------------------------------------------------------- */
@@ -81,7 +87,7 @@ struct generation_env {
     const char *data;
     double busy_timeout;
     size_t memory_limit; /* bytes; 0: none */
-    double timeout;      /* seconds loading the files may take (delivery.timeout) */
+    double timeout;      /* seconds loading the files may take (reload.timeout) */
     struct stall *stall; /* told which file loads (NULL: nothing) */
 };
 
@@ -93,6 +99,8 @@ struct generation *generation_build(const char *dir, const struct generation_env
 void generation_hold(struct generation *g);
 void generation_release(struct generation *g); /* the last reference frees it */
 void generation_free(struct generation *g);
+/* Its journal is about to close: the state API raises in it from now on (state_detach). */
+void generation_detach(struct generation *g);
 /* The handlers of g that match an event of this type / provider type, in order: how many. */
 size_t generation_match(const struct generation *g, const char *type, const char *provider_type,
                         const struct handler **out);
@@ -105,6 +113,53 @@ struct watch *watch_new(const char *dir, char *err, size_t errlen);
 int watch_fd(struct watch *w);
 int watch_changed(struct watch *w); /* reads what is pending: 1 if it matters */
 void watch_free(struct watch *w);
+
+/* ---- reload.c: reloads, built off the dispatcher's thread ------------------------------------- */
+
+/* What a reload makes before it is applied: the generation and, when the configuration was
+ * reread, the new one (opaque here: server.c's). */
+struct reload_built {
+    struct generation *gen;
+    void *config;
+};
+
+/* What a reload does (server.c): prepare on the dispatcher's thread (rereads the
+ * configuration when with_config, checks what only a restart can change); build on the
+ * reload's thread (the generation: nothing that serves is touched); apply on the dispatcher's
+ * thread (swaps it all in; takes b whatever it returns); discard frees what was made but is
+ * not applied. prepare and build: 0, or -1 with err (b freed). */
+struct reload_ops {
+    int (*prepare)(void *cls, int with_config, struct reload_built *b, char *err, size_t errlen);
+    int (*build)(void *cls, struct reload_built *b, char *err, size_t errlen);
+    int (*apply)(void *cls, struct reload_built *b, char *err, size_t errlen);
+    void (*discard)(void *cls, struct reload_built *b);
+};
+
+struct reloader;
+struct reload_wait;
+struct dispatch_status;
+/* Starts the reload's thread; wake(wake_cls) tells the dispatcher's loop (from any thread) that
+ * a build is done or a request came. */
+struct reloader *reload_new(const struct reload_ops *ops, void *cls, void (*wake)(void *),
+                            void *wake_cls);
+void reload_free(struct reloader *r); /* stops it first */
+/* The dispatcher's thread: a reload is wanted (a file changed; SIGHUP: with the config). */
+void reload_ask(struct reloader *r, int with_config, int by_signal);
+/* The dispatcher's thread, every turn of its loop: applies a finished build, starts the next
+ * wanted one; stopping: discards and answers instead. current: the generation running (for the
+ * log). 1 when a new generation was applied. */
+int reload_turn(struct reloader *r, int stopping, unsigned current);
+int reload_busy(struct reloader *r); /* a build is under way */
+/* Any other thread: asks for a reload (config included); w->done is called (on the
+ * dispatcher's thread, or on this one when certhook is stopping) by the first one that started
+ * after it. */
+void reload_request(struct reloader *r, struct reload_wait *w);
+/* The handlers did not load at the start: counted and shown like a failed reload. */
+void reload_failed(struct reloader *r, const char *err);
+void reload_status(struct reloader *r, struct dispatch_status *st); /* the reload fields */
+/* Waits for a build under way (bounded by reload.timeout), discards it, answers every request.
+ * current: the generation running. */
+void reload_stop(struct reloader *r, unsigned current);
 
 /* ---- run.c: running one handler ---------------------------------------------------------------- */
 
@@ -177,18 +232,20 @@ void dispatch_set_generation(struct dispatch *d, struct generation *g);
 void dispatch_on_tick(struct dispatch *d, void (*fn)(void *), void *cls);
 /* fn(cls) runs once, when a stop signal arrives (server.c closes the intake gate). */
 void dispatch_on_stop(struct dispatch *d, void (*fn)(void *), void *cls);
-/* fn does a reload (server.c): a new generation (and, with_config, the config reread), swapped
- * in with dispatch_set_generation; 0 and the generation's number, or -1 with a message. The
- * dispatcher runs it on SIGHUP (with config), when the watched directory changed (handlers
- * only) and for dispatch_request_reload (with config). */
-void dispatch_on_reload(struct dispatch *d,
-                        int (*fn)(void *cls, int with_config, unsigned *generation, char *err,
-                                  size_t errlen),
-                        void *cls);
+/* How to reload (server.c; reload.c says when each runs; apply swaps the generation in with
+ * dispatch_set_generation): on SIGHUP (with config), when the watched directory changed
+ * (handlers only) and for dispatch_request_reload (with config). 0, or -1: out of resources. */
+int dispatch_on_reload(struct dispatch *d, const struct reload_ops *ops, void *cls);
 void dispatch_set_config(struct dispatch *d, const struct delivery_cfg *cfg);
 int dispatch_watch(struct dispatch *d, const char *dir, char *err, size_t errlen);
-/* From another thread: reload (config included) and wait for the outcome. 0, or -1 with err. */
-int dispatch_request_reload(struct dispatch *d, unsigned *generation, char *err, size_t errlen);
+/* A reload asked for by another thread: done(w, 0, generation, "") once the new generation is
+ * live, or done(w, -1, 0, why). w stays the caller's; it must live until done is called. */
+struct reload_wait {
+    struct reload_wait *next; /* the reloader's */
+    void (*done)(struct reload_wait *w, int rc, unsigned generation, const char *err);
+};
+/* From another thread: reload (config included); w says the outcome, from another thread. */
+void dispatch_request_reload(struct dispatch *d, struct reload_wait *w);
 
 struct dispatch_status {
     unsigned generation; /* 0 until handlers are loaded */

@@ -57,19 +57,6 @@ static int add_handler(struct generation *g, const char *file, const char *patte
     return 0;
 }
 
-/* Pushes a fresh environment for one handler file: its globals are its own (_G included), the
- * standard library and certhook's globals are read through. */
-static void push_env(lua_State *L)
-{
-    lua_newtable(L);
-    lua_createtable(L, 0, 1);
-    lua_pushglobaltable(L);
-    lua_setfield(L, -2, "__index");
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, -1);
-    lua_setfield(L, -2, "_G");
-}
-
 /* Runs the compiled chunk at the top (popped) in a coroutine under the limits of ctx, so that
  * a loop or an allocation spree at a file's top level is stopped like a handler's. Pushes what
  * it returned, or nothing and returns -1 with the reason in errs. */
@@ -92,7 +79,7 @@ static int run_chunk(lua_State *L, struct delivery_ctx *ctx, const char *path, s
     }
     run_where(co, where, sizeof where);
     if (ctx->killed == RUN_TIMEOUT)
-        buf_printf(errs, "%s: loading took longer than delivery.timeout (%g s) and was stopped "
+        buf_printf(errs, "%s: loading took longer than reload.timeout (%g s) and was stopped "
                          "at %s\n", path, ctx->gen->load_timeout, where);
     else if (ctx->killed == RUN_MEMORY)
         buf_printf(errs, "%s: loading needed more memory than delivery.memory_limit (%zu bytes) "
@@ -121,7 +108,7 @@ static int load_file(struct generation *g, const char *dir, const char *file,
                                                                  : "(error object is not a string)");
         goto done;
     }
-    push_env(L);
+    module_push_env(L);
     lua_setupvalue(L, -2, 1); /* a main chunk's first upvalue is _ENV */
     if (run_chunk(L, ctx, path, errs) != 0)
         goto done;
@@ -222,14 +209,13 @@ struct generation *generation_build(const char *dir, const struct generation_env
     run_limit(g->L);
     if (env->j != NULL || env->data != NULL)
         state_attach(g->L, env->j, env->data, env->busy_timeout);
-    /* every file is loaded, to report all the broken ones -- within one delivery.timeout */
+    /* every file is loaded, to report all the broken ones -- within one reload.timeout */
     g->load_timeout = env->timeout;
     struct delivery_ctx ctx = {.gen = g, .deadline = time_mono() + env->timeout};
     for (int i = 0; i < n && !ctx.killed; i++) {
         ctx.handler = names[i]->d_name;
-        stall_begin(env->stall, 0, NULL, names[i]->d_name, 0, 0); /* seq 0: loading */
+        stall_loading(env->stall, names[i]->d_name); /* until the end: a failed build closes */
         load_file(g, dir, names[i]->d_name, &ctx, &errs);
-        stall_end(env->stall);
     }
     if (errs.n > 0) {
         errs.p[--errs.n] = '\0'; /* the last newline */
@@ -239,13 +225,15 @@ struct generation *generation_build(const char *dir, const struct generation_env
         free(names[i]);
     free(names);
     lua_gc(g->L, LUA_GCINC, 0, 0, 0);
+    stall_loaded(env->stall);
     *err = NULL;
     return g;
 fail:
     for (int i = 0; i < n; i++)
         free(names[i]);
     free(names);
-    generation_free(g);
+    generation_free(g); /* its finalizers run: still under the load slot */
+    stall_loaded(env->stall);
     *err = buf_take(&errs);
     return NULL;
 }
@@ -270,6 +258,11 @@ void generation_release(struct generation *g)
 {
     if (g != NULL && --g->refs == 0)
         generation_free(g);
+}
+
+void generation_detach(struct generation *g)
+{
+    state_detach(g->L);
 }
 
 void generation_free(struct generation *g)

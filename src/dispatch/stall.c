@@ -1,14 +1,16 @@
 /*
  * stall.c -- what the dispatcher runs, told to whoever must know when it stops (DESIGN §10).
  *
- * - The slot: dir/certhook.running, one page mapped shared, says which delivery's handler code
- *   is running right now. It is written to memory only (no syscall); the kernel keeps the page
- *   when the process dies -- kill -9, a crash in a C module, the stall exit below -- so the next
- *   start knows which delivery was running then (stall_crashed) and counts it.
- * - The stall detector: a thread that looks twice a second; when the slot has said the same
- *   thing for longer than the limit (delivery.timeout plus a grace: the limits hook stops
- *   handlers at their deadline, so only code the hook cannot reach -- a __gc finalizer, a C
- *   function -- gets there), it calls on_stall, which makes the process exit.
+ * - The slots: dir/certhook.running, one page mapped shared, holds two: which delivery's handler
+ *   code the dispatcher runs right now, and which handler file a generation being built loads
+ *   (on the reload's own thread, or at the start). They are written to memory only (no
+ *   syscall); the kernel keeps the page when the process dies -- kill -9, a crash in a C
+ *   module, the stall exit below -- so the next start knows which delivery was running then
+ *   (stall_crashed) and counts it, or which file was loading and does not load it blindly.
+ * - The stall detector: a thread that looks twice a second; when a slot has said the same
+ *   thing for longer than its limit (delivery.timeout or reload.timeout, plus a grace: the
+ *   limits hook stops Lua code at its deadline, so only code the hook cannot reach -- a __gc
+ *   finalizer, a C function -- gets there), it calls on_stall, which makes the process exit.
  * Used by server.c (open, crashed, watch) and dispatch.c / generation.c (begin, end).
  */
 #include <errno.h>
@@ -27,7 +29,8 @@
 #define SLOT_MAGIC 0x63687231u /* "chr1" */
 #define LOOK 0.5               /* seconds between the stall detector's looks */
 
-/* The mapped page. Fields are written before `active` is set (release), read after it (acquire). */
+/* A slot of the mapped page. Fields are written before `active` is set (release), read after it
+ * (acquire). */
 struct slot {
     uint32_t magic;
     _Atomic uint32_t active;
@@ -40,14 +43,16 @@ struct slot {
     char handler[512];
 };
 
+enum { RUNS, LOADS, NSLOTS }; /* the dispatcher's handler code; a handler file loading */
+
 struct stall {
     int slot_fd;
-    struct slot *slot;
+    struct slot *slot; /* NSLOTS of them, in one page */
     pthread_t thread;
     int watching, stop;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    double limit;
+    double limit[NSLOTS];
     void (*on_stall)(void *cls, const struct stall_slot *what, double seconds);
     void *cls;
 };
@@ -107,24 +112,28 @@ fail:
     return NULL;
 }
 
+_Static_assert(NSLOTS * sizeof(struct slot) <= 4096, "the slots fit in one page");
+
 int stall_crashed(struct stall *r, struct stall_slot *out)
 {
-    struct slot *s = r->slot;
-    int crashed = s->magic == SLOT_MAGIC && atomic_load_explicit(&s->active, memory_order_acquire);
-    if (crashed)
-        copy_out(s, out);
-    memset(s, 0, sizeof *s); /* a fresh start for this process */
-    s->magic = SLOT_MAGIC;
-    s->pid = (int32_t)getpid();
+    int crashed = 0;
+    for (int i = 0; i < NSLOTS; i++) { /* the dispatcher's first: its delivery counts */
+        struct slot *s = &r->slot[i];
+        if (!crashed && s->magic == SLOT_MAGIC &&
+            atomic_load_explicit(&s->active, memory_order_acquire)) {
+            copy_out(s, out);
+            crashed = 1;
+        }
+        memset(s, 0, sizeof *s); /* a fresh start for this process */
+        s->magic = SLOT_MAGIC;
+        s->pid = (int32_t)getpid();
+    }
     return crashed;
 }
 
-void stall_begin(struct stall *r, int64_t seq, const char *event_id, const char *handler,
-                   int attempts, double first_at)
+static void slot_begin(struct slot *s, int64_t seq, const char *event_id, const char *handler,
+                       int attempts, double first_at)
 {
-    if (r == NULL)
-        return;
-    struct slot *s = r->slot;
     atomic_store_explicit(&s->active, 0, memory_order_relaxed);
     s->seq = seq;
     s->attempts = attempts;
@@ -135,16 +144,35 @@ void stall_begin(struct stall *r, int64_t seq, const char *event_id, const char 
     atomic_store_explicit(&s->active, 1, memory_order_release);
 }
 
+void stall_begin(struct stall *r, int64_t seq, const char *event_id, const char *handler,
+                 int attempts, double first_at)
+{
+    if (r != NULL)
+        slot_begin(&r->slot[RUNS], seq, event_id, handler, attempts, first_at);
+}
+
 void stall_end(struct stall *r)
 {
     if (r != NULL)
-        atomic_store_explicit(&r->slot->active, 0, memory_order_release);
+        atomic_store_explicit(&r->slot[RUNS].active, 0, memory_order_release);
+}
+
+void stall_loading(struct stall *r, const char *file)
+{
+    if (r != NULL)
+        slot_begin(&r->slot[LOADS], 0, NULL, file, 0, 0);
+}
+
+void stall_loaded(struct stall *r)
+{
+    if (r != NULL)
+        atomic_store_explicit(&r->slot[LOADS].active, 0, memory_order_release);
 }
 
 static void *watch_main(void *arg)
 {
     struct stall *r = arg;
-    uint64_t seen_since = 0;
+    uint64_t seen_since[NSLOTS] = {0};
     pthread_mutex_lock(&r->mu);
     while (!r->stop) {
         struct timespec ts;
@@ -157,29 +185,32 @@ static void *watch_main(void *arg)
         pthread_cond_timedwait(&r->cv, &r->mu, &ts);
         if (r->stop)
             break;
-        struct slot *s = r->slot;
-        if (!atomic_load_explicit(&s->active, memory_order_acquire))
-            continue;
-        uint64_t since = atomic_load_explicit(&s->since_ns, memory_order_relaxed);
-        double busy = (double)(mono_ns() - since) / 1e9;
-        if (busy <= r->limit || since == seen_since)
-            continue;
-        seen_since = since; /* once per stall (on_stall normally does not return) */
-        struct stall_slot what;
-        copy_out(s, &what);
-        pthread_mutex_unlock(&r->mu);
-        r->on_stall(r->cls, &what, busy);
-        pthread_mutex_lock(&r->mu);
+        for (int i = 0; i < NSLOTS && !r->stop; i++) {
+            struct slot *s = &r->slot[i];
+            if (!atomic_load_explicit(&s->active, memory_order_acquire))
+                continue;
+            uint64_t since = atomic_load_explicit(&s->since_ns, memory_order_relaxed);
+            double busy = (double)(mono_ns() - since) / 1e9;
+            if (busy <= r->limit[i] || since == seen_since[i])
+                continue;
+            seen_since[i] = since; /* once per stall (on_stall normally does not return) */
+            struct stall_slot what;
+            copy_out(s, &what);
+            pthread_mutex_unlock(&r->mu);
+            r->on_stall(r->cls, &what, busy);
+            pthread_mutex_lock(&r->mu);
+        }
     }
     pthread_mutex_unlock(&r->mu);
     return NULL;
 }
 
-int stall_watch(struct stall *r, double limit,
-                  void (*on_stall)(void *cls, const struct stall_slot *what, double seconds),
-                  void *cls)
+int stall_watch(struct stall *r, double limit, double load_limit,
+                void (*on_stall)(void *cls, const struct stall_slot *what, double seconds),
+                void *cls)
 {
-    r->limit = limit;
+    r->limit[RUNS] = limit;
+    r->limit[LOADS] = load_limit;
     r->on_stall = on_stall;
     r->cls = cls;
     r->stop = 0;
@@ -190,10 +221,11 @@ int stall_watch(struct stall *r, double limit,
     return 0;
 }
 
-void stall_set_limit(struct stall *r, double limit)
+void stall_set_limit(struct stall *r, double limit, double load_limit)
 {
     pthread_mutex_lock(&r->mu);
-    r->limit = limit;
+    r->limit[RUNS] = limit;
+    r->limit[LOADS] = load_limit;
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -215,7 +247,8 @@ void stall_close(struct stall *r)
         return;
     stall_unwatch(r);
     if (r->slot != NULL) {
-        atomic_store(&r->slot->active, 0); /* a clean stop: nothing was running */
+        for (int i = 0; i < NSLOTS; i++) /* a clean stop: nothing was running */
+            atomic_store(&r->slot[i].active, 0);
         munmap(r->slot, 4096);
     }
     if (r->slot_fd >= 0)

@@ -119,8 +119,10 @@ static void render_metrics(struct journal *j, struct dispatch *d, struct buf *b)
 /* ---- the route ---------------------------------------------------------------------------------- */
 
 /* GET /readyz, GET /metrics. */
-static enum MHD_Result admin_ready(struct intake *in, struct MHD_Connection *c)
+static enum MHD_Result admin_ready(struct listener *l, struct MHD_Connection *c, void **req_cls)
 {
+    struct intake *in = l->in;
+    (void)req_cls;
     struct buf b;
     buf_init(&b);
     unsigned status = readyz(in->j, in->d, &b);
@@ -129,8 +131,11 @@ static enum MHD_Result admin_ready(struct intake *in, struct MHD_Connection *c)
     return rc;
 }
 
-static enum MHD_Result admin_metrics(struct intake *in, struct MHD_Connection *c)
+static enum MHD_Result admin_metrics(struct listener *l, struct MHD_Connection *c,
+                                     void **req_cls)
 {
+    struct intake *in = l->in;
+    (void)req_cls;
     struct buf b;
     buf_init(&b);
     render_metrics(in->j, in->d, &b);
@@ -146,16 +151,58 @@ static enum MHD_Result admin_metrics(struct intake *in, struct MHD_Connection *c
     return rc;
 }
 
-/* POST /reload: rereads the configuration and the handlers; answers once it is done. */
-static enum MHD_Result admin_reload(struct intake *in, struct MHD_Connection *c)
-{
-    char err[2048];
+/* POST /reload's request: suspended until the reload it asked for is over (the admin thread
+ * goes on answering meanwhile: other requests, further reloads to coalesce). */
+struct admin_reload {
+    struct reload_wait w; /* first: the dispatcher answers through it */
+    struct listener *l;
+    struct MHD_Connection *c;
+    int rc;
     unsigned generation;
-    if (dispatch_request_reload(in->d, &generation, err, sizeof err) != 0)
-        return http_reply_error(c, 422, "reload_failed", NULL, NULL, NULL, "%s", err);
+    char err[2048];
+};
+
+/* The dispatcher's thread (or the caller's, when certhook is stopping). */
+static void reloaded(struct reload_wait *w, int rc, unsigned generation, const char *err)
+{
+    struct admin_reload *a = (struct admin_reload *)w;
+    a->rc = rc;
+    a->generation = generation;
+    snprintf(a->err, sizeof a->err, "%s", err);
+    atomic_fetch_sub(&a->l->suspended, 1);
+    MHD_resume_connection(a->c);
+}
+
+/* POST /reload: rereads the configuration and the handlers; answers once it is done. */
+static enum MHD_Result admin_reload(struct listener *l, struct MHD_Connection *c, void **req_cls)
+{
+    struct admin_reload *a = *req_cls != (void *)l ? *req_cls : NULL;
+    if (a == NULL) { /* asked now; the answer comes with the resumed request */
+        if ((a = calloc(1, sizeof *a)) == NULL)
+            return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "unavailable", NULL,
+                                    NULL, NULL, "out of memory");
+        a->w.done = reloaded;
+        a->l = l;
+        a->c = c;
+        *req_cls = a;
+        atomic_fetch_add(&l->suspended, 1);
+        MHD_suspend_connection(c); /* before asking: the answer may come at once */
+        dispatch_request_reload(l->in->d, &a->w);
+        return MHD_YES;
+    }
+    if (a->rc != 0)
+        return http_reply_error(c, 422, "reload_failed", NULL, NULL, NULL, "%s", a->err);
     char body[96];
-    int n = snprintf(body, sizeof body, "{\"status\":\"reloaded\",\"generation\":%u}", generation);
+    int n = snprintf(body, sizeof body, "{\"status\":\"reloaded\",\"generation\":%u}",
+                     a->generation);
     return http_reply(c, MHD_HTTP_OK, body, (size_t)n, NULL, NULL);
+}
+
+void admin_completed(struct listener *l, void **req_cls)
+{
+    (void)l;
+    free(*req_cls); /* POST /reload's, the only admin request with a state */
+    *req_cls = NULL;
 }
 
 /* Authorization: Bearer <admin_token>. */
@@ -203,7 +250,7 @@ static const char *admin_refusal(const struct intake_config *cfg, struct MHD_Con
 
 static const struct {
     const char *path, *method;
-    enum MHD_Result (*fn)(struct intake *, struct MHD_Connection *);
+    enum MHD_Result (*fn)(struct listener *, struct MHD_Connection *, void **req_cls);
 } admin_routes[] = {
     {"/healthz", MHD_HTTP_METHOD_GET, NULL},
     {"/readyz", MHD_HTTP_METHOD_GET, admin_ready},
@@ -249,7 +296,7 @@ enum MHD_Result admin_access(void *cls, struct MHD_Connection *c, const char *ur
                                admin_routes[i].method);
         if (admin_routes[i].fn == NULL)
             return http_reply(c, MHD_HTTP_OK, "{\"status\":\"ok\"}", 15, NULL, NULL);
-        return admin_routes[i].fn(l->in, c);
+        return admin_routes[i].fn(l, c, req_cls);
     }
     return http_reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", NULL, NULL, NULL,
                        "no admin endpoint at %.200s (/healthz, /readyz, /metrics, POST /reload)",

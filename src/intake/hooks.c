@@ -372,8 +372,12 @@ void hooks_completed(void *cls, struct MHD_Connection *c, void **req_cls,
     struct hook *h = *req_cls;
     (void)toe;
     http_set_deadline(l->in, c, 0);
-    if (h == NULL || h == (void *)l || !l->hooks)
+    if (h == NULL || h == (void *)l)
         return;
+    if (!l->hooks) {
+        admin_completed(l, req_cls);
+        return;
+    }
     buf_free(&h->body);
     for (size_t i = 0; i < h->cap; i++) {
         event_free(h->evs[i].r.ev);

@@ -515,8 +515,7 @@ static struct listener *listen_on(struct intake *in, const struct intake_config 
     unsigned flags = MHD_USE_AUTO_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
     if (sa.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
-    if (hooks)
-        flags |= MHD_ALLOW_SUSPEND_RESUME;
+    flags |= MHD_ALLOW_SUSPEND_RESUME; /* a webhook waits for its commit, POST /reload for it */
     if (l->tls)
         flags |= MHD_USE_TLS;
     /* A connection's memory pool holds its request line and headers and the read buffer:

@@ -103,5 +103,7 @@ enum MHD_Result hooks_accept(void *cls, const struct sockaddr *addr, socklen_t l
 enum MHD_Result admin_access(void *cls, struct MHD_Connection *c, const char *url,
                              const char *method, const char *version, const char *upload,
                              size_t *upload_size, void **req_cls);
+/* From hooks_completed: frees an admin request's state (*req_cls, not the listener). */
+void admin_completed(struct listener *l, void **req_cls);
 
 #endif

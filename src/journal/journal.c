@@ -1,7 +1,8 @@
 /*
  * journal.c -- opening the journal on its store, and what is read from it: every read goes
- * to the store's operations (store.h) on the calling thread's connection. The writer's side
- * is writer.c.
+ * to the store's operations (store.h) on its reader connection, one at a time (the dispatcher,
+ * a generation loading on the reload's thread, the admin listener may read at once). The
+ * writer's side is writer.c.
  */
 #include <math.h>
 #include <pthread.h>
@@ -10,6 +11,16 @@
 #include <string.h>
 
 #include "journal/store.h"
+
+/* The value of a read operation, with the reader to itself (a recursive lock: a scan's
+ * callback may read again). */
+#define READ(j, call)                                                                          \
+    __extension__({                                                                            \
+        pthread_mutex_lock(&(j)->rmu);                                                         \
+        __typeof__(call) read_result_ = (call);                                                \
+        pthread_mutex_unlock(&(j)->rmu);                                                       \
+        read_result_;                                                                          \
+    })
 
 int journal_is_database(const char *where)
 {
@@ -36,6 +47,11 @@ int journal_open(struct journal **jp, const struct journal_options *o, char *err
         return -1;
     }
     pthread_mutex_init(&j->mu, NULL);
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&j->rmu, &ma);
+    pthread_mutexattr_destroy(&ma);
     pthread_condattr_t ca; /* the writer's timed waits follow the monotonic clock */
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -56,6 +72,7 @@ void journal_close(struct journal *j)
     journal_stop(j);
     j->ops->close(j->s);
     pthread_mutex_destroy(&j->mu);
+    pthread_mutex_destroy(&j->rmu);
     pthread_cond_destroy(&j->cv);
     free(j);
 }
@@ -70,62 +87,62 @@ int journal_upgrade(struct journal *j,
 
 int64_t journal_max_seq(struct journal *j)
 {
-    return j->ops->max_seq(j->s);
+    return READ(j, j->ops->max_seq(j->s));
 }
 
 int journal_scan_events(struct journal *j, int state, int64_t after, int64_t upto, int limit,
                         void (*fn)(void *cls, struct event *ev), void *cls)
 {
-    return j->ops->scan_events(j->s, state, after, upto, limit, fn, cls);
+    return READ(j, j->ops->scan_events(j->s, state, after, upto, limit, fn, cls));
 }
 
 struct event *journal_load(struct journal *j, int64_t seq, const char *id)
 {
-    return j->ops->load(j->s, seq, id);
+    return READ(j, j->ops->load(j->s, seq, id));
 }
 
 int journal_scan_deliveries(struct journal *j, const char *status,
                             void (*fn)(void *cls, const struct journal_delivery *row), void *cls)
 {
-    return j->ops->scan_deliveries(j->s, status, fn, cls);
+    return READ(j, j->ops->scan_deliveries(j->s, status, fn, cls));
 }
 
 int journal_scan_replays(struct journal *j, int64_t after,
                          void (*fn)(void *cls, int64_t id, const char *event_id, int dead),
                          void *cls)
 {
-    return j->ops->scan_replays(j->s, after, fn, cls);
+    return READ(j, j->ops->scan_replays(j->s, after, fn, cls));
 }
 
 int journal_state_get(struct journal *j, const char *key, char **out, size_t *len, char *err,
                       size_t errlen)
 {
-    return j->ops->state_get(j->s, key, out, len, err, errlen);
+    return READ(j, j->ops->state_get(j->s, key, out, len, err, errlen));
 }
 
 int journal_once_get(struct journal *j, const char *key, char **out, size_t *len, char *err,
                      size_t errlen)
 {
-    return j->ops->once_get(j->s, key, out, len, err, errlen);
+    return READ(j, j->ops->once_get(j->s, key, out, len, err, errlen));
 }
 
 int journal_state_keys(struct journal *j, const char *prefix, void (*fn)(void *, const char *),
                        void *cls, char *err, size_t errlen)
 {
-    return j->ops->state_keys(j->s, prefix, fn, cls, err, errlen);
+    return READ(j, j->ops->state_keys(j->s, prefix, fn, cls, err, errlen));
 }
 
 int journal_list(struct journal *j, const struct journal_filter *f,
                  void (*fn)(void *cls, const struct journal_row *row), void *cls, char *err,
                  size_t errlen)
 {
-    return j->ops->list(j->s, f, fn, cls, err, errlen);
+    return READ(j, j->ops->list(j->s, f, fn, cls, err, errlen));
 }
 
 int journal_request_replay(struct journal *j, const char *event_id, int *count, char *err,
                            size_t errlen)
 {
-    return j->ops->request_replay(j->s, event_id, count, err, errlen);
+    return READ(j, j->ops->request_replay(j->s, event_id, count, err, errlen));
 }
 
 void journal_status(struct journal *j, struct journal_status *st)
@@ -146,13 +163,13 @@ void journal_versions(struct buf *b)
 
 int journal_load_inventory(struct journal *j, size_t cap)
 {
-    return j->ops->load_inventory(j->s, cap);
+    return READ(j, j->ops->load_inventory(j->s, cap));
 }
 
 int journal_certs(struct journal *j, const struct journal_certs_query *q,
                   void (*fn)(void *cls, const char *json), void *cls, char *err, size_t errlen)
 {
-    return j->ops->certs(j->s, q, fn, cls, err, errlen);
+    return READ(j, j->ops->certs(j->s, q, fn, cls, err, errlen));
 }
 
 const char *journal_directory(struct journal *j)
@@ -166,7 +183,7 @@ int journal_claim(struct journal *j, int limit,
                   void (*on_delivery)(void *cls, const struct journal_delivery *row),
                   void (*on_event)(void *cls, struct event *ev), void *cls)
 {
-    return j->ops->claim ? j->ops->claim(j->s, limit, on_delivery, on_event, cls) : 0;
+    return j->ops->claim ? READ(j, j->ops->claim(j->s, limit, on_delivery, on_event, cls)) : 0;
 }
 
 double journal_lease(struct journal *j)

@@ -5,9 +5,10 @@
  *
  * The writer thread (writer.c) uses the write operations, one transaction per batch: begin,
  * insert / state / delivery / settle / replayed for each request, commit or rollback; a store
- * may answer the requests (r->result) only at its commit. Reads come from any one other thread
- * at a time per operation family: the dispatcher's (scans, loads, state reads, claims), the
- * command line's, the admin listener's (status). Operations a store leaves NULL are those of a
+ * may answer the requests (r->result) only at its commit. Reads and claims come one at a time
+ * (journal.c holds rmu around each), from any other thread: the dispatcher's (scans, loads,
+ * state reads, claims), a generation loading on the reload's thread (state reads), the
+ * command line's, the admin listener's; status from any thread at any time. Operations a store leaves NULL are those of a
  * journal one server uses: no claims, no lease, no wake-ups, no copies.
  */
 #ifndef CERTHOOK_STORE_H
@@ -115,7 +116,8 @@ struct journal {
     char last_why[200]; /* the writer's last failure logged, when; how many since, unlogged */
     double logged_at;
     unsigned long unlogged;
-    pthread_mutex_t mu; /* guards what follows */
+    pthread_mutex_t rmu; /* one read operation at a time (journal.c) */
+    pthread_mutex_t mu;  /* guards what follows */
     pthread_cond_t cv;  /* on the monotonic clock */
     struct journal_req *reqs, **reqs_tail;
     struct journal_done *dones, **dones_tail;

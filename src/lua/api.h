@@ -52,9 +52,13 @@ struct delivery_ctx {
 lua_State *module_newstate(const char *path, const char *cpath, lua_Alloc alloc, void *ud,
                            char *err, size_t errlen);
 /* Takes from a handler state what handlers must not reach: os.exit, os.execute, io.popen and
- * package.loadlib raise (certhook.exec runs programs), debug offers only traceback. 0, or -1
- * with err. */
+ * package.loadlib raise (certhook.exec runs programs), debug offers only traceback; and makes
+ * what handler files share read-only (the global table, the standard library, every module
+ * loaded, certhook's included, the string metatable). 0, or -1 with err. */
 int module_sandbox(lua_State *L, char *err, size_t errlen);
+/* Pushes a fresh environment for one handler file: its globals its own (_G included), what
+ * the files share read through. */
+void module_push_env(lua_State *L);
 /* Makes ctx (or NULL) the current delivery context of L's state. */
 void module_set_ctx(lua_State *L, struct delivery_ctx *ctx);
 struct delivery_ctx *module_ctx(lua_State *L);
@@ -78,6 +82,9 @@ int certs_open(lua_State *L); /* certhook.certs, in api_state.c */
 /* Gives the certhook.state of L a journal: j (not owned), or the journal in dir, opened on
  * first use and closed with L. */
 void state_attach(lua_State *L, struct journal *j, const char *dir, double busy_timeout);
+/* The journal given to state_attach is about to close: certhook.state, certhook.once and
+ * certhook.certs raise in L from now on. */
+void state_detach(lua_State *L);
 
 /* ---- api_http.c: the dispatcher's transfers, and a GET for the layers above --------------------- */
 

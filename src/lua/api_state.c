@@ -35,7 +35,8 @@ struct state_write {
 
 struct state_ctx {
     struct journal *j;
-    int owned; /* opened here (certhook run): closed with the Lua state */
+    int owned;    /* opened here (certhook run): closed with the Lua state */
+    int detached; /* the journal is closing: no more use of it */
     double busy_timeout;
     char dir[];
 };
@@ -58,6 +59,7 @@ void state_attach(lua_State *L, struct journal *j, const char *dir, double busy_
     struct state_ctx *c = lua_newuserdatauv(L, sizeof *c + n + 1, 0);
     c->j = j;
     c->owned = 0;
+    c->detached = 0;
     c->busy_timeout = busy_timeout;
     memcpy(c->dir, dir ? dir : "", n + 1);
     lua_createtable(L, 0, 2);
@@ -67,6 +69,17 @@ void state_attach(lua_State *L, struct journal *j, const char *dir, double busy_
     lua_setfield(L, -2, "__name");
     lua_setmetatable(L, -2);
     lua_rawsetp(L, LUA_REGISTRYINDEX, &state_key);
+}
+
+void state_detach(lua_State *L)
+{
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &state_key);
+    struct state_ctx *c = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (c != NULL && !c->owned) {
+        c->j = NULL;
+        c->detached = 1;
+    }
 }
 
 /* The journal behind this state, opened on first use where needed; NULL with a message
@@ -80,6 +93,8 @@ static struct journal *state_journal(lua_State *L)
     if (c == NULL)
         luaL_error(L, "certhook.state is available to handlers run by certhook serve or "
                       "certhook run");
+    if (c->detached)
+        luaL_error(L, "certhook.state: certhook is stopping, its journal is closed");
     if (c->j == NULL) {
         struct journal_options o = {c->dir, JOURNAL_CREATE, c->busy_timeout, 30 * 86400.0, 0, 0};
         if (journal_open(&c->j, &o, err, sizeof err) != 0 ||

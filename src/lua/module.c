@@ -74,6 +74,8 @@ static void forbid(lua_State *L, const char *lib, const char *name, const char *
     lua_pop(L, 1);
 }
 
+static int share_readonly(lua_State *L);
+
 /* Runs protected: what a handler state may not reach. */
 static int sandbox(lua_State *L)
 {
@@ -98,7 +100,218 @@ static int sandbox(lua_State *L)
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_pushvalue(L, -2);
     lua_setfield(L, -2, "debug");
+    lua_settop(L, 0);
+    return share_readonly(L);
+}
+
+/* ---- what handler files share, read-only (DESIGN §5, §10) ------------------------------------- */
+
+/* Every handler file of a generation runs in the same state: its globals are its own (an
+ * environment per file, module_push_env), and everything they share -- the global table, the
+ * standard library, package.loaded and every module in it (certhook's among them), the string
+ * metatable -- is read-only to them, as Redis 7 makes its scripts' libraries: a table is seen
+ * through a proxy (an empty table whose metatable reads from a copy of it, with its tables
+ * proxied too, and refuses writes, naming the file and line that tried); getmetatable on a
+ * string returns the proxy of its metatable, on certhook's userdata nothing. C code keeps the
+ * real tables. */
+
+static const char globals_key = 'g'; /* the registry's: the global table's contents */
+
+/* __newindex of a proxy (upvalue: its name) */
+static int readonly_write(lua_State *L)
+{
+    const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+    return luaL_error(L, "%s%s%s is read-only to handlers: every handler file shares it (keep a "
+                         "local of your own instead)",
+                      lua_tostring(L, lua_upvalueindex(1)), key ? "." : "", key ? key : "");
+}
+
+/* __newindex of the global table: a chunk run by load() or a module in lib/ that sets a global */
+static int readonly_global(lua_State *L)
+{
+    return luaL_error(L, "assignment to the global %s: the global environment is read-only to "
+                         "handlers (make it local; a module in lib/ returns what it offers)",
+                      lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : "(not a name)");
+}
+
+/* The iterator of a proxy's pairs (upvalue: the copy it reads from). */
+static int readonly_next(lua_State *L)
+{
+    lua_settop(L, 2);
+    return lua_next(L, lua_upvalueindex(1)) ? 2 : (lua_pushnil(L), 1);
+}
+
+/* __pairs: the proxy's fields, without handing out the copy. */
+static int readonly_pairs(lua_State *L)
+{
+    lua_getmetatable(L, 1);
+    lua_getfield(L, -1, "__index");
+    lua_pushcclosure(L, readonly_next, 1);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+/* rawset, refusing proxies: a rawset on one would change what every file reads through it. */
+static int readonly_rawset(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    luaL_checkany(L, 2);
+    luaL_checkany(L, 3);
+    if (lua_getmetatable(L, 1) && lua_getfield(L, -1, "__readonly") == LUA_TSTRING)
+        return luaL_error(L, "%s is read-only to handlers: every handler file shares it (keep a "
+                             "local of your own instead)", lua_tostring(L, -1));
+    lua_settop(L, 3);
+    lua_rawset(L, 1);
+    return 1;
+}
+
+/* Sets the metatable of the proxy at top: reads from the table at copy, named name. */
+static void readonly_meta(lua_State *L, int copy, const char *name, lua_CFunction write)
+{
+    lua_createtable(L, 0, 5);
+    lua_pushvalue(L, copy);
+    lua_setfield(L, -2, "__index");
+    lua_pushstring(L, name);
+    lua_pushcclosure(L, write, 1);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushcfunction(L, readonly_pairs);
+    lua_setfield(L, -2, "__pairs");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable"); /* getmetatable(proxy): false */
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "__readonly");
+    lua_setmetatable(L, -2);
+}
+
+/* Pushes the proxy of the table at idx, named name (memo: table -> proxy, so each table has one
+ * and cycles end). */
+static void readonly_proxy(lua_State *L, int idx, int memo, const char *name)
+{
+    idx = lua_absindex(L, idx);
+    luaL_checkstack(L, 8, "nested tables");
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, memo) != LUA_TNIL)
+        return;
+    lua_pop(L, 1);
+    lua_newtable(L); /* the proxy */
+    int proxy = lua_gettop(L);
+    lua_pushvalue(L, idx);
+    lua_pushvalue(L, proxy);
+    lua_rawset(L, memo);
+    lua_newtable(L); /* the copy it reads from */
+    int copy = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) { /* key, value */
+        if (lua_type(L, -1) == LUA_TTABLE) {
+            lua_pushfstring(L, "%s.%s", name,
+                            lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?");
+            readonly_proxy(L, -2, memo, lua_tostring(L, -1));
+            lua_replace(L, -3);
+            lua_pop(L, 1);
+        }
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, copy);
+    }
+    lua_pushvalue(L, proxy);
+    readonly_meta(L, copy, name, readonly_write);
+    lua_settop(L, proxy);
+}
+
+/* Runs protected, last in sandbox: makes what the files share read-only. */
+static int share_readonly(lua_State *L)
+{
+    lua_getglobal(L, "require"); /* loaded now, so that it is shared read-only */
+    lua_pushliteral(L, "certhook");
+    lua_call(L, 1, 0);
+    lua_newtable(L);
+    int memo = lua_gettop(L);
+    lua_pushglobaltable(L);
+    int g = lua_gettop(L);
+    lua_pushvalue(L, g);
+    lua_pushvalue(L, g);
+    lua_rawset(L, memo); /* the global table becomes its own proxy, below */
+    /* package.loaded: the same table require uses, each module in it replaced by its proxy */
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    int loaded = lua_gettop(L);
+    lua_newtable(L);
+    lua_pushvalue(L, loaded);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, memo);
+    readonly_meta(L, loaded, "package.loaded", readonly_write);
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    while (lua_next(L, loaded) != 0) { /* name, module */
+        if (lua_type(L, -1) == LUA_TTABLE && lua_type(L, -2) == LUA_TSTRING) {
+            readonly_proxy(L, -1, memo, lua_tostring(L, -2));
+            lua_pushvalue(L, -3);
+            lua_insert(L, -2);
+            lua_rawset(L, loaded); /* an existing key: the traversal goes on */
+        }
+        lua_pop(L, 1);
+    }
+    /* the global table: its contents move to a copy (tables proxied), itself a proxy of it */
+    lua_newtable(L);
+    int copy = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, g) != 0) {
+        if (lua_type(L, -1) == LUA_TTABLE)
+            readonly_proxy(L, -1, memo, lua_tostring(L, -2)), lua_remove(L, -2);
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, copy);
+    }
+    lua_pushcfunction(L, readonly_rawset);
+    lua_setfield(L, copy, "rawset");
+    for (;;) { /* emptied: every read goes through the metatable, every write is refused */
+        lua_pushnil(L);
+        if (lua_next(L, g) == 0)
+            break;
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        lua_rawset(L, g);
+    }
+    lua_pushvalue(L, g);
+    readonly_meta(L, copy, "_G", readonly_global);
+    lua_pop(L, 1);
+    lua_pushvalue(L, copy);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &globals_key);
+    /* getmetatable("") gives the proxy of the string metatable; a userdata's, nothing */
+    lua_pushliteral(L, "");
+    lua_getmetatable(L, -1);
+    readonly_proxy(L, -1, memo, "the string metatable");
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 2);
+    lua_pushnil(L);
+    while (lua_next(L, LUA_REGISTRYINDEX) != 0) { /* luaL_newmetatable's: registry[name] */
+        if (lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TTABLE) {
+            lua_getfield(L, -1, "__name"); /* key, mt, name */
+            if (lua_rawequal(L, -1, -3)) {
+                lua_pushboolean(L, 0);
+                lua_setfield(L, -3, "__metatable");
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    }
     return 0;
+}
+
+void module_push_env(lua_State *L)
+{
+    lua_newtable(L);
+    lua_createtable(L, 0, 2);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &globals_key) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_pushglobaltable(L); /* not sandboxed (certhook run's tests): the global table */
+    }
+    lua_setfield(L, -2, "__index");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -2, "_G");
 }
 
 int module_sandbox(lua_State *L, char *err, size_t errlen)

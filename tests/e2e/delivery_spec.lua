@@ -256,7 +256,7 @@ describe("crash safety", function()
     local srv = Server.start { config = SOURCES, handlers = { ["rec.lua"] = recorder("rec") } }
     load(srv, 4, 300)
     socket.sleep(0.8)
-    assert.are.equal(0, srv:stop("TERM"))
+    assert.are.equal(0, srv:stop("TERM"), srv:log_text())
     fs.write(srv.dir .. "/stop", "")
     socket.sleep(0.5)
     local ids = accepted(srv, 4)

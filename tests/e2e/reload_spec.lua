@@ -217,6 +217,50 @@ describe("a delivery under way during a reload", function()
   end)
 end)
 
+-- Regression (issue 21.4): a reload ran on the dispatcher's thread, so a file that loops while
+-- loading held every delivery until delivery.timeout (30 s by default), and a `certhook reload`
+-- right after queued a second wait. A new generation is built on a thread of its own, within
+-- reload.timeout, and reload requests that arrive meanwhile are coalesced.
+describe("a reload that loads a file that loops", function()
+  it("never holds deliveries on the current generation, and requests meanwhile are coalesced", function()
+    local srv = Server.start { config = SOURCES .. "reload = { timeout = 3 }\n", -- delivery.timeout: 30
+                               handlers = { ["h.lua"] = tagged("v1") } }
+    local t0 = socket.gettime()
+    atomic_write(srv.dir .. "/handlers/loop.lua", "while true do end\n")
+    socket.sleep(0.3) -- the file change is seen, a build starts
+    os.execute(("(%s reload --admin 127.0.0.1:%d >%s/r1.out 2>&1 &)"):format(Server.certhook, srv.admin, srv.dir))
+    os.execute(("(%s reload --admin 127.0.0.1:%d >%s/r2.out 2>&1 &)"):format(Server.certhook, srv.admin, srv.dir))
+    local ids = {}
+    for i = 1, 5 do
+      local id = post(srv)
+      local t1 = socket.gettime()
+      assert.are.equal("v1", handled_by(srv, id, 2), "a delivery waited for the reload")
+      assert.is_true(socket.gettime() - t1 < 1, "a delivery waited for the reload")
+      ids[#ids + 1] = id
+      socket.sleep(0.3)
+    end
+    -- the build from the file change fails at reload.timeout; the two requests share the next one
+    assert(fs.wait_for(function()
+      local r1, r2 = fs.read(srv.dir .. "/r1.out") or "", fs.read(srv.dir .. "/r2.out") or ""
+      return r1:match("reload%.timeout") and r2:match("reload%.timeout")
+    end, 10), "the reload requests were not answered")
+    local failed = 0
+    for _, l in ipairs(srv:logs()) do
+      if l.message == "reload failed" then
+        failed = failed + 1
+        assert.truthy(l.error:match("loop%.lua: loading took longer than reload%.timeout %(3 s%)"), l.error)
+      end
+    end
+    assert.are.equal(2, failed, "requests that came during a build were not coalesced: " .. srv:log_text())
+    assert.is_true(socket.gettime() - t0 < 3 * 2 + 3)
+    -- once the file is fixed, the next reload makes it live
+    atomic_write(srv.dir .. "/handlers/loop.lua", "return {}\n")
+    atomic_write(srv.dir .. "/handlers/h.lua", tagged("v2"))
+    assert(fs.wait_for(function() return handled_by(srv, post(srv), 1) == "v2" end, 5))
+    srv:cleanup()
+  end)
+end)
+
 describe("SIGHUP", function()
   it("rereads the config without dropping a keep-alive connection", function()
     local srv = Server.start { config = SOURCES .. "limits = { max_body = 65536 }\n",

@@ -105,35 +105,94 @@ describe("a handler's reach", function()
   end)
 end)
 
+-- Regression (issue 21.12): globals were per file, but the standard library and the string
+-- metatable were shared: one file's string.upper = ... changed what every other file got.
+describe("what handler files share", function()
+  local srv
+  local TRIES = {
+    { "string.upper", 'string.upper = function() return "evil" end' },
+    { "table.concat", 'table.concat = function() return "evil" end' },
+    { "string.lower", 'getmetatable("").__index.lower = function() return "evil" end' },
+    { "string", 'rawset(string, "upper", function() return "evil" end)' },
+    { "string.upper", 'package.loaded.string.upper = function() return "evil" end' },
+    { "string.upper", 'local _, s = pairs(string); s.upper = function() return "evil" end' },
+    { "certhook.log.info", 'require("certhook").log.info = function() end' },
+    { "math.pi", "math.pi = 3" },
+    { "global leaked", 'load("leaked = 1")()' },
+  }
+  setup(function()
+    local tries = {}
+    for _, t in ipairs(TRIES) do tries[#tries + 1] = ("  function() %s end,\n"):format(t[2]) end
+    srv = Server.start {
+      config = SOURCES,
+      handlers = {
+        ["a.lua"] = RECORD .. [[
+          _G.x = "from a"
+          local tries = {
+]] .. table.concat(tries) .. [[
+          }
+          return { ["certificate.validation.failed"] = function(e)
+            for i, f in ipairs(tries) do
+              local ok, err = pcall(f)
+              record("try" .. i, e, ok and "changed it" or err)
+            end
+          end }]],
+        ["b.lua"] = RECORD .. [[
+          return { ["certificate.renewal.failed"] = function(e)
+            record("b", e, table.concat({ ("abc"):upper(), table.concat({ "a", "b" }, ","),
+              ("ABC"):lower(), string.upper("x"), tostring(math.pi):sub(1, 4),
+              tostring(x), tostring(_G.x), tostring(leaked), type(require("certhook").log.info) }, " "))
+          end }]],
+      },
+    }
+  end)
+  teardown(function() if srv then srv:cleanup() end end)
+
+  it("is read-only to each file: writes raise naming the file and line, and no other file sees them", function()
+    local id = post(srv, "validation.failed")
+    assert(fs.wait_for(function() return #calls(srv, "try" .. #TRIES, id) == 1 end, 10), srv:log_text())
+    for i, t in ipairs(TRIES) do
+      local err = calls(srv, "try" .. i, id)[1]
+      assert.truthy(err:find(t[1], 1, true) and err:match("read%-only"), t[2] .. ": " .. err)
+      if i < #TRIES then -- (load's chunk has a name of its own)
+        assert.truthy(err:match("^[^ ]*a%.lua:%d+: "), t[2] .. ": " .. err)
+      end
+    end
+    local other = post(srv, "renewal.failed")
+    assert(fs.wait_for(function() return #calls(srv, "b", other) == 1 end, 10))
+    assert.are.equal("ABC a,b abc X 3.14 nil nil nil function", calls(srv, "b", other)[1])
+  end)
+end)
+
 describe("loading a handler file", function()
   local srv
   setup(function()
     srv = Server.start {
-      config = SOURCES .. "delivery = { timeout = 1 }\n",
+      config = SOURCES .. "reload = { timeout = 1 }\n",
       handlers = { ["a.lua"] = RECORD .. 'return { ["*"] = function(e) record("a", e) end }' },
     }
   end)
   teardown(function() if srv then srv:cleanup() end end)
 
-  it("that loops is stopped at delivery.timeout with file:line; the server keeps serving", function()
+  it("that loops is stopped at reload.timeout with file:line; the server keeps serving", function()
     fs.write(srv.dir .. "/handlers/b.lua", "local n = 0\nwhile true do\n  n = n + 1\nend\n")
     local t0 = socket.gettime()
     local out, err, code = reload(srv)
     assert.are.equal(1, code, out)
-    assert.truthy(err:match("b%.lua: loading took longer than delivery%.timeout %(1 s%) and was stopped at [^\n]*b%.lua:%d"), err)
+    assert.truthy(err:match("b%.lua: loading took longer than reload%.timeout %(1 s%) and was stopped at [^\n]*b%.lua:%d"), err)
     assert.is_true(socket.gettime() - t0 < 5)
     -- a loop that catches the stop with pcall is stopped all the same
     fs.write(srv.dir .. "/handlers/b.lua", "while true do pcall(function() while true do end end) end\n")
     out, err, code = reload(srv)
     assert.are.equal(1, code, out)
-    assert.truthy(err:match("b%.lua: loading took longer than delivery%.timeout"), err)
+    assert.truthy(err:match("b%.lua: loading took longer than reload%.timeout"), err)
     os.remove(srv.dir .. "/handlers/b.lua")
     local id = post(srv, "validation.failed")
     assert(fs.wait_for(function() return #calls(srv, "a", id) == 1 end, 10), "the old handlers stopped")
   end)
 
   it("that runs out of memory names the file", function()
-    -- (1 MiB at a time: the limit is reached well within delivery.timeout, even under ASan)
+    -- (1 MiB at a time: the limit is reached well within reload.timeout, even under ASan)
     fs.write(srv.dir .. "/handlers/m.lua", "local t = {}\nfor i = 1, 1e9 do t[i] = ('x'):rep(1 << 20) .. i end\n")
     local _, err, code = reload(srv)
     assert.are.equal(1, code)
@@ -309,6 +368,48 @@ describe("a handler that runs away", function()
     assert(fs.wait_for(function() return #calls(srv, "ok", ok) == 1 end, 5))
     assert.is_nil(fs.read(srv.dir .. "/exit"))
   end)
+end)
+
+-- Regression (issue 21.1): closing the handler states at a stop runs the finalizers a handler
+-- left behind, with hooks off (Lua's rule): one that loops held SIGTERM forever. The journal is
+-- closed first, then the states under the stall detector, which ends the process cleanly.
+describe("a stop after a handler left looping finalizers behind", function()
+  for _, case in ipairs {
+    { "that loop", "while true do end" },
+    { "that loop catching every error", "while true do pcall(function() while true do end end) end" },
+  } do
+    it("finishes within shutdown_grace plus a few seconds, the journal closed first: finalizers " .. case[1], function()
+      local srv = Server.start {
+        config = SOURCES .. "delivery = { timeout = 2, shutdown_grace = 1 }\n",
+        handlers = {
+          ["g.lua"] = RECORD .. ([[
+            local keep = {} -- collected only when the state closes
+            return { ["certificate.validation.failed"] = function(e)
+              for i = 1, 10 do keep[#keep + 1] = setmetatable({}, { __gc = function() %s end }) end
+              record("ok", e)
+            end }]]):format(case[2]),
+        },
+      }
+      local id = post(srv, "validation.failed")
+      assert(srv:wait_status(id, "g.lua:certificate.validation.failed", "done", 5))
+      local t0 = socket.gettime()
+      srv:signal("TERM")
+      local code = srv:wait_exit(1 + 6)
+      local took = socket.gettime() - t0
+      if not code then srv:signal("KILL") end
+      assert.are.equal(0, code, ("certhook did not exit after SIGTERM (%.1f s)"):format(took))
+      assert.truthy(find_log(srv, function(l) return l.message == "stopped" end), srv:log_text())
+      assert.truthy(find_log(srv, function(l) return l.message and l.message:match("did not finish while the handler states closed") end))
+      -- the journal was closed cleanly: the next start runs nothing again, and serves
+      srv:launch()
+      local again = post(srv, "validation.failed")
+      assert(srv:wait_status(again, "g.lua:certificate.validation.failed", "done", 5))
+      assert.are.same({ "done", "1" }, { table.unpack(srv:delivery(id, "g.lua:certificate.validation.failed"), 1, 2) })
+      assert.are.equal(1, #calls(srv, "ok", id))
+      srv:stop("KILL")
+      srv:cleanup()
+    end)
+  end
 end)
 
 describe("handlers that do not load at the start", function()

@@ -9,6 +9,8 @@
 #   FUZZ_TIME=60   seconds per target
 #   FUZZ_TARGETS   the targets to run (default: all of them)
 #   FUZZ_FLAGS     more libFuzzer flags, e.g. FUZZ_FLAGS=-seed=1
+#   make fuzz-ci   what CI runs: every target for FUZZ_CI_TIME seconds (30), one TAP line each
+#                  and the closing "N passed, M failed"
 #
 # Targets: normalize (request bodies through src/providers and the event's encoding), jwt
 # (providers/jwt.c: JWT decoding and RS256 verification), intake (HTTP request streams into
@@ -81,7 +83,9 @@ FUZZ_OPTS_normalize = -max_len=16384 -dict=tests/fuzz/normalize.dict
 FUZZ_OPTS_jwt       = -max_len=4096 -dict=tests/fuzz/jwt.dict
 FUZZ_OPTS_intake    = -max_len=16384 -dict=tests/fuzz/intake.dict
 
-.PHONY: fuzz fuzz-build deps-fuzz
+FUZZ_CI_TIME ?= 30
+
+.PHONY: fuzz fuzz-ci fuzz-build deps-fuzz
 
 $(FUZZ_OBJS): $(FUZZ_DIR)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
@@ -108,5 +112,12 @@ fuzz: fuzz-build
 	$(foreach t,$(FUZZ_TARGETS),FUZZ_DIR=$(FUZZ_DIR) sh tests/fuzz/run.sh $(t) $(FUZZ_TIME) \
 		"$(FUZZ_OPTS_$(t)) $(FUZZ_FLAGS)" $(FUZZ_SEEDDIRS_$(t)) || failed="$$failed $(t)";) \
 	if [ -n "$$failed" ]; then echo "fuzz: findings in:$$failed"; exit 1; fi
+
+fuzz-ci: fuzz-build
+	@passed=0; failed=0; \
+	$(foreach t,$(FUZZ_NAMES),if FUZZ_DIR=$(FUZZ_DIR) sh tests/fuzz/run.sh $(t) $(FUZZ_CI_TIME) \
+		"$(FUZZ_OPTS_$(t))" $(FUZZ_SEEDDIRS_$(t)); then echo "ok - fuzz $(t), $(FUZZ_CI_TIME) s"; \
+		passed=$$((passed + 1)); else echo "not ok - fuzz $(t)"; failed=$$((failed + 1)); fi;) \
+	echo "$$passed passed, $$failed failed"; [ $$failed -eq 0 ]
 
 -include $(wildcard $(FUZZ_RDIR)/*.d $(FUZZ_DIR)/obj/*.d)
