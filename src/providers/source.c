@@ -299,14 +299,6 @@ struct ce_headers {
     int n, failed;
 };
 
-static int hex_digit(char c)
-{
-    return c >= '0' && c <= '9' ? c - '0'
-           : c >= 'a' && c <= 'f' ? c - 'a' + 10
-           : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                  : -1;
-}
-
 static void add_byte(struct ce_headers *h, int c)
 {
     char ch = (char)c;
