@@ -25,6 +25,7 @@ sources = {
   dc = { provider = "digicert", secret = %q },
 }
 delivery = { backoff = 30, max_backoff = 30 }
+watchdog = false -- the fixtures' certificates expired long ago: its events would change the counts
 ]]):format(ACM_KEY, TOPIC, KV_KEY, SM_TOKEN, DC_KEY)
 
 -- What each handler call got, by event id.
