@@ -31,6 +31,7 @@ char *buf_take(struct buf *b);                             /* NUL-terminated; ca
  * not valid UTF-8 (overlong, a surrogate, cut short, a stray byte). */
 size_t buf_utf8_next(const char *s, size_t n, unsigned *cp);
 int glob_match(const char *pattern, const char *s); /* `*` matches any run of characters */
+int hex_digit(char c);                              /* its value 0-15, or -1 */
 
 /* ---- log.c: one JSON object (or, log.format = "text", one line for people) per line ----- */
 

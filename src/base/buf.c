@@ -144,6 +144,14 @@ size_t buf_utf8_next(const char *s, size_t n, unsigned *cp)
     return len;
 }
 
+int hex_digit(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
 int glob_match(const char *p, const char *s)
 {
     const char *star = NULL, *resume = NULL;

@@ -34,6 +34,7 @@ struct hook {
     struct MHD_Connection *conn;
     const struct source *src;
     struct buf body;
+    const char *chunked;      /* a chunked body: where it begins in MHD's buffer; else NULL */
     int waiting;
     struct hook_event *evs;   /* the writer answers them together */
     size_t nevs, cap;
@@ -182,6 +183,8 @@ static enum MHD_Result on_head(struct listener *l, struct MHD_Connection *c, con
     h->cfg = cfg;
     h->conn = c;
     h->src = src;
+    if (MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING))
+        h->chunked = http_body_start(c, method); /* the framing check let only chunked by */
     h->t0 = time_mono();
     buf_init(&h->body);
     *req_cls = h;
@@ -335,13 +338,22 @@ enum MHD_Result hooks_access(void *cls, struct MHD_Connection *c, const char *ur
         return rc;
     }
     if (*upload_size != 0) {
-        if (h->body.n + *upload_size > h->cfg->max_body) {
-            /* A chunked body past the limit: answered now, not after its last chunk (MHD
-             * queues no reply in the middle of a body), and the connection closed. */
+        size_t room = h->cfg->max_body - h->body.n;
+        uint64_t declared;
+        int chunk = http_chunk_size(h->chunked, upload, &declared) && declared > room;
+        if (*upload_size > room || chunk) {
+            /* A chunked body past the limit, or a chunk whose size line says it will be:
+             * answered now, not after its last chunk (MHD queues no reply in the middle of a
+             * body), and the connection closed. */
             struct conn *k = http_conn_of(c);
-            char msg[120];
-            snprintf(msg, sizeof msg, "the body is over the limit of %zu bytes (limits.max_body)",
-                     h->cfg->max_body);
+            char msg[160];
+            if (chunk)
+                snprintf(msg, sizeof msg, "a chunk of %llu bytes would take the body over the "
+                         "limit of %zu bytes (limits.max_body)", (unsigned long long)declared,
+                         h->cfg->max_body);
+            else
+                snprintf(msg, sizeof msg, "the body is over the limit of %zu bytes "
+                         "(limits.max_body)", h->cfg->max_body);
             if (k != NULL)
                 http_raw_reply(k, MHD_HTTP_CONTENT_TOO_LARGE, "payload_too_large", msg);
             http_log_rejected(MHD_HTTP_CONTENT_TOO_LARGE, h->src->name, msg);

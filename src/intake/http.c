@@ -401,7 +401,41 @@ static size_t unescape(void *cls, struct MHD_Connection *c, char *s)
     return m;
 }
 
-/* First call for a request: only the headers are in. */
+/* ---- chunked bodies ------------------------------------------------------------------------- */
+
+/* libmicrohttpd (0.9.75) reads a chunk-size line itself and hands over the chunk's data as it
+ * arrives, without the size: a chunk that declares more than max_body would be waited for until
+ * request_timeout. Its read buffer begins where the head ended (header_size bytes after the
+ * method: see head_has_nul) and holds the stream's unprocessed bytes in order; each read is
+ * processed from the buffer's start, a chunk's data handed over in one call right after its
+ * size line. So data that does not start at the buffer's start has its size line in front of
+ * it. Data at the start continues a chunk, or its line came alone in an earlier read and is
+ * gone: then only the data is counted, as it comes. */
+const char *http_body_start(struct MHD_Connection *c, const char *method)
+{
+    const union MHD_ConnectionInfo *info =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    return info != NULL ? method + info->header_size : NULL;
+}
+
+int http_chunk_size(const char *body, const char *upload, uint64_t *size)
+{
+    if (body == NULL || upload <= body || upload[-1] != '\n')
+        return 0;
+    const char *line = upload - 1; /* "<hex>[;extension]\r\n", after the previous line's \n */
+    while (line > body && line[-1] != '\n')
+        line--;
+    uint64_t n = 0;
+    int d;
+    const char *p = line;
+    for (; (d = hex_digit(*p)) >= 0; p++)
+        n = n > UINT64_MAX >> 4 ? UINT64_MAX : n << 4 | (uint64_t)d;
+    if (p == line)
+        return 0;
+    *size = n;
+    return 1;
+}
+
 /* ---- listeners ---------------------------------------------------------------------------------- */
 
 /* MHD's messages: while a listener starts, why it cannot; once it runs, mostly what clients

@@ -8,6 +8,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 
 #include <lua.h>
 #include <microhttpd.h>
@@ -74,6 +75,13 @@ void http_set_deadline(struct intake *in, struct MHD_Connection *c, int ours);
 int http_refuse_framing(struct intake *in, struct MHD_Connection *c, const char *url,
                         const char *method, const char *version, size_t *size,
                         enum MHD_Result *rc);
+/* Where the body of the request on c begins in libmicrohttpd's read buffer, its method being
+ * `method` (the first access-handler call's): NULL if unknown. */
+const char *http_body_start(struct MHD_Connection *c, const char *method);
+/* The size declared by the chunk-size line in front of upload, the data of an access-handler
+ * call on a chunked request whose body begins at body: 1 with *size (saturated), or 0 when the
+ * line is not in front of it (see http.c). */
+int http_chunk_size(const char *body, const char *upload, uint64_t *size);
 /* The status the last reply of this thread's current access-handler call queued (0: none). */
 extern __thread unsigned http_replied;
 enum MHD_Result http_reply(struct MHD_Connection *c, unsigned status, const char *body, size_t n,

@@ -5,8 +5,8 @@
  * Authentication: a secret in the endpoint URL's `key` query parameter, or in a header (a
  * delivery property of the event subscription; auth.c), checked from the head. Shapes: the
  * Event Grid schema (a JSON array, one event per element) and CloudEvents 1.0 in structured
- * mode (one object, or an array: a batch); every element is its own event, all committed
- * together. Handshakes, answered without journaling: Event Grid's
+ * mode (one object, or an array: a batch) or binary mode (source.c makes it structured);
+ * every element is its own event, all committed together. Handshakes, answered without journaling: Event Grid's
  * Microsoft.EventGrid.SubscriptionValidationEvent (200 {"validationResponse": code}) and the
  * CloudEvents abuse-protection OPTIONS request (200 with WebHook-Allowed-Origin). Certificate
  * events map through kv_types; key, secret and other events are accepted as unknown. The
@@ -333,6 +333,7 @@ const struct provider azure_keyvault_provider = {
     .name = "azure-keyvault",
     .settings = settings,
     .content_types = content_types,
+    .cloudevents = 1,
     .configure = configure,
     .release = auth_source_release,
     .head = head,

@@ -6,7 +6,7 @@
  * (auth.c; default Authorization, "Bearer <secret>" or the secret itself). Shapes: the Secrets
  * Manager payload itself ({event_type, event_sub_type, secret_type, secrets: [...],
  * source_instance_*, source_service: "SecretsManager"}), or a CloudEvents 1.0 envelope with it
- * in data. One notification lists up to 100 secrets: it is one event with one certificate per
+ * in data (binary content mode too: source.c makes it structured). One notification lists up to 100 secrets: it is one event with one certificate per
  * secret. Types map through sm_types; event_sub_type in_<N>_days gives days_to_expiry.
  */
 #include <stdio.h>
@@ -278,6 +278,7 @@ static const char *const settings[] = {"secret", "header", NULL};
 const struct provider ibm_sm_provider = {
     .name = "ibm-sm",
     .settings = settings,
+    .cloudevents = 1,
     .configure = configure,
     .release = auth_source_release,
     .head = auth_source_head,

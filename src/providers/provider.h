@@ -55,6 +55,9 @@ struct provider {
     const char *const *settings;       /* the source settings it reads, besides provider and
                                         * insecure; NULL-terminated */
     const char *const *content_types;  /* accepted besides application/json and +json; NULL */
+    int cloudevents;                   /* takes CloudEvents: one in binary content mode (ce-*
+                                        * headers, the data as the body) is normalized as its
+                                        * structured form (source_normalize) */
     /* Reads its settings from the source table at t into s->priv and checks that s has
      * credentials unless s->insecure. 0, or -1 with a message naming the setting. */
     int (*configure)(lua_State *L, int t, struct source *s, char *err, size_t errlen);
@@ -125,7 +128,9 @@ const char *request_query(const struct request *rq, const char *name);
 /* Whether a request of this Content-Type (NULL: none sent) may come to s: JSON, or a type its
  * provider lists. */
 int source_accepts(const struct source *s, const char *content_type);
-/* The whole request: parses the body, authenticates and normalizes it. Pushes the decoded body
+/* The whole request: parses the body, authenticates and normalizes it -- for a provider that
+ * takes CloudEvents, a request in binary content mode as the structured event its ce-* headers,
+ * Content-Type and body make. Pushes the decoded body
  * (for event_pack) and the array of finished events -- id (from the provider, else
  * "<source>:sha256:<hex of the body>", with ":<n>" for the n-th of several), source, provider,
  * received_at -- and returns 0; or returns a status with err (nothing pushed), or 0 with

@@ -289,6 +289,106 @@ static void finish(lua_State *L, int ev, const struct source *s, const struct re
     lua_settop(L, top);
 }
 
+/* ---- CloudEvents in binary content mode (CloudEvents HTTP protocol binding 1.0 §3.1) ---------- */
+
+/* The ce-* headers of a request, "attribute\0value\0" each: the attribute in lower case, the
+ * value percent-decoded (§3.1.3.2). Collected before the Lua table is made: a memory error
+ * there must not unwind through intake's iteration. */
+struct ce_headers {
+    struct buf b;
+    int n, failed;
+};
+
+static void add_byte(struct ce_headers *h, int c)
+{
+    char ch = (char)c;
+    h->failed |= buf_add(&h->b, &ch, 1) != 0;
+}
+
+static void collect_ce(void *cls, const char *name, const char *value)
+{
+    struct ce_headers *h = cls;
+    if (strncasecmp(name, "ce-", 3) != 0 || name[3] == '\0')
+        return;
+    h->n++;
+    for (const char *c = name + 3; *c; c++)
+        add_byte(h, *c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+    add_byte(h, '\0');
+    for (const char *c = value; *c; c++) {
+        int hi = *c == '%' ? hex_digit(c[1]) : -1, lo = hi >= 0 ? hex_digit(c[2]) : -1;
+        if (lo >= 0 && (hi | lo) != 0) { /* %00 stays as sent: C strings end at NUL */
+            add_byte(h, hi << 4 | lo);
+            c += 2;
+        } else {
+            add_byte(h, *c);
+        }
+    }
+    add_byte(h, '\0');
+}
+
+/* When rq is a CloudEvent in binary content mode -- ce-* headers, and neither an event format's
+ * Content-Type (application/cloudevents..., structured mode) nor a body that is itself a
+ * structured event (sent as application/json) -- pushes its structured form, the decoded body
+ * at data its data, and sets *event to its index. 0 (also when it is not one: *event unset),
+ * or a status with err and nothing pushed. */
+static int push_binary_event(lua_State *L, int data, const struct request *rq, int *event,
+                             char *err, size_t errlen)
+{
+    static const char *const required[] = {"specversion", "id", "source", "type"};
+    const char *ct = request_header(rq, "Content-Type");
+    if (rq->each == NULL || (ct != NULL && strncasecmp(ct, "application/cloudevents", 23) == 0))
+        return 0;
+    int structured = 0;
+    if (lua_type(L, data) == LUA_TTABLE) {
+        structured = lua_getfield(L, data, "specversion") == LUA_TSTRING;
+        lua_pop(L, 1);
+    }
+    struct ce_headers h = {.n = 0};
+    buf_init(&h.b);
+    if (!structured)
+        rq->each(rq, 0, collect_ce, &h);
+    if (h.n == 0 || h.failed) {
+        buf_free(&h.b);
+        if (h.failed)
+            snprintf(err, errlen, "out of memory");
+        return h.failed ? 503 : 0;
+    }
+    lua_createtable(L, 0, h.n + 2);
+    int t = lua_gettop(L);
+    for (size_t at = 0; at < h.b.n;) {
+        const char *name = h.b.p + at, *value = name + strlen(name) + 1;
+        lua_pushstring(L, value);
+        lua_setfield(L, t, name);
+        at = (size_t)(value + strlen(value) + 1 - h.b.p);
+    }
+    buf_free(&h.b);
+    struct buf missing;
+    buf_init(&missing);
+    for (size_t i = 0; i < sizeof required / sizeof required[0]; i++) {
+        if (lua_getfield(L, t, required[i]) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+            buf_printf(&missing, "%sce-%s", missing.n ? ", " : "", required[i]);
+        lua_pop(L, 1);
+    }
+    if (missing.n > 0) {
+        snprintf(err, errlen, "a CloudEvent in binary content mode (ce-* headers) needs the "
+                              "headers ce-specversion, ce-id, ce-source and ce-type; this one "
+                              "lacks %s", missing.p);
+        buf_free(&missing);
+        lua_settop(L, t - 1);
+        return 400;
+    }
+    if (ct != NULL) {
+        lua_pushstring(L, ct);
+        lua_setfield(L, t, "datacontenttype");
+    }
+    lua_pushvalue(L, data);
+    lua_setfield(L, t, "data");
+    *event = t;
+    return 0;
+}
+
+/* ---- the whole request --------------------------------------------------------------------------- */
+
 int source_normalize(lua_State *L, const struct source *s, const struct request *rq,
                      struct reply *r, char *err, size_t errlen)
 {
@@ -304,12 +404,17 @@ int source_normalize(lua_State *L, const struct source *s, const struct request 
         snprintf(err, errlen, "a string in the payload holds a NUL byte (\\u0000)");
         return 400;
     }
-    int body = lua_gettop(L);
-    int status = s->provider->normalize(L, body, s, rq, r, err, errlen);
+    int body = lua_gettop(L), in = body, status = 0;
+    if (s->provider->cloudevents)
+        status = push_binary_event(L, body, rq, &in, err, errlen);
+    if (status == 0)
+        status = s->provider->normalize(L, in, s, rq, r, err, errlen);
     if (status != 0 || r->status != 0) {
         lua_settop(L, top);
         return status;
     }
+    if (in != body) /* events keep the structured form as raw; its data is the body */
+        lua_remove(L, in);
     int list = lua_gettop(L);
     lua_Integer n = (lua_Integer)lua_rawlen(L, list);
     if (!lua_istable(L, list) || n == 0) {

@@ -318,6 +318,23 @@ describe("HTTP framing", function()
     end
   end)
 
+  -- issue 21: a chunk-size line past the limit, then a few bytes of its data, was waited for
+  -- until request_timeout: libmicrohttpd reads the line itself and hands over the data as it comes
+  it("refuses a chunk whose size line passes limits.max_body at once, before its data", function()
+    local big = Server.start { config = SOURCES .. "limits = { max_body = 65536, request_timeout = 5 }\n" }
+    for _, size_line in ipairs { "ffffffffffffffff", "7fffffffffffffff", "10000" } do
+      -- after a chunk of one byte: 0x10000 bytes more are one past 64 KiB
+      local text, closed, took = exchange(big.port, HEAD .. "Transfer-Encoding: chunked\r\n\r\n" ..
+        "1\r\n{\r\n" .. size_line .. "\r\nabc")
+      assert.truthy(text:match("^HTTP/1%.1 413 "), size_line .. ": " .. text)
+      assert.are.equal(1, status_lines(text), text)
+      assert.are.equal("payload_too_large", cjson.decode(text:match("\r\n\r\n(.*)$")).error)
+      assert.is_true(closed, size_line)
+      assert.is_true(took < 2, size_line .. ": " .. took)
+    end
+    big:cleanup()
+  end)
+
   it("still takes a chunked body within the limit, and keeps the connection", function()
     local body = event()
     local c = socket.tcp()

@@ -14,6 +14,7 @@ sources = {
   am = { provider = "lua", script = %q, secret = %q },
   broken = { provider = "lua", script = "broken.lua", insecure = true },
   echo = { provider = "lua", script = "echo.lua", secret = "echo-secret-0123" },
+  ce = { provider = "lua", script = "ce.lua", insecure = true },
 }
 ]]):format(os.getenv("PWD") .. "/examples/providers/alertmanager.lua", AM_TOKEN)
 
@@ -31,6 +32,12 @@ local BROKEN = [[return { name = "broken", normalize = function(body) error("can
 local ECHO = [[return { name = "echo", normalize = function(body, request)
   return { id = "echo:" .. body.n, type = "notification.test",
     metadata = { method = request.method, headers = request.headers, query = request.query } }
+end }]]
+
+-- A CloudEvent in binary content mode: the event id from its ce-id header, the headers shown.
+local CE = [[return { name = "ce", normalize = function(body, request)
+  return { id = "ce:" .. request.headers["ce-id"], type = "notification.test",
+    metadata = { headers = request.headers } }
 end }]]
 
 describe("Lua providers", function()
@@ -53,6 +60,7 @@ describe("Lua providers", function()
     dir = fs.tmpdir()
     fs.write(dir .. "/broken.lua", BROKEN)
     fs.write(dir .. "/echo.lua", ECHO)
+    fs.write(dir .. "/ce.lua", CE)
     srv = Server.start { dir = dir, config = CONFIG, handlers = { ["dump.lua"] = DUMP } }
     fs.write(dir .. "/client.conf.lua", ('listen = "127.0.0.1:%d"\n'):format(srv.port) .. CONFIG)
   end)
@@ -107,6 +115,18 @@ describe("Lua providers", function()
     assert.are.equal("application/json", e.metadata.headers["content-type"])
     assert.is_nil(e.metadata.headers.authorization)
     assert.are.same({ region = "eu", x = "1" }, e.metadata.query)
+  end)
+
+  it("shows the script a CloudEvent's ce-* headers in binary content mode, the body its data as sent", function()
+    -- as the cloudevents SDK's HTTP.binary makes it (tests/fixtures/azure-keyvault/http/)
+    local m = cjson.decode(fs.read(FIX .. "azure-keyvault/http/cloudevents-sdk.binary.Microsoft.KeyVault.CertificateNearExpiry.json"))
+    local r = srv:request("POST", "/hooks/ce", m.headers, m.body)
+    assert.are.equal(202, r.status, r.body)
+    assert.are.equal("ce:" .. m.headers["ce-id"], r.json.id)
+    local e = assert(got(r.json.id))
+    for k, v in pairs(m.headers) do assert.are.equal(v, e.metadata.headers[k], k) end
+    assert.are.equal("1.0", e.metadata.headers["ce-specversion"])
+    assert.are.same(cjson.decode(m.body), e.raw)
   end)
 
   it("labels the received counter with the script's name", function()

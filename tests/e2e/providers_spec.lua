@@ -25,6 +25,7 @@ sources = {
   dc = { provider = "digicert", secret = %q },
 }
 delivery = { backoff = 30, max_backoff = 30 }
+watchdog = false -- the fixtures' certificates expired long ago: its events would change the counts
 ]]):format(ACM_KEY, TOPIC, KV_KEY, SM_TOKEN, DC_KEY)
 
 -- What each handler call got, by event id.
@@ -288,6 +289,99 @@ describe("the providers of AWS ACM, Azure, IBM Secrets Manager and DigiCert", fu
       assert.are.equal("1002", e.certificate.serial_number)
       assert.are.equal(401, srv:post("/hooks/dc", fs.read(FIX .. "digicert/domain_expired.json"),
         { ["X-WEBHOOK-KEY"] = "wrong-key-0123456789abcdef0123456789" }).status)
+    end)
+  end)
+
+  -- CloudEvents in binary content mode (issue 21): the attributes in ce-* headers, the data as
+  -- the body, as the cloudevents SDK's HTTP.binary makes them (tests/fixtures/<provider>/http/).
+  describe("CloudEvents in binary content mode", function()
+    local CASES = {
+      { provider = "azure-keyvault", path = "/hooks/kv", auth = { ["x-api-key"] = KV_KEY },
+        event = "Microsoft.KeyVault.CertificateNearExpiry", type = "certificate.expiration.upcoming" },
+      { provider = "ibm-sm", path = "/hooks/sm", auth = { Authorization = "Bearer " .. SM_TOKEN },
+        event = "secret_about_to_expire.in_30_days", type = "certificate.expiration.upcoming" },
+    }
+    local serial = 0
+
+    -- The SDK's request of mode "binary" or "structured" for the case, its event id made a fresh
+    -- one (the same id for both modes when given), with the case's credentials: headers, body.
+    local function message(case, mode, id)
+      local m = cjson.decode(fs.read(("%s%s/http/cloudevents-sdk.%s.%s.json"):format(FIX, case.provider, mode, case.event)))
+      if not id then serial = serial + 1; id = "binary-mode-e2e-" .. serial end
+      local headers, body = {}, m.body
+      for k, v in pairs(m.headers) do headers[k] = v end
+      for k, v in pairs(case.auth) do headers[k] = v end
+      if mode == "binary" then
+        headers["ce-id"] = id
+      else
+        body = body:gsub('"id":"[^"]*"', '"id":"' .. id .. '"', 1)
+      end
+      return headers, body, id
+    end
+
+    local function post(case, headers, body)
+      return srv:request("POST", case.path, headers, body)
+    end
+
+    for _, case in ipairs(CASES) do
+      it(case.provider .. ": the event a handler gets is the structured form's, the same id a duplicate", function()
+        local hb, bb, id = message(case, "binary")
+        local r = post(case, hb, bb)
+        assert.are.equal(202, r.status, r.body)
+        assert.are.same({ id = case.provider .. ":" .. id, type = case.type }, r.json)
+        local binary = assert(got(r.json.id))
+        local hs, bs, id2 = message(case, "structured")
+        r = post(case, hs, bs)
+        assert.are.equal(202, r.status, r.body)
+        local structured = assert(got(r.json.id))
+        -- datacontenttype is the binary request's Content-Type (HTTP binding §3.1.1)
+        assert.are.equal(hb["content-type"], binary.raw.datacontenttype)
+        assert.are.same(cjson.decode(bb), binary.raw.data)
+        assert.are.equal(id, binary.raw.id)
+        assert.are.equal(id2, structured.raw.id)
+        assert.truthy(structured.certificate and structured.certificate.id, "a certificate event")
+        for _, e in ipairs { binary, structured } do
+          -- what differs between two events of one certificate: theirs, and the inventory's
+          for _, k in ipairs { "id", "received_at", "repeats", "previous", "stale" } do e[k] = nil end
+          e.raw.id, e.raw.datacontenttype = nil, nil
+        end
+        assert.are.same(structured, binary)
+
+        -- the same event in structured then binary mode: a duplicate
+        hs, bs, id = message(case, "structured")
+        r = post(case, hs, bs)
+        assert.are.equal(202, r.status, r.body)
+        hb, bb = message(case, "binary", id)
+        r = post(case, hb, bb)
+        assert.are.equal(200, r.status, r.body)
+        assert.are.same({ id = case.provider .. ":" .. id, duplicate = true }, r.json)
+      end)
+    end
+
+    it("percent-decodes the ce-* header values (HTTP binding §3.1.3.2)", function()
+      local headers, body, id = message(CASES[1], "binary")
+      headers["ce-subject"] = "my%20cert%25%zz%00"
+      local r = post(CASES[1], headers, body)
+      assert.are.equal(202, r.status, r.body)
+      assert.are.equal("my cert%%zz%00", assert(got(CASES[1].provider .. ":" .. id)).raw.subject)
+    end)
+
+    it("refuses a binary-mode request without ce-specversion, ce-id, ce-source or ce-type: 400 naming them", function()
+      for _, case in ipairs(CASES) do
+        local headers, body, id = message(case, "binary")
+        headers["ce-specversion"], headers["ce-type"] = nil, nil
+        local r = post(case, headers, body)
+        assert.are.equal(400, r.status, r.body)
+        assert.are.equal("bad_request", r.json.error)
+        assert.truthy(r.json.message:find("binary content mode", 1, true), r.json.message)
+        assert.are.equal("lacks ce-specversion, ce-type", r.json.message:match("lacks .*$"))
+        headers = message(case, "binary")
+        headers["ce-source"] = nil
+        r = post(case, headers, body)
+        assert.are.equal(400, r.status, r.body)
+        assert.are.equal("lacks ce-source", r.json.message:match("lacks .*$"))
+        assert.are.equal("0", srv:sql(("SELECT count(*) FROM events WHERE id = '%s:%s'"):format(case.provider, id))[1][1])
+      end
     end)
   end)
 
