@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "journal/store.h"
 
@@ -73,6 +74,21 @@ static int do_request(struct journal *j, struct journal_req *r)
     return r->op == JOURNAL_APPEND ? j->ops->insert(j->s, r) : j->ops->state(j->s, r);
 }
 
+/* For the tests only: while the file CERTHOOK_TEST_HOLD_COMMIT names exists, a batch of
+ * appends waits before its commit -- so a test can see that no request is answered before it
+ * (e2e serve_spec). Unset, as in production: nothing. */
+static void test_hold_commit(void)
+{
+    static const char *hold;
+    static int looked;
+    if (!looked) {
+        hold = getenv("CERTHOOK_TEST_HOLD_COMMIT");
+        looked = 1;
+    }
+    while (hold != NULL && access(hold, F_OK) == 0)
+        usleep(10000);
+}
+
 /* Writes one batch in one transaction; answers every request. */
 static void commit_batch(struct journal *j, struct journal_req *reqs, struct journal_done *dones)
 {
@@ -84,6 +100,8 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
         ok = do_request(j, r) == 0;
     for (struct journal_done *d = dones; ok && d; d = d->next)
         ok = write_done(j, d) == 0;
+    if (ok && reqs != NULL)
+        test_hold_commit();
     if (ok)
         ok = j->ops->commit(j->s) == 0;
 

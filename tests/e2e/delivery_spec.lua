@@ -144,6 +144,35 @@ describe("deliveries", function()
   end)
 end)
 
+-- (issue 21.13: the retry policy's unit test checks the arithmetic; this checks that the
+-- dispatcher waits what it says)
+describe("the wait between attempts", function()
+  it("follows the backoff: exponential, capped at max_backoff, at least half of it", function()
+    local srv = Server.start {
+      config = SOURCES .. "delivery = { backoff = 0.4, max_backoff = 1, max_attempts = 4 }\n",
+      handlers = { ["t.lua"] = [[
+        local time = require("certhook").time
+        return { ["*"] = function(e)
+          local f = assert(io.open("attempts.log", "a")) f:write(("%.3f\n"):format(time.now())) f:close()
+          error("fails every time")
+        end }]] },
+    }
+    local body, id = cf_event("validation.failed")
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    assert(srv:wait_status(id, "t.lua:*", "dead", 10))
+    socket.sleep(1.2) -- no fifth attempt comes
+    local at = {}
+    for l in fs.read(srv.dir .. "/attempts.log"):gmatch("[^\n]+") do at[#at + 1] = tonumber(l) end
+    assert.are.equal(4, #at)
+    for i, cap in ipairs { 0.4, 0.8, 1 } do -- 0.4 * 2^(n-1), capped at 1
+      local wait = at[i + 1] - at[i]
+      assert.is_true(wait >= cap / 2 - 0.02 and wait <= cap + 0.3,
+        ("wait %d: %.3f s, expected %.2f..%.2f"):format(i, wait, cap / 2, cap))
+    end
+    srv:cleanup()
+  end)
+end)
+
 describe("certhook.state", function()
   it("survives a restart and is shared by handlers", function()
     local srv = Server.start {

@@ -70,10 +70,13 @@ describe("the expiry watchdog", function()
     assert.are.equal("certificate.expiration.upcoming,certificate.renewal.overdue", types(all))
     assert.truthy(all[2].id:match("^watchdog:cloudflare:cert%-soon%.example:%d+:overdue$"), all[2].id)
     local out = fs.run(("%s certs --json --data '%s'"):format(Server.certhook, srv.data))
+    local entry
     for l in out:gmatch("[^\n]+") do
       local e = cjson.decode(l)
-      if e.hostname == "soon.example" then assert.are.equal("certificate.renewal.overdue", e.last_type) end
+      if e.hostname == "soon.example" then entry = e end
     end
+    assert(entry, "soon.example is not in certhook certs:\n" .. out)
+    assert.are.equal("certificate.renewal.overdue", entry.last_type)
   end)
 
   it("warns once when several thresholds passed at once, and a renewal stops the escalation", function()
