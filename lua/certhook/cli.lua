@@ -557,6 +557,7 @@ prints one JSON object per certificate and line. Reads the journal, also while s
       local e = cjson.decode(text)
       local function s(v) return (v == nil or v == cjson.null) and "-" or tostring(v) end
       local expires = type(e.expires_at) == "number" and span(e.expires_at - now) or "-"
+      if e.expires_at_approximate == true then expires = "~" .. expires end -- known to a day
       local last = s(e.last_type):gsub("^certificate%.", "")
       if type(e.repeats) == "number" and e.repeats > 1 then last = last .. " x" .. e.repeats end
       rows[#rows + 1] = { s(e.hostname ~= cjson.null and e.hostname or e.name), s(e.provider), s(e.status),

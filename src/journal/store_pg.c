@@ -111,6 +111,24 @@ static const char *const migrations[] = {
     "    e.hostname = c.hostname ORDER BY seq DESC LIMIT 1), 'unknown') AS p FROM certificates c) x;"
     "DROP TABLE certificates;"
     "ALTER TABLE event_data ADD COLUMN context text;"
+    /* certhook.once's claim: 0 ours to run, 1 it ran to success, 2 another claim holds it
+     * (till held_until) */
+    "CREATE FUNCTION once_claim(k bytea, till float8, now float8, OUT result integer,"
+    "  OUT held_until float8) LANGUAGE plpgsql AS $$ BEGIN"
+    "  INSERT INTO once AS o (key, lease_until) VALUES (k, till) ON CONFLICT (key) DO UPDATE"
+    "    SET lease_until = excluded.lease_until WHERE o.results IS NULL AND o.lease_until < now;"
+    "  IF FOUND THEN result := 0; RETURN; END IF;"
+    "  SELECT CASE WHEN o.results IS NOT NULL THEN 1 ELSE 2 END, o.lease_until"
+    "    INTO result, held_until FROM once o WHERE o.key = k;"
+    "  result := coalesce(result, 2);"
+    "END $$;",
+
+    /* an expiry known only to a day (stated in days, or as a day): true; and remember, which
+     * names every column of the inventory, made again (journals of an earlier certhook have
+     * an older one) */
+    "ALTER TABLE inventory ADD COLUMN expires_at_approximate boolean;"
+    "DROP FUNCTION IF EXISTS remember(text[], bytea[], bytea[], text[], text[], float8[],"
+    "  float8[], text[], text[]);"
     /* The data of the batch's new events (those this transaction inserted: the events
      * statement runs first), with what the inventory said when each came (context), and what
      * they say of their certificates -- one event after another in the order they came, as
@@ -170,7 +188,9 @@ static const char *const migrations[] = {
     "        CASE WHEN t = 'certificate.expiration.upcoming' THEN r ELSE e.warned_at END,"
     "        CASE WHEN t IN ('certificate.renewal.succeeded', 'certificate.issuance.succeeded',"
     "        'certificate.import.succeeded') THEN r ELSE e.renewed_at END,"
-    "        coalesce(e.first_seen, r), r)::inventory;"
+    "        coalesce(e.first_seen, r), r, CASE WHEN f->>'expires_at' IS NULL THEN"
+    "        e.expires_at_approximate ELSE (f->>'expires_at_approximate')::boolean END"
+    "        )::inventory;"
     "    END LOOP;"
     "    ctxs[k] := ctx::text;"
     "  END LOOP;"
@@ -189,24 +209,14 @@ static const char *const migrations[] = {
     "      last_event = excluded.last_event, last_type = excluded.last_type,"
     "      last_occurred_at = excluded.last_occurred_at, repeats = excluded.repeats,"
     "      warned_at = excluded.warned_at, renewed_at = excluded.renewed_at,"
-    "      first_seen = excluded.first_seen, updated_at = excluded.updated_at;"
+    "      first_seen = excluded.first_seen, updated_at = excluded.updated_at,"
+    "      expires_at_approximate = excluded.expires_at_approximate;"
     "  END IF;"
     "  RETURN QUERY SELECT u.n::integer, u.c, NULL, NULL, NULL, NULL, NULL, NULL::float8,"
     "    NULL::float8 FROM unnest(ctxs) WITH ORDINALITY AS u(c, n) WHERE u.c IS NOT NULL;"
     "  RETURN QUERY SELECT NULL::integer, NULL, u.key, u.hostname, u.provider, u.status,"
     "    u.last_type, u.expires_at, u.updated_at FROM unnest(entries) AS u"
     "    WHERE u.key IS NOT NULL;"
-    "END $$;"
-    /* certhook.once's claim: 0 ours to run, 1 it ran to success, 2 another claim holds it
-     * (till held_until) */
-    "CREATE FUNCTION once_claim(k bytea, till float8, now float8, OUT result integer,"
-    "  OUT held_until float8) LANGUAGE plpgsql AS $$ BEGIN"
-    "  INSERT INTO once AS o (key, lease_until) VALUES (k, till) ON CONFLICT (key) DO UPDATE"
-    "    SET lease_until = excluded.lease_until WHERE o.results IS NULL AND o.lease_until < now;"
-    "  IF FOUND THEN result := 0; RETURN; END IF;"
-    "  SELECT CASE WHEN o.results IS NOT NULL THEN 1 ELSE 2 END, o.lease_until"
-    "    INTO result, held_until FROM once o WHERE o.key = k;"
-    "  result := coalesce(result, 2);"
     "END $$;",
 };
 

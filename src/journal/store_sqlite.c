@@ -66,7 +66,8 @@ struct store {
     "json_object('key', key, 'provider', provider, 'source', source, 'hostname', hostname, "     \
     "'certificate_id', certificate_id, 'name', name, 'scope', scope, 'status', status, "         \
     "'domains', json(domains), 'issuer', issuer, 'serial_number', serial_number, "               \
-    "'not_before', not_before, 'expires_at', expires_at, 'last_event', last_event, "              \
+    "'not_before', not_before, 'expires_at', expires_at, 'expires_at_approximate', "            \
+    "CASE WHEN expires_at_approximate THEN json('true') END, 'last_event', last_event, "          \
     "'last_type', last_type, 'last_occurred_at', last_occurred_at, 'repeats', repeats, "          \
     "'warned_at', warned_at, 'renewed_at', renewed_at, 'first_seen', first_seen, "              \
     "'updated_at', updated_at)"
@@ -156,6 +157,9 @@ static const char *const migrations[] = {
     "    e.hostname = c.hostname ORDER BY seq DESC LIMIT 1), 'unknown') AS p FROM certificates c);"
     "DROP TABLE certificates;"
     "ALTER TABLE event_data ADD COLUMN context TEXT;",
+
+    /* an expiry known only to a day (stated in days, or as a day): 1 */
+    "ALTER TABLE inventory ADD COLUMN expires_at_approximate INTEGER;",
 };
 
 
@@ -167,6 +171,12 @@ static const char *column(sqlite3_stmt *s, int i);
 #define RENEWED                                                                         \
     "CASE WHEN ?5 IN ('certificate.renewal.succeeded', 'certificate.issuance.succeeded', " \
     "'certificate.import.succeeded') THEN ?8 END"
+
+/* An expiry the fact ?1 knows only to a day: 1, else NULL. It goes with the expiry: a fact
+ * without one keeps the entry's expiry and whether that is approximate. */
+#define APPROXIMATE                                                                     \
+    "CASE WHEN json_extract(?1, '$.expires_at') IS NOT NULL AND"                       \
+    " json_extract(?1, '$.expires_at_approximate') THEN 1 END"
 
 #define OPEN_DELIVERY "status <> 'done' AND status <> 'dead'"
 #define OPEN_EVENT "state <> 2"
@@ -380,7 +390,7 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     "INSERT INTO inventory (key, provider, source, hostname, certificate_id, name,"
                     " scope, status, domains, issuer, serial_number, not_before, expires_at,"
                     " last_event, last_type, last_occurred_at, repeats, warned_at, renewed_at,"
-                    " first_seen, updated_at) "
+                    " first_seen, updated_at, expires_at_approximate) "
                     "SELECT json_extract(?1, '$.key'), ?2, ?3, json_extract(?1, '$.hostname'),"
                     " json_extract(?1, '$.certificate_id'), json_extract(?1, '$.name'),"
                     " json_extract(?1, '$.scope'), CASE WHEN ?5 = 'certificate.deletion.succeeded'"
@@ -388,7 +398,7 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     " json_extract(?1, '$.domains'), json_extract(?1, '$.issuer'),"
                     " json_extract(?1, '$.serial_number'), json_extract(?1, '$.not_before'),"
                     " json_extract(?1, '$.expires_at'), ?4, ?5, ?6, ?7, " WARNED ", " RENEWED ","
-                    " ?8, ?8 WHERE true "
+                    " ?8, ?8, " APPROXIMATE " WHERE true "
                     "ON CONFLICT (key) DO UPDATE SET"
                     " hostname = coalesce(excluded.hostname, hostname),"
                     " certificate_id = coalesce(excluded.certificate_id, certificate_id),"
@@ -398,6 +408,8 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     " issuer = coalesce(excluded.issuer, issuer),"
                     " serial_number = coalesce(excluded.serial_number, serial_number),"
                     " not_before = coalesce(excluded.not_before, not_before),"
+                    " expires_at_approximate = CASE WHEN excluded.expires_at IS NULL THEN"
+                    " expires_at_approximate ELSE excluded.expires_at_approximate END,"
                     " expires_at = coalesce(excluded.expires_at, expires_at),"
                     " last_event = excluded.last_event, last_type = excluded.last_type,"
                     " last_occurred_at = coalesce(excluded.last_occurred_at, last_occurred_at),"

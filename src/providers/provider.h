@@ -128,7 +128,7 @@ int source_accepts(const struct source *s, const char *content_type);
 /* The whole request: parses the body, authenticates and normalizes it. Pushes the decoded body
  * (for event_pack) and the array of finished events -- id (from the provider, else
  * "<source>:sha256:<hex of the body>", with ":<n>" for the n-th of several), source, provider,
- * received_at -- and returns 0; or returns a status with err (nothing pushed), or 0 with
+ * received_at, the expiry of certificates stated in days -- and returns 0; or returns a status with err (nothing pushed), or 0 with
  * r->status set (a handshake; nothing pushed). */
 int source_normalize(lua_State *L, const struct source *s, const struct request *rq,
                      struct reply *r, char *err, size_t errlen);

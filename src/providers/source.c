@@ -3,8 +3,10 @@
  * the configuration's Lua table with the settings readers below (config.c reads the rest of
  * the configuration with them too), and the whole path of a request body to finished
  * canonical events: JSON, the provider's authentication and normalization, then what every
- * event gets the same way -- id, source, provider, received_at, a hostname it can keep.
+ * event gets the same way -- id, source, provider, received_at, a hostname it can keep, the
+ * expiry of its certificates where it is stated in days.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,6 +259,41 @@ static int valid_hostname(const char *s, size_t n)
     return label == 0 || s[n - 1] != '-';
 }
 
+/* An expiry stated in days, or as a day (DESIGN §3): an event with IBM's expiry_date and no
+ * count of days gets days_to_expiry (whole days from when it occurred, or was received, to that
+ * day); each certificate of an event with either and without expires_at of its own gets one --
+ * expiry_date, else that time plus the days -- and expires_at_approximate = true: it is right
+ * to a day. */
+static void expiry(lua_State *L, int ev, double received_at)
+{
+    int top = lua_gettop(L);
+    double at = lua_getfield(L, ev, "occurred_at") == LUA_TNUMBER ? lua_tonumber(L, -1)
+                                                                   : received_at;
+    int has_day = lua_getfield(L, ev, "expiry_date") == LUA_TNUMBER;
+    double day = lua_tonumber(L, -1);
+    int has_days = lua_getfield(L, ev, "days_to_expiry") == LUA_TNUMBER;
+    double days = lua_tonumber(L, -1);
+    if (!has_days && has_day && fabs(day - at) < 1e15) {
+        lua_pushinteger(L, (lua_Integer)round((day - at) / 86400));
+        lua_setfield(L, ev, "days_to_expiry");
+    }
+    if ((has_day || has_days) && isfinite(days) &&
+        lua_getfield(L, ev, "certificates") == LUA_TTABLE) {
+        int certs = lua_gettop(L);
+        for (lua_Integer i = 1; lua_rawgeti(L, certs, i) != LUA_TNIL; i++) {
+            int c = lua_gettop(L);
+            if (lua_type(L, c) == LUA_TTABLE && lua_getfield(L, c, "expires_at") == LUA_TNIL) {
+                event_push_epoch(L, has_day ? day : at + days * 86400);
+                lua_setfield(L, c, "expires_at");
+                lua_pushboolean(L, 1);
+                lua_setfield(L, c, "expires_at_approximate");
+            }
+            lua_settop(L, certs);
+        }
+    }
+    lua_settop(L, top);
+}
+
 /* What every event of the request gets the same way: the event at ev is the i-th of n. */
 static void finish(lua_State *L, int ev, const struct source *s, const struct request *rq,
                    lua_Integer i, lua_Integer n)
@@ -286,6 +323,7 @@ static void finish(lua_State *L, int ev, const struct source *s, const struct re
     lua_setfield(L, ev, "provider");
     event_push_epoch(L, rq->received_at);
     lua_setfield(L, ev, "received_at");
+    expiry(L, ev, rq->received_at);
     lua_settop(L, top);
 }
 

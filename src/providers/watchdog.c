@@ -33,7 +33,8 @@ static int configure(lua_State *L, int t, struct source *s, char *err, size_t er
 }
 
 /* The entry's facts a certificate table of an event holds: key, id, name, status, domains,
- * issuer, serial_number, not_before, expires_at, and the provider that told of it. */
+ * issuer, serial_number, not_before, expires_at (approximate or not), and the provider that
+ * told of it. */
 static int certificate(lua_State *L, int entry)
 {
     static const struct field f[] = {
@@ -46,6 +47,7 @@ static int certificate(lua_State *L, int entry)
         {"serial_number", "serial_number", F_STR},
         {"not_before", "not_before", F_TIME},
         {"expires_at", "expires_at", F_TIME},
+        {"expires_at_approximate", "expires_at_approximate", F_BOOL},
         {"provider", "provider", F_STR},
     };
     return fields_push_certificate(L, entry, f, COUNT(f));
