@@ -206,7 +206,8 @@ int journal_request_replay(struct journal *j, const char *event_id, int *count, 
 /* The certificate inventory (certhook.certs, certhook certs): entries as JSON objects -- key,
  * provider, source, hostname, certificate_id, name, scope, status, domains, issuer,
  * serial_number, not_before, expires_at, expires_at_approximate (true or null), last_event,
- * last_type, last_occurred_at, repeats, warned_at, renewed_at, first_seen, updated_at. `find`: the one entry with that key, else certificate id, else the
+ * last_type, last_occurred_at, repeats, warned_at, renewed_at, reached_at, first_seen,
+ * updated_at. `find`: the one entry with that key, else certificate id, else the
  * newest of that hostname. Otherwise a list, soonest expiry first: those with the status (NULL:
  * all but deleted ones), expiring before `expiring_before` (0: any; those without an expiry
  * are left out then), up to limit. fn(cls, json) for each; 0, or -1 with err. */

@@ -123,10 +123,12 @@ static const char *const migrations[] = {
     "  result := coalesce(result, 2);"
     "END $$;",
 
-    /* an expiry known only to a day (stated in days, or as a day): true; and remember, which
+    /* an expiry known only to a day (stated in days, or as a day): true; when the inventory
+     * last heard that an expiry was reached; and remember, which
      * names every column of the inventory, made again (journals of an earlier certhook have
      * an older one) */
     "ALTER TABLE inventory ADD COLUMN expires_at_approximate boolean;"
+    "ALTER TABLE inventory ADD COLUMN reached_at double precision;"
     "DROP FUNCTION IF EXISTS remember(text[], bytea[], bytea[], text[], text[], float8[],"
     "  float8[], text[], text[]);"
     /* The data of the batch's new events (those this transaction inserted: the events
@@ -189,7 +191,8 @@ static const char *const migrations[] = {
     "        CASE WHEN t IN ('certificate.renewal.succeeded', 'certificate.issuance.succeeded',"
     "        'certificate.import.succeeded') THEN r ELSE e.renewed_at END,"
     "        coalesce(e.first_seen, r), r, CASE WHEN f->>'expires_at' IS NULL THEN"
-    "        e.expires_at_approximate ELSE (f->>'expires_at_approximate')::boolean END"
+    "        e.expires_at_approximate ELSE (f->>'expires_at_approximate')::boolean END,"
+    "        CASE WHEN t = 'certificate.expiration.reached' THEN r ELSE e.reached_at END"
     "        )::inventory;"
     "    END LOOP;"
     "    ctxs[k] := ctx::text;"
@@ -210,7 +213,8 @@ static const char *const migrations[] = {
     "      last_occurred_at = excluded.last_occurred_at, repeats = excluded.repeats,"
     "      warned_at = excluded.warned_at, renewed_at = excluded.renewed_at,"
     "      first_seen = excluded.first_seen, updated_at = excluded.updated_at,"
-    "      expires_at_approximate = excluded.expires_at_approximate;"
+    "      expires_at_approximate = excluded.expires_at_approximate,"
+    "      reached_at = excluded.reached_at;"
     "  END IF;"
     "  RETURN QUERY SELECT u.n::integer, u.c, NULL, NULL, NULL, NULL, NULL, NULL::float8,"
     "    NULL::float8 FROM unnest(ctxs) WITH ORDINALITY AS u(c, n) WHERE u.c IS NOT NULL;"

@@ -69,7 +69,8 @@ struct store {
     "'not_before', not_before, 'expires_at', expires_at, 'expires_at_approximate', "            \
     "CASE WHEN expires_at_approximate THEN json('true') END, 'last_event', last_event, "          \
     "'last_type', last_type, 'last_occurred_at', last_occurred_at, 'repeats', repeats, "          \
-    "'warned_at', warned_at, 'renewed_at', renewed_at, 'first_seen', first_seen, "              \
+    "'warned_at', warned_at, 'renewed_at', renewed_at, 'reached_at', reached_at, "              \
+    "'first_seen', first_seen, "                                                                \
     "'updated_at', updated_at)"
 #define EVENT_FROM "events e JOIN event_data d ON d.seq = e.seq"
 
@@ -158,16 +159,20 @@ static const char *const migrations[] = {
     "DROP TABLE certificates;"
     "ALTER TABLE event_data ADD COLUMN context TEXT;",
 
-    /* an expiry known only to a day (stated in days, or as a day): 1 */
-    "ALTER TABLE inventory ADD COLUMN expires_at_approximate INTEGER;",
+    /* an expiry known only to a day (stated in days, or as a day): 1; when the inventory last
+     * heard that an expiry was reached */
+    "ALTER TABLE inventory ADD COLUMN expires_at_approximate INTEGER;"
+    "ALTER TABLE inventory ADD COLUMN reached_at REAL;",
 };
 
 
 static const char *column(sqlite3_stmt *s, int i);
 
-/* When the inventory last heard a warning of expiry (a provider's or the watchdog's), and a
- * renewal, issuance or import: ?5 the event's type, ?8 when it was received. */
+/* When the inventory last heard a warning of expiry (a provider's or the watchdog's), a
+ * renewal, issuance or import, and that the expiry was reached: ?5 the event's type, ?8 when it
+ * was received. */
 #define WARNED "CASE WHEN ?5 = 'certificate.expiration.upcoming' THEN ?8 END"
+#define REACHED "CASE WHEN ?5 = 'certificate.expiration.reached' THEN ?8 END"
 #define RENEWED                                                                         \
     "CASE WHEN ?5 IN ('certificate.renewal.succeeded', 'certificate.issuance.succeeded', " \
     "'certificate.import.succeeded') THEN ?8 END"
@@ -390,7 +395,7 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     "INSERT INTO inventory (key, provider, source, hostname, certificate_id, name,"
                     " scope, status, domains, issuer, serial_number, not_before, expires_at,"
                     " last_event, last_type, last_occurred_at, repeats, warned_at, renewed_at,"
-                    " first_seen, updated_at, expires_at_approximate) "
+                    " first_seen, updated_at, expires_at_approximate, reached_at) "
                     "SELECT json_extract(?1, '$.key'), ?2, ?3, json_extract(?1, '$.hostname'),"
                     " json_extract(?1, '$.certificate_id'), json_extract(?1, '$.name'),"
                     " json_extract(?1, '$.scope'), CASE WHEN ?5 = 'certificate.deletion.succeeded'"
@@ -398,7 +403,7 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     " json_extract(?1, '$.domains'), json_extract(?1, '$.issuer'),"
                     " json_extract(?1, '$.serial_number'), json_extract(?1, '$.not_before'),"
                     " json_extract(?1, '$.expires_at'), ?4, ?5, ?6, ?7, " WARNED ", " RENEWED ","
-                    " ?8, ?8, " APPROXIMATE " WHERE true "
+                    " ?8, ?8, " APPROXIMATE ", " REACHED " WHERE true "
                     "ON CONFLICT (key) DO UPDATE SET"
                     " hostname = coalesce(excluded.hostname, hostname),"
                     " certificate_id = coalesce(excluded.certificate_id, certificate_id),"
@@ -416,12 +421,13 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     " repeats = excluded.repeats,"
                     " warned_at = coalesce(excluded.warned_at, warned_at),"
                     " renewed_at = coalesce(excluded.renewed_at, renewed_at),"
+                    " reached_at = coalesce(excluded.reached_at, reached_at),"
                     " updated_at = excluded.updated_at",
                     &j->cert, err, errlen) ||
             /* (not RETURNING: SQLite makes an ephemeral table for it at every step) */
-            prepare(j->db, "SELECT key, hostname, status, expires_at, updated_at FROM "
-                           "inventory WHERE key = json_extract(?, '$.key')", &j->cert_now, err,
-                    errlen))
+            prepare(j->db, "SELECT key, hostname, provider, status, expires_at, updated_at "
+                           "FROM inventory WHERE key = json_extract(?, '$.key')", &j->cert_now,
+                    err, errlen))
             goto fail;
     }
     if (open_db(&j->rdb, path, SQLITE_OPEN_READONLY, o->busy_timeout, err, errlen) != 0 ||
@@ -531,10 +537,10 @@ static int remember_certificates(struct store *j, struct event *ev)
         sqlite3_reset(s);
         s = j->cert_now;
         sqlite3_bind_text(s, 1, fact, flen, SQLITE_STATIC);
-        if (sqlite3_step(s) == SQLITE_ROW)
-            metrics_certificate(column(s, 0), column(s, 1) ? column(s, 1) : "", ev->provider,
-                                column(s, 2), ev->type, sqlite3_column_double(s, 3),
-                                sqlite3_column_double(s, 4));
+        if (sqlite3_step(s) == SQLITE_ROW) /* labelled as the entry, whoever told of it now */
+            metrics_certificate(column(s, 0), column(s, 1) ? column(s, 1) : "", column(s, 2),
+                                column(s, 3), ev->type, sqlite3_column_double(s, 4),
+                                sqlite3_column_double(s, 5));
         sqlite3_reset(s);
     }
     if (rc != SQLITE_DONE) {
