@@ -47,6 +47,15 @@ static const struct {
     {"ACM Certificate Revoked", NULL, "certificate.revocation.succeeded", "REVOKED"},
 };
 
+/* ACM's certificate statuses (PENDING_VALIDATION, ISSUED, INACTIVE, EXPIRED,
+ * VALIDATION_TIMED_OUT, REVOKED, FAILED) that are not a canonical state's name; INACTIVE (not in
+ * use) says nothing of one. */
+static const struct status_state acm_states[] = {
+    {"ISSUED", "active"},
+    {"VALIDATION_TIMED_OUT", "failed"},
+    {NULL, NULL},
+};
+
 /* AWS Health event codes of service ACM (DESIGN §4; the state change has no canonical type). */
 static const struct {
     const char *code, *type;
@@ -870,4 +879,5 @@ const struct provider aws_acm_provider = {
     .detect = detect,
     .send = send,
     .sample = sample,
+    .states = acm_states,
 };

@@ -37,6 +37,22 @@ static const struct {
     {"renewal.upcoming_certificate_expiration_notification", "certificate.expiration.upcoming", NULL, NULL},
 };
 
+/* The ssl.status words (POLLERS.md: initializing, pending_validation, ...) that are not a
+ * canonical state's name, and the state each means; pending_deletion, pending_cleanup,
+ * deactivating, inactive, backup_issued and deletion_timed_out say nothing of one. */
+static const struct status_state cf_states[] = {
+    {"initializing", "pending_validation"},
+    {"staging_deployment", "pending_deployment"},
+    {"staging_active", "pending_deployment"}, /* served on the staging network only */
+    {"holding_deployment", "pending_deployment"},
+    {"pending_expiration", "active"},
+    {"initializing_timed_out", "failed"},
+    {"validation_timed_out", "failed"},
+    {"issuance_timed_out", "failed"},
+    {"deployment_timed_out", "failed"},
+    {NULL, NULL},
+};
+
 /* The suffix of the alert types that announce a certificate's expiration (PROVIDERS.md §1.4). */
 #define CF_EXPIRATION_ALERT "_certificate_expiration_type"
 
@@ -476,4 +492,5 @@ const struct provider cloudflare_provider = {
     .detect = detect,
     .send = send,
     .sample = sample,
+    .states = cf_states,
 };

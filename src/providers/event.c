@@ -266,7 +266,7 @@ static void copy_fact(lua_State *L, int to, int from, const char *k, const char 
  * id>`, `<provider>:host:<hostname>` without one; the watchdog's events give the key of the
  * entry they are about), certificate_id, hostname, name, scope
  * (account, zone, instance, region), status (the transition's target, else the
- * certificate's), domains, issuer, serial_number, not_before, expires_at and
+ * certificate's), state, domains, issuer, serial_number, not_before, expires_at and
  * expires_at_approximate. */
 static int certificate_facts(lua_State *L, int idx)
 {
@@ -297,9 +297,10 @@ static int certificate_facts(lua_State *L, int idx)
             for (size_t k = 0; k < sizeof ids / sizeof ids[0] && id == NULL; k++)
                 id = field(L, c, ids[k]);
             static const char *const copied[] = {"name",         "status",
-                                                 "domains",      "issuer",
-                                                 "serial_number", "not_before",
-                                                 "expires_at",   "expires_at_approximate"};
+                                                 "state",        "domains",
+                                                 "issuer",       "serial_number",
+                                                 "not_before",   "expires_at",
+                                                 "expires_at_approximate"};
             for (size_t k = 0; k < sizeof copied / sizeof copied[0]; k++) {
                 if (strcmp(copied[k], "domains") == 0) {
                     if (lua_getfield(L, c, "domains") == LUA_TTABLE && lua_rawlen(L, -1) > 0)

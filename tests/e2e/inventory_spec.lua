@@ -8,8 +8,10 @@ local Server = require "helpers.server"
 
 local CF = { ["cf-webhook-auth"] = "s3cret" }
 local ACM = { ["x-api-key"] = "s3cret" }
+-- (no watchdog: its events about the fixtures' long-past expiries, occurring now, would make
+-- the fixtures' later events stale)
 local CONFIG = 'sources = { cloudflare = { provider = "cloudflare", secret = "s3cret" },\n' ..
-  '  acm = { provider = "aws-acm", secret = "s3cret" } }\n'
+  '  acm = { provider = "aws-acm", secret = "s3cret" } }\nwatchdog = false\n'
 local DAY = 86400
 
 -- Records what each event carries about its certificate, and what certhook.certs says.
@@ -19,7 +21,12 @@ return { ["certificate.*"] = function(e)
   local out = { id = e.id, type = e.type, stale = e.stale, repeats = e.repeats,
     previous = e.previous, days_to_expiry = e.days_to_expiry, certificate = e.certificate,
     entry = certhook.certs.get(e.certificate and e.certificate.id or e.hostname),
-    expiring = #certhook.certs.list { expiring_within = 30 * 86400 } }
+    expiring = #certhook.certs.list { expiring_within = 30 * 86400 },
+    state_misused = not pcall(certhook.certs.list, { state = "ISSUED" }) }
+  if e.certificate and e.certificate.state then -- the keys of the entries in the same state
+    out.same_state = {}
+    for _, c in ipairs(certhook.certs.list { state = e.certificate.state }) do table.insert(out.same_state, c.key) end
+  end
   local f = assert(io.open("seen.jsonl", "a")) f:write(certhook.json.encode(out), "\n") f:close()
 end }
 ]]
@@ -101,8 +108,8 @@ describe("the certificate inventory", function()
     assert.is_true(e.expiring >= 1)
     local out, err, code = fs.run(("%s certs --expiring 30 --data '%s'"):format(Server.certhook, srv.data))
     assert.are.equal(0, code, err)
-    assert.truthy(out:match("HOSTNAME%s+PROVIDER%s+STATUS%s+EXPIRES IN"))
-    assert.truthy(out:match("soon%.example%s+cloudflare%s+active%s+%-%d+d"), out)
+    assert.truthy(out:match("HOSTNAME%s+PROVIDER%s+STATUS%s+STATE%s+EXPIRES IN"))
+    assert.truthy(out:match("soon%.example%s+cloudflare%s+active%s+active%s+%-%d+d"), out)
     assert.falsy(out:match("dcv%.example"), "a certificate with no known expiry is not expiring")
     out = fs.run(("%s certs --json --data '%s'"):format(Server.certhook, srv.data))
     local keys = {}
@@ -124,7 +131,7 @@ describe("the certificate inventory", function()
     assert.are.equal(now + 14 * DAY, e.entry.expires_at)
     assert.is_true(e.entry.expires_at_approximate)
     local out = fs.run(("%s certs --data '%s'"):format(Server.certhook, srv.data))
-    assert.truthy(out:match("alert%.example%s+cloudflare%s+%S+%s+~1[34]d"), out)
+    assert.truthy(out:match("alert%.example%s+cloudflare%s+%S+%s+%S+%s+~1[34]d"), out)
   end)
 
   it("takes a newer expiry stated in days over an older date, and a newer date over that", function()
@@ -152,6 +159,53 @@ describe("the certificate inventory", function()
       { ["detail.CertificateExpirationDate"] = iso(now + 395 * DAY) })
     assert.are.equal(now + 395 * DAY, renewed.entry.expires_at)
     assert.is_nil(renewed.entry.expires_at_approximate)
+  end)
+
+  it("gives each certificate a state that every provider shares: in events, entries, certs and its filters", function()
+    local n = math.random(1e9)
+    local arn = "arn:aws:acm:us-east-1:123456789012:certificate/state-" .. n
+    local acm = post_fixture(srv, "acm", ACM, "aws-acm/certificate-available.ISSUANCE.json", "aws-acm:s-" .. n,
+      { id = "s-" .. n, time = iso(os.time()), resources = { arn }, ["detail.CommonName"] = "acm-state.example" })
+    assert.are.equal("ISSUED", acm.certificate.status) -- ACM's word
+    assert.are.equal("active", acm.certificate.state)
+    assert.are.equal("active", acm.entry.state)
+    assert.is_true(acm.state_misused) -- certs.list{state=} takes states only
+    local cf = post(srv, "deployment.succeeded", { hostname = "cf-state.example" })
+    assert.are.equal("active", cf.certificate.state)
+    assert.are.equal("active", cf.entry.state)
+    local dcv = post(srv, "validation.failed", { hostname = "dcv-state.example" })
+    assert.are.equal("pending_validation", dcv.entry.state)
+    local function has(list, key)
+      for _, k in ipairs(list or {}) do if k == key then return true end end
+      return false
+    end
+    assert.is_true(has(cf.same_state, "aws-acm:" .. arn) and has(cf.same_state, "cloudflare:cert-cf-state.example"))
+    assert.is_false(has(dcv.same_state, "aws-acm:" .. arn))
+    assert.is_true(has(dcv.same_state, "cloudflare:cert-dcv-state.example"))
+
+    local function certs(args)
+      return fs.run(("%s certs %s --data '%s'"):format(Server.certhook, args, srv.data))
+    end
+    local out, err, code = certs("--status issued") -- the provider's word, in any case
+    assert.are.equal(0, code, err)
+    assert.truthy(out:match("HOSTNAME%s+PROVIDER%s+STATUS%s+STATE%s+EXPIRES IN"), out)
+    assert.truthy(out:match("acm%-state%.example%s+aws%-acm%s+ISSUED%s+active"), out)
+    assert.falsy(out:match("cf%-state"), out)
+    out, err, code = certs("--status ACTIVE") -- the state
+    assert.are.equal(0, code, err)
+    assert.truthy(out:match("acm%-state%.example"), out)
+    assert.truthy(out:match("cf%-state%.example%s+cloudflare%s+active%s+active"), out)
+    assert.falsy(out:match("dcv%-state"), out)
+    _, err, code = certs("--status revoked") -- a state nothing is in: no match, no error
+    assert.are.equal(0, code, err)
+    assert.truthy(err:match("no certificates match"), err)
+    out, err, code = certs("--status issuedd --json") -- neither: bad usage, and what there is
+    assert.are.equal(2, code, out)
+    assert.are.equal("", out)
+    assert.truthy(err:find('no certificate has the status or state "issuedd"', 1, true), err)
+    assert.truthy(err:find("pending_validation, pending_issuance, pending_deployment, active, expired, " ..
+      "revoked, deleted, failed", 1, true), err)
+    assert.truthy(err:match("other statuses seen: [^\n]*ISSUED"), err)
   end)
 
   it("keeps a deleted certificate as deleted, out of the list", function()

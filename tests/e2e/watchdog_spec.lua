@@ -23,7 +23,8 @@ return { ["certificate.*"] = function(e)
   local f = assert(io.open("watchdog.jsonl", "a"))
   f:write(json.encode { id = e.id, type = e.type, hostname = e.hostname, source = e.source,
     threshold_days = e.threshold_days, days_to_expiry = e.days_to_expiry,
-    key = e.certificate and e.certificate.key, expires_at = e.certificate and e.certificate.expires_at }, "\n")
+    key = e.certificate and e.certificate.key, expires_at = e.certificate and e.certificate.expires_at,
+    status = e.certificate and e.certificate.status, state = e.certificate and e.certificate.state }, "\n")
   f:close()
 end }
 ]]
@@ -77,6 +78,7 @@ describe("the expiry watchdog", function()
     assert.are.equal("cloudflare:cert-soon.example", up.key)
     assert.is_true(math.abs(up.threshold_days - T1) < 1e-3, tostring(up.threshold_days))
     assert.are.equal(2, up.days_to_expiry)
+    assert.are.equal("active", up.state) -- the entry's
     assert(fs.wait_for(function() return #fired(srv, "soon.example") >= 2 end, 10), "no escalation")
     assert.are.equal(0, srv:stop())
     srv:launch()
@@ -111,6 +113,8 @@ describe("the expiry watchdog", function()
     assert(fs.wait_for(function()
       return types(fired(srv, "gone.example")):match("certificate%.expiration%.reached")
     end, 10), "no expiry: " .. types(fired(srv, "gone.example")))
+    local gone = fired(srv, "gone.example")
+    assert.are.same({ "active", "expired" }, { gone[#gone].status, gone[#gone].state }) -- whatever the status
     os.execute("sleep 1")
     assert.falsy(types(fired(srv, "replaced.example")):match("reached"))
   end)

@@ -334,6 +334,34 @@ describe("providers of AWS ACM, Azure Key Vault, IBM Secrets Manager, DigiCert",
     end
   end)
 
+  it("give every certificate its canonical state: from the provider's status word, else the type", function()
+    local function state(p, t, edit)
+      local body = assert(core.cli.sample(p, t))
+      if edit then
+        local v = cjson.decode(body)
+        edit(v)
+        body = cjson.encode(v)
+      end
+      local e = assert(core.normalize(body, { provider = p }))
+      return e.certificate and e.certificate.state, e.certificate and e.certificate.status
+    end
+    assert.are.same({ "active", "ISSUED" }, { state("aws-acm", "certificate.issuance.succeeded") })
+    assert.are.same({ "revoked", "REVOKED" }, { state("aws-acm", "certificate.revocation.succeeded") })
+    assert.are.equal("active", state("azure-keyvault", "certificate.issuance.succeeded")) -- no status: the type
+    assert.are.equal("expired", state("ibm-sm", "certificate.expiration.reached"))
+    assert.are.equal("deleted", state("ibm-sm", "certificate.deletion.succeeded"))
+    assert.are.equal("failed", state("digicert", "certificate.issuance.failed"))
+    assert.are.equal("pending_deployment", state("cloudflare", "certificate.issuance.succeeded")) -- its status
+    assert.are.equal("pending_issuance", state("cloudflare", "certificate.renewal.failed"))
+    assert.is_nil(state("ibm-sm", "certificate.renewal.failed")) -- says nothing of it: the entry keeps its state
+    local function cf_status(word)
+      return function(v) v.data.ssl.status = word end
+    end
+    assert.are.equal("failed", state("cloudflare", "certificate.validation.failed", cf_status("validation_timed_out")))
+    assert.are.equal("pending_validation", state("cloudflare", "certificate.validation.failed", cf_status("initializing")))
+    assert.are.equal("active", state("cloudflare", "certificate.deployment.succeeded", cf_status("ACTIVE")))
+  end)
+
   -- Cloudflare's and IBM Certificate Manager's samples are built from the parse tables read
   -- backwards: what each says comes back out of normalize.
   it("give Cloudflare and IBM Certificate Manager samples the facts their events carry", function()
