@@ -125,9 +125,8 @@ static const char *const migrations[] = {
 
     /* an expiry known only to a day (stated in days, or as a day): true; when the inventory
      * last heard that an expiry was reached; the canonical state (entries kept before have
-     * none until their next event); and remember, which
-     * names every column of the inventory, made again (journals of an earlier certhook have
-     * an older one) */
+     * none until their next event); and remember, which names every column of the inventory,
+     * made again (journals of an earlier certhook have an older one) */
     "ALTER TABLE inventory ADD COLUMN expires_at_approximate boolean;"
     "ALTER TABLE inventory ADD COLUMN reached_at double precision;"
     "ALTER TABLE inventory ADD COLUMN state text;"
