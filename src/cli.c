@@ -452,8 +452,8 @@ static void push_entry(void *cls, const char *json)
     lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
 }
 
-/* data, {expiring_within = seconds, status =, limit =} -> {entry JSON, ...} | nil, message:
- * the certificate inventory, soonest expiry first. */
+/* data, {expiring_within = seconds, status =, state =, limit =} -> {entry JSON, ...} | nil,
+ * message: the certificate inventory, soonest expiry first. */
 static int cli_certs(lua_State *L)
 {
     char err[600];
@@ -465,6 +465,8 @@ static int cli_certs(lua_State *L)
         q.expiring_before = time_now() + lua_tonumber(L, -1);
     lua_getfield(L, 2, "status");
     q.status = lua_tostring(L, -1);
+    lua_getfield(L, 2, "state");
+    q.state = lua_tostring(L, -1);
     lua_getfield(L, 2, "limit");
     q.limit = (int)luaL_optinteger(L, -1, 0);
     struct journal_options o = {.where = data, .flags = JOURNAL_READONLY, .busy_timeout = 5};
@@ -667,5 +669,11 @@ int luaopen_certhook_cli(lua_State *L)
     luaL_requiref(L, "certhook.core", luaopen_certhook_core, 0); /* curl, cjson */
     lua_pop(L, 1);
     luaL_newlib(L, cli_funcs);
+    lua_newtable(L); /* states: the canonical states of a certificate */
+    for (int i = 0; certificate_states[i]; i++) {
+        lua_pushstring(L, certificate_states[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "states");
     return 1;
 }

@@ -528,9 +528,12 @@ COMMANDS.certs = {
 usage: certhook certs [--expiring DAYS] [--status S] [--limit N] [--json] [--config FILE] [--data DIR]
 
 Lists the certificate inventory -- every certificate certhook has heard of, from any provider
-or the watchdog -- soonest expiry first: hostname, provider, status, when it expires, the last
-event and how long ago it came. --expiring keeps those expiring within DAYS (expired ones
-included); --status those in that status (deleted ones only with --status deleted); --json
+or the watchdog -- soonest expiry first: hostname, provider, status (the provider's word), state
+(the same for every provider: pending_validation, pending_issuance, pending_deployment, active,
+expired, revoked, deleted, failed), when it expires (~: known to a day), the last event and how
+long ago it came. --expiring keeps those expiring within DAYS (expired ones included); --status
+those with that status or state, in any case (deleted ones only with --status deleted; a value
+that is neither a state nor a status seen is bad usage: the known ones are listed); --json
 prints one JSON object per certificate and line. Reads the journal, also while servers run.]],
   run = function(opts)
     local cfg = settings(opts)
@@ -547,6 +550,22 @@ prints one JSON object per certificate and line. Reads the journal, also while s
     end
     local entries, err = core.certs(data_dir(cfg), q)
     if not entries then die(1, "certs: %s", err) end
+    if #entries == 0 and opts.status then -- none: is it a value that could match at all?
+      local known, seen = {}, {}
+      for _, state in ipairs(core.states) do known[state] = true end
+      for _, text in ipairs(core.certs(data_dir(cfg), {}) or {}) do
+        local status = cjson.decode(text).status
+        if type(status) == "string" and not known[status:lower()] then
+          known[status:lower()] = true
+          seen[#seen + 1] = status
+        end
+      end
+      if not known[opts.status:lower()] then
+        table.sort(seen)
+        die(2, "certs: no certificate has the status or state %q (states: %s; other statuses seen: %s)",
+          opts.status, table.concat(core.states, ", "), #seen > 0 and table.concat(seen, ", ") or "none")
+      end
+    end
     if opts.json then
       for _, e in ipairs(entries) do io.stdout:write(e, "\n") end
       return 0
@@ -556,15 +575,16 @@ prints one JSON object per certificate and line. Reads the journal, also while s
       return 0
     end
     local now = os.time()
-    local rows = { { "HOSTNAME", "PROVIDER", "STATUS", "EXPIRES IN", "LAST EVENT", "AGE" } }
+    local rows = { { "HOSTNAME", "PROVIDER", "STATUS", "STATE", "EXPIRES IN", "LAST EVENT", "AGE" } }
     for _, text in ipairs(entries) do
       local e = cjson.decode(text)
       local function s(v) return (v == nil or v == cjson.null) and "-" or tostring(v) end
       local expires = type(e.expires_at) == "number" and span(e.expires_at - now) or "-"
+      if e.expires_at_approximate == true then expires = "~" .. expires end -- known to a day
       local last = s(e.last_type):gsub("^certificate%.", "")
       if type(e.repeats) == "number" and e.repeats > 1 then last = last .. " x" .. e.repeats end
       rows[#rows + 1] = { s(e.hostname ~= cjson.null and e.hostname or e.name), s(e.provider), s(e.status),
-        expires, last, type(e.updated_at) == "number" and span(now - e.updated_at) or "-" }
+        s(e.state), expires, last, type(e.updated_at) == "number" and span(now - e.updated_at) or "-" }
     end
     local widths = {}
     for _, r in ipairs(rows) do

@@ -14,7 +14,7 @@ local M = {
   state = core.state,     -- get, set(key, value [, ttl]), delete, incr(key [, by]), keys(prefix)
   time = core.time,       -- iso8601([t]), now(), parse(s)
   tls = core.tls,         -- probe(host [, {port=, sni=, timeout=, ca_file=}]): the served certificate
-  certs = core.certs,     -- get(key, certificate id or hostname), list{expiring_within=, status=, limit=}
+  certs = core.certs,     -- get(key, certificate id or hostname), list{expiring_within=, status=, state=, limit=}
   json = require "cjson", -- lua-cjson
   version = core.version,
 }

@@ -82,11 +82,12 @@ void metrics_add(enum metric m, double v, ...);     /* counters, gauges */
 void metrics_set(enum metric m, double v, ...);     /* gauges; counters kept elsewhere */
 void metrics_observe(enum metric m, double v, ...); /* histograms */
 /* The inventory's series: certificate `key` (of hostname, from provider) as its entry is after
- * an event of canonical type at time `at` (status NULL, expires_at 0: unknown). A
+ * an event of canonical type at time `at` (status, state NULL, expires_at 0: unknown). A
  * certificate.deletion.succeeded removes it. Past the cap, new certificates are counted as
  * left out. */
 void metrics_certificate(const char *key, const char *hostname, const char *provider,
-                         const char *status, const char *type, double expires_at, double at);
+                         const char *status, const char *state, const char *type,
+                         double expires_at, double at);
 void metrics_inventory_cap(size_t n);
 void metrics_render(struct buf *b); /* appends the exposition text of every family */
 

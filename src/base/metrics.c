@@ -24,7 +24,7 @@ static const double seconds_slow[] = {0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5,
                                       1,     2.5,   5,    10,   30,  60};
 
 #define BUCKETS(a) a, sizeof a / sizeof a[0]
-#define MAX_LABELS 5 /* the inventory's certificate_status has five */
+#define MAX_LABELS 6 /* the inventory's certificate_status has six */
 
 static const struct family {
     const char *name, *help, *type;
@@ -100,10 +100,10 @@ static const struct family {
                        "that said so.",
                        "gauge", {"certificate", "hostname", "provider"}, NULL, 0},
     [M_CERT_STATUS] = {"certhook_certificate_status",
-                       "The last known status of a certificate and the type of the event that "
-                       "reported it (always 1).",
-                       "gauge", {"certificate", "hostname", "provider", "status", "type"}, NULL,
-                       0},
+                       "The last known status of a certificate (the provider's word, and the "
+                       "canonical state) and the type of the event that reported it (always 1).",
+                       "gauge", {"certificate", "hostname", "provider", "status", "state", "type"},
+                       NULL, 0},
     [M_CERT_UPDATED] = {"certhook_certificate_last_event_timestamp_seconds",
                         "When the last event about a certificate was received.",
                         "gauge", {"certificate", "hostname", "provider"}, NULL, 0},
@@ -294,7 +294,7 @@ void metrics_observe(enum metric m, double v, ...)
 
 struct cert {
     struct cert *next;
-    char *key, *hostname, *provider, *status, *type;
+    char *key, *hostname, *provider, *status, *state, *type;
     double expires_at, updated_at; /* expires_at 0: unknown */
 };
 
@@ -327,12 +327,14 @@ static void cert_free(struct cert *c)
     free(c->hostname);
     free(c->provider);
     free(c->status);
+    free(c->state);
     free(c->type);
     free(c);
 }
 
 void metrics_certificate(const char *key, const char *hostname, const char *provider,
-                         const char *status, const char *type, double expires_at, double at)
+                         const char *status, const char *state, const char *type,
+                         double expires_at, double at)
 {
     int dropped = 0;
     pthread_mutex_lock(&mu);
@@ -362,6 +364,7 @@ void metrics_certificate(const char *key, const char *hostname, const char *prov
         set_str(&c->hostname, hostname);
         set_str(&c->provider, provider);
         set_str(&c->status, status);
+        set_str(&c->state, state);
         set_str(&c->type, type);
         if (expires_at > 0)
             c->expires_at = expires_at;
@@ -437,6 +440,7 @@ static void inventory(struct buf *b)
             add_label(&l, "provider", c->provider ? c->provider : "");
             if (m == M_CERT_STATUS) {
                 add_label(&l, "status", c->status ? c->status : "");
+                add_label(&l, "state", c->state ? c->state : "");
                 add_label(&l, "type", c->type ? c->type : "");
             }
             buf_adds(&l, "}");

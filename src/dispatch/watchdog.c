@@ -12,8 +12,10 @@
  *   certificate.renewal.overdue      a threshold has passed after a warning, and nothing was
  *                                    renewed, issued or imported since: the warning escalates
  *                                    (once per certificate and expiry).
- *   certificate.expiration.reached   the expiry has passed, and no certificate of the same
- *                                    hostname (or name) expires later.
+ *   certificate.expiration.reached   the expiry has passed, no certificate of the same
+ *                                    hostname (or name) expires later, and nobody -- a
+ *                                    provider -- said it was reached (a day before it or
+ *                                    since: an expiry in days is right to a day).
  *
  * Ids are stable -- watchdog:<certificate>:<expiry>:<kind>[:<threshold days>] -- so the journal
  * keeps each finding once through restarts, reloads and any number of nodes; a set of the ids
@@ -126,6 +128,8 @@ static const char *due(lua_State *L, int e, int latest, const struct watchdog_cf
     if (x <= 0)
         return NULL;
     if (now >= x) {
+        if (num(L, e, "reached_at") >= x - 86400) /* said already */
+            return NULL;
         lineage(L, e);
         lua_rawget(L, latest);
         double newest = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;

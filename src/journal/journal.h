@@ -204,14 +204,17 @@ int journal_request_replay(struct journal *j, const char *event_id, int *count, 
                            size_t errlen);
 
 /* The certificate inventory (certhook.certs, certhook certs): entries as JSON objects -- key,
- * provider, source, hostname, certificate_id, name, scope, status, domains, issuer,
- * serial_number, not_before, expires_at, last_event, last_type, last_occurred_at, repeats,
- * first_seen, updated_at. `find`: the one entry with that key, else certificate id, else the
- * newest of that hostname. Otherwise a list, soonest expiry first: those with the status (NULL:
- * all but deleted ones), expiring before `expiring_before` (0: any; those without an expiry
- * are left out then), up to limit. fn(cls, json) for each; 0, or -1 with err. */
+ * provider, source, hostname, certificate_id, name, scope, status, state, domains, issuer,
+ * serial_number, not_before, expires_at, expires_at_approximate (true or null), last_event,
+ * last_type, last_occurred_at, repeats, warned_at, renewed_at, reached_at, first_seen,
+ * updated_at (state: NULL in entries an earlier certhook kept, until their next event). `find`:
+ * the one entry with that key, else certificate id, else the newest of that hostname. Otherwise
+ * a list, soonest expiry first: those whose status is `status` in any case, or whose state is
+ * (NULL: all but deleted ones), in the state `state` (NULL: any), expiring before
+ * `expiring_before` (0: any; those without an expiry are left out then), up to limit.
+ * fn(cls, json) for each; 0, or -1 with err. */
 struct journal_certs_query {
-    const char *find, *status;
+    const char *find, *status, *state;
     double expiring_before;
     int limit;
 };

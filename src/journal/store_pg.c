@@ -111,6 +111,27 @@ static const char *const migrations[] = {
     "    e.hostname = c.hostname ORDER BY seq DESC LIMIT 1), 'unknown') AS p FROM certificates c) x;"
     "DROP TABLE certificates;"
     "ALTER TABLE event_data ADD COLUMN context text;"
+    /* certhook.once's claim: 0 ours to run, 1 it ran to success, 2 another claim holds it
+     * (till held_until) */
+    "CREATE FUNCTION once_claim(k bytea, till float8, now float8, OUT result integer,"
+    "  OUT held_until float8) LANGUAGE plpgsql AS $$ BEGIN"
+    "  INSERT INTO once AS o (key, lease_until) VALUES (k, till) ON CONFLICT (key) DO UPDATE"
+    "    SET lease_until = excluded.lease_until WHERE o.results IS NULL AND o.lease_until < now;"
+    "  IF FOUND THEN result := 0; RETURN; END IF;"
+    "  SELECT CASE WHEN o.results IS NOT NULL THEN 1 ELSE 2 END, o.lease_until"
+    "    INTO result, held_until FROM once o WHERE o.key = k;"
+    "  result := coalesce(result, 2);"
+    "END $$;",
+
+    /* an expiry known only to a day (stated in days, or as a day): true; when the inventory
+     * last heard that an expiry was reached; the canonical state (entries kept before have
+     * none until their next event); and remember, which names every column of the inventory,
+     * made again (journals of an earlier certhook have an older one) */
+    "ALTER TABLE inventory ADD COLUMN expires_at_approximate boolean;"
+    "ALTER TABLE inventory ADD COLUMN reached_at double precision;"
+    "ALTER TABLE inventory ADD COLUMN state text;"
+    "DROP FUNCTION IF EXISTS remember(text[], bytea[], bytea[], text[], text[], float8[],"
+    "  float8[], text[], text[]);"
     /* The data of the batch's new events (those this transaction inserted: the events
      * statement runs first), with what the inventory said when each came (context), and what
      * they say of their certificates -- one event after another in the order they came, as
@@ -123,7 +144,7 @@ static const char *const migrations[] = {
     "CREATE FUNCTION remember(ids text[], evs bytea[], bodies bytea[], facts text[],"
     "  types text[], occurred float8[], received float8[], providers text[], sources text[])"
     "  RETURNS TABLE (i integer, context text, key text, hostname text, provider text,"
-    "  status text, last_type text, expires_at float8, updated_at float8)"
+    "  status text, state text, last_type text, expires_at float8, updated_at float8)"
     "  LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$"
     "DECLARE me xid := pg_current_xact_id()::xid; seqs bigint[]; ctxs text[] := '{}';"
     "  keys text[]; entries inventory[]; k integer; at integer; fact text; f jsonb;"
@@ -170,7 +191,10 @@ static const char *const migrations[] = {
     "        CASE WHEN t = 'certificate.expiration.upcoming' THEN r ELSE e.warned_at END,"
     "        CASE WHEN t IN ('certificate.renewal.succeeded', 'certificate.issuance.succeeded',"
     "        'certificate.import.succeeded') THEN r ELSE e.renewed_at END,"
-    "        coalesce(e.first_seen, r), r)::inventory;"
+    "        coalesce(e.first_seen, r), r, CASE WHEN f->>'expires_at' IS NULL THEN"
+    "        e.expires_at_approximate ELSE (f->>'expires_at_approximate')::boolean END,"
+    "        CASE WHEN t = 'certificate.expiration.reached' THEN r ELSE e.reached_at END,"
+    "        coalesce(f->>'state', e.state))::inventory;"
     "    END LOOP;"
     "    ctxs[k] := ctx::text;"
     "  END LOOP;"
@@ -189,24 +213,16 @@ static const char *const migrations[] = {
     "      last_event = excluded.last_event, last_type = excluded.last_type,"
     "      last_occurred_at = excluded.last_occurred_at, repeats = excluded.repeats,"
     "      warned_at = excluded.warned_at, renewed_at = excluded.renewed_at,"
-    "      first_seen = excluded.first_seen, updated_at = excluded.updated_at;"
+    "      first_seen = excluded.first_seen, updated_at = excluded.updated_at,"
+    "      expires_at_approximate = excluded.expires_at_approximate,"
+    "      reached_at = excluded.reached_at, state = excluded.state;"
     "  END IF;"
-    "  RETURN QUERY SELECT u.n::integer, u.c, NULL, NULL, NULL, NULL, NULL, NULL::float8,"
-    "    NULL::float8 FROM unnest(ctxs) WITH ORDINALITY AS u(c, n) WHERE u.c IS NOT NULL;"
+    "  RETURN QUERY SELECT u.n::integer, u.c, NULL, NULL, NULL, NULL, NULL, NULL,"
+    "    NULL::float8, NULL::float8 FROM unnest(ctxs) WITH ORDINALITY AS u(c, n)"
+    "    WHERE u.c IS NOT NULL;"
     "  RETURN QUERY SELECT NULL::integer, NULL, u.key, u.hostname, u.provider, u.status,"
-    "    u.last_type, u.expires_at, u.updated_at FROM unnest(entries) AS u"
+    "    u.state, u.last_type, u.expires_at, u.updated_at FROM unnest(entries) AS u"
     "    WHERE u.key IS NOT NULL;"
-    "END $$;"
-    /* certhook.once's claim: 0 ours to run, 1 it ran to success, 2 another claim holds it
-     * (till held_until) */
-    "CREATE FUNCTION once_claim(k bytea, till float8, now float8, OUT result integer,"
-    "  OUT held_until float8) LANGUAGE plpgsql AS $$ BEGIN"
-    "  INSERT INTO once AS o (key, lease_until) VALUES (k, till) ON CONFLICT (key) DO UPDATE"
-    "    SET lease_until = excluded.lease_until WHERE o.results IS NULL AND o.lease_until < now;"
-    "  IF FOUND THEN result := 0; RETURN; END IF;"
-    "  SELECT CASE WHEN o.results IS NOT NULL THEN 1 ELSE 2 END, o.lease_until"
-    "    INTO result, held_until FROM once o WHERE o.key = k;"
-    "  result := coalesce(result, 2);"
     "END $$;",
 };
 
@@ -1275,7 +1291,8 @@ static void remembered(struct store *s, const PGresult *res)
         if (PQgetisnull(res, row, 0)) {
             metrics_certificate(PQgetvalue(res, row, 2), PQgetvalue(res, row, 3),
                                 PQgetvalue(res, row, 4), value(res, row, 5), value(res, row, 6),
-                                text_double(res, row, 7), text_double(res, row, 8));
+                                value(res, row, 7), text_double(res, row, 8),
+                                text_double(res, row, 9));
             continue;
         }
         int i = atoi(PQgetvalue(res, row, 0)) - 1;
@@ -2038,7 +2055,7 @@ static int pg_once_get(struct store *s, const char *key, char **out, size_t *len
 static int pg_certs(struct store *s, const struct journal_certs_query *q,
                     void (*fn)(void *cls, const char *json), void *cls, char *err, size_t errlen)
 {
-    char before[40], limit[24], *t[2] = {0};
+    char before[40], limit[24], *t[3] = {0};
     fmt_double(before, sizeof before, q->expiring_before);
     fmt_int(limit, sizeof limit, q->limit);
     const char *sql =
@@ -2046,14 +2063,16 @@ static int pg_certs(struct store *s, const struct journal_certs_query *q,
                   "= $1 OR hostname = $1 ORDER BY key = $1 DESC, certificate_id IS NOT DISTINCT "
                   "FROM $1 DESC, updated_at DESC LIMIT 1"
                 : "SELECT to_jsonb(i)::text FROM inventory i WHERE CASE WHEN $1::text IS NULL "
-                  "THEN status IS DISTINCT FROM 'deleted' ELSE status = $1 END AND "
-                  "($2::float8 IS NULL OR expires_at < $2::float8) ORDER BY expires_at IS NULL, "
-                  "expires_at, hostname, key LIMIT $3::bigint";
+                  "THEN status IS DISTINCT FROM 'deleted' AND state IS DISTINCT FROM 'deleted' "
+                  "ELSE lower(status) = lower($1) OR state = lower($1) END AND ($4::text IS NULL "
+                  "OR state = $4) AND ($2::float8 IS NULL OR expires_at < $2::float8) ORDER BY "
+                  "expires_at IS NULL, expires_at, hostname, key LIMIT $3::bigint";
     const char *v[] = {q->find ? utf8(q->find, &t[0]) : utf8(q->status, &t[1]),
-                       q->expiring_before > 0 ? before : NULL, q->limit > 0 ? limit : NULL};
-    PGresult *res = run(s, &s->r, sql, q->find ? 1 : 3, v, NULL, NULL, 0, err, errlen);
-    free(t[0]);
-    free(t[1]);
+                       q->expiring_before > 0 ? before : NULL, q->limit > 0 ? limit : NULL,
+                       utf8(q->state, &t[2])};
+    PGresult *res = run(s, &s->r, sql, q->find ? 1 : 4, v, NULL, NULL, 0, err, errlen);
+    for (int i = 0; i < 3; i++)
+        free(t[i]);
     if (res == NULL)
         return -1;
     for (int i = 0, n = PQntuples(res); i < n; i++)
@@ -2214,7 +2233,7 @@ static int pg_load_inventory(struct store *s, size_t cap)
     metrics_inventory_cap(cap);
     fmt_int(n, sizeof n, (int64_t)cap);
     const char *v[] = {n};
-    PGresult *res = run(s, &s->r, "SELECT key, hostname, provider, status, last_type, "
+    PGresult *res = run(s, &s->r, "SELECT key, hostname, provider, status, state, last_type, "
                                   "expires_at, updated_at FROM inventory WHERE status IS DISTINCT "
                                   "FROM 'deleted' ORDER BY updated_at DESC LIMIT $1::bigint",
                         1, v, NULL, NULL, 0, msg, sizeof msg);
@@ -2223,8 +2242,8 @@ static int pg_load_inventory(struct store *s, size_t cap)
     int rows = PQntuples(res);
     for (int i = 0; i < rows; i++)
         metrics_certificate(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 2),
-                            value(res, i, 3), value(res, i, 4), text_double(res, i, 5),
-                            text_double(res, i, 6));
+                            value(res, i, 3), value(res, i, 4), value(res, i, 5),
+                            text_double(res, i, 6), text_double(res, i, 7));
     PQclear(res);
     return rows;
 }

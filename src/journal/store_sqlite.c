@@ -65,10 +65,13 @@ struct store {
 #define ENTRY_JSON                                                                               \
     "json_object('key', key, 'provider', provider, 'source', source, 'hostname', hostname, "     \
     "'certificate_id', certificate_id, 'name', name, 'scope', scope, 'status', status, "         \
+    "'state', state, "                                                                          \
     "'domains', json(domains), 'issuer', issuer, 'serial_number', serial_number, "               \
-    "'not_before', not_before, 'expires_at', expires_at, 'last_event', last_event, "              \
+    "'not_before', not_before, 'expires_at', expires_at, 'expires_at_approximate', "            \
+    "CASE WHEN expires_at_approximate THEN json('true') END, 'last_event', last_event, "          \
     "'last_type', last_type, 'last_occurred_at', last_occurred_at, 'repeats', repeats, "          \
-    "'warned_at', warned_at, 'renewed_at', renewed_at, 'first_seen', first_seen, "              \
+    "'warned_at', warned_at, 'renewed_at', renewed_at, 'reached_at', reached_at, "              \
+    "'first_seen', first_seen, "                                                                \
     "'updated_at', updated_at)"
 #define EVENT_FROM "events e JOIN event_data d ON d.seq = e.seq"
 
@@ -156,17 +159,32 @@ static const char *const migrations[] = {
     "    e.hostname = c.hostname ORDER BY seq DESC LIMIT 1), 'unknown') AS p FROM certificates c);"
     "DROP TABLE certificates;"
     "ALTER TABLE event_data ADD COLUMN context TEXT;",
+
+    /* an expiry known only to a day (stated in days, or as a day): 1; when the inventory last
+     * heard that an expiry was reached; the canonical state (entries kept before have none
+     * until their next event) */
+    "ALTER TABLE inventory ADD COLUMN expires_at_approximate INTEGER;"
+    "ALTER TABLE inventory ADD COLUMN reached_at REAL;"
+    "ALTER TABLE inventory ADD COLUMN state TEXT;",
 };
 
 
 static const char *column(sqlite3_stmt *s, int i);
 
-/* When the inventory last heard a warning of expiry (a provider's or the watchdog's), and a
- * renewal, issuance or import: ?5 the event's type, ?8 when it was received. */
+/* When the inventory last heard a warning of expiry (a provider's or the watchdog's), a
+ * renewal, issuance or import, and that the expiry was reached: ?5 the event's type, ?8 when it
+ * was received. */
 #define WARNED "CASE WHEN ?5 = 'certificate.expiration.upcoming' THEN ?8 END"
+#define REACHED "CASE WHEN ?5 = 'certificate.expiration.reached' THEN ?8 END"
 #define RENEWED                                                                         \
     "CASE WHEN ?5 IN ('certificate.renewal.succeeded', 'certificate.issuance.succeeded', " \
     "'certificate.import.succeeded') THEN ?8 END"
+
+/* An expiry the fact ?1 knows only to a day: 1, else NULL. It goes with the expiry: a fact
+ * without one keeps the entry's expiry and whether that is approximate. */
+#define APPROXIMATE                                                                     \
+    "CASE WHEN json_extract(?1, '$.expires_at') IS NOT NULL AND"                       \
+    " json_extract(?1, '$.expires_at_approximate') THEN 1 END"
 
 #define OPEN_DELIVERY "status <> 'done' AND status <> 'dead'"
 #define OPEN_EVENT "state <> 2"
@@ -380,7 +398,7 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     "INSERT INTO inventory (key, provider, source, hostname, certificate_id, name,"
                     " scope, status, domains, issuer, serial_number, not_before, expires_at,"
                     " last_event, last_type, last_occurred_at, repeats, warned_at, renewed_at,"
-                    " first_seen, updated_at) "
+                    " first_seen, updated_at, expires_at_approximate, reached_at, state) "
                     "SELECT json_extract(?1, '$.key'), ?2, ?3, json_extract(?1, '$.hostname'),"
                     " json_extract(?1, '$.certificate_id'), json_extract(?1, '$.name'),"
                     " json_extract(?1, '$.scope'), CASE WHEN ?5 = 'certificate.deletion.succeeded'"
@@ -388,28 +406,32 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     " json_extract(?1, '$.domains'), json_extract(?1, '$.issuer'),"
                     " json_extract(?1, '$.serial_number'), json_extract(?1, '$.not_before'),"
                     " json_extract(?1, '$.expires_at'), ?4, ?5, ?6, ?7, " WARNED ", " RENEWED ","
-                    " ?8, ?8 WHERE true "
+                    " ?8, ?8, " APPROXIMATE ", " REACHED ", json_extract(?1, '$.state') WHERE true "
                     "ON CONFLICT (key) DO UPDATE SET"
                     " hostname = coalesce(excluded.hostname, hostname),"
                     " certificate_id = coalesce(excluded.certificate_id, certificate_id),"
                     " name = coalesce(excluded.name, name), scope = coalesce(excluded.scope, scope),"
                     " status = coalesce(excluded.status, status),"
+                    " state = coalesce(excluded.state, state),"
                     " domains = coalesce(excluded.domains, domains),"
                     " issuer = coalesce(excluded.issuer, issuer),"
                     " serial_number = coalesce(excluded.serial_number, serial_number),"
                     " not_before = coalesce(excluded.not_before, not_before),"
+                    " expires_at_approximate = CASE WHEN excluded.expires_at IS NULL THEN"
+                    " expires_at_approximate ELSE excluded.expires_at_approximate END,"
                     " expires_at = coalesce(excluded.expires_at, expires_at),"
                     " last_event = excluded.last_event, last_type = excluded.last_type,"
                     " last_occurred_at = coalesce(excluded.last_occurred_at, last_occurred_at),"
                     " repeats = excluded.repeats,"
                     " warned_at = coalesce(excluded.warned_at, warned_at),"
                     " renewed_at = coalesce(excluded.renewed_at, renewed_at),"
+                    " reached_at = coalesce(excluded.reached_at, reached_at),"
                     " updated_at = excluded.updated_at",
                     &j->cert, err, errlen) ||
             /* (not RETURNING: SQLite makes an ephemeral table for it at every step) */
-            prepare(j->db, "SELECT key, hostname, status, expires_at, updated_at FROM "
-                           "inventory WHERE key = json_extract(?, '$.key')", &j->cert_now, err,
-                    errlen))
+            prepare(j->db, "SELECT key, hostname, provider, status, state, expires_at, "
+                           "updated_at FROM inventory WHERE key = json_extract(?, '$.key')",
+                    &j->cert_now, err, errlen))
             goto fail;
     }
     if (open_db(&j->rdb, path, SQLITE_OPEN_READONLY, o->busy_timeout, err, errlen) != 0 ||
@@ -519,10 +541,10 @@ static int remember_certificates(struct store *j, struct event *ev)
         sqlite3_reset(s);
         s = j->cert_now;
         sqlite3_bind_text(s, 1, fact, flen, SQLITE_STATIC);
-        if (sqlite3_step(s) == SQLITE_ROW)
-            metrics_certificate(column(s, 0), column(s, 1) ? column(s, 1) : "", ev->provider,
-                                column(s, 2), ev->type, sqlite3_column_double(s, 3),
-                                sqlite3_column_double(s, 4));
+        if (sqlite3_step(s) == SQLITE_ROW) /* labelled as the entry, whoever told of it now */
+            metrics_certificate(column(s, 0), column(s, 1) ? column(s, 1) : "", column(s, 2),
+                                column(s, 3), column(s, 4), ev->type,
+                                sqlite3_column_double(s, 5), sqlite3_column_double(s, 6));
         sqlite3_reset(s);
     }
     if (rc != SQLITE_DONE) {
@@ -1099,8 +1121,10 @@ static int sq_certs(struct store *j, const struct journal_certs_query *q,
                   "hostname = ?1 ORDER BY key = ?1 DESC, certificate_id IS ?1 DESC, "
                   "updated_at DESC LIMIT 1"
                 : "SELECT " ENTRY_JSON " FROM inventory WHERE CASE WHEN ?2 IS NULL THEN "
-                  "status IS NOT 'deleted' ELSE status = ?2 END AND (?3 IS NULL OR expires_at "
-                  "< ?3) ORDER BY expires_at IS NULL, expires_at, hostname, key LIMIT ?4";
+                  "status IS NOT 'deleted' AND state IS NOT 'deleted' ELSE lower(status) = "
+                  "lower(?2) OR state = lower(?2) END AND (?5 IS NULL OR state = ?5) AND (?3 IS "
+                  "NULL OR expires_at < ?3) ORDER BY expires_at IS NULL, expires_at, hostname, "
+                  "key LIMIT ?4";
     if (sqlite3_prepare_v2(j->rdb, sql, -1, &s, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
         return -1;
@@ -1110,6 +1134,7 @@ static int sq_certs(struct store *j, const struct journal_certs_query *q,
     if (q->expiring_before > 0)
         sqlite3_bind_double(s, 3, q->expiring_before);
     sqlite3_bind_int(s, 4, q->limit > 0 ? q->limit : -1);
+    sqlite3_bind_text(s, 5, q->state, -1, SQLITE_STATIC);
     int rc;
     while ((rc = sqlite3_step(s)) == SQLITE_ROW)
         fn(cls, column(s, 0));
@@ -1271,16 +1296,16 @@ static int sq_load_inventory(struct store *j, size_t cap)
     sqlite3_stmt *s;
     int n = 0;
     metrics_inventory_cap(cap);
-    if (sqlite3_prepare_v2(j->rdb, "SELECT key, hostname, provider, status, last_type, expires_at,"
-                                   " updated_at FROM inventory WHERE status IS NOT 'deleted' "
-                                   "ORDER BY updated_at DESC LIMIT ?",
+    if (sqlite3_prepare_v2(j->rdb, "SELECT key, hostname, provider, status, state, last_type, "
+                                   "expires_at, updated_at FROM inventory WHERE status IS NOT "
+                                   "'deleted' ORDER BY updated_at DESC LIMIT ?",
                            -1, &s, NULL) != SQLITE_OK)
         return -1;
     sqlite3_bind_int64(s, 1, (sqlite3_int64)cap);
     while (sqlite3_step(s) == SQLITE_ROW) {
         metrics_certificate(column(s, 0), column(s, 1) ? column(s, 1) : "", column(s, 2),
-                            column(s, 3), column(s, 4), sqlite3_column_double(s, 5),
-                            sqlite3_column_double(s, 6));
+                            column(s, 3), column(s, 4), column(s, 5),
+                            sqlite3_column_double(s, 6), sqlite3_column_double(s, 7));
         n++;
     }
     sqlite3_finalize(s);

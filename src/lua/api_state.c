@@ -455,8 +455,8 @@ static int certs_get(lua_State *L)
     return 1;
 }
 
-/* [{expiring_within = seconds, status =, limit =}] -> {entry...} soonest expiry first |
- * nil, message, "journal" */
+/* [{expiring_within = seconds, status =, state =, limit =}] -> {entry...} soonest expiry
+ * first | nil, message, "journal" */
 static int certs_list(lua_State *L)
 {
     struct journal_certs_query q = {0};
@@ -469,6 +469,14 @@ static int certs_list(lua_State *L)
         if (lua_getfield(L, 1, "status") != LUA_TNIL) {
             luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 1, "status must be a string");
             q.status = lua_tostring(L, -1);
+        }
+        if (lua_getfield(L, 1, "state") != LUA_TNIL) {
+            const char *const *s = certificate_states;
+            while (*s && (lua_type(L, -1) != LUA_TSTRING || strcmp(*s, lua_tostring(L, -1)) != 0))
+                s++;
+            luaL_argcheck(L, *s != NULL, 1, "state must be a certificate's state (active, "
+                                            "expired, pending_validation, ...)");
+            q.state = *s;
         }
         if (lua_getfield(L, 1, "limit") != LUA_TNIL) {
             luaL_argcheck(L, lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0, 1,

@@ -47,6 +47,15 @@ static const struct {
     {"ACM Certificate Revoked", NULL, "certificate.revocation.succeeded", "REVOKED"},
 };
 
+/* ACM's certificate statuses (PENDING_VALIDATION, ISSUED, INACTIVE, EXPIRED,
+ * VALIDATION_TIMED_OUT, REVOKED, FAILED) that are not a canonical state's name; INACTIVE (not in
+ * use) says nothing of one. */
+static const struct status_state acm_states[] = {
+    {"ISSUED", "active"},
+    {"VALIDATION_TIMED_OUT", "failed"},
+    {NULL, NULL},
+};
+
 /* AWS Health event codes of service ACM (DESIGN §4; the state change has no canonical type). */
 static const struct {
     const char *code, *type;
@@ -770,7 +779,7 @@ static int send(lua_State *L, const char *body, size_t n, int cfg, int opts, int
         lua_newtable(L);
         int w = lua_gettop(L);
         fields_set_str(L, w, "Type", "Notification");
-        fields_push_filled(L, "{{id}}");
+        fields_push_filled(L, "{{id}}", NULL);
         lua_setfield(L, w, "MessageId");
         fields_set_str(L, w, "TopicArn", topic);
         lua_pushlstring(L, body, n);
@@ -824,7 +833,7 @@ static int send(lua_State *L, const char *body, size_t n, int cfg, int opts, int
 #define AVAILABLE(action, ctype)                                                                  \
     "\"Action\":\"" action "\",\"CertificateType\":\"" ctype "\",\"DomainValidationMethod\":"      \
     "\"DNS\",\"CertificateCreatedDate\":\"{{time}}\",\"CertificateExpirationDate\":"              \
-    "\"2030-01-01T00:00:00Z\",\"DaysToExpiry\":198,\"InUse\":true,\"Exported\":false,"
+    "\"{{expires}}\",\"DaysToExpiry\":{{days}},\"InUse\":true,\"Exported\":false,"
 
 static const struct sample samples[] = {
     {"certificate.issuance.succeeded",
@@ -834,21 +843,21 @@ static const struct sample samples[] = {
     {"certificate.import.succeeded",
      ACM_SAMPLE("ACM Certificate Available", AVAILABLE("IMPORT", "IMPORTED"))},
     {"certificate.expiration.upcoming",
-     ACM_SAMPLE("ACM Certificate Approaching Expiration", "\"DaysToExpiry\":30,")},
+     ACM_SAMPLE("ACM Certificate Approaching Expiration", "\"DaysToExpiry\":{{days}},")},
     {"certificate.expiration.reached",
      ACM_SAMPLE("ACM Certificate Expired",
                 "\"CertificateType\":\"AMAZON_ISSUED\",\"DomainValidationMethod\":\"DNS\","
-                "\"CertificateExpirationDate\":\"{{time}}\",\"InUse\":true,\"Exported\":false,")},
+                "\"CertificateExpirationDate\":\"{{expires}}\",\"InUse\":true,\"Exported\":false,")},
     {"certificate.renewal.failed",
      ACM_SAMPLE("ACM Certificate Renewal Action Required",
                 "\"CertificateType\":\"AMAZON_ISSUED\",\"DomainValidationMethod\":\"DNS\","
-                "\"RenewalStatusReason\":\"PENDING_DOMAIN_VALIDATION\",\"DaysToExpiry\":30,"
-                "\"CertificateExpirationDate\":\"2030-01-01T00:00:00Z\",\"InUse\":true,"
+                "\"RenewalStatusReason\":\"PENDING_DOMAIN_VALIDATION\",\"DaysToExpiry\":{{days}},"
+                "\"CertificateExpirationDate\":\"{{expires}}\",\"InUse\":true,"
                 "\"Exported\":false,")},
     {"certificate.revocation.succeeded",
      ACM_SAMPLE("ACM Certificate Revoked",
                 "\"CertificateType\":\"AMAZON_ISSUED\",\"CertificateExpirationDate\":"
-                "\"2030-01-01T00:00:00Z\",\"Exportable\":true,")},
+                "\"{{expires}}\",\"Exportable\":true,")},
 };
 
 static int sample(lua_State *L, const char *type, char *err, size_t errlen)
@@ -870,4 +879,5 @@ const struct provider aws_acm_provider = {
     .detect = detect,
     .send = send,
     .sample = sample,
+    .states = acm_states,
 };

@@ -311,7 +311,7 @@ static int send(lua_State *L, const char *body, size_t n, int cfg, int opts, int
     "\"https://certhook-kv.vault.azure.net/certificates/shop-example-com/"                         \
     "89e4274cf92540479770a1178cce17ff\",\"VaultName\":\"certhook-kv\",\"ObjectType\":"            \
     "\"Certificate\",\"ObjectName\":\"shop-example-com\",\"Version\":"                            \
-    "\"89e4274cf92540479770a1178cce17ff\",\"NBF\":1745695048,\"EXP\":1777231048},"                 \
+    "\"89e4274cf92540479770a1178cce17ff\",\"NBF\":1745695048,\"EXP\":{{expires_epoch}}},"         \
     "\"dataVersion\":\"1\",\"metadataVersion\":\"1\",\"eventTime\":\"{{time}}\"}]"
 
 static const struct sample samples[] = {

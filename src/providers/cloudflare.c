@@ -37,6 +37,22 @@ static const struct {
     {"renewal.upcoming_certificate_expiration_notification", "certificate.expiration.upcoming", NULL, NULL},
 };
 
+/* The ssl.status words (POLLERS.md: initializing, pending_validation, ...) that are not a
+ * canonical state's name, and the state each means; pending_deletion, pending_cleanup,
+ * deactivating, inactive, backup_issued and deletion_timed_out say nothing of one. */
+static const struct status_state cf_states[] = {
+    {"initializing", "pending_validation"},
+    {"staging_deployment", "pending_deployment"},
+    {"staging_active", "pending_deployment"}, /* served on the staging network only */
+    {"holding_deployment", "pending_deployment"},
+    {"pending_expiration", "active"},
+    {"initializing_timed_out", "failed"},
+    {"validation_timed_out", "failed"},
+    {"issuance_timed_out", "failed"},
+    {"deployment_timed_out", "failed"},
+    {NULL, NULL},
+};
+
 /* The suffix of the alert types that announce a certificate's expiration (PROVIDERS.md §1.4). */
 #define CF_EXPIRATION_ALERT "_certificate_expiration_type"
 
@@ -248,6 +264,10 @@ static int fill(lua_State *L, int raw, int ev, char *err, size_t errlen)
         cert = fields_push_certificate(L, certsrc, cf_cert_fields, COUNT(cf_cert_fields));
     else if (envdata) /* flat alert */
         cert = fields_push_certificate(L, envdata, cf_alert_cert_fields, COUNT(cf_alert_cert_fields));
+    if (fields_get(L, envdata, "days_til_expiration") == LUA_TNUMBER) /* expiration alerts */
+        lua_setfield(L, ev, "days_to_expiry");
+    else
+        lua_pop(L, 1);
     if (cert) {
         /* not for SSL for SaaS: a certificate without data.hostname is no longer the custom
          * hostname's (Cloudflare docs, Troubleshooting), so its hosts would mislead */
@@ -359,7 +379,7 @@ static const char cf_sample[] =
     "{\"id\":\"7e7b8deba8538af625850b7b2530034c\",\"type\":\"dv\",\"method\":\"txt\",\"settings\":"
     "{\"min_tls_version\":\"1.2\",\"http2\":\"on\"}},\"issued\":{\"domains\":[\"shop.example.com\"],"
     "\"issuer\":\"GoogleTrustServices\",\"serial_number\":\"{{n}}\",\"signature\":"
-    "\"ECDSAWithSHA256\",\"uploaded_at\":\"{{time}}\",\"expires_at\":\"2030-01-01T00:00:00Z\","
+    "\"ECDSAWithSHA256\",\"uploaded_at\":\"{{time}}\",\"expires_at\":\"{{expires}}\","
     "\"custom_csr_id\":\"7b163417-1d2b-4c84-a38a-2fb7a0cd7752\"},\"alert_certificate\":{\"id\":"
     "\"4ec9c1a4-9d32-4bb5-a1c4-0c1e0e2a7b91\",\"status\":\"active\",\"domains\":[\"shop.example.com\"]}}";
 
@@ -379,12 +399,12 @@ static const char cf_pending_failed[] =
 /* A certificate expiration alert in the notification envelope (PROVIDERS.md §1.3), without its
  * ts and certificate. */
 static const char cf_alert[] =
-    "{\"name\":\"Certificate expiration\",\"text\":\"Certificate expires in 14 days\","
+    "{\"name\":\"Certificate expiration\",\"text\":\"Certificate expires in {{days}} days\","
     "\"account_id\":\"" CF_ACCOUNT "\",\"policy_id\":\"749b911ea5d04344a58e45edd099b328\","
     "\"policy_name\":\"Certificate expiration\",\"alert_type\":\"hostname_aop_custom"
     CF_EXPIRATION_ALERT "\",\"alert_correlation_id\":\"{{id}}\",\"alert_event\":"
     "\"ALERT_STATE_EVENT_START\",\"data\":{\"account_name\":\"Example\",\"account_tag\":\""
-    CF_ACCOUNT "\",\"days_til_expiration\":14,\"zone_name\":\"shop.example.com\",\"zone_tag\":\""
+    CF_ACCOUNT "\",\"days_til_expiration\":{{days}},\"zone_name\":\"shop.example.com\",\"zone_tag\":\""
     CF_ZONE "\"}}";
 /* The destination test message (PROVIDERS.md §1.3) with two members of the envelope, ts (set
  * when sent) and alert_correlation_id, so that each sample is a new event (its id is the hash of
@@ -399,12 +419,13 @@ static void saas_sample(lua_State *L, size_t i, int desc)
     const char *to = cf_types[i].to, *rest = cf_types[i].rest;
     int pending = to != NULL && (strcmp(to, "pending_validation") == 0 ||
                                  strcmp(to, "pending_issuance") == 0);
-    fields_push_decoded(L, cf_saas);
+    fields_push_decoded(L, cf_saas, NULL);
     int p = lua_gettop(L);
     int data = fields_get_table(L, p, "data");
     PUT(L, data, fields_get_table(L, desc, "hostname"), cf_hostname_fields);
     if (pending)
-        fields_push_decoded(L, fields_has_suffix(rest, ".failed") ? cf_pending_failed : cf_pending);
+        fields_push_decoded(L, fields_has_suffix(rest, ".failed") ? cf_pending_failed : cf_pending,
+                            NULL);
     else
         lua_newtable(L);
     int ssl = lua_gettop(L);
@@ -441,11 +462,11 @@ static int sample(lua_State *L, const char *type, char *err, size_t errlen)
         return -1;
     }
     luaL_checkstack(L, 40, "sample");
-    fields_push_decoded(L, cf_sample);
+    fields_push_decoded(L, cf_sample, type);
     int desc = lua_gettop(L);
     if (strcmp(type, test) == 0 || strcmp(type, expiring) == 0) {
         int alert = strcmp(type, expiring) == 0;
-        fields_push_decoded(L, alert ? cf_alert : cf_test);
+        fields_push_decoded(L, alert ? cf_alert : cf_test, type);
         lua_pushinteger(L, (lua_Integer)time_now());
         lua_setfield(L, -2, "ts");
         if (alert)
@@ -471,4 +492,5 @@ const struct provider cloudflare_provider = {
     .detect = detect,
     .send = send,
     .sample = sample,
+    .states = cf_states,
 };

@@ -249,11 +249,12 @@ static const char *field(lua_State *L, int idx, const char *f)
 }
 
 /* Copies field k of the table at from into the table at to, when it is a string (a
- * non-empty one) or a number. */
+ * non-empty one), a number or true. */
 static void copy_fact(lua_State *L, int to, int from, const char *k, const char *as)
 {
     int t = lua_getfield(L, from, k);
-    if ((t == LUA_TSTRING && lua_rawlen(L, -1) > 0) || t == LUA_TNUMBER)
+    if ((t == LUA_TSTRING && lua_rawlen(L, -1) > 0) || t == LUA_TNUMBER ||
+        (t == LUA_TBOOLEAN && lua_toboolean(L, -1)))
         lua_setfield(L, to, as ? as : k);
     else
         lua_pop(L, 1);
@@ -265,8 +266,8 @@ static void copy_fact(lua_State *L, int to, int from, const char *k, const char 
  * id>`, `<provider>:host:<hostname>` without one; the watchdog's events give the key of the
  * entry they are about), certificate_id, hostname, name, scope
  * (account, zone, instance, region), status (the transition's target, else the
- * certificate's), domains, issuer, serial_number, not_before, expires_at (else the event's
- * expiry_date). */
+ * certificate's), state, domains, issuer, serial_number, not_before, expires_at and
+ * expires_at_approximate. */
 static int certificate_facts(lua_State *L, int idx)
 {
     int top = lua_gettop(L);
@@ -295,8 +296,11 @@ static int certificate_facts(lua_State *L, int idx)
             static const char *const ids[] = {"id", "arn", "uri"};
             for (size_t k = 0; k < sizeof ids / sizeof ids[0] && id == NULL; k++)
                 id = field(L, c, ids[k]);
-            static const char *const copied[] = {"name", "status", "domains", "issuer",
-                                                 "serial_number", "not_before", "expires_at"};
+            static const char *const copied[] = {"name",         "status",
+                                                 "state",        "domains",
+                                                 "issuer",       "serial_number",
+                                                 "not_before",   "expires_at",
+                                                 "expires_at_approximate"};
             for (size_t k = 0; k < sizeof copied / sizeof copied[0]; k++) {
                 if (strcmp(copied[k], "domains") == 0) {
                     if (lua_getfield(L, c, "domains") == LUA_TTABLE && lua_rawlen(L, -1) > 0)
@@ -314,9 +318,6 @@ static int certificate_facts(lua_State *L, int idx)
         }
         if (i == 1) { /* what the event says of its (first) certificate */
             copy_fact(L, f, idx, "hostname", NULL);
-            if (lua_getfield(L, f, "expires_at") == LUA_TNIL)
-                copy_fact(L, f, idx, "expiry_date", "expires_at");
-            lua_pop(L, 1);
             if (lua_getfield(L, idx, "status") == LUA_TTABLE)
                 copy_fact(L, f, lua_gettop(L), "to", "status");
             lua_pop(L, 1);

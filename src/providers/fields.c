@@ -245,10 +245,10 @@ int fields_push_certificate(lua_State *L, int src, const struct field *f, size_t
 /* ---- samples ----------------------------------------------------------------------------------- */
 
 /* Pushes the template with its placeholders filled (fields.h). */
-void fields_push_filled(lua_State *L, const char *tmpl)
+void fields_push_filled(lua_State *L, const char *tmpl, const char *type)
 {
     unsigned char r[16];
-    char uuid[37], n[16], now[40];
+    char uuid[37], n[16], now[40], date[40], epoch[24], days[16];
     if (RAND_bytes(r, sizeof r) != 1) /* not for secrecy: any bytes make a new id */
         for (size_t i = 0; i < sizeof r; i++)
             r[i] = (unsigned char)(rand() & 0xff);
@@ -260,12 +260,22 @@ void fields_push_filled(lua_State *L, const char *tmpl)
              r[15]);
     snprintf(n, sizeof n, "%u", 100000000u + ((unsigned)r[0] << 16 | (unsigned)r[1] << 8 |
                                               r[2]) % 900000000u);
-    time_format_iso8601((double)(long long)time_now(), now);
+    long long t = (long long)time_now(), expires = (t / 86400 + SAMPLE_DAYS + 1) * 86400;
+    if (type != NULL && strcmp(type, "certificate.expiration.reached") == 0)
+        expires = t;
+    time_format_iso8601((double)t, now);
+    time_format_iso8601((double)expires, date);
+    snprintf(epoch, sizeof epoch, "%lld", expires);
+    snprintf(days, sizeof days, "%d", expires > t ? SAMPLE_DAYS : 0);
+    int top = lua_gettop(L);
     luaL_gsub(L, tmpl, "{{id}}", uuid);
     luaL_gsub(L, lua_tostring(L, -1), "{{n}}", n);
     luaL_gsub(L, lua_tostring(L, -1), "{{time}}", now);
-    lua_replace(L, -3);
-    lua_pop(L, 1);
+    luaL_gsub(L, lua_tostring(L, -1), "{{expires}}", date);
+    luaL_gsub(L, lua_tostring(L, -1), "{{expires_epoch}}", epoch);
+    luaL_gsub(L, lua_tostring(L, -1), "{{days}}", days);
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
 }
 
 int fields_sample(lua_State *L, const struct sample *s, size_t n, const char *type, char *err,
@@ -279,7 +289,7 @@ int fields_sample(lua_State *L, const struct sample *s, size_t n, const char *ty
     }
     for (size_t i = 0; i < n; i++) {
         if (strcmp(s[i].type, type) == 0) {
-            fields_push_filled(L, s[i].body);
+            fields_push_filled(L, s[i].body, type);
             return 0;
         }
     }
@@ -300,10 +310,10 @@ void fields_add_type(lua_State *L, int list, const char *type)
     lua_rawseti(L, list, n + 1);
 }
 
-void fields_push_decoded(lua_State *L, const char *tmpl)
+void fields_push_decoded(lua_State *L, const char *tmpl, const char *type)
 {
     char err[200];
-    fields_push_filled(L, tmpl);
+    fields_push_filled(L, tmpl, type);
     if (json_decode(L, lua_tostring(L, -1), lua_rawlen(L, -1), err, sizeof err) != 0)
         luaL_error(L, "sample template: %s", err); /* a bug: templates are constants */
     lua_remove(L, -2);

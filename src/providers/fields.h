@@ -51,11 +51,17 @@ int fields_one_event(lua_State *L, int raw, fields_fill fill, char *err, size_t 
 
 /* Samples (struct provider's sample): payload templates by canonical type. In a template,
  * {{id}} becomes a fresh random UUID, {{n}} a fresh random 9-digit number and {{time}} the
- * current time (RFC 3339, UTC), so that each sample is a new event. */
+ * current time (RFC 3339, UTC), so that each sample is a new event. The samples' certificate
+ * expires at the start of the UTC day SAMPLE_DAYS + 1 days from now -- SAMPLE_DAYS whole days
+ * left all day, so that what samples say in days and in dates agrees -- or, in a sample of
+ * certificate.expiration.reached, now: {{expires}} (RFC 3339), {{expires_epoch}} (seconds),
+ * {{days}} (SAMPLE_DAYS). */
+#define SAMPLE_DAYS 30
 struct sample {
     const char *type, *body;
 };
-void fields_push_filled(lua_State *L, const char *tmpl); /* pushes tmpl, placeholders filled */
+/* Pushes tmpl, placeholders filled, for a sample of the canonical type (NULL: none). */
+void fields_push_filled(lua_State *L, const char *tmpl, const char *type);
 /* The provider's sample op over a table of samples (the first of a type wins). */
 int fields_sample(lua_State *L, const struct sample *s, size_t n, const char *type, char *err,
                   size_t errlen);
@@ -66,7 +72,8 @@ int fields_sample(lua_State *L, const struct sample *s, size_t n, const char *ty
  * what the sample says under the names events give it is filled and decoded, its parts put
  * into the payload under the provider's names (the field tables, read backwards), and the
  * payload encoded. */
-void fields_push_decoded(lua_State *L, const char *tmpl); /* filled; raises if not JSON */
+void fields_push_decoded(lua_State *L, const char *tmpl, const char *type); /* filled; raises
+                                                                             * if not JSON */
 /* The inverse of fields_copy: dst[f.from] = src[f.to] for each field the table at src has
  * (src 0: none), as the provider sends it: an F_SPLIT array joined with ", ", any other value
  * as it is. */

@@ -415,9 +415,9 @@ static const char ibm_sample[] =
     "{\"event\":{\"instance\":\"" IBM_SAMPLE_INSTANCE "::\",\"dashboard_url\":"
     "\"https://cloud.ibm.com/services/cloudcerts/crn%3Av1%3Abluemix%3Apublic%3Acloudcerts%3Aus-"
     "south%3Aa%2F30f0a21f77994b9eb414b37300e2ced1%3A91a17928-da3c-4465-9c4b-f1a6b4dce684%3A%3A\","
-    "\"expiry_date\":1893369600000},\"certificate\":{\"id\":\"" IBM_SAMPLE_INSTANCE
+    "\"expiry_date\":{{expires_epoch}}000},\"certificate\":{\"id\":\"" IBM_SAMPLE_INSTANCE
     ":certificate:{{id}}\",\"name\":\"shop.example.com\",\"domains\":[\"shop.example.com\","
-    "\"www.shop.example.com\"],\"expires_at\":1893456000000,\"previous_expires_at\":"
+    "\"www.shop.example.com\"],\"expires_at\":{{expires_epoch}}000,\"previous_expires_at\":"
     "1861920000000,\"auto_renewed\":true},\"validation\":{\"method\":\"dns-01\",\"domain\":"
     "\"shop.example.com\"},\"challenge\":{\"txt_name\":\"_acme-challenge.shop.example.com\","
     "\"txt_value\":\"Xk2pQ9rT-{{n}}\"}}";
@@ -488,7 +488,7 @@ static int sample(lua_State *L, const char *type, char *err, size_t errlen)
         return -1;
     }
     luaL_checkstack(L, 40, "sample");
-    fields_push_decoded(L, ibm_sample);
+    fields_push_decoded(L, ibm_sample, type);
     int desc = lua_gettop(L);
     push_v4(L, ibm_types[i].provider_type, desc);
     lua_remove(L, desc);

@@ -241,7 +241,7 @@ static int send(lua_State *L, const char *body, size_t n, int cfg, int opts, int
     "\"datacontenttype\":\"application/json\",\"data\":{\"event_type\":\"" et "\"," sub        \
     "\"secret_type\":\"public_cert\",\"secrets\":[{\"domains\":\"shop.example.com, "           \
     "www.shop.example.com\",\"event_time\":\"{{time}}\",\"event_triggered_by\":"               \
-    "\"SecretsManager\"," failure "\"secret_expiration\":\"2030-01-01T00:00:00Z\","            \
+    "\"SecretsManager\"," failure "\"secret_expiration\":\"{{expires}}\","                      \
     "\"secret_group_id\":\"default\",\"secret_id\":\"crn:v1:bluemix:public:secrets-manager:"   \
     "us-south:a/a6cc9f5f21f34323a4175c1117638b40:f1d9a3c8-5b2e-4e7a-9c61-3d8b2a7e4f10:secret:" \
     "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0\",\"secret_name\":\"shop-example-com\","             \
@@ -256,7 +256,8 @@ static const struct sample samples[] = {
     {"certificate.renewal.succeeded", SM_SAMPLE("secret_rotated", "", "", "")},
     {"certificate.renewal.failed", SM_SAMPLE("secret_rotation_failed", "", "", FAILURE)},
     {"certificate.expiration.upcoming",
-     SM_SAMPLE("secret_about_to_expire", ":in_30_days", "\"event_sub_type\":\"in_30_days\",", "")},
+     SM_SAMPLE("secret_about_to_expire", ":in_{{days}}_days",
+               "\"event_sub_type\":\"in_{{days}}_days\",", "")},
     {"certificate.expiration.reached", SM_SAMPLE("secret_expired", "", "", "")},
     {"certificate.revocation.succeeded", SM_SAMPLE("secret_revoked", "", "", "")},
     {"certificate.deletion.succeeded", SM_SAMPLE("secret_deleted", "", "", "")},

@@ -49,6 +49,11 @@ struct reply {
 
 struct source;
 
+/* A certificate status word of a provider and the canonical state it means (DESIGN §3). */
+struct status_state {
+    const char *status, *state;
+};
+
 struct provider {
     const char *name;                  /* sources say provider = "<name>" */
     int internal;                      /* certhook's own (the watchdog's): no source names it */
@@ -89,6 +94,9 @@ struct provider {
      * of the canonical types it has samples of. 0, or -1 with err (no sample of that type).
      * NULL: none. */
     int (*sample)(lua_State *L, const char *type, char *err, size_t errlen);
+    /* Its certificate status words that are not a canonical state's name (any case), and the
+     * state each means; {NULL} ends it. NULL: none. */
+    const struct status_state *states;
 };
 
 /* A provider configured under a name: POST /hooks/<name>. */
@@ -122,6 +130,8 @@ int source_configure(lua_State *L, int t, const char *name, struct source *s, ch
 void source_release(struct source *s);
 /* The provider name the source's events carry (provider, metrics). */
 const char *source_provider(const struct source *s);
+/* The canonical states of a certificate (DESIGN §3), NULL-terminated. */
+extern const char *const certificate_states[];
 /* rq->header(rq, name) / rq->query(rq, name), NULL where the request has none. */
 const char *request_header(const struct request *rq, const char *name);
 const char *request_query(const struct request *rq, const char *name);
@@ -133,7 +143,8 @@ int source_accepts(const struct source *s, const char *content_type);
  * Content-Type and body make. Pushes the decoded body
  * (for event_pack) and the array of finished events -- id (from the provider, else
  * "<source>:sha256:<hex of the body>", with ":<n>" for the n-th of several), source, provider,
- * received_at -- and returns 0; or returns a status with err (nothing pushed), or 0 with
+ * received_at, the expiry of certificates stated in days, the state of each certificate --
+ * and returns 0; or returns a status with err (nothing pushed), or 0 with
  * r->status set (a handshake; nothing pushed). */
 int source_normalize(lua_State *L, const struct source *s, const struct request *rq,
                      struct reply *r, char *err, size_t errlen);

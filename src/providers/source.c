@@ -3,8 +3,10 @@
  * the configuration's Lua table with the settings readers below (config.c reads the rest of
  * the configuration with them too), and the whole path of a request body to finished
  * canonical events: JSON, the provider's authentication and normalization, then what every
- * event gets the same way -- id, source, provider, received_at, a hostname it can keep.
+ * event gets the same way -- id, source, provider, received_at, a hostname it can keep, the
+ * expiry of its certificates where it is stated in days, and their canonical state.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,6 +259,121 @@ static int valid_hostname(const char *s, size_t n)
     return label == 0 || s[n - 1] != '-';
 }
 
+/* An expiry stated in days, or as a day (DESIGN §3): an event with IBM's expiry_date and no
+ * count of days gets days_to_expiry (whole days from when it occurred, or was received, to that
+ * day); each certificate of an event with either and without expires_at of its own gets one --
+ * expiry_date, else that time plus the days -- and expires_at_approximate = true: it is right
+ * to a day. */
+static void expiry(lua_State *L, int ev, double received_at)
+{
+    int top = lua_gettop(L);
+    double at = lua_getfield(L, ev, "occurred_at") == LUA_TNUMBER ? lua_tonumber(L, -1)
+                                                                   : received_at;
+    int has_day = lua_getfield(L, ev, "expiry_date") == LUA_TNUMBER;
+    double day = lua_tonumber(L, -1);
+    int has_days = lua_getfield(L, ev, "days_to_expiry") == LUA_TNUMBER;
+    double days = lua_tonumber(L, -1);
+    if (!has_days && has_day && fabs(day - at) < 1e15) {
+        lua_pushinteger(L, (lua_Integer)round((day - at) / 86400));
+        lua_setfield(L, ev, "days_to_expiry");
+    }
+    if ((has_day || has_days) && isfinite(days) &&
+        lua_getfield(L, ev, "certificates") == LUA_TTABLE) {
+        int certs = lua_gettop(L);
+        for (lua_Integer i = 1; lua_rawgeti(L, certs, i) != LUA_TNIL; i++) {
+            int c = lua_gettop(L);
+            if (lua_type(L, c) == LUA_TTABLE && lua_getfield(L, c, "expires_at") == LUA_TNIL) {
+                event_push_epoch(L, has_day ? day : at + days * 86400);
+                lua_setfield(L, c, "expires_at");
+                lua_pushboolean(L, 1);
+                lua_setfield(L, c, "expires_at_approximate");
+            }
+            lua_settop(L, certs);
+        }
+    }
+    lua_settop(L, top);
+}
+
+const char *const certificate_states[] = {
+    "pending_validation", "pending_issuance", "pending_deployment", "active",
+    "expired",            "revoked",          "deleted",            "failed",
+    NULL,
+};
+
+/* The state an event's canonical type says its certificates are in; `decisive`: whatever
+ * their status says (a status copied from the inventory may be older than the event). */
+static const struct {
+    const char *type, *state;
+    int decisive;
+} type_states[] = {
+    {"certificate.deletion.succeeded", "deleted", 1},
+    {"certificate.expiration.reached", "expired", 1},
+    {"certificate.revocation.succeeded", "revoked", 1},
+    {"certificate.validation.required", "pending_validation", 0},
+    {"certificate.validation.failed", "pending_validation", 0}, /* it is tried again */
+    {"certificate.validation.succeeded", "pending_issuance", 0},
+    {"certificate.issuance.succeeded", "active", 0},
+    {"certificate.issuance.failed", "failed", 0},
+    {"certificate.deployment.succeeded", "active", 0},
+    {"certificate.deployment.failed", "failed", 0},
+    {"certificate.renewal.succeeded", "active", 0},
+    {"certificate.import.succeeded", "active", 0},
+};
+
+/* The canonical state a status word means: a state's own name (any case), else what the
+ * provider's table says (p NULL: none); NULL when neither. */
+static const char *state_of(const struct provider *p, const char *status)
+{
+    for (const char *const *s = certificate_states; status && *s; s++)
+        if (strcasecmp(*s, status) == 0)
+            return *s;
+    for (const struct status_state *w = p ? p->states : NULL; status && w && w->status; w++)
+        if (strcasecmp(w->status, status) == 0)
+            return w->state;
+    return NULL;
+}
+
+/* certificate.state of each certificate of the event at ev (DESIGN §3), in this order: what a
+ * decisive type says; a canonical state the certificate has already (a Lua provider's, the
+ * watchdog's copy of the inventory's); what its status means to the provider p -- the
+ * certificate's status, else for the first one the event's status.to, which the inventory
+ * keeps as its status; what the type says. None of them: no state (the inventory keeps the
+ * one it knew). */
+static void certificate_state(lua_State *L, int ev, const struct provider *p)
+{
+    int top = lua_gettop(L), decisive = 0;
+    const char *type = lua_getfield(L, ev, "type") == LUA_TSTRING ? lua_tostring(L, -1) : "";
+    const char *by_type = NULL, *to = NULL;
+    for (size_t i = 0; i < sizeof type_states / sizeof type_states[0]; i++)
+        if (strcmp(type, type_states[i].type) == 0)
+            by_type = type_states[i].state, decisive = type_states[i].decisive;
+    if (lua_getfield(L, ev, "status") == LUA_TTABLE && lua_getfield(L, -1, "to") == LUA_TSTRING)
+        to = lua_tostring(L, -1);
+    if (lua_getfield(L, ev, "certificates") != LUA_TTABLE) {
+        lua_settop(L, top);
+        return;
+    }
+    int certs = lua_gettop(L);
+    for (lua_Integer i = 1; lua_rawgeti(L, certs, i) != LUA_TNIL; i++) {
+        int c = lua_gettop(L);
+        if (lua_type(L, c) == LUA_TTABLE) {
+            const char *state = decisive ? by_type : NULL;
+            if (state == NULL && lua_getfield(L, c, "state") == LUA_TSTRING)
+                state = state_of(NULL, lua_tostring(L, -1));
+            if (state == NULL)
+                state = state_of(p, lua_getfield(L, c, "status") == LUA_TSTRING
+                                        ? lua_tostring(L, -1)
+                                        : i == 1 ? to : NULL);
+            if (state == NULL)
+                state = by_type;
+            lua_pushstring(L, state); /* NULL: nil */
+            lua_setfield(L, c, "state");
+        }
+        lua_settop(L, certs);
+    }
+    lua_settop(L, top);
+}
+
 /* What every event of the request gets the same way: the event at ev is the i-th of n. */
 static void finish(lua_State *L, int ev, const struct source *s, const struct request *rq,
                    lua_Integer i, lua_Integer n)
@@ -286,6 +403,8 @@ static void finish(lua_State *L, int ev, const struct source *s, const struct re
     lua_setfield(L, ev, "provider");
     event_push_epoch(L, rq->received_at);
     lua_setfield(L, ev, "received_at");
+    expiry(L, ev, rq->received_at);
+    certificate_state(L, ev, s->provider);
     lua_settop(L, top);
 }
 

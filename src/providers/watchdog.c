@@ -32,8 +32,9 @@ static int configure(lua_State *L, int t, struct source *s, char *err, size_t er
     return -1;
 }
 
-/* The entry's facts a certificate table of an event holds: key, id, name, status, domains,
- * issuer, serial_number, not_before, expires_at, and the provider that told of it. */
+/* The entry's facts a certificate table of an event holds: key, id, name, status, state,
+ * domains, issuer, serial_number, not_before, expires_at (approximate or not), and the provider
+ * that told of it. */
 static int certificate(lua_State *L, int entry)
 {
     static const struct field f[] = {
@@ -41,11 +42,13 @@ static int certificate(lua_State *L, int entry)
         {"id", "certificate_id", F_STR},
         {"name", "name", F_STR},
         {"status", "status", F_STR},
+        {"state", "state", F_STR},
         {"domains", "domains", F_LIST},
         {"issuer", "issuer", F_STR},
         {"serial_number", "serial_number", F_STR},
         {"not_before", "not_before", F_TIME},
         {"expires_at", "expires_at", F_TIME},
+        {"expires_at_approximate", "expires_at_approximate", F_BOOL},
         {"provider", "provider", F_STR},
     };
     return fields_push_certificate(L, entry, f, COUNT(f));

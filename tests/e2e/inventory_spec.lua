@@ -7,23 +7,35 @@ local fs = require "helpers.fs"
 local Server = require "helpers.server"
 
 local CF = { ["cf-webhook-auth"] = "s3cret" }
-local CONFIG = 'sources = { cloudflare = { provider = "cloudflare", secret = "s3cret" } }\n'
+local ACM = { ["x-api-key"] = "s3cret" }
+-- (no watchdog: its events about the fixtures' long-past expiries, occurring now, would make
+-- the fixtures' later events stale)
+local CONFIG = 'sources = { cloudflare = { provider = "cloudflare", secret = "s3cret" },\n' ..
+  '  acm = { provider = "aws-acm", secret = "s3cret" } }\nwatchdog = false\n'
+local DAY = 86400
 
 -- Records what each event carries about its certificate, and what certhook.certs says.
 local HANDLER = [[
 local certhook = require "certhook"
 return { ["certificate.*"] = function(e)
   local out = { id = e.id, type = e.type, stale = e.stale, repeats = e.repeats,
-    previous = e.previous, entry = certhook.certs.get(e.hostname),
-    expiring = #certhook.certs.list { expiring_within = 30 * 86400 } }
+    previous = e.previous, days_to_expiry = e.days_to_expiry, certificate = e.certificate,
+    entry = certhook.certs.get(e.certificate and e.certificate.id or e.hostname),
+    expiring = #certhook.certs.list { expiring_within = 30 * 86400 },
+    state_misused = not pcall(certhook.certs.list, { state = "ISSUED" }) }
+  if e.certificate and e.certificate.state then -- the keys of the entries in the same state
+    out.same_state = {}
+    for _, c in ipairs(certhook.certs.list { state = e.certificate.state }) do table.insert(out.same_state, c.key) end
+  end
   local f = assert(io.open("seen.jsonl", "a")) f:write(certhook.json.encode(out), "\n") f:close()
 end }
 ]]
 
-local function seen(srv, id)
+-- What the handler recorded of the event id (or the first event match(record) is true of).
+local function seen(srv, id, match)
   for l in (fs.read(srv.dir .. "/seen.jsonl") or ""):gmatch("[^\n]+") do
     local ok, r = pcall(cjson.decode, l)
-    if ok and r.id == id then return r end
+    if ok and (r.id == id or (match and match(r))) then return r end
   end
 end
 
@@ -33,6 +45,25 @@ local function post(srv, kind, opts)
   local r = srv:post("/hooks/cloudflare", body, CF)
   assert.are.equal(202, r.status, r.body)
   return assert(fs.wait_for(function() return seen(srv, id) end, 10), "not delivered: " .. id)
+end
+
+local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
+
+-- Posts an event of source to the server (the fixture, its fields replaced by those of set:
+-- "detail.DaysToExpiry" = 30...) and waits until the handler has seen it (its id, or match).
+local function post_fixture(srv, source, headers, fixture, id, set, match)
+  local t = cjson.decode((assert(fs.read("tests/fixtures/" .. fixture))))
+  for path, v in pairs(set) do
+    local at, last = t, nil
+    for k in path:gmatch("[^.]+") do
+      if last then at[last] = at[last] or {}; at = at[last] end
+      last = k
+    end
+    at[last] = v
+  end
+  local r = srv:post("/hooks/" .. source, cjson.encode(t), headers)
+  assert.are.equal(202, r.status, r.body)
+  return assert(fs.wait_for(function() return seen(srv, id, match) end, 10), "not delivered")
 end
 
 describe("the certificate inventory", function()
@@ -77,8 +108,8 @@ describe("the certificate inventory", function()
     assert.is_true(e.expiring >= 1)
     local out, err, code = fs.run(("%s certs --expiring 30 --data '%s'"):format(Server.certhook, srv.data))
     assert.are.equal(0, code, err)
-    assert.truthy(out:match("HOSTNAME%s+PROVIDER%s+STATUS%s+EXPIRES IN"))
-    assert.truthy(out:match("soon%.example%s+cloudflare%s+active%s+%-%d+d"), out)
+    assert.truthy(out:match("HOSTNAME%s+PROVIDER%s+STATUS%s+STATE%s+EXPIRES IN"))
+    assert.truthy(out:match("soon%.example%s+cloudflare%s+active%s+active%s+%-%d+d"), out)
     assert.falsy(out:match("dcv%.example"), "a certificate with no known expiry is not expiring")
     out = fs.run(("%s certs --json --data '%s'"):format(Server.certhook, srv.data))
     local keys = {}
@@ -86,6 +117,95 @@ describe("the certificate inventory", function()
     assert.is_true(keys["cloudflare:cert-dcv.example"] and keys["cloudflare:cert-soon.example"])
     local _, _, bad = fs.run(("%s certs --expiring soon --data '%s'"):format(Server.certhook, srv.data))
     assert.are.equal(2, bad)
+  end)
+
+  it("sets an expiry stated only in days from when the event occurred, marked approximate", function()
+    -- Cloudflare's certificate expiration alert: days_til_expiration, no date
+    local now, cert = os.time(), "4ec9c1a4-" .. math.random(1e6)
+    local e = post_fixture(srv, "cloudflare", CF, "cloudflare/alert.zone_aop_custom_certificate_expiration_type.json",
+      nil, { ts = now, ["data.certificate_id"] = cert, ["data.hostnames"] = "alert.example" },
+      function(r) return r.certificate and r.certificate.id == cert end)
+    assert.are.equal(14, e.days_to_expiry)
+    assert.are.equal(now + 14 * DAY, e.certificate.expires_at)
+    assert.is_true(e.certificate.expires_at_approximate)
+    assert.are.equal(now + 14 * DAY, e.entry.expires_at)
+    assert.is_true(e.entry.expires_at_approximate)
+    local out = fs.run(("%s certs --data '%s'"):format(Server.certhook, srv.data))
+    assert.truthy(out:match("alert%.example%s+cloudflare%s+%S+%s+%S+%s+~1[34]d"), out)
+  end)
+
+  it("takes a newer expiry stated in days over an older date, and a newer date over that", function()
+    -- ACM: issued with an exact date; then Approaching Expiration says only DaysToExpiry
+    local arn = "arn:aws:acm:us-east-1:123456789012:certificate/" .. math.random(1e9)
+    local now, n = os.time(), math.random(1e9)
+    local function acm(fixture, id, at, set)
+      set.id, set.time, set.resources = id, iso(at), { arn }
+      return post_fixture(srv, "acm", ACM, "aws-acm/" .. fixture, "aws-acm:" .. id, set)
+    end
+    local issued = acm("certificate-available.ISSUANCE.json", "i-" .. n, now - 3600,
+      { ["detail.CertificateExpirationDate"] = iso(now + 200 * DAY) })
+    assert.are.equal(now + 200 * DAY, issued.entry.expires_at)
+    assert.is_nil(issued.entry.expires_at_approximate)
+    local upcoming = acm("certificate-approaching-expiration.json", "u-" .. n, now,
+      { ["detail.DaysToExpiry"] = 30 })
+    assert.are.equal(30, upcoming.days_to_expiry)
+    assert.are.equal(now + 30 * DAY, upcoming.entry.expires_at) -- newer: it wins
+    assert.is_true(upcoming.entry.expires_at_approximate)
+    local late = acm("certificate-approaching-expiration.json", "l-" .. n, now - 60,
+      { ["detail.DaysToExpiry"] = 10 })
+    assert.is_true(late.stale)
+    assert.are.equal(now + 30 * DAY, late.entry.expires_at) -- older: it does not
+    local renewed = acm("certificate-available.RENEWAL.json", "r-" .. n, now + 60,
+      { ["detail.CertificateExpirationDate"] = iso(now + 395 * DAY) })
+    assert.are.equal(now + 395 * DAY, renewed.entry.expires_at)
+    assert.is_nil(renewed.entry.expires_at_approximate)
+  end)
+
+  it("gives each certificate a state that every provider shares: in events, entries, certs and its filters", function()
+    local n = math.random(1e9)
+    local arn = "arn:aws:acm:us-east-1:123456789012:certificate/state-" .. n
+    local acm = post_fixture(srv, "acm", ACM, "aws-acm/certificate-available.ISSUANCE.json", "aws-acm:s-" .. n,
+      { id = "s-" .. n, time = iso(os.time()), resources = { arn }, ["detail.CommonName"] = "acm-state.example" })
+    assert.are.equal("ISSUED", acm.certificate.status) -- ACM's word
+    assert.are.equal("active", acm.certificate.state)
+    assert.are.equal("active", acm.entry.state)
+    assert.is_true(acm.state_misused) -- certs.list{state=} takes states only
+    local cf = post(srv, "deployment.succeeded", { hostname = "cf-state.example" })
+    assert.are.equal("active", cf.certificate.state)
+    assert.are.equal("active", cf.entry.state)
+    local dcv = post(srv, "validation.failed", { hostname = "dcv-state.example" })
+    assert.are.equal("pending_validation", dcv.entry.state)
+    local function has(list, key)
+      for _, k in ipairs(list or {}) do if k == key then return true end end
+      return false
+    end
+    assert.is_true(has(cf.same_state, "aws-acm:" .. arn) and has(cf.same_state, "cloudflare:cert-cf-state.example"))
+    assert.is_false(has(dcv.same_state, "aws-acm:" .. arn))
+    assert.is_true(has(dcv.same_state, "cloudflare:cert-dcv-state.example"))
+
+    local function certs(args)
+      return fs.run(("%s certs %s --data '%s'"):format(Server.certhook, args, srv.data))
+    end
+    local out, err, code = certs("--status issued") -- the provider's word, in any case
+    assert.are.equal(0, code, err)
+    assert.truthy(out:match("HOSTNAME%s+PROVIDER%s+STATUS%s+STATE%s+EXPIRES IN"), out)
+    assert.truthy(out:match("acm%-state%.example%s+aws%-acm%s+ISSUED%s+active"), out)
+    assert.falsy(out:match("cf%-state"), out)
+    out, err, code = certs("--status ACTIVE") -- the state
+    assert.are.equal(0, code, err)
+    assert.truthy(out:match("acm%-state%.example"), out)
+    assert.truthy(out:match("cf%-state%.example%s+cloudflare%s+active%s+active"), out)
+    assert.falsy(out:match("dcv%-state"), out)
+    _, err, code = certs("--status revoked") -- a state nothing is in: no match, no error
+    assert.are.equal(0, code, err)
+    assert.truthy(err:match("no certificates match"), err)
+    out, err, code = certs("--status issuedd --json") -- neither: bad usage, and what there is
+    assert.are.equal(2, code, out)
+    assert.are.equal("", out)
+    assert.truthy(err:find('no certificate has the status or state "issuedd"', 1, true), err)
+    assert.truthy(err:find("pending_validation, pending_issuance, pending_deployment, active, expired, " ..
+      "revoked, deleted, failed", 1, true), err)
+    assert.truthy(err:match("other statuses seen: [^\n]*ISSUED"), err)
   end)
 
   it("keeps a deleted certificate as deleted, out of the list", function()

@@ -6,12 +6,14 @@
 local cjson = require "cjson"
 local events = require "helpers.events"
 local fs = require "helpers.fs"
+local http = require "helpers.http"
 local Server = require "helpers.server"
 
 local CF = { ["cf-webhook-auth"] = "s3cret" }
 local DAY = 86400
 local T1, T2 = (3 * DAY + 60) / DAY, (3 * DAY - 4) / DAY
-local CONFIG = 'sources = { cloudflare = { provider = "cloudflare", secret = "s3cret" } }\n' ..
+local CONFIG = 'sources = { cloudflare = { provider = "cloudflare", secret = "s3cret" },\n' ..
+  '  kv = { provider = "azure-keyvault", secret = "s3cret" } }\n' ..
   ("watchdog = { interval = 0.2, before = { %.10f, %.10f } }\n"):format(T1, T2)
 
 local HANDLER = [[
@@ -21,16 +23,18 @@ return { ["certificate.*"] = function(e)
   local f = assert(io.open("watchdog.jsonl", "a"))
   f:write(json.encode { id = e.id, type = e.type, hostname = e.hostname, source = e.source,
     threshold_days = e.threshold_days, days_to_expiry = e.days_to_expiry,
-    key = e.certificate and e.certificate.key, expires_at = e.certificate and e.certificate.expires_at }, "\n")
+    key = e.certificate and e.certificate.key, expires_at = e.certificate and e.certificate.expires_at,
+    status = e.certificate and e.certificate.status, state = e.certificate and e.certificate.state }, "\n")
   f:close()
 end }
 ]]
 
+-- What the watchdog raised: all, or of the hostname (or the certificate key) host.
 local function fired(srv, host)
   local out = {}
   for l in (fs.read(srv.dir .. "/watchdog.jsonl") or ""):gmatch("[^\n]+") do
     local ok, r = pcall(cjson.decode, l)
-    if ok and (host == nil or r.hostname == host) then out[#out + 1] = r end
+    if ok and (host == nil or r.hostname == host or r.key == host) then out[#out + 1] = r end
   end
   return out
 end
@@ -49,6 +53,18 @@ local function post(srv, kind, host, expires_at, cert_id)
   assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
 end
 
+-- An Azure Key Vault event of the certificate name (Event Grid schema) with its expiry; the
+-- key of its inventory entry.
+local function post_kv(srv, kind, name, expires_at)
+  local e = cjson.decode((assert(fs.read("tests/fixtures/azure-keyvault/eventgrid.Microsoft.KeyVault." ..
+    kind .. ".json"))))[1]
+  local uri = "https://certhook-kv.vault.azure.net/certificates/" .. name
+  e.id, e.eventTime, e.subject = ("%s-%d"):format(name, math.random(1e9)), iso(os.time()), name
+  e.data.Id, e.data.ObjectName, e.data.EXP = uri .. "/" .. e.data.Version, name, expires_at
+  assert.are.equal(202, srv:post("/hooks/kv", cjson.encode { e }, { ["x-api-key"] = "s3cret" }).status)
+  return "azure-keyvault:" .. uri
+end
+
 describe("the expiry watchdog", function()
   local srv
   setup(function() srv = Server.start { config = CONFIG, handlers = { ["wd.lua"] = HANDLER } } end)
@@ -62,6 +78,7 @@ describe("the expiry watchdog", function()
     assert.are.equal("cloudflare:cert-soon.example", up.key)
     assert.is_true(math.abs(up.threshold_days - T1) < 1e-3, tostring(up.threshold_days))
     assert.are.equal(2, up.days_to_expiry)
+    assert.are.equal("active", up.state) -- the entry's
     assert(fs.wait_for(function() return #fired(srv, "soon.example") >= 2 end, 10), "no escalation")
     assert.are.equal(0, srv:stop())
     srv:launch()
@@ -99,8 +116,33 @@ describe("the expiry watchdog", function()
     assert(fs.wait_for(function()
       return types(fired(srv, "gone.example")):match("certificate%.expiration%.reached")
     end, 10), "no expiry: " .. types(fired(srv, "gone.example")))
+    local gone = fired(srv, "gone.example")
+    assert.are.same({ "active", "expired" }, { gone[#gone].status, gone[#gone].state }) -- whatever the status
     os.execute("sleep 1")
     assert.falsy(types(fired(srv, "replaced.example")):match("reached"))
+  end)
+
+  it("leaves an expiry a provider said was reached to the provider: one page, not two", function()
+    local kv = post_kv(srv, "CertificateExpired", "expired-" .. math.random(1e6), os.time() - 5)
+    post(srv, "deployment.succeeded", "lapsed.example", os.time() - 5) -- nobody said it: the watchdog does
+    assert(fs.wait_for(function()
+      return types(fired(srv, "lapsed.example")):match("certificate%.expiration%.reached")
+    end, 10), "no expiry: " .. types(fired(srv, "lapsed.example")))
+    os.execute("sleep 1")
+    assert.are.equal("", types(fired(srv, kv)))
+  end)
+
+  it("keeps a certificate's series labelled with its provider after a watchdog event", function()
+    post(srv, "deployment.succeeded", "labels.example", os.time() + 3 * DAY)
+    assert(fs.wait_for(function() return fired(srv, "labels.example")[1] end, 5), "no warning")
+    local text = http.get(srv.admin, "/metrics").body
+    local series = {}
+    for line in text:gmatch("certhook_certificate_status{[^\n]*") do
+      if line:find('certificate="cloudflare:cert-labels.example"', 1, true) then series[#series + 1] = line end
+    end
+    assert.are.equal(1, #series, text)
+    assert.truthy(series[1]:find('provider="cloudflare"', 1, true), series[1])
+    assert.truthy(series[1]:find('type="certificate.expiration.upcoming"', 1, true), series[1])
   end)
 
   it("is off with watchdog = false, and refuses settings it does not know", function()

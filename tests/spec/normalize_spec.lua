@@ -103,11 +103,13 @@ local CASES = {
   },
   ["cloudflare/alert.access_custom_certificate_expiration_type.json"] = {
     type = "certificate.expiration.upcoming", provider_type = "access_custom_certificate_expiration_type",
-    occurred_at = 1136214245, certificate = { id = "string" }, hashed = true,
+    occurred_at = 1136214245, days_to_expiry = 0, hashed = true,
+    certificate = { id = "string", expires_at = 1136214245, expires_at_approximate = true },
   },
   ["cloudflare/alert.hostname_aop_custom_certificate_expiration_type.json"] = {
-    type = "certificate.expiration.upcoming", hostname = "origin.example.com",
-    certificate = { id = "4ec9c1a4-9d32-4bb5-a1c4-0c1e0e2a7b91", domains = { "origin.example.com" } },
+    type = "certificate.expiration.upcoming", hostname = "origin.example.com", days_to_expiry = 14,
+    certificate = { id = "4ec9c1a4-9d32-4bb5-a1c4-0c1e0e2a7b91", domains = { "origin.example.com" },
+      expires_at = 1136214245 + 14 * 86400, expires_at_approximate = true }, -- ts + the days
     zone = "023e105f4ecef8ad9ca31a8372d0c353",
   },
   ["cloudflare/alert.zone_aop_custom_certificate_expiration_type.json"] = {
@@ -128,7 +130,10 @@ local CASES = {
   ["ibm-cm/v1.expiring.json"] = {
     type = "certificate.expiration.upcoming", payload_version = 1, required_action = "reimport",
     expiry_date = 1623283200, hostname = "example.com", absent = { "provider_type", "occurred_at" },
-    certificate = { id = CRN .. ":certificate:a1", name = "example.com", domains = { "example.com", "www.example.com" } },
+    certificates = { -- no expiry of their own: the day IBM says, known to a day
+      { id = CRN .. ":certificate:a1", name = "example.com", domains = { "example.com", "www.example.com" },
+        expires_at = 1623283200, expires_at_approximate = true },
+      { id = CRN .. ":certificate:a2", expires_at = 1623283200, expires_at_approximate = true } },
     ncerts = 2,
   },
   ["ibm-cm/v2.cert_about_to_expire_reimport_required.json"] = {
@@ -141,6 +146,7 @@ local CASES = {
   ["ibm-cm/v2.test_notification_channel.json"] = { type = "notification.test", payload_version = 2 },
   ["ibm-cm/v3.cert_about_to_expire_reimport_required.json"] = {
     type = "certificate.expiration.upcoming", payload_version = 3, certificate = { expires_at = 1623293628 },
+    absent = { "certificate.expires_at_approximate" }, -- its own expiry, not the day
   },
   ["ibm-cm/v3.cert_expired_reimport_required.json"] = { type = "certificate.expiration.reached", payload_version = 3 },
   ["ibm-cm/v3.cert_reimported.json"] = { type = "certificate.import.succeeded", payload_version = 3 },
@@ -238,7 +244,11 @@ describe("normalize", function()
         if k ~= "absent" and k ~= "hashed" and k ~= "ncerts" then expected[k] = v end
       end
       check_fields(event, expected, "event")
-      for _, k in ipairs(want.absent or {}) do assert.is_nil(event[k], "event." .. k .. " must be absent") end
+      for _, k in ipairs(want.absent or {}) do -- a field, or a path (certificate.expires_at)
+        local v = event
+        for part in k:gmatch("[^.]+") do v = type(v) == "table" and v[part] or nil end
+        assert.is_nil(v, "event." .. k .. " must be absent")
+      end
       if want.ncerts then assert.are.equal(want.ncerts, #event.certificates) end
       if event.certificates then assert.are.equal(event.certificates[1], event.certificate) end
       assert.are.equal("number", type(event.received_at))

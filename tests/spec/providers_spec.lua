@@ -36,8 +36,9 @@ local CASES = {
   ["aws-acm/certificate-available.REIMPORT.json"] = { { type = "certificate.import.succeeded", certificate = ACM_CERT } },
   ["aws-acm/certificate-approaching-expiration.json"] = { {
     type = "certificate.expiration.upcoming", provider_type = "ACM Certificate Approaching Expiration",
-    days_to_expiry = 31, hostname = "example.com", certificate = ACM_CERT,
-    occurred_at = iso("2020-09-30T06:51:08Z"),
+    days_to_expiry = 31, hostname = "example.com", occurred_at = iso("2020-09-30T06:51:08Z"),
+    certificate = { id = ARN, name = "example.com", -- no date in the event: when it occurred + the days
+      expires_at = iso("2020-09-30T06:51:08Z") + 31 * 86400, expires_at_approximate = true },
   } },
   ["aws-acm/certificate-approaching-expiration.minimal.json"] = { {
     type = "certificate.expiration.upcoming", days_to_expiry = 31,
@@ -157,7 +158,7 @@ local CASES = {
   ["ibm-sm/cloudevents.secret_about_to_expire.in_30_days.json"] = { {
     type = "certificate.expiration.upcoming", id = "ibm-sm:8e7d6c5b-4a39-4281-9f0e-d1c2b3a4f5e6",
     days_to_expiry = 30, occurred_at = iso("2025-03-02T00:01:07.021Z"), hostname = "legacy.example.com",
-    raw = { specversion = "1.0" },
+    raw = { specversion = "1.0" }, absent = { "certificate.expires_at_approximate" }, -- it has a date
   } },
   ["ibm-sm/cloudevents.secret_rotated.json"] = { { type = "certificate.renewal.succeeded", hostname = "shop.example.com" } },
   ["ibm-sm/cloudevents.secret_rotation_failed.json"] = { {
@@ -261,7 +262,11 @@ describe("providers of AWS ACM, Azure Key Vault, IBM Secrets Manager, DigiCert",
           if k ~= "absent" and k ~= "hashed" and k ~= "ncerts" then expected[k] = v end
         end
         check_fields(e, expected, "event")
-        for _, k in ipairs(want.absent or {}) do assert.is_nil(e[k], "event." .. k .. " must be absent") end
+        for _, k in ipairs(want.absent or {}) do -- a field, or a path (certificate.expires_at)
+          local v = e
+          for part in k:gmatch("[^.]+") do v = type(v) == "table" and v[part] or nil end
+          assert.is_nil(v, "event." .. k .. " must be absent")
+        end
         if want.ncerts then assert.are.equal(want.ncerts, #e.certificates) end
         if want.hashed or provider == "digicert" or (provider == "ibm-sm" and not e.raw.specversion) then
           local hex = fs.run("sha256sum " .. FIX .. file):match("^(%x+)")
@@ -307,6 +312,56 @@ describe("providers of AWS ACM, Azure Key Vault, IBM Secrets Manager, DigiCert",
     assert(seen >= 45)
   end)
 
+  -- The samples' certificate expires at the start of the UTC day 31 days from now (30 whole
+  -- days left), or, in a sample of an expiry reached, now.
+  local function sample_expiry() return (os.time() // 86400 + 31) * 86400 end
+
+  it("say one expiry of their certificate, in days and in dates alike", function()
+    for _, p in ipairs { "cloudflare", "ibm-cm", table.unpack(PROVIDERS) } do
+      for _, t in ipairs(core.cli.sample(p)) do
+        local e = assert(core.normalize(assert(core.cli.sample(p, t)), { provider = p }))
+        local what, x = p .. " " .. t, sample_expiry()
+        if t == "certificate.expiration.reached" then x = os.time() end
+        for _, c in ipairs(e.certificates or {}) do
+          if c.expires_at then
+            local slack = c.expires_at_approximate and 86400 or 2 -- known to a day
+            assert(math.abs(c.expires_at - x) <= slack, ("%s: expires %s, not %s"):format(what,
+              os.date("!%FT%TZ", c.expires_at), os.date("!%FT%TZ", x)))
+          end
+        end
+        if e.days_to_expiry then assert.are.equal(30, e.days_to_expiry, what) end
+      end
+    end
+  end)
+
+  it("give every certificate its canonical state: from the provider's status word, else the type", function()
+    local function state(p, t, edit)
+      local body = assert(core.cli.sample(p, t))
+      if edit then
+        local v = cjson.decode(body)
+        edit(v)
+        body = cjson.encode(v)
+      end
+      local e = assert(core.normalize(body, { provider = p }))
+      return e.certificate and e.certificate.state, e.certificate and e.certificate.status
+    end
+    assert.are.same({ "active", "ISSUED" }, { state("aws-acm", "certificate.issuance.succeeded") })
+    assert.are.same({ "revoked", "REVOKED" }, { state("aws-acm", "certificate.revocation.succeeded") })
+    assert.are.equal("active", state("azure-keyvault", "certificate.issuance.succeeded")) -- no status: the type
+    assert.are.equal("expired", state("ibm-sm", "certificate.expiration.reached"))
+    assert.are.equal("deleted", state("ibm-sm", "certificate.deletion.succeeded"))
+    assert.are.equal("failed", state("digicert", "certificate.issuance.failed"))
+    assert.are.equal("pending_deployment", state("cloudflare", "certificate.issuance.succeeded")) -- its status
+    assert.are.equal("pending_issuance", state("cloudflare", "certificate.renewal.failed"))
+    assert.is_nil(state("ibm-sm", "certificate.renewal.failed")) -- says nothing of it: the entry keeps its state
+    local function cf_status(word)
+      return function(v) v.data.ssl.status = word end
+    end
+    assert.are.equal("failed", state("cloudflare", "certificate.validation.failed", cf_status("validation_timed_out")))
+    assert.are.equal("pending_validation", state("cloudflare", "certificate.validation.failed", cf_status("initializing")))
+    assert.are.equal("active", state("cloudflare", "certificate.deployment.succeeded", cf_status("ACTIVE")))
+  end)
+
   -- Cloudflare's and IBM Certificate Manager's samples are built from the parse tables read
   -- backwards: what each says comes back out of normalize.
   it("give Cloudflare and IBM Certificate Manager samples the facts their events carry", function()
@@ -321,7 +376,7 @@ describe("providers of AWS ACM, Azure Key Vault, IBM Secrets Manager, DigiCert",
             settings = { http2 = "on" } }, absent = { "certificate.expires_at" } },
         ["certificate.deployment.succeeded"] = { status = { from = "pending_deployment", to = "active" },
           certificate = { domains = { "shop.example.com" }, issuer = "GoogleTrustServices", signature = "ECDSAWithSHA256",
-            expires_at = iso("2030-01-01T00:00:00Z"), custom_csr_id = "7b163417-1d2b-4c84-a38a-2fb7a0cd7752" } },
+            expires_at = sample_expiry(), custom_csr_id = "7b163417-1d2b-4c84-a38a-2fb7a0cd7752" } },
         ["certificate.expiration.upcoming"] = { provider_type = "hostname_aop_custom_certificate_expiration_type",
           hostname = "shop.example.com", zone = "023e105f4ecef8ad9ca31a8372d0c353",
           certificate = { id = "4ec9c1a4-9d32-4bb5-a1c4-0c1e0e2a7b91", status = "active", domains = { "shop.example.com" } } },
@@ -335,8 +390,8 @@ describe("providers of AWS ACM, Azure Key Vault, IBM Secrets Manager, DigiCert",
         ["certificate.renewal.failed"] = { hostname = "shop.example.com",
           error = "Domain validation failed: _acme-challenge.shop.example.com TXT record not found",
           certificate = { name = "shop.example.com", domains = { "shop.example.com", "www.shop.example.com" },
-            expires_at = iso("2030-01-01T00:00:00Z"), auto_renewed = true } },
-        ["certificate.expiration.upcoming"] = { required_action = "renew", expiry_date = iso("2029-12-31T00:00:00Z"),
+            expires_at = sample_expiry(), auto_renewed = true } },
+        ["certificate.expiration.upcoming"] = { required_action = "renew", expiry_date = sample_expiry(),
           instance = "crn:v1:bluemix:public:cloudcerts:us-south:a/30f0a21f77994b9eb414b37300e2ced1:91a17928-da3c-4465-9c4b-f1a6b4dce684::",
           absent = { "error", "certificate.auto_renewed" } },
         ["certificate.download.pending"] = { provider_type = "cert_issued_not_downloaded",
