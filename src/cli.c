@@ -421,18 +421,20 @@ static void push_row(void *cls, const struct journal_row *r)
     lua_pop(L, 2);
 }
 
-/* data, {status=, type=, limit=} -> {event...} | nil, message */
+/* data, {status=, type=, id=, limit=} -> {event...} | nil, message */
 static int cli_events(lua_State *L)
 {
     char err[600];
     struct journal *j;
     const char *data = luaL_checkstring(L, 1);
-    struct journal_filter f = {NULL, NULL, 50};
+    struct journal_filter f = {.limit = 50};
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_getfield(L, 2, "status");
     f.status = lua_tostring(L, -1);
     lua_getfield(L, 2, "type");
     f.type = lua_tostring(L, -1);
+    lua_getfield(L, 2, "id");
+    f.id = lua_tostring(L, -1);
     lua_getfield(L, 2, "limit");
     f.limit = (int)luaL_optinteger(L, -1, 50);
     struct journal_options o = {data, JOURNAL_READONLY, 5, 0, 0, 0};
@@ -475,17 +477,19 @@ static int cli_certs(lua_State *L)
     return rc == 0 ? 1 : fail(L, err);
 }
 
-/* data, event_id | nil (every dead delivery) -> count | nil, message */
+/* data, event_id | nil (every dead delivery) [, handler] -> count | nil, message
+ * (journal_request_replay) */
 static int cli_replay(lua_State *L)
 {
     char err[600];
     struct journal *j;
     int count;
     const char *data = luaL_checkstring(L, 1), *id = luaL_optstring(L, 2, NULL);
+    const char *handler = luaL_optstring(L, 3, NULL);
     struct journal_options o = {data, 0, 5, 0, 0, 0};
     if (journal_open(&j, &o, err, sizeof err) != 0)
         return fail(L, err);
-    int rc = journal_request_replay(j, id, &count, err, sizeof err);
+    int rc = journal_request_replay(j, id, handler, &count, err, sizeof err);
     journal_close(j);
     if (rc != 0)
         return fail(L, err);

@@ -627,27 +627,70 @@ line. Reads the journal directly, also while a server runs.]],
   end,
 }
 
+-- What a replay of an event does to one of its deliveries, as the journal has it now
+-- (journal_request_replay): "runs again", or why not.
+local function replay_outcome(dl, handler)
+  if handler and dl.handler ~= handler then return nil end
+  local was = ("%s, %s"):format(dl.status, plural(dl.attempts, "attempt"))
+  if dl.status == "dead" or (handler and dl.status == "done") then
+    return "runs again", was
+  elseif dl.status == "done" then
+    return "not re-run", ("%s; --handler '%s' runs it again"):format(was, dl.handler)
+  end
+  return "not re-run", was .. ": it is scheduled already and keeps its course"
+end
+
 COMMANDS.replay = {
   args = 1,
-  options = { config = true, data = true, dead = "flag" },
+  options = { config = true, data = true, dead = "flag", handler = true },
   help = [[
-usage: certhook replay ID [--config FILE] [--data DIR|URI]
+usage: certhook replay ID [--handler FILE:PATTERN] [--config FILE] [--data DIR|URI]
        certhook replay --dead [--config FILE] [--data DIR|URI]
 
-Queues deliveries to run again: those of event ID (every handler that matches it now, with
-attempts counted from zero), or every dead delivery. A running server picks the request up
-within a second (a shared journal: the server that holds the event, or any); otherwise it
+Queues deliveries to run again, attempts counted from zero, and prints which. ID: the
+deliveries of that event that did not succeed (dead), and any handler that matches it now but
+never ran for it; one that succeeded is not re-run unless named: --handler FILE:PATTERN (a
+delivery `certhook events` lists) runs that one alone, whatever its status. Deliveries still
+retrying keep their schedule. --dead: every dead delivery. A running server picks the request
+up within a second (a shared journal: the server that holds the event, or any); otherwise it
 runs at the next start.]],
   run = function(opts, pos)
     local cfg = settings(opts)
-    local id = pos[1]
+    local id, handler, data = pos[1], opts.handler, data_dir(cfg)
     if (id == nil) == (opts.dead == nil) then die(2, "replay: give an event ID or --dead") end
-    local n, err = core.replay(data_dir(cfg), id)
-    if not n then die(1, "replay: %s", err) end
+    if handler and not id then die(2, "replay: --handler picks a delivery of an event ID") end
+    local ev
     if id then
-      io.stdout:write(("queued a replay of %s (%s so far)\n"):format(id, plural(n, "delivery"):gsub("ys$", "ies")))
-    else
+      local events, err = core.events(data, { id = id, limit = 1 })
+      if not events then die(1, "replay: %s", err) end
+      ev = events[1] or die(1, "replay: no event with id %s in the journal", id)
+      local names = {}
+      for i, dl in ipairs(ev.deliveries) do names[i] = dl.handler end
+      local named
+      for _, dl in ipairs(ev.deliveries) do
+        if dl.handler == handler then named = dl end
+      end
+      if handler and not named then
+        die(1, "replay: event %s has no delivery to %s (%s)", id, handler,
+          #names > 0 and "its deliveries: " .. table.concat(names, ", ") or "it has none")
+      end
+      if named and replay_outcome(named, handler) ~= "runs again" then
+        die(1, "replay: %s of %s is %s already: it keeps its course", handler, id, named.status)
+      end
+    end
+    local n, err = core.replay(data, id, handler)
+    if not n then die(1, "replay: %s", err) end
+    if not id then
       io.stdout:write(("queued a replay of %s\n"):format(plural(n, "dead delivery"):gsub("ys$", "ies")))
+      return 0
+    end
+    io.stdout:write(("queued a replay of %s:\n"):format(id))
+    for _, dl in ipairs(ev.deliveries) do
+      local what, why = replay_outcome(dl, handler)
+      if what then io.stdout:write(("  %-10s  %s  (%s)\n"):format(what, dl.handler, why)) end
+    end
+    if not handler then
+      io.stdout:write("  and any handler that matches it now but never ran for it\n")
     end
     return 0
   end,

@@ -84,15 +84,14 @@ struct event *journal_load(struct journal *j, int64_t seq, const char *id)
     return j->ops->load(j->s, seq, id);
 }
 
-int journal_scan_deliveries(struct journal *j, const char *status,
+int journal_scan_deliveries(struct journal *j, const char *status, int64_t seq,
                             void (*fn)(void *cls, const struct journal_delivery *row), void *cls)
 {
-    return j->ops->scan_deliveries(j->s, status, fn, cls);
+    return j->ops->scan_deliveries(j->s, status, seq, fn, cls);
 }
 
 int journal_scan_replays(struct journal *j, int64_t after,
-                         void (*fn)(void *cls, int64_t id, const char *event_id, int dead),
-                         void *cls)
+                         void (*fn)(void *cls, const struct journal_replay *r), void *cls)
 {
     return j->ops->scan_replays(j->s, after, fn, cls);
 }
@@ -122,10 +121,10 @@ int journal_list(struct journal *j, const struct journal_filter *f,
     return j->ops->list(j->s, f, fn, cls, err, errlen);
 }
 
-int journal_request_replay(struct journal *j, const char *event_id, int *count, char *err,
-                           size_t errlen)
+int journal_request_replay(struct journal *j, const char *event_id, const char *handler,
+                           int *count, char *err, size_t errlen)
 {
-    return j->ops->request_replay(j->s, event_id, count, err, errlen);
+    return j->ops->request_replay(j->s, event_id, handler, count, err, errlen);
 }
 
 void journal_status(struct journal *j, struct journal_status *st)

@@ -156,6 +156,9 @@ static const char *const migrations[] = {
     "    e.hostname = c.hostname ORDER BY seq DESC LIMIT 1), 'unknown') AS p FROM certificates c);"
     "DROP TABLE certificates;"
     "ALTER TABLE event_data ADD COLUMN context TEXT;",
+
+    /* a replay of one delivery of an event (NULL: those that did not succeed) */
+    "ALTER TABLE replays ADD COLUMN handler TEXT;",
 };
 
 
@@ -366,8 +369,8 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     "first_at = coalesce(first_at, excluded.first_at), "
                     "started_at = coalesce(excluded.started_at, started_at), "
                     "duration = coalesce(excluded.duration, duration), next_at = excluded.next_at, "
-                    "last_error = coalesce(excluded.last_error, last_error), "
-                    "traceback = coalesce(excluded.traceback, traceback)",
+                    "last_error = " KEPT_ERROR("", "last_error") ", "
+                    "traceback = " KEPT_ERROR("", "traceback"),
                     &j->del, err, errlen) ||
             prepare(j->db,
                     "INSERT INTO state (key, value, expires_at) VALUES (?,?,?) ON CONFLICT (key) "
@@ -994,22 +997,25 @@ static struct event *sq_load(struct store *j, int64_t seq, const char *id)
     return ev;
 }
 
-static int sq_scan_deliveries(struct store *j, const char *status,
+static int sq_scan_deliveries(struct store *j, const char *status, int64_t seq,
                               void (*fn)(void *cls, const struct journal_delivery *row), void *cls)
 {
     sqlite3_stmt *s;
     int n = 0, rc;
     if (sqlite3_prepare_v2(j->rdb,
                            status ? "SELECT event_seq, handler, status, attempts, crashes, next_at, "
-                                    "first_at FROM deliveries WHERE status = ?"
+                                    "first_at FROM deliveries WHERE status = ?1 AND (?2 = 0 OR "
+                                    "event_seq = ?2)"
                                   : "SELECT event_seq, handler, status, attempts, crashes, next_at, "
-                                    "first_at FROM deliveries WHERE " OPEN_DELIVERY,
+                                    "first_at FROM deliveries WHERE " OPEN_DELIVERY " AND (?2 = 0 "
+                                    "OR event_seq = ?2)",
                            -1, &s, NULL) != SQLITE_OK) {
         read_failed(j, "deliveries");
         return -1;
     }
     if (status)
         sqlite3_bind_text(s, 1, status, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, seq);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         struct journal_delivery row = {
             .seq = sqlite3_column_int64(s, 0), .handler = column(s, 1),
@@ -1029,19 +1035,20 @@ static int sq_scan_deliveries(struct store *j, const char *status,
 }
 
 static int sq_scan_replays(struct store *j, int64_t after,
-                           void (*fn)(void *cls, int64_t id, const char *event_id, int dead),
-                           void *cls)
+                           void (*fn)(void *cls, const struct journal_replay *r), void *cls)
 {
     sqlite3_stmt *s;
     int n = 0, rc;
-    if (sqlite3_prepare_v2(j->rdb, "SELECT id, event_id, dead FROM replays WHERE id > ? ORDER BY id",
-                           -1, &s, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(j->rdb, "SELECT id, event_id, handler, dead FROM replays WHERE id > ? "
+                                   "ORDER BY id", -1, &s, NULL) != SQLITE_OK) {
         read_failed(j, "replays");
         return -1;
     }
     sqlite3_bind_int64(s, 1, after);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        fn(cls, sqlite3_column_int64(s, 0), column(s, 1), sqlite3_column_int(s, 2));
+        struct journal_replay r = {sqlite3_column_int64(s, 0), column(s, 1), column(s, 2),
+                                   sqlite3_column_int(s, 3)};
+        fn(cls, &r);
         n++;
     }
     sqlite3_finalize(s);
@@ -1152,7 +1159,8 @@ static int sq_list(struct store *j, const struct journal_filter *f,
     const char *sql =
         "WITH picked AS (SELECT seq FROM events e WHERE (?1 IS NULL OR type GLOB ?1 OR "
         "provider_type GLOB ?1) AND (?2 IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE "
-        "d.event_seq = e.seq AND d.status = ?2)) ORDER BY seq DESC LIMIT ?3) "
+        "d.event_seq = e.seq AND d.status = ?2)) AND (?4 IS NULL OR id = ?4) ORDER BY seq DESC "
+        "LIMIT ?3) "
         "SELECT e.seq, e.id, e.source, e.type, e.provider_type, e.hostname, e.received_at, "
         "e.state, d.handler, d.status, d.attempts, d.last_error, d.next_at, d.started_at, "
         "d.generation FROM picked JOIN events e ON e.seq = picked.seq LEFT JOIN deliveries d "
@@ -1164,6 +1172,7 @@ static int sq_list(struct store *j, const struct journal_filter *f,
     sqlite3_bind_text(s, 1, f->type, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, f->status, -1, SQLITE_STATIC);
     sqlite3_bind_int(s, 3, f->limit);
+    sqlite3_bind_text(s, 4, f->id, -1, SQLITE_STATIC);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         struct journal_row r = {
             .seq = sqlite3_column_int64(s, 0), .id = column(s, 1), .source = column(s, 2),
@@ -1181,8 +1190,8 @@ static int sq_list(struct store *j, const struct journal_filter *f,
     return rc == SQLITE_DONE ? 0 : -1;
 }
 
-static int sq_request_replay(struct store *j, const char *event_id, int *count, char *err,
-                             size_t errlen)
+static int sq_request_replay(struct store *j, const char *event_id, const char *handler,
+                             int *count, char *err, size_t errlen)
 {
     sqlite3_stmt *s = NULL;
     int rc = -1;
@@ -1191,30 +1200,38 @@ static int sq_request_replay(struct store *j, const char *event_id, int *count, 
         goto fail;
     if (sqlite3_prepare_v2(j->db,
                            event_id ? "SELECT e.seq, (SELECT count(*) FROM deliveries WHERE "
-                                      "event_seq = e.seq) FROM events e WHERE e.id = ?"
+                                      "event_seq = e.seq AND CASE WHEN ?2 IS NULL THEN status = "
+                                      "'dead' ELSE handler = ?2 END) FROM events e WHERE e.id = ?1"
                                     : "SELECT 0, count(*) FROM deliveries WHERE status = 'dead'",
                            -1, &s, NULL) != SQLITE_OK)
         goto fail;
-    if (event_id)
+    if (event_id) {
         sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, handler, -1, SQLITE_STATIC);
+    }
     int step = sqlite3_step(s);
-    if (step == SQLITE_DONE) {
-        snprintf(err, errlen, "no event with id %s in the journal", event_id);
+    if (step == SQLITE_ROW)
+        *count = sqlite3_column_int(s, 1);
+    if (step == SQLITE_DONE || (handler && *count == 0)) {
+        if (step == SQLITE_DONE)
+            snprintf(err, errlen, "no event with id %s in the journal", event_id);
+        else
+            snprintf(err, errlen, "event %s has no delivery to %s", event_id, handler);
         sqlite3_finalize(s);
         sqlite3_exec(j->db, "ROLLBACK", NULL, NULL, NULL);
         return -1;
     }
     if (step != SQLITE_ROW)
         goto fail;
-    *count = sqlite3_column_int(s, 1);
     sqlite3_finalize(s);
     s = NULL;
-    if (sqlite3_prepare_v2(j->db, "INSERT INTO replays (event_id, dead, requested_at) VALUES (?,?,?)",
-                           -1, &s, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(j->db, "INSERT INTO replays (event_id, handler, dead, requested_at) "
+                                  "VALUES (?,?,?,?)", -1, &s, NULL) != SQLITE_OK)
         goto fail;
     sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(s, 2, event_id == NULL);
-    sqlite3_bind_double(s, 3, time_now());
+    sqlite3_bind_text(s, 2, event_id ? handler : NULL, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 3, event_id == NULL);
+    sqlite3_bind_double(s, 4, time_now());
     if (sqlite3_step(s) != SQLITE_DONE || sqlite3_exec(j->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
     rc = 0;
@@ -1437,7 +1454,7 @@ static int export_replay(void *cls, sqlite3_stmt *s)
     struct export *x = cls;
     struct journal_record rec = {.kind = JR_REPLAY, .seq = sqlite3_column_int64(s, 0),
                                  .event_id = column(s, 1), .dead = sqlite3_column_int(s, 2),
-                                 .at = column_double(s, 3)};
+                                 .at = column_double(s, 3), .key = column(s, 4)};
     return x->fn(x->cls, &rec);
 }
 
@@ -1463,7 +1480,7 @@ static int sq_export(struct store *j, int (*fn)(void *cls, const struct journal_
                       &x, err, errlen) ||
              each_row(j, "SELECT key, results, lease_until FROM once ORDER BY key", export_once,
                       &x, err, errlen) ||
-             each_row(j, "SELECT id, event_id, dead, requested_at FROM replays ORDER BY id",
+             each_row(j, "SELECT id, event_id, dead, requested_at, handler FROM replays ORDER BY id",
                       export_replay, &x, err, errlen)
                  ? -1
                  : 0;
