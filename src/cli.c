@@ -3,14 +3,16 @@
  * luaopen_certhook_cli, loaded from the same shared object as certhook.core but never by a
  * handler state. serve (server.c), check and run (a handler generation, dispatch_event: the
  * same path as serve's deliveries), normalize (the provider's normalization and the event's
- * pack round trip: what handlers get), events, replay and migrate (the journal), send, detect,
- * providers, mode, versions.
+ * pack round trip: what handlers get), events, replay and migrate (the journal), servers (where
+ * they listen), send, detect, providers, mode, versions.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 
@@ -497,6 +499,40 @@ static int cli_replay(lua_State *L)
     return 1;
 }
 
+static void push_server(void *cls, const struct journal_server *srv)
+{
+    lua_State *L = cls;
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, srv->pid);
+    lua_setfield(L, -2, "pid");
+    lua_pushstring(L, srv->listen);
+    lua_setfield(L, -2, "listen");
+    lua_pushstring(L, srv->admin);
+    lua_setfield(L, -2, "admin");
+    lua_pushboolean(L, kill((pid_t)srv->pid, 0) == 0 || errno == EPERM);
+    lua_setfield(L, -2, "alive");
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+/* data -> {{pid=, listen=, admin=, alive=}, ...} | nil, message: the servers of the journal on
+ * this machine and where they listen, newest first (journal_servers); alive: their process is
+ * there. None for a data directory that does not exist (no server ran on it). */
+static int cli_servers(lua_State *L)
+{
+    char err[600];
+    struct journal *j;
+    const char *data = luaL_checkstring(L, 1);
+    struct journal_options o = {.where = data, .flags = JOURNAL_READONLY, .busy_timeout = 5};
+    lua_newtable(L);
+    if (!journal_is_database(data) && access(data, F_OK) != 0)
+        return 1;
+    if (journal_open(&j, &o, err, sizeof err) != 0)
+        return fail(L, err);
+    int n = journal_servers(j, push_server, L, err, sizeof err);
+    journal_close(j);
+    return n >= 0 ? 1 : fail(L, err);
+}
+
 /* from (a data directory), to (a database URI) -> {events=, deliveries=, state=,
  * certificates=, replays=, once=} | nil, message. The data directory's lock is taken (no server may
  * run on it), its events of earlier releases are upgraded first, as serve would. */
@@ -661,6 +697,7 @@ static const luaL_Reg cli_funcs[] = {
     {"sample", cli_sample},
     {"send", cli_send},
     {"serve", cli_serve},
+    {"servers", cli_servers},
     {"versions", cli_versions},
     {NULL, NULL},
 };

@@ -435,21 +435,54 @@ local function local_address(listen)
   return (host or "127.0.0.1") .. ":" .. (port or "8080")
 end
 
+-- Where to reach a running server (listener "listen" or "admin", default address dflt): the
+-- server of this config's journal on this machine, as `serve` recorded it (the data
+-- directory's certhook.listening; a database's row of that server), else the config's address.
+-- Returns the base URL ("http://127.0.0.1:8080") and where it came from, for people.
+local function server_url(cfg, listener, dflt)
+  local data = data_dir(cfg)
+  local servers, err = core.servers(data)
+  local note
+  if not servers then
+    note = ("cannot read where the server of %s listens: %s"):format(data, err)
+  end
+  for _, s in ipairs(servers or {}) do
+    if s.alive then
+      local scheme, addr = s[listener]:match("^(%a+)://(.*)$")
+      return ("%s://%s"):format(scheme, local_address(addr)), ("the server of %s, pid %d"):format(data, s.pid)
+    end
+    note = note or ("the server that listened at %s for %s (pid %d) is gone"):format(s[listener], data, s.pid)
+  end
+  if note then io.stderr:write("certhook: note: ", note, "\n") end
+  return "http://" .. local_address(cfg[listener] or dflt),
+    ("%s %s; no running server of %s recorded its own"):format(
+      cfg[listener] and "the config's" or "the default", listener, data)
+end
+
+-- An HTTP request to a running server, or exit 1 naming the URL (and, when it was not given
+-- on the command line, where it came from).
+local function request_server(req, from)
+  local resp, err = api.http.request(req)
+  if resp then return resp end
+  die(1, "%s: %s%s", req.url, err, from and (" (%s)"):format(from) or "")
+end
+
 COMMANDS.send = {
   args = 1,
   options = { config = true, url = true, secret = true, source = true, provider = true,
-    ["sign-key"] = true, sample = true },
+    ["sign-key"] = true, sample = true, data = true },
   help = [[
 usage: certhook send FILE [--url URL] [--secret S] [--source NAME] [--provider P]
-                     [--sign-key PEM]
+                     [--sign-key PEM] [--config FILE] [--data DIR|URI]
        certhook send --sample TYPE [--provider P] [...]
        certhook send --sample list [--provider P]
 
 POSTs a payload to a running server, as the provider's client would send it, and prints the
-reply; exit 1 unless it is 2xx. The URL defaults to http://<listen>/hooks/<source> from the
-config; the provider is detected from the payload, or is the one of --source; the secret (or
-Basic credentials) is the source's, sent where that provider sends it (--secret overrides).
---sign-key signs with that private key (PEM): a bare IBM Certificate Manager payload as an
+URL (stderr) and the reply; exit 1 unless it is 2xx. The URL defaults to /hooks/<source> at
+the server of the config's journal (--data) on this machine, where serve recorded it listens,
+else at the config's listen; the provider is detected from the payload, or is the one of
+--source; the secret (or Basic credentials) is the source's, sent where that provider sends
+it (--secret overrides). --sign-key signs with that private key (PEM): a bare IBM Certificate Manager payload as an
 RS256 JWT; an AWS event as an SNS message (SignatureVersion 2; the source's sns.signing_cert
 must be the key's certificate). --sample TYPE sends a fresh sample payload of that canonical
 type instead of a file (`--sample list` lists the providers' samples).]],
@@ -491,12 +524,16 @@ type instead of a file (`--sample list` lists the providers' samples).]],
       if not core.providers()[provider] then die(2, "send: unknown provider %s", provider) end
     end
     local name, source = pick_source(cfg, opts, provider)
-    local url = opts.url or ("http://%s/hooks/%s"):format(local_address(cfg.listen), name)
     local headers
     body, headers = core.send(provider, body, source, { secret = opts.secret, sign_key = opts["sign-key"] })
     if not body then die(1, "%s", headers) end
-    local resp, err = api.http.request { url = url, method = "POST", headers = headers, body = body }
-    if not resp then die(1, "%s: %s", url, err) end
+    local url, from = opts.url, nil
+    if not url then
+      url, from = server_url(cfg, "listen", "127.0.0.1:8080")
+      url = ("%s/hooks/%s"):format(url, name)
+    end
+    io.stderr:write("POST ", url, from and (" (%s)"):format(from) or "", "\n")
+    local resp = request_server({ url = url, method = "POST", headers = headers, body = body }, from)
     io.stdout:write(resp.status, " ", resp.body, resp.body:sub(-1) == "\n" and "" or "\n")
     return (resp.status >= 200 and resp.status < 300) and 0 or 1
   end,
@@ -723,23 +760,28 @@ with data = URI: they run whatever was still pending or retrying.]],
 }
 
 COMMANDS.reload = {
-  options = { config = true, admin = true },
+  options = { config = true, admin = true, data = true },
   help = [[
-usage: certhook reload [--admin ADDR:PORT] [--config FILE]
+usage: certhook reload [--admin ADDR:PORT] [--config FILE] [--data DIR|URI]
 
 Asks the running server (its admin listener) to reread the config and reload the handlers,
 and waits for the outcome: exit 0 with the new generation, or exit 1 with what is wrong
-(file:line) -- the server then keeps running what it had.]],
+(file:line) -- the server then keeps running what it had. The server is the one of the
+config's journal (--data) on this machine, where serve recorded it listens, else at the
+config's admin address; --admin names another.]],
   run = function(opts)
     local cfg = settings(opts)
-    local url = ("http://%s/reload"):format(local_address(opts.admin or cfg.admin or "127.0.0.1:9090"))
+    local url, from = opts.admin and "http://" .. local_address(opts.admin)
+    if not url then url, from = server_url(cfg, "admin", "127.0.0.1:9090") end
+    url = url .. "/reload"
     local headers = {}
     if type(cfg.admin_token) == "string" then headers.Authorization = "Bearer " .. cfg.admin_token end
-    local resp, err = api.http.request { url = url, method = "POST", headers = headers, timeout = 120 }
-    if not resp then die(1, "reload: %s: %s", url, err) end
+    local resp = request_server({ url = url, method = "POST", headers = headers, timeout = 120 },
+      from)
     local body = resp.json or {}
     if resp.status == 200 then
-      io.stdout:write(("reloaded: generation %s\n"):format(tostring(body.generation)))
+      io.stdout:write(("reloaded: generation %s (%s%s)\n"):format(tostring(body.generation), url,
+        from and ", " .. from or ""))
       return 0
     end
     die(1, "reload failed: %s", body.message or resp.body)

@@ -114,6 +114,18 @@ int journal_state_keys(struct journal *j, const char *prefix, void (*fn)(void *,
     return j->ops->state_keys(j->s, prefix, fn, cls, err, errlen);
 }
 
+int journal_announce(struct journal *j, const struct journal_server *me, char *err,
+                     size_t errlen)
+{
+    return j->ops->announce(j->s, me, err, errlen);
+}
+
+int journal_servers(struct journal *j, void (*fn)(void *cls, const struct journal_server *srv),
+                    void *cls, char *err, size_t errlen)
+{
+    return j->ops->servers(j->s, fn, cls, err, errlen);
+}
+
 int journal_list(struct journal *j, const struct journal_filter *f,
                  void (*fn)(void *cls, const struct journal_row *row), void *cls, char *err,
                  size_t errlen)

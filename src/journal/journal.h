@@ -160,6 +160,24 @@ struct journal_replay {
 int journal_scan_replays(struct journal *j, int64_t after,
                          void (*fn)(void *cls, const struct journal_replay *r), void *cls);
 
+/* ---- where servers listen (journal.c): for the command line on this machine ---- */
+
+/* A server of the journal: its process and where it listens ("http://127.0.0.1:8080",
+ * "https://0.0.0.0:8443"; admin "http://127.0.0.1:9090"). */
+struct journal_server {
+    long pid;
+    const char *listen, *admin;
+};
+/* Records where this server (JOURNAL_EXCLUSIVE) listens, replacing what it recorded before: in
+ * the data directory (certhook.listening, removed when the server closes the journal), or in
+ * its row of the database's servers (gone with it). 0, or -1 with err. */
+int journal_announce(struct journal *j, const struct journal_server *me, char *err,
+                     size_t errlen);
+/* The servers of this journal on this machine that recorded where they listen, newest first:
+ * fn for each. One killed may still be there: its pid tells. Returns how many, or -1 with err. */
+int journal_servers(struct journal *j, void (*fn)(void *cls, const struct journal_server *srv),
+                    void *cls, char *err, size_t errlen);
+
 /* ---- claims (journal.c): which server runs what, when several share the journal ---- */
 
 /* Claims for this server up to limit open events no live server holds -- those of a server

@@ -83,6 +83,9 @@ struct store_ops {
     void (*status)(struct store *s, struct journal_status *st); /* any thread */
     int (*load_inventory)(struct store *s, size_t cap);
     const char *(*directory)(struct store *s); /* journal_directory */
+    int (*announce)(struct store *s, const struct journal_server *me, char *err, size_t errlen);
+    int (*servers)(struct store *s, void (*fn)(void *cls, const struct journal_server *srv),
+                   void *cls, char *err, size_t errlen);
 
     /* ---- claims (shared stores; journal.h says what each does) ---- */
     int (*claim)(struct store *s, int limit,

@@ -211,6 +211,9 @@ static const char *const migrations[] = {
 
     /* a replay of one delivery of an event (NULL: those that did not succeed) */
     "ALTER TABLE replays ADD COLUMN handler text;",
+
+    /* where each server listens, for the command line on its machine (journal_announce) */
+    "ALTER TABLE nodes ADD COLUMN listen text, ADD COLUMN admin text;",
 };
 
 /* ---- the writer's statements (prepared on its connection) ---------------------------------------- */
@@ -325,6 +328,8 @@ struct store {
     struct pgc w, r, a, l;       /* writer, reader, admin, listener */
     pthread_mutex_t amu;         /* the admin connection */
     _Atomic int_least64_t id;    /* this server's row in nodes (0: none) */
+    pthread_mutex_t addr_mu;     /* guards: */
+    char *listen, *admin;        /* where it listens (journal_announce) */
     _Atomic double lease_until;  /* time_mono() until which its claims hold */
     int lost;                    /* the writer found its row gone: register anew */
     /* the batch (writer thread) */
@@ -650,11 +655,14 @@ static int register_node(struct store *s, int64_t old, char *err, size_t errlen)
     gethostname(host, sizeof host - 1);
     fmt_int(pid, sizeof pid, getpid());
     fmt_double(lease, sizeof lease, s->lease);
-    const char *vals[] = {host, pid, lease};
+    pthread_mutex_lock(&s->addr_mu);
+    const char *vals[] = {host, pid, lease, s->listen, s->admin};
     double t0 = time_mono();
-    PGresult *res = run(s, &s->w, "INSERT INTO nodes (name, pid, lease_until) VALUES ($1, "
-                                  "$2::int, now() + make_interval(secs => $3::float8)) RETURNING id",
-                        3, vals, NULL, NULL, 0, err, errlen);
+    PGresult *res = run(s, &s->w, "INSERT INTO nodes (name, pid, lease_until, listen, admin) "
+                                  "VALUES ($1, $2::int, now() + make_interval(secs => "
+                                  "$3::float8), $4, $5) RETURNING id",
+                        5, vals, NULL, NULL, 0, err, errlen);
+    pthread_mutex_unlock(&s->addr_mu);
     if (res == NULL)
         return -1;
     int64_t id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -692,6 +700,7 @@ static int pg_open(struct store **sp, const struct journal_options *o, char *err
     s->wakefd = s->stopfd = -1;
     atomic_store(&s->lease_until, INFINITY);
     pthread_mutex_init(&s->amu, NULL);
+    pthread_mutex_init(&s->addr_mu, NULL);
     char msg[300];
     if (pgc_ready(s, (o->flags & JOURNAL_READONLY) ? &s->r : &s->w, msg, sizeof msg) != 0) {
         snprintf(err, errlen, "cannot connect to the journal database: %s",
@@ -764,6 +773,9 @@ static void pg_close(struct store *s)
     if (s->stopfd >= 0)
         close(s->stopfd);
     pthread_mutex_destroy(&s->amu);
+    pthread_mutex_destroy(&s->addr_mu);
+    free(s->listen);
+    free(s->admin);
     for (size_t i = 0; i < s->nunsure; i++)
         free(s->unsure[i]);
     free(s->unsure);
@@ -2402,6 +2414,52 @@ static int pg_import_end(struct store *s, int ok, char *err, size_t errlen)
     return ok ? 0 : -1;
 }
 
+/* ---- where servers listen: their rows in nodes ----------------------------------------------------- */
+
+/* On the reader's connection (the dispatcher's thread); kept for a registration anew. */
+static int pg_announce(struct store *s, const struct journal_server *me, char *err,
+                       size_t errlen)
+{
+    char id[24], *listen = strdup(me->listen), *admin = strdup(me->admin);
+    if (listen == NULL || admin == NULL) {
+        free(listen);
+        free(admin);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    pthread_mutex_lock(&s->addr_mu);
+    free(s->listen);
+    free(s->admin);
+    s->listen = listen, s->admin = admin;
+    pthread_mutex_unlock(&s->addr_mu);
+    fmt_int(id, sizeof id, atomic_load(&s->id));
+    const char *v[] = {id, listen, admin};
+    return exec0(s, &s->r, "UPDATE nodes SET listen = $2, admin = $3 WHERE id = $1::bigint", 3,
+                 v, err, errlen);
+}
+
+/* Servers on this machine (by host name) whose lease holds. */
+static int pg_servers(struct store *s, void (*fn)(void *cls, const struct journal_server *srv),
+                      void *cls, char *err, size_t errlen)
+{
+    char host[256] = "?";
+    gethostname(host, sizeof host - 1);
+    const char *v[] = {host};
+    PGresult *res = run(s, &s->r, "SELECT pid, listen, admin FROM nodes WHERE name = $1 AND "
+                                  "listen IS NOT NULL AND lease_until > now() ORDER BY "
+                                  "started_at DESC, id DESC", 1, v, NULL, NULL, 0, err, errlen);
+    if (res == NULL)
+        return -1;
+    int n = PQntuples(res);
+    for (int i = 0; i < n; i++) {
+        struct journal_server srv = {atol(PQgetvalue(res, i, 0)), PQgetvalue(res, i, 1),
+                                     PQgetvalue(res, i, 2)};
+        fn(cls, &srv);
+    }
+    PQclear(res);
+    return n;
+}
+
 void store_pg_version(struct buf *b)
 {
     int v = PQlibVersion();
@@ -2444,6 +2502,8 @@ const struct store_ops store_pg = {
     .lease = pg_lease,
     .wake_fd = pg_wake_fd,
     .wake_clear = pg_wake_clear,
+    .announce = pg_announce,
+    .servers = pg_servers,
     .import_begin = pg_import_begin,
     .import = pg_import,
     .import_end = pg_import_end,

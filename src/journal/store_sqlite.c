@@ -51,6 +51,7 @@ struct store {
     _Atomic double behind_since;     /* time_mono() since when the WAL is not all copied; 0 */
     int durable;                     /* the writer connection's synchronous is FULL */
     int lock_fd;                     /* certhook.lock, JOURNAL_EXCLUSIVE; -1 */
+    int announced;                   /* certhook.listening is this server's */
     char *path;                      /* <dir>/certhook.db */
     char *dir;                       /* the data directory */
 };
@@ -285,6 +286,14 @@ static int lock_dir(struct store *j, const char *dir, char *err, size_t errlen)
 
 static void sq_close(struct store *j);
 
+/* Where the server listens (journal_announce): dir/certhook.listening, "pid N\nlisten
+ * URL\nadmin URL\n", while it runs. */
+static const char *listening(struct store *j, char *path, size_t n)
+{
+    snprintf(path, n, "%s/certhook.listening", j->dir);
+    return path;
+}
+
 /* Before SQLite's first use: no statistics of its memory use (a global mutex on every
  * allocation otherwise). */
 static void sqlite_setup(void)
@@ -430,6 +439,7 @@ fail:
 
 static void sq_close(struct store *j)
 {
+    char path[4096];
     if (j == NULL)
         return;
     sqlite3_stmt *stmts[] = {j->ins, j->ins_data, j->fin,   j->del,      j->sset, j->sdel,
@@ -440,6 +450,8 @@ static void sq_close(struct store *j)
     sqlite3_close(j->rdb);
     sqlite3_close(j->adb);
     sqlite3_close(j->cdb);
+    if (j->announced)
+        unlink(listening(j, path, sizeof path));
     if (j->lock_fd >= 0)
         close(j->lock_fd); /* releases the lock */
     free(j->path);
@@ -1355,6 +1367,48 @@ fail:
     return -1;
 }
 
+/* Written whole: a new file renamed over the old one, so that a reader never sees half. */
+static int sq_announce(struct store *j, const struct journal_server *me, char *err,
+                       size_t errlen)
+{
+    char path[4096], tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.new", listening(j, path, sizeof path));
+    FILE *f = fopen(tmp, "we");
+    int ok = f != NULL && fprintf(f, "pid %ld\nlisten %s\nadmin %s\n", me->pid, me->listen,
+                                  me->admin) > 0;
+    if (f != NULL && fclose(f) != 0)
+        ok = 0;
+    if (!ok || rename(tmp, path) != 0) {
+        snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    j->announced = 1;
+    return 0;
+}
+
+static int sq_servers(struct store *j, void (*fn)(void *cls, const struct journal_server *srv),
+                      void *cls, char *err, size_t errlen)
+{
+    char path[4096], listen[1024], admin[1024];
+    struct journal_server srv = {0, listen, admin};
+    FILE *f = fopen(listening(j, path, sizeof path), "re");
+    if (f == NULL && errno == ENOENT)
+        return 0;
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        return -1;
+    }
+    int n = fscanf(f, "pid %ld listen %1023s admin %1023s", &srv.pid, listen, admin);
+    fclose(f);
+    if (n != 3) {
+        snprintf(err, errlen, "%s is not what certhook writes there", path);
+        return -1;
+    }
+    fn(cls, &srv);
+    return 1;
+}
+
 static const char *sq_directory(struct store *j)
 {
     return j->dir;
@@ -1524,5 +1578,7 @@ const struct store_ops store_sqlite = {
     .load_inventory = sq_load_inventory,
     .upgrade = sq_upgrade,
     .directory = sq_directory,
+    .announce = sq_announce,
+    .servers = sq_servers,
     .export = sq_export,
 };
