@@ -547,7 +547,7 @@ end
 
 -- "3d 4h", "5h 2m", "12m", "-2d 1h" (past): how far t is from now.
 local function span(seconds)
-  local sign = seconds < 0 and "-" or ""
+  local sign = seconds <= -60 and "-" or "" -- less than a minute either way is "0m"
   seconds = math.abs(seconds)
   local d, h, m = seconds // 86400, seconds % 86400 // 3600, seconds % 3600 // 60
   if d > 0 then return ("%s%dd %dh"):format(sign, d, h) end
@@ -595,7 +595,7 @@ prints one JSON object per certificate and line. Reads the journal, also while s
       local function s(v) return (v == nil or v == cjson.null) and "-" or tostring(v) end
       local expires = type(e.expires_at) == "number" and span(e.expires_at - now) or "-"
       local last = s(e.last_type):gsub("^certificate%.", "")
-      if type(e.repeats) == "number" and e.repeats > 1 then last = last .. " x" .. e.repeats end
+      if type(e.repeats) == "number" and e.repeats > 1 then last = ("%s x%d"):format(last, e.repeats) end
       rows[#rows + 1] = { s(e.hostname ~= cjson.null and e.hostname or e.name), s(e.provider), s(e.status),
         expires, last, type(e.updated_at) == "number" and span(now - e.updated_at) or "-" }
     end
