@@ -1087,9 +1087,10 @@ static int start_work(struct dispatch *d)
 }
 
 /* Builds and swaps in a new generation (and with_config, the configuration); counts it and
- * logs the outcome. 0, or -1 with err; nothing changed then. */
-static int do_reload(struct dispatch *d, int with_config, unsigned *generation, char *err,
-                     size_t errlen)
+ * logs the outcome, in one line whatever asked for it (by). 0, or -1 with err; nothing changed
+ * then. */
+static int do_reload(struct dispatch *d, int with_config, const char *by, unsigned *generation,
+                     char *err, size_t errlen)
 {
     double t0 = time_mono();
     int rc = -1;
@@ -1118,6 +1119,7 @@ static int do_reload(struct dispatch *d, int with_config, unsigned *generation, 
         log_num(&l, "generation", d->gen ? d->gen->number : 0); /* still running */
     }
     log_str(&l, "config", with_config ? "reread" : "kept");
+    log_str(&l, "by", by);
     log_num(&l, "ms", round((time_mono() - t0) * 1e6) / 1e3);
     log_end(&l);
     return rc;
@@ -1135,10 +1137,11 @@ static void serve_reload_requests(struct dispatch *d, int stopping)
     unsigned generation = 0;
     char err[2048] = "";
     int rc = -1;
-    if (stopping)
+    if (stopping) {
         snprintf(err, sizeof err, "certhook is stopping");
-    else
-        rc = do_reload(d, 1, &generation, err, sizeof err);
+        log_msg(LOG_INFO, "reload refused: certhook is stopping");
+    } else
+        rc = do_reload(d, 1, "POST /reload", &generation, err, sizeof err);
     pthread_mutex_lock(&d->mu);
     for (struct reload_req *r = reqs; r; r = r->next) {
         r->rc = rc;
@@ -1215,7 +1218,9 @@ int dispatch_run(struct dispatch *d, int sigfd)
             unsigned generation;
             char err[2048];
             d->reload_due = 0;
-            do_reload(d, hup, &generation, err, sizeof err); /* SIGHUP rereads the config */
+            /* SIGHUP rereads the config */
+            do_reload(d, hup, hup ? "SIGHUP" : "a handler file changed", &generation, err,
+                      sizeof err);
         }
         if (!sig) {
             /* the lease first: a new one is only given once what the lost one held is dropped */

@@ -146,13 +146,14 @@ static enum MHD_Result admin_metrics(struct intake *in, struct MHD_Connection *c
     return rc;
 }
 
-/* POST /reload: rereads the configuration and the handlers; answers once it is done. */
+/* POST /reload: rereads the configuration and the handlers; answers once it is done. A failure
+ * is logged by the reload itself ("reload failed"), as that of any other reload. */
 static enum MHD_Result admin_reload(struct intake *in, struct MHD_Connection *c)
 {
     char err[2048];
     unsigned generation;
     if (dispatch_request_reload(in->d, &generation, err, sizeof err) != 0)
-        return http_reply_error(c, 422, "reload_failed", NULL, NULL, NULL, "%s", err);
+        return http_reply_message(c, 422, "reload_failed", err);
     char body[96];
     int n = snprintf(body, sizeof body, "{\"status\":\"reloaded\",\"generation\":%u}", generation);
     return http_reply(c, MHD_HTTP_OK, body, (size_t)n, NULL, NULL);
