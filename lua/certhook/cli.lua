@@ -206,7 +206,7 @@ local function config_error(msg)
 end
 
 -- Loads the config file: its globals are the settings. Relative paths in it are relative to
--- the file's directory. Returns the settings table ({} without a file).
+-- the file's directory. Returns the settings table ({} without a file) and the file's path.
 local function load_config(path)
   local explicit = path ~= nil
   path = path or "certhook.conf.lua"
@@ -251,12 +251,12 @@ local function load_config(path)
       end
     end
   end
-  return cfg
+  return cfg, path
 end
 
--- The config with the command's flags applied.
+-- The config with the command's flags applied, and the config file's path (nil: none).
 local function settings(opts)
-  local cfg = load_config(opts.config)
+  local cfg, path = load_config(opts.config)
   for _, k in ipairs { "listen", "admin", "handlers", "data" } do
     if opts[k] then cfg[k] = opts[k] end
   end
@@ -266,7 +266,7 @@ local function settings(opts)
       cfg.log[k] = opts["log-" .. k]
     end
   end
-  return cfg
+  return cfg, path
 end
 
 -- ---- commands ---------------------------------------------------------------------------------
@@ -467,6 +467,31 @@ local function request_server(req, from)
   die(1, "%s: %s%s", req.url, err, from and (" (%s)"):format(from) or "")
 end
 
+-- The credentials send sends for provider to source (its settings, as configured: nil when
+-- the config has none), in words, and whether there are any: a request without gets a 401,
+-- so send says why before it sends and with the 401.
+local function credentials(opts, path, name, source, provider)
+  if opts.secret then return "--secret", true end
+  if opts["sign-key"] then return "a signature by --sign-key " .. opts["sign-key"], true end
+  local source_of = ("sources.%s in %s"):format(name, path)
+  local reads = " " .. table.concat(core.providers()[provider].settings, " ") .. " "
+  if type(source) == "table" and source.insecure == true then
+    return ("none: %s is insecure"):format(source_of), true
+  elseif type(source) == "table" and (source.secret or source.password) then
+    return ("the credentials of %s"):format(source_of), true
+  elseif reads:find(" public_key ", 1, true) and not reads:find(" secret ", 1, true) then
+    return ("none: %s payloads are signed; --sign-key PRIVATE.pem signs them"):format(provider), false
+  elseif type(source) == "table" then
+    return ("none: %s sets no secret (when it reads one with os.getenv, that variable must be " ..
+      "set here too); --secret S sends one"):format(source_of), false
+  elseif path then
+    return ("none: %s has no source of provider %s; --source NAME picks one, --secret S sends " ..
+      "a secret"):format(path, provider), false
+  end
+  return "none: no config file (./certhook.conf.lua, or --config FILE) to take the source's " ..
+    "secret from; --secret S sends one", false
+end
+
 COMMANDS.send = {
   args = 1,
   options = { config = true, url = true, secret = true, source = true, provider = true,
@@ -487,7 +512,7 @@ RS256 JWT; an AWS event as an SNS message (SignatureVersion 2; the source's sns.
 must be the key's certificate). --sample TYPE sends a fresh sample payload of that canonical
 type instead of a file (`--sample list` lists the providers' samples).]],
   run = function(opts, pos)
-    local cfg = settings(opts)
+    local cfg, path = settings(opts)
     local configured = opts.source and type(cfg.sources) == "table" and cfg.sources[opts.source]
     local provider = opts.provider or (type(configured) == "table" and configured.provider) or nil
     local file, body = pos[1], nil
@@ -524,6 +549,8 @@ type instead of a file (`--sample list` lists the providers' samples).]],
       if not core.providers()[provider] then die(2, "send: unknown provider %s", provider) end
     end
     local name, source = pick_source(cfg, opts, provider)
+    local sent, any = credentials(opts, path, name, source, provider)
+    if not any then io.stderr:write("certhook: warning: sending no credentials -- ", sent:sub(7), "\n") end
     local headers
     body, headers = core.send(provider, body, source, { secret = opts.secret, sign_key = opts["sign-key"] })
     if not body then die(1, "%s", headers) end
@@ -535,6 +562,11 @@ type instead of a file (`--sample list` lists the providers' samples).]],
     io.stderr:write("POST ", url, from and (" (%s)"):format(from) or "", "\n")
     local resp = request_server({ url = url, method = "POST", headers = headers, body = body }, from)
     io.stdout:write(resp.status, " ", resp.body, resp.body:sub(-1) == "\n" and "" or "\n")
+    if resp.status == 401 then
+      io.stderr:write(("certhook: the server refused the credentials sent: %s. It checks them " ..
+        "against its own sources.%s, as it read them when it started or last reloaded (with " ..
+        "its environment, not this shell's)\n"):format(sent, name))
+    end
     return (resp.status >= 200 and resp.status < 300) and 0 or 1
   end,
 }
