@@ -309,7 +309,7 @@ PostgreSQL with every server that names the same database.]],
 COMMANDS.check = {
   options = { config = true, handlers = true, data = true },
   help = [[
-usage: certhook check [--config FILE] [--handlers DIR] [--data DIR]
+usage: certhook check [--config FILE] [--handlers DIR] [--data DIR|URI]
 
 Loads every *.lua of the handlers directory exactly as serve does. Exit 0 and a list of the
 handlers, or exit 1 with file:line of every broken file.]],
@@ -351,7 +351,7 @@ COMMANDS.normalize = {
   options = { config = true, provider = true, source = true, ["public-key"] = true, script = true },
   help = [[
 usage: certhook normalize FILE|- [--provider P] [--source NAME] [--public-key PEM]
-                                [--script LUA]
+                                [--script LUA] [--config FILE]
 
 Prints the event handlers would receive for a payload (pretty JSON, sorted keys): exactly
 what a handler gets, as serve journals and delivers it; a payload that carries several events
@@ -380,8 +380,8 @@ COMMANDS.run = {
   options = { config = true, event = true, handlers = true, provider = true, source = true, data = true,
     script = true },
   help = [[
-usage: certhook run --event FILE [--handlers DIR] [--provider P] [--source NAME] [--data DIR]
-                    [--script LUA]
+usage: certhook run --event FILE [--handlers DIR] [--provider P] [--source NAME]
+                    [--script LUA] [--config FILE] [--data DIR|URI]
 
 Normalizes the payload in FILE and runs every matching handler once, in this process, as
 serve would (without retries). certhook.state uses the journal in the data directory.
@@ -590,7 +590,8 @@ end
 COMMANDS.certs = {
   options = { config = true, data = true, expiring = true, status = true, limit = true, json = "flag" },
   help = [[
-usage: certhook certs [--expiring DAYS] [--status S] [--limit N] [--json] [--config FILE] [--data DIR]
+usage: certhook certs [--expiring DAYS] [--status S] [--limit N] [--json] [--config FILE]
+                      [--data DIR|URI]
 
 Lists the certificate inventory -- every certificate certhook has heard of, from any provider
 or the watchdog -- soonest expiry first: hostname, provider, status, when it expires, the last
@@ -822,7 +823,7 @@ config's admin address; --admin names another.]],
 
 COMMANDS.version = {
   options = { config = true },
-  help = "usage: certhook version\n\nPrints the versions of certhook and the libraries it uses.",
+  help = "usage: certhook version [--config FILE]\n\nPrints the versions of certhook and the libraries it uses.",
   run = function()
     io.stdout:write(core.versions(), "\n")
     return 0
