@@ -521,9 +521,9 @@ static void finish(struct dispatch *d, struct delivery *dl, char *error, char *t
         double delay = retry_delay(d->cfg, r->attempts, r->crashes, erand48(d->rng));
         run_log_failure(&dl->ctx, r->attempts, error, traceback, delay);
         r->status = delay < 0 ? DELIVERY_DEAD : DELIVERY_RETRYING;
-        if (delay < 0)
+        if (delay < 0) {
             log_dead(dl->ctx.event_id, r);
-        else {
+        } else {
             r->next_at = time_now() + delay; /* journaled: for people and the next start */
             heap_push(d, dl->ev->ev->seq, r->handler, r->attempts, r->crashes,
                       time_mono() + delay, r->first_at);
@@ -1140,8 +1140,9 @@ static void serve_reload_requests(struct dispatch *d, int stopping)
     if (stopping) {
         snprintf(err, sizeof err, "certhook is stopping");
         log_msg(LOG_INFO, "reload refused: certhook is stopping");
-    } else
+    } else {
         rc = do_reload(d, 1, "POST /reload", &generation, err, sizeof err);
+    }
     pthread_mutex_lock(&d->mu);
     for (struct reload_req *r = reqs; r; r = r->next) {
         r->rc = rc;
