@@ -507,10 +507,11 @@ URL (stderr) and the reply; exit 1 unless it is 2xx. The URL defaults to /hooks/
 the server of the config's journal (--data) on this machine, where serve recorded it listens,
 else at the config's listen; the provider is detected from the payload, or is the one of
 --source; the secret (or Basic credentials) is the source's, sent where that provider sends
-it (--secret overrides). --sign-key signs with that private key (PEM): a bare IBM Certificate Manager payload as an
-RS256 JWT; an AWS event as an SNS message (SignatureVersion 2; the source's sns.signing_cert
-must be the key's certificate). --sample TYPE sends a fresh sample payload of that canonical
-type instead of a file (`--sample list` lists the providers' samples).]],
+it (--secret overrides; without any, a warning says why). --sign-key signs with that private
+key (PEM): a bare IBM Certificate Manager payload as an RS256 JWT; an AWS event as an SNS
+message (SignatureVersion 2; the source's sns.signing_cert must be the key's certificate).
+--sample TYPE sends a fresh sample payload of that canonical type instead of a file
+(`--sample list` lists the providers' samples).]],
   run = function(opts, pos)
     local cfg, path = settings(opts)
     local configured = opts.source and type(cfg.sources) == "table" and cfg.sources[opts.source]
@@ -734,10 +735,9 @@ runs at the next start.]],
       local events, err = core.events(data, { id = id, limit = 1 })
       if not events then die(1, "replay: %s", err) end
       ev = events[1] or die(1, "replay: no event with id %s in the journal", id)
-      local names = {}
-      for i, dl in ipairs(ev.deliveries) do names[i] = dl.handler end
-      local named
-      for _, dl in ipairs(ev.deliveries) do
+      local names, named = {}, nil
+      for i, dl in ipairs(ev.deliveries) do
+        names[i] = dl.handler
         if dl.handler == handler then named = dl end
       end
       if handler and not named then
