@@ -5,6 +5,7 @@
 #   make test       install missing Debian packages, build, run every test; the last line
 #                   says "N passed, M failed"
 #   make run        install missing Debian packages, build, serve examples/ with a demo secret
+#                   (LISTEN=ADDR:PORT, ADMIN=ADDR:PORT: other addresses than 8080 and 9090)
 #   make memcheck   serve sessions and CLI runs under valgrind: no memory error, no leak
 #   make bench      intake and end-to-end benchmark (tests/bench/)
 #   make install    install into PREFIX (LuaRocks passes LUADIR, LIBDIR, BINDIR instead)
@@ -115,8 +116,12 @@ test: deps-test all unit
 memcheck: deps-memcheck all unit $(VALGRIND)
 	@BUILD=$(BUILD) LUA=$(LUA) sh tests/run.sh memcheck
 
+# make run's addresses: webhooks, admin
+LISTEN ?= 127.0.0.1:8080
+ADMIN  ?= 127.0.0.1:9090
+
 run: deps-run all
-	@sh tests/demo.sh $(CURDIR)/$(LAUNCH)
+	@LISTEN=$(LISTEN) ADMIN=$(ADMIN) sh tests/demo.sh $(CURDIR)/$(LAUNCH)
 
 # What a durable journal alone costs per event here (no HTTP, no Lua): make bench's part 4.
 FLOOR = $(BUILD)/journal_floor

@@ -3,14 +3,16 @@
  * luaopen_certhook_cli, loaded from the same shared object as certhook.core but never by a
  * handler state. serve (server.c), check and run (a handler generation, dispatch_event: the
  * same path as serve's deliveries), normalize (the provider's normalization and the event's
- * pack round trip: what handlers get), events, replay and migrate (the journal), send, detect,
- * providers, mode, versions.
+ * pack round trip: what handlers get), events, replay and migrate (the journal), servers (where
+ * they listen), send, detect, providers, mode, versions.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 
@@ -422,18 +424,20 @@ static void push_row(void *cls, const struct journal_row *r)
     lua_pop(L, 2);
 }
 
-/* data, {status=, type=, limit=} -> {event...} | nil, message */
+/* data, {status=, type=, id=, limit=} -> {event...} | nil, message */
 static int cli_events(lua_State *L)
 {
     char err[600];
     struct journal *j;
     const char *data = luaL_checkstring(L, 1);
-    struct journal_filter f = {NULL, NULL, 50};
+    struct journal_filter f = {.limit = 50};
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_getfield(L, 2, "status");
     f.status = lua_tostring(L, -1);
     lua_getfield(L, 2, "type");
     f.type = lua_tostring(L, -1);
+    lua_getfield(L, 2, "id");
+    f.id = lua_tostring(L, -1);
     lua_getfield(L, 2, "limit");
     f.limit = (int)luaL_optinteger(L, -1, 50);
     struct journal_options o = {data, JOURNAL_READONLY, 5, 0, 0, 0};
@@ -478,22 +482,58 @@ static int cli_certs(lua_State *L)
     return rc == 0 ? 1 : fail(L, err);
 }
 
-/* data, event_id | nil (every dead delivery) -> count | nil, message */
+/* data, event_id | nil (every dead delivery) [, handler] -> count | nil, message
+ * (journal_request_replay) */
 static int cli_replay(lua_State *L)
 {
     char err[600];
     struct journal *j;
     int count;
     const char *data = luaL_checkstring(L, 1), *id = luaL_optstring(L, 2, NULL);
+    const char *handler = luaL_optstring(L, 3, NULL);
     struct journal_options o = {data, 0, 5, 0, 0, 0};
     if (journal_open(&j, &o, err, sizeof err) != 0)
         return fail(L, err);
-    int rc = journal_request_replay(j, id, &count, err, sizeof err);
+    int rc = journal_request_replay(j, id, handler, &count, err, sizeof err);
     journal_close(j);
     if (rc != 0)
         return fail(L, err);
     lua_pushinteger(L, count);
     return 1;
+}
+
+static void push_server(void *cls, const struct journal_server *srv)
+{
+    lua_State *L = cls;
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, srv->pid);
+    lua_setfield(L, -2, "pid");
+    lua_pushstring(L, srv->listen);
+    lua_setfield(L, -2, "listen");
+    lua_pushstring(L, srv->admin);
+    lua_setfield(L, -2, "admin");
+    lua_pushboolean(L, kill((pid_t)srv->pid, 0) == 0 || errno == EPERM);
+    lua_setfield(L, -2, "alive");
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+/* data -> {{pid=, listen=, admin=, alive=}, ...} | nil, message: the servers of the journal on
+ * this machine and where they listen, newest first (journal_servers); alive: their process is
+ * there. None for a data directory that does not exist (no server ran on it). */
+static int cli_servers(lua_State *L)
+{
+    char err[600];
+    struct journal *j;
+    const char *data = luaL_checkstring(L, 1);
+    struct journal_options o = {.where = data, .flags = JOURNAL_READONLY, .busy_timeout = 5};
+    lua_newtable(L);
+    if (!journal_is_database(data) && access(data, F_OK) != 0)
+        return 1;
+    if (journal_open(&j, &o, err, sizeof err) != 0)
+        return fail(L, err);
+    int n = journal_servers(j, push_server, L, err, sizeof err);
+    journal_close(j);
+    return n >= 0 ? 1 : fail(L, err);
 }
 
 /* from (a data directory), to (a database URI) -> {events=, deliveries=, state=,
@@ -660,6 +700,7 @@ static const luaL_Reg cli_funcs[] = {
     {"sample", cli_sample},
     {"send", cli_send},
     {"serve", cli_serve},
+    {"servers", cli_servers},
     {"versions", cli_versions},
     {NULL, NULL},
 };

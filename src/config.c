@@ -138,6 +138,8 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
 {
     int t = lua_absindex(L, idx), top = lua_gettop(L), rc = -1, sub;
     double v;
+    struct buf wrong; /* every source's error, not only the first one's */
+    buf_init(&wrong);
     memset(c, 0, sizeof *c);
     c->in.listen = strdup("127.0.0.1:8080");
     c->in.admin = strdup("127.0.0.1:9090");
@@ -329,11 +331,14 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
                                   "or '.' (they are the path /hooks/<name>)");
             goto done;
         }
-        int rc2 = source_configure(L, lua_gettop(L), lua_tostring(L, -2), s, err, errlen);
+        if (source_configure(L, lua_gettop(L), lua_tostring(L, -2), s, err, errlen) != 0)
+            buf_printf(&wrong, "%s%s", wrong.n > 0 ? "; " : "", err);
         c->nsources++; /* released by config_free, whatever it holds */
-        if (rc2 != 0)
-            goto done;
         lua_settop(L, sub + 1); /* keep the key for lua_next */
+    }
+    if (wrong.n > 0) {
+        snprintf(err, errlen, "%s", wrong.p);
+        goto done;
     }
     if (c->nsources == 0) {
         snprintf(err, errlen, "sources is empty: configure at least one source");
@@ -345,6 +350,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
     c->in.lua_cpath = c->lua_cpath;
     rc = 0;
 done:
+    buf_free(&wrong);
     lua_settop(L, top);
     if (rc != 0)
         config_free(c);

@@ -167,6 +167,21 @@ static int restart_only(const struct config *a, const struct config *b, char *er
     return 0;
 }
 
+/* Records where this server listens (listen, admin: its addresses, n bytes each), for the
+ * command line on this machine (certhook send, reload): at the start, and after a reload that
+ * may have moved a listener. A failure costs only that. */
+static void announce(struct server *s, char *listen, char *admin, size_t n)
+{
+    char err[300], l[320], a[320];
+    intake_addresses(s->in, listen, admin, n);
+    snprintf(l, sizeof l, "%s://%s", s->cfg->in.tls ? "https" : "http", listen);
+    snprintf(a, sizeof a, "http://%s", admin);
+    struct journal_server me = {(long)getpid(), l, a};
+    if (journal_announce(s->j, &me, err, sizeof err) != 0)
+        log_msg(LOG_WARN, "%s: certhook send and reload cannot find this server", err);
+}
+
+
 /* ---- reloads (dispatch/reload.c says on which thread each step runs) -------------------------- */
 
 static const char *ready_status(int ok)
@@ -237,6 +252,8 @@ static int reload_apply(void *cls, struct reload_built *b, char *err, size_t err
         stall_set_limit(s->stall, fresh->delivery.timeout + STALL_GRACE,
                         fresh->reload_timeout + STALL_GRACE);
         s->cfg = fresh;
+        char listen[300], admin[300];
+        announce(s, listen, admin, sizeof listen);
     }
     s->next_generation++;
     s->gen = g;
@@ -419,7 +436,7 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
     dispatch_on_tick(s.d, tick, &s);
 
     char listen[300], admin[300];
-    intake_addresses(s.in, listen, admin, sizeof listen);
+    announce(&s, listen, admin, sizeof listen);
     struct log_line l;
     log_begin(&l, LOG_INFO, "listening");
     log_str(&l, "listen", listen);

@@ -206,7 +206,7 @@ local function config_error(msg)
 end
 
 -- Loads the config file: its globals are the settings. Relative paths in it are relative to
--- the file's directory. Returns the settings table ({} without a file).
+-- the file's directory. Returns the settings table ({} without a file) and the file's path.
 local function load_config(path)
   local explicit = path ~= nil
   path = path or "certhook.conf.lua"
@@ -251,12 +251,12 @@ local function load_config(path)
       end
     end
   end
-  return cfg
+  return cfg, path
 end
 
--- The config with the command's flags applied.
+-- The config with the command's flags applied, and the config file's path (nil: none).
 local function settings(opts)
-  local cfg = load_config(opts.config)
+  local cfg, path = load_config(opts.config)
   for _, k in ipairs { "listen", "admin", "handlers", "data" } do
     if opts[k] then cfg[k] = opts[k] end
   end
@@ -266,7 +266,7 @@ local function settings(opts)
       cfg.log[k] = opts["log-" .. k]
     end
   end
-  return cfg
+  return cfg, path
 end
 
 -- ---- commands ---------------------------------------------------------------------------------
@@ -309,7 +309,7 @@ PostgreSQL with every server that names the same database.]],
 COMMANDS.check = {
   options = { config = true, handlers = true, data = true },
   help = [[
-usage: certhook check [--config FILE] [--handlers DIR] [--data DIR]
+usage: certhook check [--config FILE] [--handlers DIR] [--data DIR|URI]
 
 Loads every *.lua of the handlers directory exactly as serve does. Exit 0 and a list of the
 handlers, or exit 1 with file:line of every broken file.]],
@@ -354,7 +354,7 @@ COMMANDS.normalize = {
   options = { config = true, provider = true, source = true, ["public-key"] = true, script = true },
   help = [[
 usage: certhook normalize FILE|- [--provider P] [--source NAME] [--public-key PEM]
-                                [--script LUA]
+                                [--script LUA] [--config FILE]
 
 Prints the event handlers would receive for a payload (pretty JSON, sorted keys): exactly
 what a handler gets, as serve journals and delivers it; a payload that carries several events
@@ -383,8 +383,8 @@ COMMANDS.run = {
   options = { config = true, event = true, handlers = true, provider = true, source = true, data = true,
     script = true },
   help = [[
-usage: certhook run --event FILE [--handlers DIR] [--provider P] [--source NAME] [--data DIR]
-                    [--script LUA]
+usage: certhook run --event FILE [--handlers DIR] [--provider P] [--source NAME]
+                    [--script LUA] [--config FILE] [--data DIR|URI]
 
 Normalizes the payload in FILE and runs every matching handler once, in this process, as
 serve would (without retries). certhook.state uses the journal in the data directory.
@@ -439,26 +439,85 @@ local function local_address(listen)
   return (host or "127.0.0.1") .. ":" .. (port or "8080")
 end
 
+-- Where to reach a running server (listener "listen" or "admin", default address dflt): the
+-- server of this config's journal on this machine, as `serve` recorded it (the data
+-- directory's certhook.listening; a database's row of that server), else the config's address.
+-- Returns the base URL ("http://127.0.0.1:8080") and where it came from, for people.
+local function server_url(cfg, listener, dflt)
+  local data = data_dir(cfg)
+  local servers, err = core.servers(data)
+  local note
+  if not servers then
+    note = ("cannot read where the server of %s listens: %s"):format(data, err)
+  end
+  for _, s in ipairs(servers or {}) do
+    if s.alive then
+      local scheme, addr = s[listener]:match("^(%a+)://(.*)$")
+      return ("%s://%s"):format(scheme, local_address(addr)), ("the server of %s, pid %d"):format(data, s.pid)
+    end
+    note = note or ("the server that listened at %s for %s (pid %d) is gone"):format(s[listener], data, s.pid)
+  end
+  if note then io.stderr:write("certhook: note: ", note, "\n") end
+  return "http://" .. local_address(cfg[listener] or dflt),
+    ("%s %s; no running server of %s recorded its own"):format(
+      cfg[listener] and "the config's" or "the default", listener, data)
+end
+
+-- An HTTP request to a running server, or exit 1 naming the URL (and, when it was not given
+-- on the command line, where it came from).
+local function request_server(req, from)
+  local resp, err = api.http.request(req)
+  if resp then return resp end
+  die(1, "%s: %s%s", req.url, err, from and (" (%s)"):format(from) or "")
+end
+
+-- The credentials send sends for provider to source (its settings, as configured: nil when
+-- the config has none), in words, and whether there are any: a request without gets a 401,
+-- so send says why before it sends and with the 401.
+local function credentials(opts, path, name, source, provider)
+  if opts.secret then return "--secret", true end
+  if opts["sign-key"] then return "a signature by --sign-key " .. opts["sign-key"], true end
+  local source_of = ("sources.%s in %s"):format(name, path)
+  local reads = " " .. table.concat(core.providers()[provider].settings, " ") .. " "
+  if type(source) == "table" and source.insecure == true then
+    return ("none: %s is insecure"):format(source_of), true
+  elseif type(source) == "table" and (source.secret or source.password) then
+    return ("the credentials of %s"):format(source_of), true
+  elseif reads:find(" public_key ", 1, true) and not reads:find(" secret ", 1, true) then
+    return ("none: %s payloads are signed; --sign-key PRIVATE.pem signs them"):format(provider), false
+  elseif type(source) == "table" then
+    return ("none: %s sets no secret (when it reads one with os.getenv, that variable must be " ..
+      "set here too); --secret S sends one"):format(source_of), false
+  elseif path then
+    return ("none: %s has no source of provider %s; --source NAME picks one, --secret S sends " ..
+      "a secret"):format(path, provider), false
+  end
+  return "none: no config file (./certhook.conf.lua, or --config FILE) to take the source's " ..
+    "secret from; --secret S sends one", false
+end
+
 COMMANDS.send = {
   args = 1,
   options = { config = true, url = true, secret = true, source = true, provider = true,
-    ["sign-key"] = true, sample = true },
+    ["sign-key"] = true, sample = true, data = true },
   help = [[
 usage: certhook send FILE [--url URL] [--secret S] [--source NAME] [--provider P]
-                     [--sign-key PEM]
+                     [--sign-key PEM] [--config FILE] [--data DIR|URI]
        certhook send --sample TYPE [--provider P] [...]
        certhook send --sample list [--provider P]
 
 POSTs a payload to a running server, as the provider's client would send it, and prints the
-reply; exit 1 unless it is 2xx. The URL defaults to http://<listen>/hooks/<source> from the
-config; the provider is detected from the payload, or is the one of --source; the secret (or
-Basic credentials) is the source's, sent where that provider sends it (--secret overrides).
---sign-key signs with that private key (PEM): a bare IBM Certificate Manager payload as an
-RS256 JWT; an AWS event as an SNS message (SignatureVersion 2; the source's sns.signing_cert
-must be the key's certificate). --sample TYPE sends a fresh sample payload of that canonical
-type instead of a file (`--sample list` lists the providers' samples).]],
+URL (stderr) and the reply; exit 1 unless it is 2xx. The URL defaults to /hooks/<source> at
+the server of the config's journal (--data) on this machine, where serve recorded it listens,
+else at the config's listen; the provider is detected from the payload, or is the one of
+--source; the secret (or Basic credentials) is the source's, sent where that provider sends
+it (--secret overrides; without any, a warning says why). --sign-key signs with that private
+key (PEM): a bare IBM Certificate Manager payload as an RS256 JWT; an AWS event as an SNS
+message (SignatureVersion 2; the source's sns.signing_cert must be the key's certificate).
+--sample TYPE sends a fresh sample payload of that canonical type instead of a file
+(`--sample list` lists the providers' samples).]],
   run = function(opts, pos)
-    local cfg = settings(opts)
+    local cfg, path = settings(opts)
     local configured = opts.source and type(cfg.sources) == "table" and cfg.sources[opts.source]
     local provider = opts.provider or (type(configured) == "table" and configured.provider) or nil
     local file, body = pos[1], nil
@@ -495,13 +554,24 @@ type instead of a file (`--sample list` lists the providers' samples).]],
       if not core.providers()[provider] then die(2, "send: unknown provider %s", provider) end
     end
     local name, source = pick_source(cfg, opts, provider)
-    local url = opts.url or ("http://%s/hooks/%s"):format(local_address(cfg.listen), name)
+    local sent, any = credentials(opts, path, name, source, provider)
+    if not any then io.stderr:write("certhook: warning: sending no credentials -- ", sent:sub(7), "\n") end
     local headers
     body, headers = core.send(provider, body, source, { secret = opts.secret, sign_key = opts["sign-key"] })
     if not body then die(1, "%s", headers) end
-    local resp, err = api.http.request { url = url, method = "POST", headers = headers, body = body }
-    if not resp then die(1, "%s: %s", url, err) end
+    local url, from = opts.url, nil
+    if not url then
+      url, from = server_url(cfg, "listen", "127.0.0.1:8080")
+      url = ("%s/hooks/%s"):format(url, name)
+    end
+    io.stderr:write("POST ", url, from and (" (%s)"):format(from) or "", "\n")
+    local resp = request_server({ url = url, method = "POST", headers = headers, body = body }, from)
     io.stdout:write(resp.status, " ", resp.body, resp.body:sub(-1) == "\n" and "" or "\n")
+    if resp.status == 401 then
+      io.stderr:write(("certhook: the server refused the credentials sent: %s. It checks them " ..
+        "against its own sources.%s, as it read them when it started or last reloaded (with " ..
+        "its environment, not this shell's)\n"):format(sent, name))
+    end
     return (resp.status >= 200 and resp.status < 300) and 0 or 1
   end,
 }
@@ -514,7 +584,7 @@ end
 
 -- "3d 4h", "5h 2m", "12m", "-2d 1h" (past): how far t is from now.
 local function span(seconds)
-  local sign = seconds < 0 and "-" or ""
+  local sign = seconds <= -60 and "-" or "" -- less than a minute either way is "0m"
   seconds = math.abs(seconds)
   local d, h, m = seconds // 86400, seconds % 86400 // 3600, seconds % 3600 // 60
   if d > 0 then return ("%s%dd %dh"):format(sign, d, h) end
@@ -525,7 +595,8 @@ end
 COMMANDS.certs = {
   options = { config = true, data = true, expiring = true, status = true, limit = true, json = "flag" },
   help = [[
-usage: certhook certs [--expiring DAYS] [--status S] [--limit N] [--json] [--config FILE] [--data DIR]
+usage: certhook certs [--expiring DAYS] [--status S] [--limit N] [--json] [--config FILE]
+                      [--data DIR|URI]
 
 Lists the certificate inventory -- every certificate certhook has heard of, from any provider
 or the watchdog -- soonest expiry first: hostname, provider, status (the provider's word), state
@@ -582,7 +653,7 @@ prints one JSON object per certificate and line. Reads the journal, also while s
       local expires = type(e.expires_at) == "number" and span(e.expires_at - now) or "-"
       if e.expires_at_approximate == true then expires = "~" .. expires end -- known to a day
       local last = s(e.last_type):gsub("^certificate%.", "")
-      if type(e.repeats) == "number" and e.repeats > 1 then last = last .. " x" .. e.repeats end
+      if type(e.repeats) == "number" and e.repeats > 1 then last = ("%s x%d"):format(last, e.repeats) end
       rows[#rows + 1] = { s(e.hostname ~= cjson.null and e.hostname or e.name), s(e.provider), s(e.status),
         s(e.state), expires, last, type(e.updated_at) == "number" and span(now - e.updated_at) or "-" }
     end
@@ -651,27 +722,69 @@ line. Reads the journal directly, also while a server runs.]],
   end,
 }
 
+-- What a replay of an event does to one of its deliveries, as the journal has it now
+-- (journal_request_replay): "runs again", or why not.
+local function replay_outcome(dl, handler)
+  if handler and dl.handler ~= handler then return nil end
+  local was = ("%s, %s"):format(dl.status, plural(dl.attempts, "attempt"))
+  if dl.status == "dead" or (handler and dl.status == "done") then
+    return "runs again", was
+  elseif dl.status == "done" then
+    return "not re-run", ("%s; --handler '%s' runs it again"):format(was, dl.handler)
+  end
+  return "not re-run", was .. ": it is scheduled already and keeps its course"
+end
+
 COMMANDS.replay = {
   args = 1,
-  options = { config = true, data = true, dead = "flag" },
+  options = { config = true, data = true, dead = "flag", handler = true },
   help = [[
-usage: certhook replay ID [--config FILE] [--data DIR|URI]
+usage: certhook replay ID [--handler FILE:PATTERN] [--config FILE] [--data DIR|URI]
        certhook replay --dead [--config FILE] [--data DIR|URI]
 
-Queues deliveries to run again: those of event ID (every handler that matches it now, with
-attempts counted from zero), or every dead delivery. A running server picks the request up
-within a second (a shared journal: the server that holds the event, or any); otherwise it
+Queues deliveries to run again, attempts counted from zero, and prints which. ID: the
+deliveries of that event that did not succeed (dead), and any handler that matches it now but
+never ran for it; one that succeeded is not re-run unless named: --handler FILE:PATTERN (a
+delivery `certhook events` lists) runs that one alone, whatever its status. Deliveries still
+retrying keep their schedule. --dead: every dead delivery. A running server picks the request
+up within a second (a shared journal: the server that holds the event, or any); otherwise it
 runs at the next start.]],
   run = function(opts, pos)
     local cfg = settings(opts)
-    local id = pos[1]
+    local id, handler, data = pos[1], opts.handler, data_dir(cfg)
     if (id == nil) == (opts.dead == nil) then die(2, "replay: give an event ID or --dead") end
-    local n, err = core.replay(data_dir(cfg), id)
-    if not n then die(1, "replay: %s", err) end
+    if handler and not id then die(2, "replay: --handler picks a delivery of an event ID") end
+    local ev
     if id then
-      io.stdout:write(("queued a replay of %s (%s so far)\n"):format(id, plural(n, "delivery"):gsub("ys$", "ies")))
-    else
+      local events, err = core.events(data, { id = id, limit = 1 })
+      if not events then die(1, "replay: %s", err) end
+      ev = events[1] or die(1, "replay: no event with id %s in the journal", id)
+      local names, named = {}, nil
+      for i, dl in ipairs(ev.deliveries) do
+        names[i] = dl.handler
+        if dl.handler == handler then named = dl end
+      end
+      if handler and not named then
+        die(1, "replay: event %s has no delivery to %s (%s)", id, handler,
+          #names > 0 and "its deliveries: " .. table.concat(names, ", ") or "it has none")
+      end
+      if named and replay_outcome(named, handler) ~= "runs again" then
+        die(1, "replay: %s of %s is %s already: it keeps its course", handler, id, named.status)
+      end
+    end
+    local n, err = core.replay(data, id, handler)
+    if not n then die(1, "replay: %s", err) end
+    if not id then
       io.stdout:write(("queued a replay of %s\n"):format(plural(n, "dead delivery"):gsub("ys$", "ies")))
+      return 0
+    end
+    io.stdout:write(("queued a replay of %s:\n"):format(id))
+    for _, dl in ipairs(ev.deliveries) do
+      local what, why = replay_outcome(dl, handler)
+      if what then io.stdout:write(("  %-10s  %s  (%s)\n"):format(what, dl.handler, why)) end
+    end
+    if not handler then
+      io.stdout:write("  and any handler that matches it now but never ran for it\n")
     end
     return 0
   end,
@@ -704,23 +817,28 @@ with data = URI: they run whatever was still pending or retrying.]],
 }
 
 COMMANDS.reload = {
-  options = { config = true, admin = true },
+  options = { config = true, admin = true, data = true },
   help = [[
-usage: certhook reload [--admin ADDR:PORT] [--config FILE]
+usage: certhook reload [--admin ADDR:PORT] [--config FILE] [--data DIR|URI]
 
 Asks the running server (its admin listener) to reread the config and reload the handlers,
 and waits for the outcome: exit 0 with the new generation, or exit 1 with what is wrong
-(file:line) -- the server then keeps running what it had.]],
+(file:line) -- the server then keeps running what it had. The server is the one of the
+config's journal (--data) on this machine, where serve recorded it listens, else at the
+config's admin address; --admin names another.]],
   run = function(opts)
     local cfg = settings(opts)
-    local url = ("http://%s/reload"):format(local_address(opts.admin or cfg.admin or "127.0.0.1:9090"))
+    local url, from = opts.admin and "http://" .. local_address(opts.admin)
+    if not url then url, from = server_url(cfg, "admin", "127.0.0.1:9090") end
+    url = url .. "/reload"
     local headers = {}
     if type(cfg.admin_token) == "string" then headers.Authorization = "Bearer " .. cfg.admin_token end
-    local resp, err = api.http.request { url = url, method = "POST", headers = headers, timeout = 120 }
-    if not resp then die(1, "reload: %s: %s", url, err) end
+    local resp = request_server({ url = url, method = "POST", headers = headers, timeout = 120 },
+      from)
     local body = resp.json or {}
     if resp.status == 200 then
-      io.stdout:write(("reloaded: generation %s\n"):format(tostring(body.generation)))
+      io.stdout:write(("reloaded: generation %s (%s%s)\n"):format(tostring(body.generation), url,
+        from and ", " .. from or ""))
       return 0
     end
     die(1, "reload failed: %s", body.message or resp.body)
@@ -729,7 +847,7 @@ and waits for the outcome: exit 0 with the new generation, or exit 1 with what i
 
 COMMANDS.version = {
   options = { config = true },
-  help = "usage: certhook version\n\nPrints the versions of certhook and the libraries it uses.",
+  help = "usage: certhook version [--config FILE]\n\nPrints the versions of certhook and the libraries it uses.",
   run = function()
     io.stdout:write(core.versions(), "\n")
     return 0

@@ -446,6 +446,20 @@ static void emit(struct dispatch *d, int64_t seq, const struct delivery_result *
     d->out_tail = &done->next;
 }
 
+/* A delivery with no attempt left, whatever ended it: one line says so. */
+static void log_dead(const char *event_id, const struct delivery_result *r)
+{
+    struct log_line l;
+    log_begin(&l, LOG_ERROR, "delivery dead: it is not retried any more; after the fix, "
+                             "certhook replay --dead (or replay EVENT --handler HANDLER) runs it "
+                             "again");
+    log_str(&l, "event", event_id);
+    log_str(&l, "handler", r->handler);
+    log_num(&l, "attempts", r->attempts);
+    log_str(&l, "error", r->error);
+    log_end(&l);
+}
+
 /* Hands the round's delivery states to the journal writer: those that ended, and "running"
  * for deliveries that started and still wait. */
 static void flush(struct dispatch *d)
@@ -505,10 +519,12 @@ static void finish(struct dispatch *d, struct delivery *dl, char *error, char *t
         r->status = DELIVERY_DONE;
         metrics_add(M_DELIVERIES, 1, r->handler, "success");
     } else {
-        run_log_failure(&dl->ctx, r->attempts, error, traceback);
         double delay = retry_delay(d->cfg, r->attempts, r->crashes, erand48(d->rng));
+        run_log_failure(&dl->ctx, r->attempts, error, traceback, delay);
         r->status = delay < 0 ? DELIVERY_DEAD : DELIVERY_RETRYING;
-        if (delay >= 0) {
+        if (delay < 0) {
+            log_dead(dl->ctx.event_id, r);
+        } else {
             r->next_at = time_now() + delay; /* journaled: for people and the next start */
             heap_push(d, dl->ev->ev->seq, r->handler, r->attempts, r->crashes,
                       time_mono() + delay, r->first_at);
@@ -656,37 +672,66 @@ static void start_event(struct dispatch *d, struct event *ev, const struct handl
     event_release(er);
 }
 
+/* Handler names (a replay's: those not to run). */
+struct names {
+    char **v;
+    size_t n;
+};
+
+static void add_name(void *cls, const struct journal_delivery *row)
+{
+    struct names *ns = cls;
+    char **v = realloc(ns->v, (ns->n + 1) * sizeof *v);
+    if (v != NULL && (v[ns->n] = strdup(row->handler)) != NULL)
+        ns->n++;
+    if (v != NULL)
+        ns->v = v;
+}
+
+static int has_name(const struct names *ns, const char *name)
+{
+    for (size_t i = 0; i < ns->n; i++)
+        if (strcmp(ns->v[i], name) == 0)
+            return 1;
+    return 0;
+}
+
 enum { FRESH, RECOVERED, REPLAYED }; /* how an event comes to dispatch_fresh */
 
 /* Whether handler h should start on ev, which comes `how`. One read back from the journal or
  * replayed may have deliveries scheduled or in flight already; one read back may also be that
  * of the delivery that ran when the previous process died, decided at the start (retrying or
- * dead) though its event still reads as never dispatched. */
+ * dead) though its event still reads as never dispatched. A replay runs only the handler it
+ * names (only), else none of those that succeeded (done). */
 static int should_start(struct dispatch *d, const struct handler *h, const struct event *ev,
-                        int how)
+                        int how, const char *only, const struct names *done)
 {
-    if (!matches(h, ev))
+    if (!matches(h, ev) || (only && strcmp(h->name, only) != 0) ||
+        (done && has_name(done, h->name)))
         return 0;
     if (how == RECOVERED && d->crashed.seq == ev->seq && strcmp(d->crashed.handler, h->name) == 0)
         return 0;
     return how == FRESH || !busy_with(d, ev->seq, h->name);
 }
 
-/* An event: every handler that should start on it starts now. */
-static void dispatch_fresh(struct dispatch *d, struct event *ev, int how)
+/* An event: every handler that should start on it (should_start) starts now. Takes ev;
+ * returns how many started. */
+static size_t dispatch_fresh(struct dispatch *d, struct event *ev, int how, const char *only,
+                             const struct names *done)
 {
     struct generation *g = d->gen;
     const struct handler **hs = malloc((g->n + 1) * sizeof *hs);
     size_t n = 0;
     if (hs == NULL) {
         event_free(ev);
-        return;
+        return 0;
     }
     for (size_t i = 0; i < g->n; i++)
-        if (should_start(d, &g->h[i], ev, how))
+        if (should_start(d, &g->h[i], ev, how, only, done))
             hs[n++] = &g->h[i];
     start_event(d, ev, hs, n, NULL);
     free(hs);
+    return n;
 }
 
 static const struct handler *find_handler(const struct generation *g, const char *name)
@@ -710,7 +755,7 @@ static void dispatch_due(struct dispatch *d, struct scheduled *s)
                                     .attempts = s->attempts, .crashes = s->crashes,
                                     .error = "the handler is no longer loaded"};
         emit(d, s->seq, &r);
-        log_msg(LOG_WARN, "%s of %s is dead: the handler is no longer loaded", s->handler, ev->id);
+        log_dead(ev->id, &r);
         event_free(ev);
     } else {
         start_event(d, ev, &h, 1, s);
@@ -781,21 +826,35 @@ struct replay_round {
     int dead;
 };
 
-static void on_replay(void *cls, int64_t id, const char *event_id, int dead)
+/* A replay request (journal_request_replay says what each runs). */
+static void on_replay(void *cls, const struct journal_replay *r)
 {
     struct replay_round *rr = cls;
-    rr->upto = id;
-    if (dead) {
+    struct names done = {NULL, 0};
+    rr->upto = r->id;
+    if (r->dead) {
         rr->dead = 1; /* once per round, however many asked */
         return;
     }
-    struct event *ev = journal_load(rr->d->j, 0, event_id);
+    struct event *ev = journal_load(rr->d->j, 0, r->event_id);
     if (ev == NULL) {
-        log_msg(LOG_WARN, "replay of %s: no such event in the journal", event_id);
+        log_msg(LOG_WARN, "replay of %s: no such event in the journal", r->event_id);
         return;
     }
-    log_msg(LOG_INFO, "replaying %s", event_id);
-    dispatch_fresh(rr->d, ev, REPLAYED);
+    if (r->handler == NULL)
+        journal_scan_deliveries(rr->d->j, "done", ev->seq, add_name, &done);
+    size_t n = dispatch_fresh(rr->d, ev, REPLAYED, r->handler, r->handler ? NULL : &done);
+    struct log_line l;
+    log_begin(&l, LOG_INFO, r->handler && n == 0 ? "replay: that handler is not loaded, or its "
+                                                   "delivery is scheduled or running already"
+                                                 : "replaying");
+    log_str(&l, "event", r->event_id);
+    log_str(&l, "handler", r->handler);
+    log_num(&l, "deliveries", (double)n);
+    log_end(&l);
+    for (size_t i = 0; i < done.n; i++)
+        free(done.v[i]);
+    free(done.v);
 }
 
 static void poll_replays(struct dispatch *d)
@@ -804,7 +863,7 @@ static void poll_replays(struct dispatch *d)
     if (journal_scan_replays(d->j, d->replays_seen, on_replay, &rr) <= 0)
         return;
     if (rr.dead) {
-        int n = journal_scan_deliveries(d->j, "dead", requeue_dead, d);
+        int n = journal_scan_deliveries(d->j, "dead", 0, requeue_dead, d);
         log_msg(LOG_INFO, "replaying %d dead deliveries", n < 0 ? 0 : n);
     }
     struct journal_done *done = journal_done_new(0, 0);
@@ -835,9 +894,14 @@ static void recover_interrupted(struct dispatch *d, const struct journal_deliver
                               "handler that stalled the dispatcher)"
                             : "the attempt was interrupted: certhook stopped without finishing it"};
     emit(d, row->seq, &r);
-    if (delay >= 0)
+    if (delay >= 0) {
         heap_push(d, row->seq, row->handler, row->attempts, crashes, time_mono() + delay,
                   row->first_at);
+    } else if (!crash_here) {
+        struct event *ev = journal_load(d->j, row->seq, NULL);
+        log_dead(ev ? ev->id : NULL, &r);
+        event_free(ev);
+    }
     if (!crash_here)
         return;
     struct log_line l;
@@ -858,6 +922,8 @@ static void recover_interrupted(struct dispatch *d, const struct journal_deliver
     if (delay >= 0)
         log_num(&l, "retry_in", round(delay * 1000) / 1000);
     log_end(&l);
+    if (delay < 0)
+        log_dead(d->crashed.event_id, &r);
 }
 
 /* A delivery the journal holds open at the start. */
@@ -1014,7 +1080,7 @@ static int start_work(struct dispatch *d)
             struct event *ev = next_event(d, &again);
             if (ev == NULL)
                 return 0;
-            dispatch_fresh(d, ev, again ? RECOVERED : FRESH);
+            dispatch_fresh(d, ev, again ? RECOVERED : FRESH, NULL, NULL);
         }
         started++;
     }
@@ -1030,7 +1096,7 @@ int dispatch_run(struct dispatch *d, int sigfd)
     d->journalfd = (struct loop_fd){journal_wake_fd(d->j), on_journal};
     if (d->journalfd.fd >= 0)
         loop_add(d->loop, &d->journalfd, EPOLLIN);
-    int n = journal_scan_deliveries(d->j, NULL, schedule_loaded, d);
+    int n = journal_scan_deliveries(d->j, NULL, 0, schedule_loaded, d);
     if (d->has_crashed) { /* it died in the round that started it: never journaled */
         struct journal_delivery row = {.seq = d->crashed.seq, .handler = d->crashed.handler,
                                        .status = DELIVERY_RUNNING,
@@ -1150,7 +1216,7 @@ static int run_sync(struct generation *g, const struct event *ev, const struct h
         r[i].status = st == RUN_DONE ? DELIVERY_DONE : DELIVERY_DEAD;
         r[i].generation = g->number;
         if (st != RUN_DONE)
-            run_log_failure(&ctx, r[i].attempts, r[i].error, r[i].traceback);
+            run_log_failure(&ctx, r[i].attempts, r[i].error, r[i].traceback, NAN);
         run_free(L, co, ref);
         lua_settop(L, event);
     }

@@ -187,8 +187,11 @@ enum run_status run_resume(lua_State *L, lua_State *co, int nargs, struct delive
                            char **error, char **traceback);
 void run_free(lua_State *L, lua_State *co, int ref); /* closes it and drops the anchor */
 char *run_stopped(const struct delivery_ctx *ctx);   /* why a killed one stopped (malloc'd) */
+/* Logs a failed attempt ("handler failed"): when it is retried (retry_in >= 0, seconds) with
+ * retry_in and next_attempt_at, when it was the last one (retry_in < 0) with "dead": true;
+ * retry_in NAN: neither (certhook run: nothing is retried). */
 void run_log_failure(const struct delivery_ctx *ctx, int attempt, const char *error,
-                     const char *traceback);
+                     const char *traceback, double retry_in);
 
 /* ---- watchdog.c: the expiry watchdog ----------------------------------------------------------- */
 

@@ -103,19 +103,23 @@ static void answer(struct reload_wait *w, int rc, unsigned generation, const cha
     }
 }
 
+/* What asked, for the log: "a handler file changed", "SIGHUP", "POST /reload" (coalesced ones
+ * joined by ", "). */
 static void by_names(int by, char *out, size_t n)
 {
-    snprintf(out, n, "%s%s%s%s%s", by & BY_FILES ? "files" : "",
-             (by & BY_FILES) && (by & (BY_SIGNAL | BY_REQUEST)) ? "," : "",
-             by & BY_SIGNAL ? "SIGHUP" : "", (by & BY_SIGNAL) && (by & BY_REQUEST) ? "," : "",
-             by & BY_REQUEST ? "request" : "");
+    static const char *const names[] = {"a handler file changed", "SIGHUP", "POST /reload"};
+    size_t at = 0;
+    out[0] = '\0';
+    for (int i = 0; i < 3; i++)
+        if (by & (1 << i) && at < n)
+            at += (size_t)snprintf(out + at, n - at, "%s%s", at ? ", " : "", names[i]);
 }
 
 /* The outcome of one reload: counted, logged (one shape, whoever asked), its waits answered. */
 static void finish(struct reloader *r, int rc, const struct generation *g, const char *err,
                    unsigned current)
 {
-    char by[40];
+    char by[80];
     by_names(r->build_by, by, sizeof by);
     struct log_line l;
     log_begin(&l, rc == 0 ? LOG_INFO : LOG_ERROR, rc == 0 ? "reloaded" : "reload failed");
@@ -128,7 +132,7 @@ static void finish(struct reloader *r, int rc, const struct generation *g, const
         log_num(&l, "generation", current); /* still running */
     }
     log_str(&l, "config", r->build_config ? "reread" : "kept");
-    log_str(&l, "asked_by", by);
+    log_str(&l, "by", by);
     log_num(&l, "ms", round((time_mono() - r->build_t0) * 1e6) / 1e3);
     log_end(&l);
     pthread_mutex_lock(&r->mu);

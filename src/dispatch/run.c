@@ -8,6 +8,7 @@
  * it yields the coroutine when it can -- a pcall in the handler cannot catch a yield -- and
  * raises only inside C calls that cannot yield, until a yieldable point is reached.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -233,9 +234,10 @@ enum run_status run_resume(lua_State *L, lua_State *co, int nargs, struct delive
 }
 
 void run_log_failure(const struct delivery_ctx *ctx, int attempt, const char *error,
-                     const char *traceback)
+                     const char *traceback, double retry_in)
 {
     struct log_line l;
+    char at[40];
     log_begin(&l, LOG_ERROR, "handler failed");
     log_str(&l, "event", ctx->event_id);
     log_str(&l, "type", ctx->event_type);
@@ -243,6 +245,13 @@ void run_log_failure(const struct delivery_ctx *ctx, int attempt, const char *er
     log_str(&l, "handler", ctx->handler);
     log_num(&l, "generation", ctx->generation);
     log_num(&l, "attempt", attempt);
+    if (retry_in >= 0) {
+        time_format_iso8601(time_now() + retry_in, at);
+        log_num(&l, "retry_in", round(retry_in * 1000) / 1000);
+        log_str(&l, "next_attempt_at", at);
+    } else if (retry_in < 0) {
+        log_json(&l, "dead", "true", 4);
+    }
     log_str(&l, "error", error);
     log_str(&l, "traceback", traceback);
     log_end(&l);

@@ -173,7 +173,8 @@ static void reloaded(struct reload_wait *w, int rc, unsigned generation, const c
     MHD_resume_connection(a->c);
 }
 
-/* POST /reload: rereads the configuration and the handlers; answers once it is done. */
+/* POST /reload: rereads the configuration and the handlers; answers once it is done. A failure
+ * is logged by the reload itself ("reload failed"), as that of any other reload. */
 static enum MHD_Result admin_reload(struct listener *l, struct MHD_Connection *c, void **req_cls)
 {
     struct admin_reload *a = *req_cls != (void *)l ? *req_cls : NULL;
@@ -191,7 +192,7 @@ static enum MHD_Result admin_reload(struct listener *l, struct MHD_Connection *c
         return MHD_YES;
     }
     if (a->rc != 0)
-        return http_reply_error(c, 422, "reload_failed", NULL, NULL, NULL, "%s", a->err);
+        return http_reply_message(c, 422, "reload_failed", a->err);
     char body[96];
     int n = snprintf(body, sizeof body, "{\"status\":\"reloaded\",\"generation\":%u}",
                      a->generation);

@@ -226,6 +226,17 @@ void http_raw_reply(struct conn *k, unsigned status, const char *code, const cha
     shutdown(k->fd, SHUT_RDWR);
 }
 
+enum MHD_Result http_reply_message(struct MHD_Connection *c, unsigned status, const char *code,
+                                   const char *msg)
+{
+    struct buf b;
+    buf_init(&b);
+    error_body(&b, code, msg);
+    enum MHD_Result rc = b.p ? http_reply(c, status, b.p, b.n, NULL, NULL) : MHD_NO;
+    buf_free(&b);
+    return rc;
+}
+
 enum MHD_Result http_reply_error(struct MHD_Connection *c, unsigned status, const char *code,
                                  const char *source, const char *header, const char *value,
                                  const char *fmt, ...)

@@ -86,6 +86,10 @@ int http_chunk_size(const char *body, const char *upload, uint64_t *size);
 extern __thread unsigned http_replied;
 enum MHD_Result http_reply(struct MHD_Connection *c, unsigned status, const char *body, size_t n,
                            const char *header, const char *value);
+/* {"error": code, "message": msg}, not logged: what was refused is logged where it was decided
+ * (a failed reload). */
+enum MHD_Result http_reply_message(struct MHD_Connection *c, unsigned status, const char *code,
+                                   const char *msg);
 /* {"error": code, "message": ...}; rejected requests are logged with the reason. */
 enum MHD_Result http_reply_error(struct MHD_Connection *c, unsigned status, const char *code,
                                  const char *source, const char *header, const char *value,

@@ -101,15 +101,14 @@ struct event *journal_load(struct journal *j, int64_t seq, const char *id)
     return READ(j, j->ops->load(j->s, seq, id));
 }
 
-int journal_scan_deliveries(struct journal *j, const char *status,
+int journal_scan_deliveries(struct journal *j, const char *status, int64_t seq,
                             void (*fn)(void *cls, const struct journal_delivery *row), void *cls)
 {
-    return READ(j, j->ops->scan_deliveries(j->s, status, fn, cls));
+    return READ(j, j->ops->scan_deliveries(j->s, status, seq, fn, cls));
 }
 
 int journal_scan_replays(struct journal *j, int64_t after,
-                         void (*fn)(void *cls, int64_t id, const char *event_id, int dead),
-                         void *cls)
+                         void (*fn)(void *cls, const struct journal_replay *r), void *cls)
 {
     return READ(j, j->ops->scan_replays(j->s, after, fn, cls));
 }
@@ -132,6 +131,18 @@ int journal_state_keys(struct journal *j, const char *prefix, void (*fn)(void *,
     return READ(j, j->ops->state_keys(j->s, prefix, fn, cls, err, errlen));
 }
 
+int journal_announce(struct journal *j, const struct journal_server *me, char *err,
+                     size_t errlen)
+{
+    return j->ops->announce(j->s, me, err, errlen);
+}
+
+int journal_servers(struct journal *j, void (*fn)(void *cls, const struct journal_server *srv),
+                    void *cls, char *err, size_t errlen)
+{
+    return READ(j, j->ops->servers(j->s, fn, cls, err, errlen));
+}
+
 int journal_list(struct journal *j, const struct journal_filter *f,
                  void (*fn)(void *cls, const struct journal_row *row), void *cls, char *err,
                  size_t errlen)
@@ -139,10 +150,10 @@ int journal_list(struct journal *j, const struct journal_filter *f,
     return READ(j, j->ops->list(j->s, f, fn, cls, err, errlen));
 }
 
-int journal_request_replay(struct journal *j, const char *event_id, int *count, char *err,
-                           size_t errlen)
+int journal_request_replay(struct journal *j, const char *event_id, const char *handler,
+                           int *count, char *err, size_t errlen)
 {
-    return READ(j, j->ops->request_replay(j->s, event_id, count, err, errlen));
+    return READ(j, j->ops->request_replay(j->s, event_id, handler, count, err, errlen));
 }
 
 void journal_status(struct journal *j, struct journal_status *st)

@@ -143,16 +143,40 @@ struct journal_delivery {
     int attempts, crashes;
     double next_at, first_at; /* wall clock */
 };
-/* Deliveries in a status (NULL: those not final -- pending, running, retrying): fn for each.
- * Returns how many, or -1. */
-int journal_scan_deliveries(struct journal *j, const char *status,
+/* Deliveries in a status (NULL: those not final -- pending, running, retrying) of the event seq
+ * (0: of every event): fn for each. Returns how many, or -1. */
+int journal_scan_deliveries(struct journal *j, const char *status, int64_t seq,
                             void (*fn)(void *cls, const struct journal_delivery *row), void *cls);
-/* Replay requests after id: fn(cls, id, event_id or NULL, dead). Returns how many, or -1. A
- * shared journal hands each request to one server: the one that holds its event, or takes
- * it (a finished one); the next journal_finish with replays_upto marks them done. */
+/* A replay request (journal_request_replay): every dead delivery (dead), or those of the event
+ * event_id -- the delivery to handler, or with handler NULL the ones that did not succeed. */
+struct journal_replay {
+    int64_t id;
+    const char *event_id, *handler;
+    int dead;
+};
+/* Replay requests after id: fn for each. Returns how many, or -1. A shared journal hands each
+ * request to one server: the one that holds its event, or takes it (a finished one); the next
+ * journal_finish with replays_upto marks them done. */
 int journal_scan_replays(struct journal *j, int64_t after,
-                         void (*fn)(void *cls, int64_t id, const char *event_id, int dead),
-                         void *cls);
+                         void (*fn)(void *cls, const struct journal_replay *r), void *cls);
+
+/* ---- where servers listen (journal.c): for the command line on this machine ---- */
+
+/* A server of the journal: its process and where it listens ("http://127.0.0.1:8080",
+ * "https://0.0.0.0:8443"; admin "http://127.0.0.1:9090"). */
+struct journal_server {
+    long pid;
+    const char *listen, *admin;
+};
+/* Records where this server (JOURNAL_EXCLUSIVE) listens, replacing what it recorded before: in
+ * the data directory (certhook.listening, removed when the server closes the journal), or in
+ * its row of the database's servers (gone with it). 0, or -1 with err. */
+int journal_announce(struct journal *j, const struct journal_server *me, char *err,
+                     size_t errlen);
+/* The servers of this journal on this machine that recorded where they listen, newest first:
+ * fn for each. One killed may still be there: its pid tells. Returns how many, or -1 with err. */
+int journal_servers(struct journal *j, void (*fn)(void *cls, const struct journal_server *srv),
+                    void *cls, char *err, size_t errlen);
 
 /* ---- claims (journal.c): which server runs what, when several share the journal ---- */
 
@@ -186,6 +210,7 @@ int journal_once_get(struct journal *j, const char *key, char **out, size_t *len
 /* The command line's view (certhook events / replay). */
 struct journal_filter {
     const char *status, *type; /* NULL: any; type is a pattern (`*`) on type or provider_type */
+    const char *id;            /* NULL: any; else that event alone */
     int limit;
 };
 struct journal_row { /* one event with one of its deliveries (handler NULL when none) */
@@ -197,11 +222,15 @@ struct journal_row { /* one event with one of its deliveries (handler NULL when 
 int journal_list(struct journal *j, const struct journal_filter *f,
                  void (*fn)(void *cls, const struct journal_row *row), void *cls, char *err,
                  size_t errlen);
-/* Queues a replay for the server: the event event_id (its deliveries run again on the current
- * handlers), or every dead delivery when event_id is NULL. *count: the deliveries of the event
- * / the dead ones now. 0, or -1 with err (no such event, journal locked, ...). */
-int journal_request_replay(struct journal *j, const char *event_id, int *count, char *err,
-                           size_t errlen);
+/* Queues a replay for the server: of the event event_id, or of every dead delivery when
+ * event_id is NULL. An event's replay runs its delivery to handler again, whatever its status;
+ * with handler NULL, those of its deliveries that did not succeed and the handlers that match it
+ * now but never ran for it (DESIGN §10: one that succeeded is not re-run unless named).
+ * Deliveries scheduled or in flight keep their course. *count: the deliveries that run again,
+ * as the journal is now (handler: 1; an event: its dead ones; every dead one). 0, or -1 with err
+ * (no such event, no such delivery of it, journal locked, ...). */
+int journal_request_replay(struct journal *j, const char *event_id, const char *handler,
+                           int *count, char *err, size_t errlen);
 
 /* The certificate inventory (certhook.certs, certhook certs): entries as JSON objects -- key,
  * provider, source, hostname, certificate_id, name, scope, status, state, domains, issuer,
@@ -242,7 +271,8 @@ struct journal_record {
     int64_t seq;                   /* DELIVERY: its event; REPLAY: its id */
     const struct delivery_result *d; /* DELIVERY */
     const char *key, *value;       /* STATE: key, JSON text; CERTIFICATE: -, the inventory entry
-                                    * as JSON (journal_certs); ONCE: key, results (NULL: claimed) */
+                                    * as JSON (journal_certs); ONCE: key, results (NULL: claimed);
+                                    * REPLAY: the handler (NULL: journal_request_replay's) */
     size_t key_len, value_len;
     const char *status, *event_id; /* CERTIFICATE: status; REPLAY: the event (NULL: dead) */
     double expires_at, at;         /* STATE: 0 never; REPLAY: requested_at; ONCE: the claim's

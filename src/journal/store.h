@@ -20,6 +20,12 @@
 
 struct store;
 
+/* A delivery's last_error or traceback (col) in the upsert of its state, where row names the
+ * row being updated ("" or "d."): that of its last failed attempt, kept while it is retried or
+ * runs again; none once it succeeded, so that a done delivery never shows an old error. */
+#define KEPT_ERROR(row, col) \
+    "CASE WHEN excluded.status = 'done' THEN NULL ELSE coalesce(excluded." col ", " row col ") END"
+
 struct store_ops {
     const char *name;
     /* Opens (and with JOURNAL_CREATE makes) the store; migrates its schema. */
@@ -58,11 +64,10 @@ struct store_ops {
     int (*scan_events)(struct store *s, int state, int64_t after, int64_t upto, int limit,
                        void (*fn)(void *cls, struct event *ev), void *cls);
     struct event *(*load)(struct store *s, int64_t seq, const char *id);
-    int (*scan_deliveries)(struct store *s, const char *status,
+    int (*scan_deliveries)(struct store *s, const char *status, int64_t seq,
                            void (*fn)(void *cls, const struct journal_delivery *row), void *cls);
     int (*scan_replays)(struct store *s, int64_t after,
-                        void (*fn)(void *cls, int64_t id, const char *event_id, int dead),
-                        void *cls);
+                        void (*fn)(void *cls, const struct journal_replay *r), void *cls);
     int (*state_get)(struct store *s, const char *key, char **out, size_t *len, char *err,
                      size_t errlen);
     int (*state_keys)(struct store *s, const char *prefix, void (*fn)(void *, const char *),
@@ -74,11 +79,14 @@ struct store_ops {
     int (*list)(struct store *s, const struct journal_filter *f,
                 void (*fn)(void *cls, const struct journal_row *row), void *cls, char *err,
                 size_t errlen);
-    int (*request_replay)(struct store *s, const char *event_id, int *count, char *err,
-                          size_t errlen);
+    int (*request_replay)(struct store *s, const char *event_id, const char *handler,
+                          int *count, char *err, size_t errlen);
     void (*status)(struct store *s, struct journal_status *st); /* any thread */
     int (*load_inventory)(struct store *s, size_t cap);
     const char *(*directory)(struct store *s); /* journal_directory */
+    int (*announce)(struct store *s, const struct journal_server *me, char *err, size_t errlen);
+    int (*servers)(struct store *s, void (*fn)(void *cls, const struct journal_server *srv),
+                   void *cls, char *err, size_t errlen);
 
     /* ---- claims (shared stores; journal.h says what each does) ---- */
     int (*claim)(struct store *s, int limit,

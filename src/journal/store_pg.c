@@ -224,6 +224,12 @@ static const char *const migrations[] = {
     "    u.state, u.last_type, u.expires_at, u.updated_at FROM unnest(entries) AS u"
     "    WHERE u.key IS NOT NULL;"
     "END $$;",
+
+    /* a replay of one delivery of an event (NULL: those that did not succeed) */
+    "ALTER TABLE replays ADD COLUMN handler text;",
+
+    /* where each server listens, for the command line on its machine (journal_announce) */
+    "ALTER TABLE nodes ADD COLUMN listen text, ADD COLUMN admin text;",
 };
 
 /* ---- the writer's statements (prepared on its connection) ---------------------------------------- */
@@ -261,8 +267,8 @@ static const struct statement {
      "excluded.attempts, crashes = excluded.crashes, generation = coalesce(excluded.generation, "
      "d.generation), first_at = coalesce(d.first_at, excluded.first_at), started_at = "
      "coalesce(excluded.started_at, d.started_at), duration = coalesce(excluded.duration, "
-     "d.duration), next_at = excluded.next_at, last_error = coalesce(excluded.last_error, "
-     "d.last_error), traceback = coalesce(excluded.traceback, d.traceback)"},
+     "d.duration), next_at = excluded.next_at, last_error = " KEPT_ERROR("d.", "last_error") ", "
+     "traceback = " KEPT_ERROR("d.", "traceback")},
     /* the events' states from their deliveries; a finished one is held by nobody */
     {"settle",
      "UPDATE events e SET state = x.st, owner = CASE WHEN x.st = 2 THEN NULL ELSE e.owner END "
@@ -338,6 +344,8 @@ struct store {
     struct pgc w, r, a, l;       /* writer, reader, admin, listener */
     pthread_mutex_t amu;         /* the admin connection */
     _Atomic int_least64_t id;    /* this server's row in nodes (0: none) */
+    pthread_mutex_t addr_mu;     /* guards: */
+    char *listen, *admin;        /* where it listens (journal_announce) */
     _Atomic double lease_until;  /* time_mono() until which its claims hold */
     int lost;                    /* the writer found its row gone: register anew */
     /* the batch (writer thread) */
@@ -663,11 +671,14 @@ static int register_node(struct store *s, int64_t old, char *err, size_t errlen)
     gethostname(host, sizeof host - 1);
     fmt_int(pid, sizeof pid, getpid());
     fmt_double(lease, sizeof lease, s->lease);
-    const char *vals[] = {host, pid, lease};
+    pthread_mutex_lock(&s->addr_mu);
+    const char *vals[] = {host, pid, lease, s->listen, s->admin};
     double t0 = time_mono();
-    PGresult *res = run(s, &s->w, "INSERT INTO nodes (name, pid, lease_until) VALUES ($1, "
-                                  "$2::int, now() + make_interval(secs => $3::float8)) RETURNING id",
-                        3, vals, NULL, NULL, 0, err, errlen);
+    PGresult *res = run(s, &s->w, "INSERT INTO nodes (name, pid, lease_until, listen, admin) "
+                                  "VALUES ($1, $2::int, now() + make_interval(secs => "
+                                  "$3::float8), $4, $5) RETURNING id",
+                        5, vals, NULL, NULL, 0, err, errlen);
+    pthread_mutex_unlock(&s->addr_mu);
     if (res == NULL)
         return -1;
     int64_t id = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
@@ -705,6 +716,7 @@ static int pg_open(struct store **sp, const struct journal_options *o, char *err
     s->wakefd = s->stopfd = -1;
     atomic_store(&s->lease_until, INFINITY);
     pthread_mutex_init(&s->amu, NULL);
+    pthread_mutex_init(&s->addr_mu, NULL);
     char msg[300];
     if (pgc_ready(s, (o->flags & JOURNAL_READONLY) ? &s->r : &s->w, msg, sizeof msg) != 0) {
         snprintf(err, errlen, "cannot connect to the journal database: %s",
@@ -777,6 +789,9 @@ static void pg_close(struct store *s)
     if (s->stopfd >= 0)
         close(s->stopfd);
     pthread_mutex_destroy(&s->amu);
+    pthread_mutex_destroy(&s->addr_mu);
+    free(s->listen);
+    free(s->admin);
     for (size_t i = 0; i < s->nunsure; i++)
         free(s->unsure[i]);
     free(s->unsure);
@@ -1764,20 +1779,23 @@ static void each_delivery(const PGresult *res,
     }
 }
 
-static int pg_scan_deliveries(struct store *s, const char *status,
+static int pg_scan_deliveries(struct store *s, const char *status, int64_t seq,
                               void (*fn)(void *cls, const struct journal_delivery *row), void *cls)
 {
-    char me[24], msg[300];
+    char me[24], of[24], msg[300];
     fmt_int(me, sizeof me, atomic_load(&s->id));
-    const char *v[] = {me, status};
+    fmt_int(of, sizeof of, seq);
+    const char *v[] = {me, of, status};
     PGresult *res = run(s, &s->r,
                         status ? "SELECT d.event_seq, d.handler, d.status, d.attempts, d.crashes, "
                                  "d.next_at, d.first_at FROM deliveries d JOIN events e ON e.seq "
-                                 "= d.event_seq WHERE e.owner = $1::bigint AND d.status = $2"
+                                 "= d.event_seq WHERE e.owner = $1::bigint AND ($2::bigint = 0 OR "
+                                 "e.seq = $2::bigint) AND d.status = $3"
                                : "SELECT d.event_seq, d.handler, d.status, d.attempts, d.crashes, "
                                  "d.next_at, d.first_at FROM deliveries d JOIN events e ON e.seq "
-                                 "= d.event_seq WHERE e.owner = $1::bigint AND d." OPEN_DELIVERY,
-                        status ? 2 : 1, v, NULL, NULL, 0, msg, sizeof msg);
+                                 "= d.event_seq WHERE e.owner = $1::bigint AND ($2::bigint = 0 OR "
+                                 "e.seq = $2::bigint) AND d." OPEN_DELIVERY,
+                        status ? 3 : 2, v, NULL, NULL, 0, msg, sizeof msg);
     if (res == NULL) {
         read_failed("deliveries", msg);
         return -1;
@@ -1912,8 +1930,7 @@ done:
 /* Replay requests for this server (journal.h): those of events it holds, or finished ones it
  * takes; those whose event is held by another server are left to it. */
 static int pg_scan_replays(struct store *s, int64_t after,
-                           void (*fn)(void *cls, int64_t id, const char *event_id, int dead),
-                           void *cls)
+                           void (*fn)(void *cls, const struct journal_replay *r), void *cls)
 {
     char me[24], aft[24], msg[300];
     PGresult *res = NULL, *took = NULL, *rows = NULL;
@@ -1976,7 +1993,7 @@ static int pg_scan_replays(struct store *s, int64_t after,
     buf_adds(&ids, "}");
     const char *vi[] = {me, ids.p};
     if ((rows = run(s, &s->r, "UPDATE replays SET claimed_by = $1::bigint WHERE id = "
-                              "ANY($2::bigint[]) RETURNING id, event_id, dead",
+                              "ANY($2::bigint[]) RETURNING id, event_id, dead, handler",
                     2, vi, NULL, NULL, 0, msg, sizeof msg)) == NULL ||
         exec0(s, &s->r, "COMMIT", 0, NULL, msg, sizeof msg) != 0)
         goto done;
@@ -1993,8 +2010,9 @@ static int pg_scan_replays(struct store *s, int64_t after,
         }
     for (int i = 0; order && i < n; i++) {
         int r = (int)order[i];
-        fn(cls, strtoll(PQgetvalue(rows, r, 0), NULL, 10), value(rows, r, 1),
-           PQgetvalue(rows, r, 2)[0] == 't');
+        struct journal_replay rp = {strtoll(PQgetvalue(rows, r, 0), NULL, 10), value(rows, r, 1),
+                                    value(rows, r, 3), PQgetvalue(rows, r, 2)[0] == 't'};
+        fn(cls, &rp);
     }
     free(order);
 done:
@@ -2125,19 +2143,21 @@ static int pg_list(struct store *s, const struct journal_filter *f,
 {
     char limit[16], *type = f->type ? like_pattern(f->type) : NULL;
     fmt_int(limit, sizeof limit, f->limit);
-    const char *v[] = {type, f->status, limit};
+    char *id_tmp;
+    const char *v[] = {type, f->status, limit, utf8(f->id, &id_tmp)};
     PGresult *res = run(s, &s->r,
                         "WITH picked AS (SELECT seq FROM events e WHERE ($1::text IS NULL OR type "
                         "LIKE $1 OR provider_type LIKE $1) AND ($2::text IS NULL OR EXISTS "
                         "(SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.status = "
-                        "$2)) ORDER BY seq DESC LIMIT $3::int) "
+                        "$2)) AND ($4::text IS NULL OR id = $4) ORDER BY seq DESC LIMIT $3::int) "
                         "SELECT e.seq, e.id, e.source, e.type, e.provider_type, e.hostname, "
                         "e.received_at, e.state, d.handler, d.status, d.attempts, d.last_error, "
                         "d.next_at, d.started_at, d.generation FROM picked JOIN events e ON "
                         "e.seq = picked.seq LEFT JOIN deliveries d ON d.event_seq = e.seq ORDER "
                         "BY e.seq DESC, d.handler COLLATE \"C\"",
-                        3, v, NULL, NULL, 0, err, errlen);
+                        4, v, NULL, NULL, 0, err, errlen);
     free(type);
+    free(id_tmp);
     if (res == NULL)
         return -1;
     for (int i = 0; i < PQntuples(res); i++) {
@@ -2158,21 +2178,23 @@ static int pg_list(struct store *s, const struct journal_filter *f,
 
 /* Queues a replay (journal.h). A request for the dead ones is one per event that has one, so
  * that each goes to the server that holds that event; NOTIFY says there is work. */
-static int pg_request_replay(struct store *s, const char *event_id, int *count, char *err,
-                             size_t errlen)
+static int pg_request_replay(struct store *s, const char *event_id, const char *handler,
+                             int *count, char *err, size_t errlen)
 {
-    char now[40], msg[300], *t = NULL;
+    char now[40], msg[300], *t = NULL, *th = NULL;
     PGresult *res = NULL;
     *count = 0;
     fmt_double(now, sizeof now, time_now());
-    const char *v[] = {event_id ? utf8(event_id, &t) : now, now};
+    const char *v[] = {event_id ? utf8(event_id, &t) : now, now, utf8(handler, &th)};
+    const char *which[] = {v[0], v[2]};
     int rc = -1;
     if (exec0(s, &s->w, "BEGIN", 0, NULL, msg, sizeof msg) != 0)
         goto fail;
     res = run(s, &s->w, event_id ? "SELECT (SELECT count(*) FROM deliveries WHERE event_seq = "
-                                   "e.seq) FROM events e WHERE e.id = $1"
+                                   "e.seq AND CASE WHEN $2::text IS NULL THEN status = 'dead' "
+                                   "ELSE handler = $2 END) FROM events e WHERE e.id = $1"
                                  : "SELECT count(*) FROM deliveries WHERE status = 'dead'",
-              event_id ? 1 : 0, v, NULL, NULL, 0, msg, sizeof msg);
+              event_id ? 2 : 0, which, NULL, NULL, 0, msg, sizeof msg);
     if (res == NULL)
         goto fail;
     if (PQntuples(res) == 0) {
@@ -2180,13 +2202,17 @@ static int pg_request_replay(struct store *s, const char *event_id, int *count, 
         goto done;
     }
     *count = atoi(PQgetvalue(res, 0, 0));
-    if (exec0(s, &s->w, event_id ? "INSERT INTO replays (event_id, dead, requested_at) VALUES "
-                                   "($1, false, $2::float8)"
+    if (handler && *count == 0) {
+        snprintf(err, errlen, "event %s has no delivery to %s", event_id, handler);
+        goto done;
+    }
+    if (exec0(s, &s->w, event_id ? "INSERT INTO replays (event_id, dead, requested_at, handler) "
+                                   "VALUES ($1, false, $2::float8, $3)"
                                  : "INSERT INTO replays (event_id, dead, requested_at) SELECT "
                                    "e.id, true, $1::float8 FROM events e WHERE EXISTS (SELECT 1 "
                                    "FROM deliveries d WHERE d.event_seq = e.seq AND d.status = "
                                    "'dead') ORDER BY e.seq",
-              event_id ? 2 : 1, v, msg, sizeof msg) != 0 ||
+              event_id ? 3 : 1, v, msg, sizeof msg) != 0 ||
         exec0(s, &s->w, "COMMIT", 0, NULL, msg, sizeof msg) != 0)
         goto fail;
     exec0(s, &s->w, "NOTIFY " CHANNEL, 0, NULL, msg, sizeof msg);
@@ -2199,6 +2225,7 @@ done:
         exec0(s, &s->w, "ROLLBACK", 0, NULL, msg, sizeof msg);
     PQclear(res);
     free(t);
+    free(th);
     return rc;
 }
 
@@ -2366,16 +2393,17 @@ static int pg_import(struct store *s, const struct journal_record *rec, char *er
          * pg_request_replay) */
         fmt_int(a, sizeof a, rec->seq);
         fmt_double(b, sizeof b, rec->at);
-        const char *v[] = {a, utf8(rec->event_id, &t[0]), rec->dead ? "true" : "false", b};
+        const char *v[] = {a, utf8(rec->event_id, &t[0]), rec->dead ? "true" : "false", b,
+                           utf8(rec->key, &t[1])};
         const char *vd[] = {b};
         rc = rec->event_id == NULL && rec->dead
                  ? exec0(s, &s->w, "INSERT INTO replays (event_id, dead, requested_at) SELECT "
                                    "e.id, true, $1::float8 FROM events e WHERE EXISTS (SELECT 1 "
                                    "FROM deliveries d WHERE d.event_seq = e.seq AND d.status = "
                                    "'dead') ORDER BY e.seq", 1, vd, msg, sizeof msg)
-                 : exec0(s, &s->w, "INSERT INTO replays (id, event_id, dead, requested_at) VALUES "
-                                   "($1::bigint, $2, $3::boolean, $4::float8)", 4, v, msg,
-                         sizeof msg);
+                 : exec0(s, &s->w, "INSERT INTO replays (id, event_id, dead, requested_at, "
+                                   "handler) VALUES ($1::bigint, $2, $3::boolean, $4::float8, $5)",
+                         5, v, msg, sizeof msg);
         break;
     }
     default:
@@ -2403,6 +2431,52 @@ static int pg_import_end(struct store *s, int ok, char *err, size_t errlen)
     if (!ok && s->w.c != NULL && PQtransactionStatus(s->w.c) != PQTRANS_IDLE)
         exec0(s, &s->w, "ROLLBACK", 0, NULL, msg, sizeof msg);
     return ok ? 0 : -1;
+}
+
+/* ---- where servers listen: their rows in nodes ----------------------------------------------------- */
+
+/* On the reader's connection (the dispatcher's thread); kept for a registration anew. */
+static int pg_announce(struct store *s, const struct journal_server *me, char *err,
+                       size_t errlen)
+{
+    char id[24], *listen = strdup(me->listen), *admin = strdup(me->admin);
+    if (listen == NULL || admin == NULL) {
+        free(listen);
+        free(admin);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    pthread_mutex_lock(&s->addr_mu);
+    free(s->listen);
+    free(s->admin);
+    s->listen = listen, s->admin = admin;
+    pthread_mutex_unlock(&s->addr_mu);
+    fmt_int(id, sizeof id, atomic_load(&s->id));
+    const char *v[] = {id, listen, admin};
+    return exec0(s, &s->r, "UPDATE nodes SET listen = $2, admin = $3 WHERE id = $1::bigint", 3,
+                 v, err, errlen);
+}
+
+/* Servers on this machine (by host name) whose lease holds. */
+static int pg_servers(struct store *s, void (*fn)(void *cls, const struct journal_server *srv),
+                      void *cls, char *err, size_t errlen)
+{
+    char host[256] = "?";
+    gethostname(host, sizeof host - 1);
+    const char *v[] = {host};
+    PGresult *res = run(s, &s->r, "SELECT pid, listen, admin FROM nodes WHERE name = $1 AND "
+                                  "listen IS NOT NULL AND lease_until > now() ORDER BY "
+                                  "started_at DESC, id DESC", 1, v, NULL, NULL, 0, err, errlen);
+    if (res == NULL)
+        return -1;
+    int n = PQntuples(res);
+    for (int i = 0; i < n; i++) {
+        struct journal_server srv = {atol(PQgetvalue(res, i, 0)), PQgetvalue(res, i, 1),
+                                     PQgetvalue(res, i, 2)};
+        fn(cls, &srv);
+    }
+    PQclear(res);
+    return n;
 }
 
 void store_pg_version(struct buf *b)
@@ -2447,6 +2521,8 @@ const struct store_ops store_pg = {
     .lease = pg_lease,
     .wake_fd = pg_wake_fd,
     .wake_clear = pg_wake_clear,
+    .announce = pg_announce,
+    .servers = pg_servers,
     .import_begin = pg_import_begin,
     .import = pg_import,
     .import_end = pg_import_end,

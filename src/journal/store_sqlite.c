@@ -51,6 +51,7 @@ struct store {
     _Atomic double behind_since;     /* time_mono() since when the WAL is not all copied; 0 */
     int durable;                     /* the writer connection's synchronous is FULL */
     int lock_fd;                     /* certhook.lock, JOURNAL_EXCLUSIVE; -1 */
+    int announced;                   /* certhook.listening is this server's */
     char *path;                      /* <dir>/certhook.db */
     char *dir;                       /* the data directory */
 };
@@ -166,6 +167,9 @@ static const char *const migrations[] = {
     "ALTER TABLE inventory ADD COLUMN expires_at_approximate INTEGER;"
     "ALTER TABLE inventory ADD COLUMN reached_at REAL;"
     "ALTER TABLE inventory ADD COLUMN state TEXT;",
+
+    /* a replay of one delivery of an event (NULL: those that did not succeed) */
+    "ALTER TABLE replays ADD COLUMN handler TEXT;",
 };
 
 
@@ -300,6 +304,14 @@ static int lock_dir(struct store *j, const char *dir, char *err, size_t errlen)
 
 static void sq_close(struct store *j);
 
+/* Where the server listens (journal_announce): dir/certhook.listening, "pid N\nlisten
+ * URL\nadmin URL\n", while it runs. */
+static const char *listening(struct store *j, char *path, size_t n)
+{
+    snprintf(path, n, "%s/certhook.listening", j->dir);
+    return path;
+}
+
 /* Before SQLite's first use: no statistics of its memory use (a global mutex on every
  * allocation otherwise). */
 static void sqlite_setup(void)
@@ -384,8 +396,8 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     "first_at = coalesce(first_at, excluded.first_at), "
                     "started_at = coalesce(excluded.started_at, started_at), "
                     "duration = coalesce(excluded.duration, duration), next_at = excluded.next_at, "
-                    "last_error = coalesce(excluded.last_error, last_error), "
-                    "traceback = coalesce(excluded.traceback, traceback)",
+                    "last_error = " KEPT_ERROR("", "last_error") ", "
+                    "traceback = " KEPT_ERROR("", "traceback"),
                     &j->del, err, errlen) ||
             prepare(j->db,
                     "INSERT INTO state (key, value, expires_at) VALUES (?,?,?) ON CONFLICT (key) "
@@ -449,6 +461,7 @@ fail:
 
 static void sq_close(struct store *j)
 {
+    char path[4096];
     if (j == NULL)
         return;
     sqlite3_stmt *stmts[] = {j->ins, j->ins_data, j->fin,   j->del,      j->sset, j->sdel,
@@ -459,6 +472,8 @@ static void sq_close(struct store *j)
     sqlite3_close(j->rdb);
     sqlite3_close(j->adb);
     sqlite3_close(j->cdb);
+    if (j->announced)
+        unlink(listening(j, path, sizeof path));
     if (j->lock_fd >= 0)
         close(j->lock_fd); /* releases the lock */
     free(j->path);
@@ -1016,22 +1031,25 @@ static struct event *sq_load(struct store *j, int64_t seq, const char *id)
     return ev;
 }
 
-static int sq_scan_deliveries(struct store *j, const char *status,
+static int sq_scan_deliveries(struct store *j, const char *status, int64_t seq,
                               void (*fn)(void *cls, const struct journal_delivery *row), void *cls)
 {
     sqlite3_stmt *s;
     int n = 0, rc;
     if (sqlite3_prepare_v2(j->rdb,
                            status ? "SELECT event_seq, handler, status, attempts, crashes, next_at, "
-                                    "first_at FROM deliveries WHERE status = ?"
+                                    "first_at FROM deliveries WHERE status = ?1 AND (?2 = 0 OR "
+                                    "event_seq = ?2)"
                                   : "SELECT event_seq, handler, status, attempts, crashes, next_at, "
-                                    "first_at FROM deliveries WHERE " OPEN_DELIVERY,
+                                    "first_at FROM deliveries WHERE " OPEN_DELIVERY " AND (?2 = 0 "
+                                    "OR event_seq = ?2)",
                            -1, &s, NULL) != SQLITE_OK) {
         read_failed(j, "deliveries");
         return -1;
     }
     if (status)
         sqlite3_bind_text(s, 1, status, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 2, seq);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         struct journal_delivery row = {
             .seq = sqlite3_column_int64(s, 0), .handler = column(s, 1),
@@ -1051,19 +1069,20 @@ static int sq_scan_deliveries(struct store *j, const char *status,
 }
 
 static int sq_scan_replays(struct store *j, int64_t after,
-                           void (*fn)(void *cls, int64_t id, const char *event_id, int dead),
-                           void *cls)
+                           void (*fn)(void *cls, const struct journal_replay *r), void *cls)
 {
     sqlite3_stmt *s;
     int n = 0, rc;
-    if (sqlite3_prepare_v2(j->rdb, "SELECT id, event_id, dead FROM replays WHERE id > ? ORDER BY id",
-                           -1, &s, NULL) != SQLITE_OK) {
+    if (sqlite3_prepare_v2(j->rdb, "SELECT id, event_id, handler, dead FROM replays WHERE id > ? "
+                                   "ORDER BY id", -1, &s, NULL) != SQLITE_OK) {
         read_failed(j, "replays");
         return -1;
     }
     sqlite3_bind_int64(s, 1, after);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        fn(cls, sqlite3_column_int64(s, 0), column(s, 1), sqlite3_column_int(s, 2));
+        struct journal_replay r = {sqlite3_column_int64(s, 0), column(s, 1), column(s, 2),
+                                   sqlite3_column_int(s, 3)};
+        fn(cls, &r);
         n++;
     }
     sqlite3_finalize(s);
@@ -1177,7 +1196,8 @@ static int sq_list(struct store *j, const struct journal_filter *f,
     const char *sql =
         "WITH picked AS (SELECT seq FROM events e WHERE (?1 IS NULL OR type GLOB ?1 OR "
         "provider_type GLOB ?1) AND (?2 IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE "
-        "d.event_seq = e.seq AND d.status = ?2)) ORDER BY seq DESC LIMIT ?3) "
+        "d.event_seq = e.seq AND d.status = ?2)) AND (?4 IS NULL OR id = ?4) ORDER BY seq DESC "
+        "LIMIT ?3) "
         "SELECT e.seq, e.id, e.source, e.type, e.provider_type, e.hostname, e.received_at, "
         "e.state, d.handler, d.status, d.attempts, d.last_error, d.next_at, d.started_at, "
         "d.generation FROM picked JOIN events e ON e.seq = picked.seq LEFT JOIN deliveries d "
@@ -1189,6 +1209,7 @@ static int sq_list(struct store *j, const struct journal_filter *f,
     sqlite3_bind_text(s, 1, f->type, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 2, f->status, -1, SQLITE_STATIC);
     sqlite3_bind_int(s, 3, f->limit);
+    sqlite3_bind_text(s, 4, f->id, -1, SQLITE_STATIC);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         struct journal_row r = {
             .seq = sqlite3_column_int64(s, 0), .id = column(s, 1), .source = column(s, 2),
@@ -1206,8 +1227,8 @@ static int sq_list(struct store *j, const struct journal_filter *f,
     return rc == SQLITE_DONE ? 0 : -1;
 }
 
-static int sq_request_replay(struct store *j, const char *event_id, int *count, char *err,
-                             size_t errlen)
+static int sq_request_replay(struct store *j, const char *event_id, const char *handler,
+                             int *count, char *err, size_t errlen)
 {
     sqlite3_stmt *s = NULL;
     int rc = -1;
@@ -1216,30 +1237,38 @@ static int sq_request_replay(struct store *j, const char *event_id, int *count, 
         goto fail;
     if (sqlite3_prepare_v2(j->db,
                            event_id ? "SELECT e.seq, (SELECT count(*) FROM deliveries WHERE "
-                                      "event_seq = e.seq) FROM events e WHERE e.id = ?"
+                                      "event_seq = e.seq AND CASE WHEN ?2 IS NULL THEN status = "
+                                      "'dead' ELSE handler = ?2 END) FROM events e WHERE e.id = ?1"
                                     : "SELECT 0, count(*) FROM deliveries WHERE status = 'dead'",
                            -1, &s, NULL) != SQLITE_OK)
         goto fail;
-    if (event_id)
+    if (event_id) {
         sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, handler, -1, SQLITE_STATIC);
+    }
     int step = sqlite3_step(s);
-    if (step == SQLITE_DONE) {
-        snprintf(err, errlen, "no event with id %s in the journal", event_id);
+    if (step == SQLITE_ROW)
+        *count = sqlite3_column_int(s, 1);
+    if (step == SQLITE_DONE || (handler && *count == 0)) {
+        if (step == SQLITE_DONE)
+            snprintf(err, errlen, "no event with id %s in the journal", event_id);
+        else
+            snprintf(err, errlen, "event %s has no delivery to %s", event_id, handler);
         sqlite3_finalize(s);
         sqlite3_exec(j->db, "ROLLBACK", NULL, NULL, NULL);
         return -1;
     }
     if (step != SQLITE_ROW)
         goto fail;
-    *count = sqlite3_column_int(s, 1);
     sqlite3_finalize(s);
     s = NULL;
-    if (sqlite3_prepare_v2(j->db, "INSERT INTO replays (event_id, dead, requested_at) VALUES (?,?,?)",
-                           -1, &s, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(j->db, "INSERT INTO replays (event_id, handler, dead, requested_at) "
+                                  "VALUES (?,?,?,?)", -1, &s, NULL) != SQLITE_OK)
         goto fail;
     sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
-    sqlite3_bind_int(s, 2, event_id == NULL);
-    sqlite3_bind_double(s, 3, time_now());
+    sqlite3_bind_text(s, 2, event_id ? handler : NULL, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 3, event_id == NULL);
+    sqlite3_bind_double(s, 4, time_now());
     if (sqlite3_step(s) != SQLITE_DONE || sqlite3_exec(j->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
     rc = 0;
@@ -1363,6 +1392,48 @@ fail:
     return -1;
 }
 
+/* Written whole: a new file renamed over the old one, so that a reader never sees half. */
+static int sq_announce(struct store *j, const struct journal_server *me, char *err,
+                       size_t errlen)
+{
+    char path[4096], tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.new", listening(j, path, sizeof path));
+    FILE *f = fopen(tmp, "we");
+    int ok = f != NULL && fprintf(f, "pid %ld\nlisten %s\nadmin %s\n", me->pid, me->listen,
+                                  me->admin) > 0;
+    if (f != NULL && fclose(f) != 0)
+        ok = 0;
+    if (!ok || rename(tmp, path) != 0) {
+        snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    j->announced = 1;
+    return 0;
+}
+
+static int sq_servers(struct store *j, void (*fn)(void *cls, const struct journal_server *srv),
+                      void *cls, char *err, size_t errlen)
+{
+    char path[4096], listen[1024], admin[1024];
+    struct journal_server srv = {0, listen, admin};
+    FILE *f = fopen(listening(j, path, sizeof path), "re");
+    if (f == NULL && errno == ENOENT)
+        return 0;
+    if (f == NULL) {
+        snprintf(err, errlen, "cannot read %s: %s", path, strerror(errno));
+        return -1;
+    }
+    int n = fscanf(f, "pid %ld listen %1023s admin %1023s", &srv.pid, listen, admin);
+    fclose(f);
+    if (n != 3) {
+        snprintf(err, errlen, "%s is not what certhook writes there", path);
+        return -1;
+    }
+    fn(cls, &srv);
+    return 1;
+}
+
 static const char *sq_directory(struct store *j)
 {
     return j->dir;
@@ -1462,7 +1533,7 @@ static int export_replay(void *cls, sqlite3_stmt *s)
     struct export *x = cls;
     struct journal_record rec = {.kind = JR_REPLAY, .seq = sqlite3_column_int64(s, 0),
                                  .event_id = column(s, 1), .dead = sqlite3_column_int(s, 2),
-                                 .at = column_double(s, 3)};
+                                 .at = column_double(s, 3), .key = column(s, 4)};
     return x->fn(x->cls, &rec);
 }
 
@@ -1488,7 +1559,7 @@ static int sq_export(struct store *j, int (*fn)(void *cls, const struct journal_
                       &x, err, errlen) ||
              each_row(j, "SELECT key, results, lease_until FROM once ORDER BY key", export_once,
                       &x, err, errlen) ||
-             each_row(j, "SELECT id, event_id, dead, requested_at FROM replays ORDER BY id",
+             each_row(j, "SELECT id, event_id, dead, requested_at, handler FROM replays ORDER BY id",
                       export_replay, &x, err, errlen)
                  ? -1
                  : 0;
@@ -1532,5 +1603,7 @@ const struct store_ops store_sqlite = {
     .load_inventory = sq_load_inventory,
     .upgrade = sq_upgrade,
     .directory = sq_directory,
+    .announce = sq_announce,
+    .servers = sq_servers,
     .export = sq_export,
 };

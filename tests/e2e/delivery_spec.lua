@@ -70,20 +70,27 @@ describe("deliveries", function()
     assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
     local row = assert(srv:wait_status(id, "b-flaky.lua:*", "done"), "the flaky handler never succeeded")
     assert.are.equal("3", row[2]) -- failed twice, then succeeded
-    assert.truthy(row[3]:match("b%-flaky%.lua:%d+: attempt 2 fails$"), row[3]) -- the last error is kept
+    assert.are.equal("", row[3]) -- it succeeded: no error of an earlier attempt left as if current
     assert.are.equal("2", row[4]) -- the event is finished
     assert.are.equal(3, calls(srv, "flaky", id))
     assert.are.equal(1, calls(srv, "steady", id)) -- the steady handler is never re-run
     assert.are.same({ "done", "1", "", "2" }, srv:delivery(id, "a-steady.lua:*"))
   end)
 
-  it("logs each failed attempt with its number", function()
+  it("logs each failed attempt with its number and when the next one comes", function()
     local body, id = cf_event("issuance.succeeded")
     assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
     assert(srv:wait_status(id, "b-flaky.lua:*", "done"))
     local attempts = {}
     for _, l in ipairs(srv:logs()) do
-      if l.message == "handler failed" and l.event == id then attempts[#attempts + 1] = l.attempt end
+      if l.message == "handler failed" and l.event == id then
+        attempts[#attempts + 1] = l.attempt
+        assert.is_number(l.retry_in)
+        assert.is_true(l.retry_in > 0 and l.retry_in <= 0.2, tostring(l.retry_in)) -- max_backoff
+        assert.truthy(tostring(l.next_attempt_at):match("^%d+%-%d+%-%d+T[%d:.]+Z$"), tostring(l.next_attempt_at))
+        assert.is_nil(l.dead)
+      end
+      assert.is_false(l.message:match("^delivery dead") ~= nil and l.event == id, "a retried delivery is not dead")
     end
     assert.are.same({ 1, 2 }, attempts)
   end)
@@ -95,6 +102,20 @@ describe("deliveries", function()
     assert.are.equal("4", row[2])
     assert.truthy(row[3]:match("the ticket system is down"))
     assert.are.equal(4, calls(srv, "broken", id))
+    -- the last failure says it was the last, and one line says the delivery is dead
+    local last, dead
+    for _, l in ipairs(srv:logs()) do
+      if l.message == "handler failed" and l.event == id then last = l end
+      if l.message:match("^delivery dead") and l.event == id then dead = l end
+    end
+    assert.are.equal(4, last.attempt)
+    assert.is_true(last.dead)
+    assert.is_nil(last.retry_in)
+    assert(dead, "no line says the delivery went dead")
+    assert.are.equal("c-broken.lua:certificate.deployment.*", dead.handler)
+    assert.are.equal(4, dead.attempts)
+    assert.truthy(dead.error:match("the ticket system is down"))
+    assert.truthy(dead.message:match("certhook replay"))
 
     local conf = " --config " .. srv.dir .. "/certhook.conf.lua"
     local out, err, code = certhook("events --status dead" .. conf)
@@ -116,23 +137,66 @@ describe("deliveries", function()
     assert.truthy(out:match("queued a replay of %d+ dead deliver"))
     row = assert(srv:wait_status(id, "c-broken.lua:certificate.deployment.*", "done", 5), "replay did not run")
     assert.are.equal("1", row[2]) -- attempts count from zero again
+    assert.are.equal("", row[3]) -- the old error went with the success
     assert.are.equal(5, calls(srv, "broken", id))
     out = certhook("events --status dead" .. conf)
     assert.is_nil(out:find(id, 1, true))
+    out = certhook("events --type certificate.deployment.failed" .. conf)
+    assert.truthy(out:match("c%-broken%.lua:certificate%.deployment%.%*%s+done%s+1 attempt\n"), out)
+    assert.is_nil(out:find("ticket system", 1, true), out)
     os.remove(srv.dir .. "/fixed")
   end)
 
-  it("replays one event on the handlers that match it now", function()
+  -- The server's "replaying" log line for event id, once the replay was taken.
+  local function replayed(id)
+    return fs.wait_for(function()
+      for _, l in ipairs(srv:logs()) do
+        if l.message == "replaying" and l.event == id then return l end
+      end
+    end, 5)
+  end
+
+  it("replays an event's dead delivery and not those that succeeded, and says so", function()
+    local body, id = cf_event("deployment.succeeded")
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    assert(srv:wait_status(id, "c-broken.lua:certificate.deployment.*", "dead"))
+    assert(srv:wait_status(id, "b-flaky.lua:*", "done"))
+    fs.write(srv.dir .. "/fixed", "")
+    local out, err, code = certhook("replay " .. id .. " --data '" .. srv.data .. "'")
+    assert.are.equal(0, code, err)
+    assert.are.equal(("queued a replay of %s:\n" ..
+      "  not re-run  a-steady.lua:*  (done, 1 attempt; --handler 'a-steady.lua:*' runs it again)\n" ..
+      "  not re-run  b-flaky.lua:*  (done, 3 attempts; --handler 'b-flaky.lua:*' runs it again)\n" ..
+      "  runs again  c-broken.lua:certificate.deployment.*  (dead, 4 attempts)\n" ..
+      "  and any handler that matches it now but never ran for it\n"):format(id), out)
+    assert(srv:wait_status(id, "c-broken.lua:certificate.deployment.*", "done", 5), "the dead delivery did not run")
+    os.remove(srv.dir .. "/fixed")
+    assert.are.equal(1, replayed(id).deliveries)
+    assert.are.equal(5, calls(srv, "broken", id))
+    assert.are.equal(1, calls(srv, "steady", id)) -- DESIGN §10: a handler that succeeded is not re-run
+    assert.are.equal(3, calls(srv, "flaky", id))
+  end)
+
+  it("replays the one delivery --handler names, also one that succeeded", function()
     local body, id = cf_event("issuance.failed")
     assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
     assert(srv:wait_status(id, "b-flaky.lua:*", "done"))
-    local out, err, code = certhook("replay " .. id .. " --data " .. srv.dir .. "/data")
+    local data = " --data '" .. srv.data .. "'"
+    local out, err, code = certhook("replay " .. id .. " --handler 'a-steady.lua:*'" .. data)
     assert.are.equal(0, code, err)
-    assert.truthy(out:match("queued a replay of " .. id:gsub("%p", "%%%0")))
+    assert.are.equal(("queued a replay of %s:\n  runs again  a-steady.lua:*  (done, 1 attempt)\n"):format(id), out)
     assert(fs.wait_for(function() return calls(srv, "steady", id) == 2 end, 5), "replay did not run")
-    local _, err2, code2 = certhook("replay cloudflare:nope --data " .. srv.dir .. "/data")
+    assert.are.equal(3, calls(srv, "flaky", id)) -- the other one is left alone
+    assert.are.equal(1, replayed(id).deliveries)
+
+    local _, err2, code2 = certhook("replay " .. id .. " --handler 'c-broken.lua:*'" .. data)
+    assert.are.equal(1, code2)
+    assert.truthy(err2:find("has no delivery to c-broken.lua:* (its deliveries: a-steady.lua:*, b-flaky.lua:*)", 1, true), err2)
+    _, err2, code2 = certhook("replay cloudflare:nope" .. data)
     assert.are.equal(1, code2)
     assert.truthy(err2:match("no event with id cloudflare:nope"))
+    _, _, code2 = certhook("replay --dead --handler 'a-steady.lua:*'" .. data)
+    assert.are.equal(2, code2)
   end)
 
   it("rejects bad filters with status 2", function()

@@ -79,6 +79,8 @@ describe("the certificate inventory", function()
       assert.is_false(e.stale)
       if n > 1 then assert.are.equal("certificate.validation.failed", e.previous.last_type) end
     end
+    local out = fs.run(("%s certs --data '%s'"):format(Server.certhook, srv.data))
+    assert.truthy(out:match("\ndcv%.example [^\n]* validation%.failed x5  +%d+m\n"), out) -- a count, not "x5.0"; an age, not "-0m"
     local ok = post(srv, "validation.succeeded", { hostname = host })
     assert.are.equal(1, ok.repeats)
     assert.are.equal(5, ok.previous.repeats)

@@ -76,7 +76,7 @@ describe("Lua providers", function()
     for f in fs.run("ls " .. FIX .. "alertmanager"):gmatch("[^\n]+") do
       local out, code = send("--source am " .. FIX .. "alertmanager/" .. f)
       assert.are.equal(0, code, f .. ": " .. out)
-      local reply = cjson.decode(out:match("^%d+ (.*)$"))
+      local reply = cjson.decode(out:match("^%d+ ([^\n]*)"))
       local ids = {}
       for _, e in ipairs(reply.events or { reply }) do ids[#ids + 1] = e.id end
       if expect[f] then assert.are.same(expect[f], ids, f) end

@@ -268,7 +268,7 @@ describe("the providers of AWS ACM, Azure, IBM Secrets Manager and DigiCert", fu
     it("ibm-sm: takes a notification with its token, one event for all its secrets", function()
       local out, code = send("--source sm " .. FIX .. "ibm-sm/secret_about_to_expire.in_10_days.multiple.json")
       assert.are.equal(0, code, out)
-      local id = cjson.decode(out:match("^%d+ (.*)$")).id
+      local id = cjson.decode(out:match("^%d+ ([^\n]*)")).id
       local e = assert(got(id))
       assert.are.equal(2, #e.certificates)
       assert.are.equal(10, e.days_to_expiry)
@@ -283,7 +283,7 @@ describe("the providers of AWS ACM, Azure, IBM Secrets Manager and DigiCert", fu
     it("digicert: takes an event with X-WEBHOOK-KEY, the certificate read from its chain", function()
       local out, code = send("--source dc " .. FIX .. "digicert/certificate_issued.json")
       assert.are.equal(0, code, out)
-      local id = cjson.decode(out:match("^%d+ (.*)$")).id
+      local id = cjson.decode(out:match("^%d+ ([^\n]*)")).id
       local e = assert(got(id))
       assert.are.equal("shop.example.com", e.hostname)
       assert.are.equal("1002", e.certificate.serial_number)
@@ -396,7 +396,7 @@ describe("the providers of AWS ACM, Azure, IBM Secrets Manager and DigiCert", fu
     } do
       local out, code = send(case[1])
       assert.are.equal(0, code, case[1] .. ": " .. out)
-      local reply = cjson.decode(out:match("^%d+ (.*)$"))
+      local reply = cjson.decode(out:match("^%d+ ([^\n]*)"))
       local id = (reply.events and reply.events[1] or reply).id
       assert.are.equal(case[2], assert(got(id), case[1]).type)
     end

@@ -141,6 +141,42 @@ describe("hot reload", function()
     end)
   end
 
+  it("logs a failed reload in one line of one shape, whether a saved file or certhook reload asked", function()
+    local function failures()
+      local out = {}
+      for _, l in ipairs(srv:logs()) do
+        if l.message == "reload failed" then out[#out + 1] = l end
+        assert.is_false(l.message == "request rejected" and l.status == 422, "a second line for the same failure")
+      end
+      return out
+    end
+    atomic_write(srv.dir .. "/handlers/h.lua", "return {")
+    assert(fs.wait_for(function() return #failures() == 1 end, 3), "the failed reload was not logged")
+    local _, _, code = reload_cmd(srv)
+    assert.are.equal(1, code)
+    local lines = failures()
+    assert.are.equal(2, #lines)
+    local function keys(l)
+      local out = {}
+      for k in pairs(l) do out[#out + 1] = k end
+      table.sort(out)
+      return table.concat(out, " ")
+    end
+    assert.are.equal(keys(lines[1]), keys(lines[2]))
+    assert.are.same({ "a handler file changed", "POST /reload" }, { lines[1].by, lines[2].by })
+    assert.are.equal(lines[1].error, lines[2].error)
+  end)
+
+  it("names every source a reloaded config is wrong about, not only the first", function()
+    fs.write(srv.dir .. "/certhook.conf.lua", fs.read(srv.dir .. "/certhook.conf.lua") ..
+      'sources.kv = { provider = "azure-keyvault", secret = os.getenv("CERTHOOK_TEST_UNSET_1") }\n' ..
+      'sources.dc = { provider = "digicert", secret = os.getenv("CERTHOOK_TEST_UNSET_2") }\n')
+    local _, err, code = reload_cmd(srv)
+    assert.are.equal(1, code)
+    assert.truthy(err:find("sources.kv has no credentials", 1, true), err)
+    assert.truthy(err:find("sources.dc has no credentials", 1, true), err)
+  end)
+
   it("certhook reload reports the new generation", function()
     local out, err, code = reload_cmd(srv)
     assert.are.equal(0, code, err)

@@ -111,7 +111,7 @@ sources = {
         local args = ("send --config client.conf.lua --sample %s --provider %s%s"):format(t, provider, send_args(provider))
         local out, code = certhook(args)
         assert.are.equal(0, code, args .. ": " .. out)
-        local status, reply = out:match("^(%d+) (.*)$")
+        local status, reply = out:match("^(%d+) ([^\n]*)")
         assert.are.equal("202", status, args .. ": " .. out)
         reply = cjson.decode(reply)
         local id = (reply.events and reply.events[1] or reply).id

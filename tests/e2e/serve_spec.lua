@@ -502,3 +502,45 @@ describe("the event handlers receive", function()
     srv:cleanup()
   end)
 end)
+
+describe("the command line finds the server of its config (issue 21: another certhook answered)", function()
+  it("sends and reloads where serve --listen/--admin listens, not at the config's addresses", function()
+    -- another certhook where the config says to listen
+    local other = Server.start { config = 'sources = { cloudflare = { provider = "cloudflare", secret = "s3cret" } }\n' }
+    local srv = Server.start { config = 'sources = { cloudflare = { provider = "cloudflare", secret = "s3cret" } }\n',
+      handlers = { ["r.lua"] = RECORDER } }
+    assert.are.equal(0, srv:stop())
+    local conf = srv.dir .. "/certhook.conf.lua"
+    fs.write(conf, (fs.read(conf):gsub('listen = "127.0.0.1:0"', ('listen = "127.0.0.1:%d"'):format(other.port))
+      :gsub('admin = "127.0.0.1:0"', ('admin = "127.0.0.1:%d"'):format(other.admin))))
+    srv.extra_args = "--listen 127.0.0.1:0 --admin 127.0.0.1:0"
+    srv:launch()
+    local certhook = Server.certhook .. " %s --config '" .. conf .. "'"
+
+    local out, err, code = fs.run(certhook:format("send --sample notification.test --provider cloudflare"))
+    assert.are.equal(0, code, err)
+    assert.truthy(err:find(("POST http://127.0.0.1:%d/hooks/cloudflare (the server of "):format(srv.port), 1, true), err)
+    local id = cjson.decode(out:match("^202 (.*)$")).id
+    assert.are.same({ { "1" } }, srv:sql(("SELECT count(*) FROM events WHERE id = '%s'"):format(id)))
+    assert.are.same({ { "0" } }, other:sql(("SELECT count(*) FROM events WHERE id = '%s'"):format(id)))
+
+    out, err, code = fs.run(certhook:format("reload"))
+    assert.are.equal(0, code, err)
+    assert.truthy(out:find(("reloaded: generation 2 (http://127.0.0.1:%d/reload, the server of "):format(srv.admin), 1, true), out)
+    local function reloaded(s)
+      for _, l in ipairs(s:logs()) do if l.message == "reloaded" then return true end end
+      return false
+    end
+    assert.is_true(reloaded(srv))
+    assert.is_false(reloaded(other))
+
+    -- killed: its record says where it was, its process is gone, and the command line says so
+    srv:signal("KILL")
+    assert(srv:wait_exit(10))
+    local _, err2 = fs.run(certhook:format("send --sample notification.test --provider cloudflare"))
+    assert.truthy(err2:find(("note: the server that listened at http://127%%.0%%.0%%.1:%d for .* %%(pid %d%%) is gone"):format(srv.port, srv.pid)), err2)
+    assert.truthy(err2:find(("POST http://127.0.0.1:%d/hooks/cloudflare (the config's listen; "):format(other.port), 1, true), err2)
+    srv:cleanup()
+    other:cleanup()
+  end)
+end)
