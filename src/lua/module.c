@@ -241,16 +241,32 @@ static int share_readonly(lua_State *L)
     lua_rawset(L, memo);
     readonly_meta(L, loaded, "package.loaded", readonly_write);
     lua_pop(L, 1);
+    /* in name order: a table two modules share is named after the first ("certhook.log", not
+     * "certhook.core.log") */
+    lua_newtable(L);
+    int names = lua_gettop(L);
     lua_pushnil(L);
-    while (lua_next(L, loaded) != 0) { /* name, module */
-        if (lua_type(L, -1) == LUA_TTABLE && lua_type(L, -2) == LUA_TSTRING) {
-            readonly_proxy(L, -1, memo, lua_tostring(L, -2));
-            lua_pushvalue(L, -3);
-            lua_insert(L, -2);
-            lua_rawset(L, loaded); /* an existing key: the traversal goes on */
+    while (lua_next(L, loaded) != 0) {
+        lua_pop(L, 1);
+        if (lua_type(L, -1) == LUA_TSTRING) {
+            lua_pushvalue(L, -1);
+            lua_rawseti(L, names, (lua_Integer)lua_rawlen(L, names) + 1);
+        }
+    }
+    lua_getglobal(L, "table");
+    lua_getfield(L, -1, "sort");
+    lua_pushvalue(L, names);
+    lua_call(L, 1, 0);
+    lua_pop(L, 1);
+    for (lua_Integer i = 1; lua_rawgeti(L, names, i) == LUA_TSTRING; i++) { /* name */
+        if (lua_rawget(L, loaded) == LUA_TTABLE) {
+            lua_rawgeti(L, names, i);
+            readonly_proxy(L, -2, memo, lua_tostring(L, -1)); /* module, name, proxy */
+            lua_rawset(L, loaded); /* an existing key */
         }
         lua_pop(L, 1);
     }
+    lua_pop(L, 2); /* nil, names */
     /* the global table: its contents move to a copy (tables proxied), itself a proxy of it */
     lua_newtable(L);
     int copy = lua_gettop(L);
