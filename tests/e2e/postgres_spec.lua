@@ -41,6 +41,7 @@ local function runs(dir)
   for _, node in ipairs { "a", "b" } do
     for line in (fs.read(dir .. "/runs-" .. node) or ""):gmatch("[^\n]+") do
       local who, id, t0, t1 = line:match("^(%S+) (%S+) (%S+) (%S+)$")
+      assert(id, ("a line of %s/runs-%s is not a run: %q"):format(dir, node, line))
       by_id[id] = by_id[id] or {}
       table.insert(by_id[id], { node = who, start = tonumber(t0), stop = tonumber(t1) })
       n = n + 1
