@@ -2231,8 +2231,9 @@ done:
 
 /* ---- /metrics, the inventory ------------------------------------------------------------------------ */
 
-/* Deliveries by status, on the admin thread's connection: the open and dead ones (their indexes
- * make that cheap however large the table); done ones are not counted (-1). */
+/* Deliveries by status, on the admin thread's connection: the open and dead ones by their
+ * indexes, the done ones as all (a count PostgreSQL can take from the primary key's index) less
+ * those, in the statement's one snapshot. */
 static void pg_status(struct store *s, struct journal_status *st)
 {
     char msg[300];
@@ -2241,16 +2242,26 @@ static void pg_status(struct store *s, struct journal_status *st)
     pthread_mutex_lock(&s->amu);
     PGresult *res = run(s, &s->a, "SELECT status, count(*) FROM deliveries WHERE " OPEN_DELIVERY
                                   " GROUP BY status UNION ALL SELECT 'dead', count(*) FROM "
-                                  "deliveries WHERE status = 'dead'",
+                                  "deliveries WHERE status = 'dead' UNION ALL SELECT 'done', "
+                                  "count(*) FROM deliveries",
                         0, NULL, NULL, NULL, 0, msg, sizeof msg);
     pthread_mutex_unlock(&s->amu);
     if (res == NULL)
         return;
+    double done = 0;
     for (int i = 0; i < 5; i++)
-        if (i != DELIVERY_DONE)
-            st->deliveries[i] = 0;
-    for (int i = 0; i < PQntuples(res); i++)
-        st->deliveries[status_of(PQgetvalue(res, i, 0))] = strtod(PQgetvalue(res, i, 1), NULL);
+        st->deliveries[i] = 0;
+    for (int i = 0; i < PQntuples(res); i++) {
+        enum delivery_status k = status_of(PQgetvalue(res, i, 0));
+        double n = strtod(PQgetvalue(res, i, 1), NULL);
+        if (k == DELIVERY_DONE) {
+            done += n;
+        } else {
+            st->deliveries[k] = n;
+            done -= n;
+        }
+    }
+    st->deliveries[DELIVERY_DONE] = done;
     PQclear(res);
 }
 
