@@ -65,11 +65,16 @@ if [ "$status" -ne 0 ] && [ -s "$out/busted.err" ]; then
 fi
 tally busted "$status" "$out/busted.tap"
 
-# Parity: the specs of events, handlers' state and the inventory again, the servers' journal in
-# a PostgreSQL of their own (tests/helpers/server.lua); those about SQLite itself are tagged.
+# Parity: the specs of events, deliveries, intake, providers, handlers' state, reloads, metrics
+# and the inventory again, the servers' journal in a PostgreSQL of their own
+# (tests/helpers/server.lua); those about SQLite itself, or crash recovery (which on PostgreSQL
+# waits for the killed server's lease: postgres_spec's), are tagged.
 if [ "${1:-}" != memcheck ]; then
     parity="tests/e2e/event_spec.lua tests/e2e/once_spec.lua tests/e2e/inventory_spec.lua
-            tests/e2e/watchdog_spec.lua tests/e2e/certificate_examples_spec.lua"
+            tests/e2e/watchdog_spec.lua tests/e2e/certificate_examples_spec.lua
+            tests/e2e/delivery_spec.lua tests/e2e/serve_spec.lua tests/e2e/providers_spec.lua
+            tests/e2e/samples_spec.lua tests/e2e/lua_provider_spec.lua tests/e2e/reload_spec.lua
+            tests/e2e/metrics_spec.lua"
     echo "# busted, journal in PostgreSQL: $(echo $parity)"
     # shellcheck disable=SC2086
     CERTHOOK_TEST_JOURNAL=postgresql "$LUA" /usr/bin/busted --output=TAP --exclude-tags=sqlite \

@@ -200,10 +200,10 @@ describe("deliveries", function()
   end)
 
   it("rejects bad filters with status 2", function()
-    local _, err, code = certhook("events --status sleeping --data " .. srv.dir .. "/data")
+    local _, err, code = certhook("events --status sleeping --data '" .. srv.data .. "'")
     assert.are.equal(2, code)
     assert.truthy(err:match("%-%-status must be"))
-    _, _, code = certhook("replay --data " .. srv.dir .. "/data")
+    _, _, code = certhook("replay --data '" .. srv.data .. "'")
     assert.are.equal(2, code)
   end)
 end)
@@ -266,7 +266,7 @@ describe("certhook.state", function()
       local r = srv:sql("SELECT value FROM state WHERE key = 'seen'")
       return r[1] and r[1][1] == "4"
     end, 5), "the count did not continue after the restart")
-    -- the same state, read by `certhook run` on the same data directory
+    -- the same state, read by `certhook run` on the same journal
     fs.write(srv.dir .. "/read/r.lua", ([[
       local state = require("certhook").state
       return { ["*"] = function()
@@ -275,8 +275,8 @@ describe("certhook.state", function()
         f:write(state.get("seen"), " ", last.tags[2], " ", table.concat(state.keys("last:"), ","))
         f:close()
       end }]]):format(srv.dir .. "/read.out"))
-    local _, err, code = certhook(("run --handlers %s/read --data %s/data --event %s"):format(
-      srv.dir, srv.dir, FIX .. "cloudflare/test-message.json"))
+    local _, err, code = certhook(("run --handlers %s/read --data '%s' --event %s"):format(
+      srv.dir, srv.data, FIX .. "cloudflare/test-message.json"))
     assert.are.equal(0, code, err)
     assert.are.equal("4 b last:h1.example,last:h2.example,last:h3.example,last:h9.example", fs.read(srv.dir .. "/read.out"))
     srv:cleanup()
@@ -316,7 +316,9 @@ describe("crash safety", function()
     return seen
   end
 
-  it("loses none of the events that got a 2xx when killed with SIGKILL under load", function()
+  -- (on PostgreSQL the restarted server is another node: it takes the dead one's events once
+  -- its delivery.lease runs out, 120 s; postgres_spec kills a server with short leases)
+  it("loses none of the events that got a 2xx when killed with SIGKILL under load #sqlite", function()
     local srv = Server.start { config = SOURCES, handlers = { ["rec.lua"] = recorder("rec") } }
     load(srv, 6, 400)
     socket.sleep(1.0)
@@ -364,7 +366,8 @@ describe("crash safety", function()
     srv:cleanup()
   end)
 
-  it("runs again, at the next start, a delivery interrupted by a crash", function()
+  -- (on PostgreSQL only once the killed node's lease runs out, as above)
+  it("runs again, at the next start, a delivery interrupted by a crash #sqlite", function()
     local srv = Server.start {
       config = SOURCES,
       handlers = { ["slow.lua"] = [[
@@ -432,8 +435,8 @@ describe("retention", function()
 end)
 
 describe("the write-ahead log", function()
-  -- Without checkpoints the WAL grows by every page written, for as long as certhook runs.
-  it("is copied into the database while certhook serves, so it stays bounded", function()
+  -- Without checkpoints SQLite's WAL grows by every page written, for as long as certhook runs.
+  it("is copied into the database while certhook serves, so it stays bounded #sqlite", function()
     local srv = Server.start { config = SOURCES, handlers = { ["rec.lua"] = recorder("rec") } }
     local n = 5000
     local body = fs.read(FIX .. "cloudflare/ssl.custom_hostname_certificate.issuance.succeeded.json")
@@ -467,7 +470,8 @@ describe("the write-ahead log", function()
 end)
 
 describe("journal write failures", function()
-  it("answer 503 with Retry-After and store nothing while the WAL file is read-only", function()
+  -- (SQLite's files; postgres_spec has a read-only database and a PostgreSQL restart)
+  it("answer 503 with Retry-After and store nothing while the WAL file is read-only #sqlite", function()
     local srv = Server.start { config = SOURCES, handlers = { ["rec.lua"] = recorder("rec") } }
     local warm = cf_event()
     assert.are.equal(202, srv:post("/hooks/cloudflare", warm, CF).status)
@@ -486,7 +490,8 @@ describe("journal write failures", function()
     srv:cleanup()
   end)
 
-  it("answer 503 while the disk is full, and recover when there is room", function()
+  -- (a data directory on a small tmpfs: SQLite's, whatever journal the other tests use)
+  it("answer 503 while the disk is full, and recover when there is room #sqlite", function()
     local dir = fs.tmpdir()
     local mnt = dir .. "/small"
     os.execute("mkdir -p '" .. mnt .. "'")

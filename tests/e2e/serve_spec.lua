@@ -206,8 +206,9 @@ limits = { max_body = 65536 }
       local body = jwt.body(jwt.rs256(fs.read(FIX .. "ibm-cm/v4.cert_renewed.json"), priv))
       local r = srv:post("/hooks/ibm", body, {})
       assert.are.equal(202, r.status)
-      local rows = srv:sql(("SELECT type, instr(body, 'eyJ') > 0 AND length(body) = %d, length(event) > 0 " ..
-        "FROM events JOIN event_data USING (seq) WHERE id = '%s'"):format(#body, r.json.id))
+      local rows = srv:sql(("SELECT type, CASE WHEN body LIKE '%%eyJ%%' AND length(body) = %d THEN 1 END, " ..
+        "CASE WHEN length(event) > 0 THEN 1 END FROM events JOIN event_data USING (seq) WHERE id = '%s'")
+        :format(#body, r.json.id))
       assert.are.same({ "certificate.renewal.succeeded", "1", "1" }, rows[1])
     end)
 
@@ -385,7 +386,8 @@ limits = { max_body = 65536 }
   end)
 
   describe("503 journal unavailable", function()
-    it("answers 503 with Retry-After and stores nothing while the journal cannot be written", function()
+    -- (an SQLite lock; postgres_spec has a read-only database and a PostgreSQL restart)
+    it("answers 503 with Retry-After and stores nothing while the journal cannot be written #sqlite", function()
       -- another process holds the write lock longer than journal.busy_timeout (0.3 s)
       local lock = io.popen(("sqlite3 '%s/data/certhook.db' >/dev/null 2>&1"):format(srv.dir), "w")
       finally(function() -- the sqlite3 shell must quit: it holds its own stdin open
@@ -415,7 +417,9 @@ limits = { max_body = 65536 }
   end)
 
   describe("restarts", function()
-    it("stops cleanly on SIGTERM and dispatches, at the next start, what it had accepted", function()
+    -- (after the kill on PostgreSQL, the killed node's events are another's once its delivery.lease
+    -- runs out, 120 s: postgres_spec kills a server with short leases)
+    it("stops cleanly on SIGTERM and dispatches, at the next start, what it had accepted #sqlite", function()
       -- a handler that blocks the dispatcher, so accepted events wait in the queue
       fs.write(srv.dir .. "/handlers/record.lua", RECORDER:gsub('%["%*"%] = function%(event%)',
         '["*"] = function(event)\n    if event.hostname == "slow.example" then local t = os.clock() + 1 while os.clock() < t do end end'))

@@ -175,9 +175,13 @@ function M:wait_status(id, handler, status, seconds)
   end, seconds or 10)
 end
 
--- Rows of an SQL query on the journal (via the sqlite3 command line), as arrays of strings.
+-- Rows of an SQL query on the journal (via the sqlite3 command line, or psql), as arrays of
+-- strings. On PostgreSQL a bytea (a body, a state value) reads as its text, as sqlite3 prints a
+-- blob: printable bytes as they are (psql's default is hex).
 function M:sql(query)
-  if dbs[self.dir] then return pg:sql(dbs[self.dir], "SET search_path = certhook;\n" .. query) end
+  if dbs[self.dir] then
+    return pg:sql(dbs[self.dir], "SET search_path = certhook;\nSET bytea_output = escape;\n" .. query)
+  end
   local out, err, code = fs.run(("sqlite3 -separator '|' '%s/data/certhook.db' \"%s\""):format(self.dir, query))
   assert(code == 0, err)
   local rows = {}
