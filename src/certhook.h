@@ -38,8 +38,8 @@ struct event {
     size_t packed_len;
     const char *body;
     size_t body_len;
-    /* What the certificate inventory learns from it: a JSON object per certificate, one per
-     * line (providers/event.c says what they hold), or NULL. */
+    /* What the certificate inventory learns from it: a list of tables in the pack format
+     * (base.h), one per certificate (providers/event.c says what they hold), or NULL. */
     const char *certs;
     size_t certs_len;
     /* What the inventory said when the event was journaled -- {"stale":, "repeats":,

@@ -162,5 +162,11 @@ struct pack_reader {
 /* Starts reading p..p+n: -1 unless it begins with a version this build reads. */
 int pack_open(struct pack_reader *r, const void *p, size_t n);
 int pack_next(struct pack_reader *r, struct pack_item *it); /* 0, or -1: malformed or done */
+/* Past the rest of the value whose first item it is (a table's entries and end). 0, or -1. */
+int pack_skip(struct pack_reader *r, const struct pack_item *it);
+/* The next value, as JSON into out (a table whose keys are 1..n in order: an array; else an
+ * object, integer keys as strings). 0, or -1: malformed, or a reference or the body. */
+int pack_json(struct pack_reader *r, struct buf *out);
+int buf_json_number(struct buf *b, double v); /* a JSON number (NaN, infinity: null) */
 
 #endif

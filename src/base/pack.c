@@ -6,6 +6,7 @@
  * the same everywhere.
  */
 #include <endian.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "base/base.h"
@@ -196,5 +197,111 @@ bytes:
         return -1;
     it->s = (const char *)r->p;
     r->p += it->n;
+    return 0;
+}
+
+/* ---- as JSON ------------------------------------------------------------------------------------ */
+
+/* A number as JSON: a whole one without a fraction, others with the digits that read back the
+ * same double. */
+int buf_json_number(struct buf *b, double v)
+{
+    if (v != v || v - v != 0) /* NaN, infinities: JSON has none */
+        return buf_adds(b, "null");
+    if (v == (double)(int64_t)v && v > -9007199254740992.0 && v < 9007199254740992.0)
+        return buf_printf(b, "%lld", (long long)v);
+    return buf_printf(b, "%.17g", v);
+}
+
+/* The value whose first item is it, as JSON into out. Depth-bounded: 0, or -1 (malformed, a
+ * reference or the body: not for JSON). */
+static int json_value(struct pack_reader *r, const struct pack_item *it, struct buf *out,
+                      int depth)
+{
+    struct pack_item k, v;
+    switch (it->tag) {
+    case PACK_FALSE:
+        return buf_adds(out, "false");
+    case PACK_TRUE:
+        return buf_adds(out, "true");
+    case PACK_NULL:
+        return buf_adds(out, "null");
+    case PACK_INT:
+        return buf_printf(out, "%lld", (long long)it->i);
+    case PACK_FLOAT:
+        return buf_json_number(out, it->f);
+    case PACK_STR:
+        return buf_json_str(out, it->s, it->n);
+    case PACK_TABLE:
+    case PACK_SHARED:
+        break;
+    default:
+        return -1;
+    }
+    if (depth > 64)
+        return -1;
+    /* an array when its keys are 1..n in order (as the packer writes a list), else an object */
+    struct pack_reader peek = *r;
+    int array = 1;
+    for (int64_t n = 1;; n++) {
+        if (pack_next(&peek, &k) != 0)
+            return -1;
+        if (k.tag == PACK_END)
+            break;
+        if (k.tag != PACK_INT || k.i != n || pack_next(&peek, &v) != 0 ||
+            pack_skip(&peek, &v) != 0) {
+            array = 0;
+            break;
+        }
+    }
+    if (buf_adds(out, array ? "[" : "{") != 0)
+        return -1;
+    for (int first = 1;; first = 0) {
+        if (pack_next(r, &k) != 0)
+            return -1;
+        if (k.tag == PACK_END)
+            break;
+        if (!first && buf_adds(out, ",") != 0)
+            return -1;
+        if (!array) {
+            char num[32];
+            if (k.tag == PACK_STR) {
+                if (buf_json_str(out, k.s, k.n) != 0)
+                    return -1;
+            } else if (k.tag == PACK_INT) {
+                snprintf(num, sizeof num, "\"%lld\"", (long long)k.i);
+                if (buf_adds(out, num) != 0)
+                    return -1;
+            } else {
+                return -1;
+            }
+            if (buf_adds(out, ":") != 0)
+                return -1;
+        }
+        if (pack_next(r, &v) != 0 || json_value(r, &v, out, depth + 1) != 0)
+            return -1;
+    }
+    return buf_adds(out, array ? "]" : "}");
+}
+
+int pack_json(struct pack_reader *r, struct buf *out)
+{
+    struct pack_item it;
+    return pack_next(r, &it) == 0 ? json_value(r, &it, out, 0) : -1;
+}
+
+int pack_skip(struct pack_reader *r, const struct pack_item *it)
+{
+    struct pack_item k;
+    if (it->tag != PACK_TABLE && it->tag != PACK_SHARED)
+        return 0;
+    for (int depth = 1; depth > 0;) {
+        if (pack_next(r, &k) != 0)
+            return -1;
+        if (k.tag == PACK_END)
+            depth--;
+        else if (k.tag == PACK_TABLE || k.tag == PACK_SHARED)
+            depth++;
+    }
     return 0;
 }

@@ -59,6 +59,8 @@ int journal_open(struct journal **jp, const struct journal_options *o, char *err
     pthread_condattr_destroy(&ca);
     j->reqs_tail = &j->reqs;
     j->dones_tail = &j->dones;
+    j->unfolded_tail = &j->unfolded;
+    j->exclusive = (o->flags & JOURNAL_EXCLUSIVE) != 0;
     j->healthy = 1;
     j->retention = o->retention;
     *jp = j;
@@ -71,6 +73,8 @@ void journal_close(struct journal *j)
         return;
     journal_stop(j);
     j->ops->close(j->s);
+    inventory_free(j->inv);
+    event_free_list(j->unfolded);
     pthread_mutex_destroy(&j->mu);
     pthread_mutex_destroy(&j->rmu);
     pthread_cond_destroy(&j->cv);

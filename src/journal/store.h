@@ -20,6 +20,47 @@
 
 struct store;
 
+/* ---- inventory.c: the inventory fold, the same for every store ------------------------------- */
+
+/* An inventory entry's fields, in the order its JSON lists them (the event's `previous`,
+ * certhook.certs, certhook certs --json): S a string, J a JSON text (domains: a list), N a
+ * number (NAN: none), B a flag (0: none), I an integer. The one list: the struct, its JSON
+ * and the stores' columns come from it. */
+#define ENTRY_FIELDS(S, J, N, B, I)                                                           \
+    S(key) S(provider) S(source) S(hostname) S(certificate_id) S(name) S(scope) S(status)      \
+    S(state) J(domains) S(issuer) S(serial_number) N(not_before) N(expires_at)                 \
+    B(expires_at_approximate) S(last_event) S(last_type) N(last_occurred_at) I(repeats)        \
+    N(warned_at) N(renewed_at) N(reached_at) N(first_seen) N(updated_at)
+
+struct entry {
+#define ENTRY_STR(f) char *f;
+#define ENTRY_NUM(f) double f;
+#define ENTRY_INT(f) int f;
+    ENTRY_FIELDS(ENTRY_STR, ENTRY_STR, ENTRY_NUM, ENTRY_INT, ENTRY_INT)
+#undef ENTRY_STR
+#undef ENTRY_NUM
+#undef ENTRY_INT
+};
+void entry_init(struct entry *e);  /* every field none */
+void entry_clear(struct entry *e); /* frees its strings; every field none */
+int entry_json(const struct entry *e, struct buf *out); /* its JSON object (fields that are set) */
+
+struct store_ops;
+struct inventory;
+/* A cache of at most cap entries (those changed and not yet written stay whatever the cap). */
+struct inventory *inventory_new(size_t cap);
+void inventory_free(struct inventory *inv);
+/* Folds ev -- what it says of its certificates, ev->certs -- into the inventory, in log
+ * order: sets ev->context (malloc'd; NULL: nothing to say) and marks the entries it changed.
+ * Entries not cached are read through ops->entry_get. 0, or -1: the store could not be read or
+ * out of memory (the inventory is then to be forgotten). */
+int inventory_fold(struct inventory *inv, struct store *st, const struct store_ops *ops,
+                   struct event *ev);
+/* Writes the changed entries through ops->entry_put (in the store's transaction). 0 or -1. */
+int inventory_flush(struct inventory *inv, struct store *st, const struct store_ops *ops);
+void inventory_committed(struct inventory *inv); /* they are written: their metrics set */
+void inventory_forget(struct inventory *inv);    /* the transaction failed: drop every entry */
+
 /* A delivery's last_error or traceback (col) in the upsert of its state, where row names the
  * row being updated ("" or "d."): that of its last failed attempt, kept while it is retried or
  * runs again; none once it succeeded, so that a done delivery never shows an old error. */
@@ -58,6 +99,18 @@ struct store_ops {
      * to be called again. Returns 1 when the lease was lost (its events may be another
      * server's now): the writer tells the sink, and calls again to register anew. */
     int (*renew)(struct store *s, double *next);
+
+    /* ---- the projections (writer.c), folded from the log off the path to the 202: after the
+     * commit the requests wait for, in a transaction of their own (begin, these, commit). A
+     * store that leaves them NULL keeps its inventory itself, in insert (ev->context set there),
+     * and gets the delivery states in the same transaction as the requests. ---- */
+    int (*entry_get)(struct store *s, const char *key, struct entry *e); /* 1 found, 0, -1 */
+    int (*entry_put)(struct store *s, const struct entry *e);
+    int (*context)(struct store *s, int64_t seq, const char *context); /* seq's, as it came */
+    int (*folded)(struct store *s, int64_t upto); /* the log is folded up to upto */
+    /* The events journaled after the last fold (a crash between the two transactions), in log
+     * order, each handed to fn (which takes it). Before the writer starts. 0, or -1. */
+    int (*unfolded)(struct store *s, void (*fn)(void *cls, struct event *ev), void *cls);
 
     /* ---- reads ---- */
     int64_t (*max_seq)(struct store *s);
@@ -134,6 +187,11 @@ struct journal {
     char why[200];      /* why it was not */
     journal_sink sink;
     void *sink_cls;
+    /* the writer's thread: the inventory, when the journal folds it (store ops entry_get...),
+     * and the accepted events not yet folded, in log order (a projection that failed) */
+    struct inventory *inv;
+    struct event *unfolded, **unfolded_tail;
+    int exclusive; /* a server's journal (JOURNAL_EXCLUSIVE): it folds what it journals */
 };
 
 #endif

@@ -1249,6 +1249,27 @@ static int by_arrival(const void *a, const void *b)
     return (x->at > y->at) - (x->at < y->at);
 }
 
+/* What ev says of its certificates (ev->certs: a packed list) as remember takes it: a JSON
+ * object per line, into out (emptied). 0, or -1 when it does not read. */
+static int facts_json(const struct event *ev, struct buf *out)
+{
+    struct pack_reader r;
+    struct pack_item it, k;
+    out->n = 0;
+    if (pack_open(&r, ev->certs, ev->certs_len) != 0 || pack_next(&r, &it) != 0 ||
+        (it.tag != PACK_TABLE && it.tag != PACK_SHARED))
+        return -1;
+    for (;;) {
+        if (pack_next(&r, &k) != 0)
+            return -1;
+        if (k.tag == PACK_END)
+            break;
+        if ((out->n > 0 && buf_adds(out, "\n") != 0) || pack_json(&r, out) != 0)
+            return -1;
+    }
+    return buf_adds(out, "") == 0 && out->p != NULL ? 0 : -1;
+}
+
 /* Sends the data of the batch's events, and what they say of their certificates (ev->certs),
  * in the order they came: remember (in the schema) keeps it for those the events statement
  * inserted. Facts that are not valid UTF-8 go as a copy made so; those holding a NUL (jsonb
@@ -1271,9 +1292,12 @@ static int send_remember(struct store *s)
     qsort(s->rem, s->nrem, sizeof s->rem[0], by_arrival);
     for (int k = 0; k < NARR; k++)
         arr_init(&a[k], oids[k]);
+    struct buf json;
+    buf_init(&json);
     for (size_t i = 0; i < s->nrem; i++) {
         const struct event *ev = s->rem[i]->r->ev;
-        const char *facts = utf8(ev->certs, &t[0]);
+        const char *facts = ev->certs && facts_json(ev, &json) == 0 ? utf8(json.p, &t[0])
+                                                                   : (t[0] = NULL);
         if (facts != NULL && strstr(facts, "\\u0000") != NULL)
             facts = NULL;
         arr_text(&a[ID], s->rem[i]->id);
@@ -1295,6 +1319,7 @@ static int send_remember(struct store *s)
         }
     rc = send_query(s, "remember", NULL, NARR, vals, lens, fmts, 0, P_REMEMBER, NULL);
 done:
+    buf_free(&json);
     arrs_free(a, NARR);
     return rc;
 }

@@ -38,8 +38,8 @@
 struct store {
     sqlite3 *db;  /* the writer's; NULL when read-only */
     sqlite3 *rdb; /* the reader's */
-    sqlite3_stmt *ins, *ins_data, *fin, *del, *sset, *sdel, *sget, *rload, *rload_id, *cert,
-        *entry, *cert_now;
+    sqlite3_stmt *ins, *ins_data, *fin, *del, *sset, *sdel, *sget, *rload, *rload_id, *eget,
+        *eput, *ctx, *fold;
     sqlite3 *adb; /* the admin thread's (counts for /metrics), opened on first use */
     pthread_mutex_t amu;
     sqlite3 *cdb; /* the checkpointer's */
@@ -56,25 +56,17 @@ struct store {
     char *dir;                       /* the data directory */
 };
 
-/* An event's row: the summary in events (small: its state changes), the event and the body in
- * event_data (written once). */
+/* An event's row: the summary in events (small: its state changes), the event, the body and
+ * what it says of its certificates in event_data (written once), what the inventory said when
+ * it came in contexts (written by the fold; journals of an earlier version have it in
+ * event_data). */
 #define EVENT_COLUMNS "e.seq, e.id, e.source, e.provider, e.type, e.provider_type, e.hostname, " \
-                      "e.received_at, e.occurred_at, d.event, d.body, d.context"
+                      "e.received_at, e.occurred_at, d.event, d.body, "                        \
+                      "coalesce(c.context, d.context), d.facts"
+#define EVENT_FROM "events e JOIN event_data d ON d.seq = e.seq LEFT JOIN contexts c ON c.seq = e.seq"
 
-/* An inventory entry as JSON: what the event's `previous` holds, certhook.certs and
- * `certhook certs` read. */
-#define ENTRY_JSON                                                                               \
-    "json_object('key', key, 'provider', provider, 'source', source, 'hostname', hostname, "     \
-    "'certificate_id', certificate_id, 'name', name, 'scope', scope, 'status', status, "         \
-    "'state', state, "                                                                          \
-    "'domains', json(domains), 'issuer', issuer, 'serial_number', serial_number, "               \
-    "'not_before', not_before, 'expires_at', expires_at, 'expires_at_approximate', "            \
-    "CASE WHEN expires_at_approximate THEN json('true') END, 'last_event', last_event, "          \
-    "'last_type', last_type, 'last_occurred_at', last_occurred_at, 'repeats', repeats, "          \
-    "'warned_at', warned_at, 'renewed_at', renewed_at, 'reached_at', reached_at, "              \
-    "'first_seen', first_seen, "                                                                \
-    "'updated_at', updated_at)"
-#define EVENT_FROM "events e JOIN event_data d ON d.seq = e.seq"
+/* The inventory's columns in ENTRY_FIELDS order, and its upsert (entry_put): made once. */
+static char entry_columns[512], entry_upsert[2048];
 
 /* Schema versions, in order: migration i takes user_version i to i + 1. events.state: 0 not
  * yet dispatched, 1 deliveries not all final, 2 all final (done/dead, or no handler matched),
@@ -170,25 +162,19 @@ static const char *const migrations[] = {
 
     /* a replay of one delivery of an event (NULL: those that did not succeed) */
     "ALTER TABLE replays ADD COLUMN handler TEXT;",
+
+    /* the inventory folded off the path to the 202 (journal/inventory.c): what an event says of
+     * its certificates, packed, kept with it (folded again after a crash between the two
+     * transactions); what the inventory said when each came, written by the fold; how far the
+     * log is folded */
+    "ALTER TABLE event_data ADD COLUMN facts BLOB;"
+    "CREATE TABLE contexts (seq INTEGER PRIMARY KEY, context TEXT NOT NULL);"
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;"
+    "INSERT INTO meta (key, value) SELECT 'folded', coalesce(max(seq), 0) FROM events;",
 };
 
 
 static const char *column(sqlite3_stmt *s, int i);
-
-/* When the inventory last heard a warning of expiry (a provider's or the watchdog's), a
- * renewal, issuance or import, and that the expiry was reached: ?5 the event's type, ?8 when it
- * was received. */
-#define WARNED "CASE WHEN ?5 = 'certificate.expiration.upcoming' THEN ?8 END"
-#define REACHED "CASE WHEN ?5 = 'certificate.expiration.reached' THEN ?8 END"
-#define RENEWED                                                                         \
-    "CASE WHEN ?5 IN ('certificate.renewal.succeeded', 'certificate.issuance.succeeded', " \
-    "'certificate.import.succeeded') THEN ?8 END"
-
-/* An expiry the fact ?1 knows only to a day: 1, else NULL. It goes with the expiry: a fact
- * without one keeps the entry's expiry and whether that is approximate. */
-#define APPROXIMATE                                                                     \
-    "CASE WHEN json_extract(?1, '$.expires_at') IS NOT NULL AND"                       \
-    " json_extract(?1, '$.expires_at_approximate') THEN 1 END"
 
 #define OPEN_DELIVERY "status <> 'done' AND status <> 'dead'"
 #define OPEN_EVENT "state <> 2"
@@ -303,6 +289,7 @@ static int lock_dir(struct store *j, const char *dir, char *err, size_t errlen)
 }
 
 static void sq_close(struct store *j);
+static int prepare_entry_get(sqlite3 *db, sqlite3_stmt **s, char *err, size_t errlen);
 
 /* Where the server listens (journal_announce): dir/certhook.listening, "pid N\nlisten
  * URL\nadmin URL\n", while it runs. */
@@ -318,6 +305,24 @@ static void sqlite_setup(void)
 {
     sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
     sqlite3_initialize();
+    struct buf cols, set, marks;
+    buf_init(&cols);
+    buf_init(&set);
+    buf_init(&marks);
+#define COLUMN(f)                                                                              \
+    buf_printf(&cols, "%s" #f, cols.n ? ", " : "");                                            \
+    buf_printf(&marks, "%s?", marks.n ? ", " : "");                                            \
+    if (strcmp(#f, "key") != 0)                                                                \
+        buf_printf(&set, "%s" #f " = excluded." #f, set.n ? ", " : "");
+    ENTRY_FIELDS(COLUMN, COLUMN, COLUMN, COLUMN, COLUMN)
+#undef COLUMN
+    snprintf(entry_columns, sizeof entry_columns, "%s", cols.p);
+    snprintf(entry_upsert, sizeof entry_upsert,
+             "INSERT INTO inventory (%s) VALUES (%s) ON CONFLICT (key) DO UPDATE SET %s", cols.p,
+             marks.p, set.p);
+    buf_free(&cols);
+    buf_free(&set);
+    buf_free(&marks);
 }
 
 static int sq_open(struct store **sp, const struct journal_options *o, char *err, size_t errlen)
@@ -377,10 +382,8 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
                     "received_at, occurred_at) VALUES (?,?,?,?,?,?,?,?) "
                     "ON CONFLICT (id) DO NOTHING",
                     &j->ins, err, errlen) ||
-            prepare(j->db, "INSERT INTO event_data (seq, event, body, context) VALUES (?,?,?,?)",
+            prepare(j->db, "INSERT INTO event_data (seq, event, body, facts) VALUES (?,?,?,?)",
                     &j->ins_data, err, errlen) ||
-            prepare(j->db, "SELECT " ENTRY_JSON ", last_type, last_occurred_at, repeats FROM "
-                           "inventory WHERE key = json_extract(?, '$.key')", &j->entry, err, errlen) ||
             prepare(j->db,
                     "UPDATE events SET state = CASE WHEN EXISTS (SELECT 1 FROM deliveries WHERE "
                     "event_seq = ?1 AND " OPEN_DELIVERY ") THEN 1 ELSE 2 END "
@@ -406,44 +409,12 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
             prepare(j->db, "DELETE FROM state WHERE key = ?", &j->sdel, err, errlen) ||
             prepare(j->db, "SELECT value FROM state WHERE key = ? AND (expires_at IS NULL OR "
                            "expires_at > ?)", &j->sget, err, errlen) ||
-            prepare(j->db,
-                    "INSERT INTO inventory (key, provider, source, hostname, certificate_id, name,"
-                    " scope, status, domains, issuer, serial_number, not_before, expires_at,"
-                    " last_event, last_type, last_occurred_at, repeats, warned_at, renewed_at,"
-                    " first_seen, updated_at, expires_at_approximate, reached_at, state) "
-                    "SELECT json_extract(?1, '$.key'), ?2, ?3, json_extract(?1, '$.hostname'),"
-                    " json_extract(?1, '$.certificate_id'), json_extract(?1, '$.name'),"
-                    " json_extract(?1, '$.scope'), CASE WHEN ?5 = 'certificate.deletion.succeeded'"
-                    " THEN 'deleted' ELSE json_extract(?1, '$.status') END,"
-                    " json_extract(?1, '$.domains'), json_extract(?1, '$.issuer'),"
-                    " json_extract(?1, '$.serial_number'), json_extract(?1, '$.not_before'),"
-                    " json_extract(?1, '$.expires_at'), ?4, ?5, ?6, ?7, " WARNED ", " RENEWED ","
-                    " ?8, ?8, " APPROXIMATE ", " REACHED ", json_extract(?1, '$.state') WHERE true "
-                    "ON CONFLICT (key) DO UPDATE SET"
-                    " hostname = coalesce(excluded.hostname, hostname),"
-                    " certificate_id = coalesce(excluded.certificate_id, certificate_id),"
-                    " name = coalesce(excluded.name, name), scope = coalesce(excluded.scope, scope),"
-                    " status = coalesce(excluded.status, status),"
-                    " state = coalesce(excluded.state, state),"
-                    " domains = coalesce(excluded.domains, domains),"
-                    " issuer = coalesce(excluded.issuer, issuer),"
-                    " serial_number = coalesce(excluded.serial_number, serial_number),"
-                    " not_before = coalesce(excluded.not_before, not_before),"
-                    " expires_at_approximate = CASE WHEN excluded.expires_at IS NULL THEN"
-                    " expires_at_approximate ELSE excluded.expires_at_approximate END,"
-                    " expires_at = coalesce(excluded.expires_at, expires_at),"
-                    " last_event = excluded.last_event, last_type = excluded.last_type,"
-                    " last_occurred_at = coalesce(excluded.last_occurred_at, last_occurred_at),"
-                    " repeats = excluded.repeats,"
-                    " warned_at = coalesce(excluded.warned_at, warned_at),"
-                    " renewed_at = coalesce(excluded.renewed_at, renewed_at),"
-                    " reached_at = coalesce(excluded.reached_at, reached_at),"
-                    " updated_at = excluded.updated_at",
-                    &j->cert, err, errlen) ||
-            /* (not RETURNING: SQLite makes an ephemeral table for it at every step) */
-            prepare(j->db, "SELECT key, hostname, provider, status, state, expires_at, "
-                           "updated_at FROM inventory WHERE key = json_extract(?, '$.key')",
-                    &j->cert_now, err, errlen))
+            prepare_entry_get(j->db, &j->eget, err, errlen) ||
+            prepare(j->db, entry_upsert, &j->eput, err, errlen) ||
+            prepare(j->db, "INSERT INTO contexts (seq, context) VALUES (?, ?)", &j->ctx, err,
+                    errlen) ||
+            prepare(j->db, "UPDATE meta SET value = ? WHERE key = 'folded'", &j->fold, err,
+                    errlen))
             goto fail;
     }
     if (open_db(&j->rdb, path, SQLITE_OPEN_READONLY, o->busy_timeout, err, errlen) != 0 ||
@@ -464,8 +435,9 @@ static void sq_close(struct store *j)
     char path[4096];
     if (j == NULL)
         return;
-    sqlite3_stmt *stmts[] = {j->ins, j->ins_data, j->fin,   j->del,      j->sset, j->sdel,
-                             j->sget, j->rload, j->rload_id, j->cert, j->entry, j->cert_now};
+    sqlite3_stmt *stmts[] = {j->ins,  j->ins_data, j->fin,  j->del,  j->sset,
+                             j->sdel, j->sget,     j->rload, j->rload_id, j->eget,
+                             j->eput, j->ctx,      j->fold};
     for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
         sqlite3_finalize(stmts[i]);
     sqlite3_close(j->db);
@@ -505,71 +477,6 @@ static int sq_begin(struct store *j, int durable)
     return sqlite3_exec(j->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
 }
 
-/* The inventory learns what ev says of its certificates (ev->certs, in the transaction that
- * journals it): an event that occurred before the last one applied to a certificate (both
- * saying when they occurred) is stale and leaves the entry as it is; otherwise it updates the
- * entry, counting repeats of the same type. ev->context gets what the entry of its first
- * certificate was. */
-static int remember_certificates(struct store *j, struct event *ev)
-{
-    double at = ev->occurred_at;
-    struct buf ctx;
-    int rc, first = 1;
-    buf_init(&ctx);
-    rc = SQLITE_DONE;
-    for (const char *fact = ev->certs, *end; fact && *fact; fact = *end ? end + 1 : end) {
-        end = strchr(fact, '\n');
-        end = end ? end : fact + strlen(fact);
-        int flen = (int)(end - fact);
-        sqlite3_bind_text(j->entry, 1, fact, flen, SQLITE_STATIC);
-        int found = sqlite3_step(j->entry) == SQLITE_ROW;
-        const char *last_type = found ? column(j->entry, 1) : NULL;
-        int stale = found && at > 0 && sqlite3_column_type(j->entry, 2) != SQLITE_NULL &&
-                    at < sqlite3_column_double(j->entry, 2);
-        int repeats = last_type && strcmp(last_type, ev->type) == 0
-                          ? sqlite3_column_int(j->entry, 3) + 1
-                          : 1;
-        if (first)
-            buf_printf(&ctx, "{\"stale\":%s,\"repeats\":%d%s%s}", stale ? "true" : "false",
-                       repeats, found ? ",\"previous\":" : "", found ? column(j->entry, 0) : "");
-        sqlite3_reset(j->entry);
-        first = 0;
-        if (stale)
-            continue;
-        sqlite3_stmt *s = j->cert;
-        sqlite3_bind_text(s, 1, fact, flen, SQLITE_STATIC);
-        sqlite3_bind_text(s, 2, ev->provider, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 3, ev->source, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 4, ev->id, -1, SQLITE_STATIC);
-        sqlite3_bind_text(s, 5, ev->type, -1, SQLITE_STATIC);
-        if (at > 0)
-            sqlite3_bind_double(s, 6, at);
-        else
-            sqlite3_bind_null(s, 6);
-        sqlite3_bind_int(s, 7, repeats);
-        sqlite3_bind_double(s, 8, ev->received_at);
-        if (sqlite3_step(s) != SQLITE_DONE) {
-            sqlite3_reset(s);
-            rc = SQLITE_ERROR;
-            break;
-        }
-        sqlite3_reset(s);
-        s = j->cert_now;
-        sqlite3_bind_text(s, 1, fact, flen, SQLITE_STATIC);
-        if (sqlite3_step(s) == SQLITE_ROW) /* labelled as the entry, whoever told of it now */
-            metrics_certificate(column(s, 0), column(s, 1) ? column(s, 1) : "", column(s, 2),
-                                column(s, 3), column(s, 4), ev->type,
-                                sqlite3_column_double(s, 5), sqlite3_column_double(s, 6));
-        sqlite3_reset(s);
-    }
-    if (rc != SQLITE_DONE) {
-        buf_free(&ctx);
-        return -1;
-    }
-    ev->context = ctx.p; /* the event's now */
-    return 0;
-}
-
 static int sq_insert_event(struct store *j, struct event *ev)
 {
     sqlite3_stmt *s = j->ins;
@@ -588,14 +495,11 @@ static int sq_insert_event(struct store *j, struct event *ev)
     if (sqlite3_changes(j->db) != 1)
         return 0;
     ev->seq = sqlite3_last_insert_rowid(j->db);
-    free(ev->context);
-    ev->context = NULL;
-    if (ev->certs != NULL && remember_certificates(j, ev) != 0)
-        return -1;
     sqlite3_bind_int64(j->ins_data, 1, ev->seq);
     sqlite3_bind_blob(j->ins_data, 2, ev->packed, (int)ev->packed_len, SQLITE_STATIC);
     sqlite3_bind_text(j->ins_data, 3, ev->body, (int)ev->body_len, SQLITE_STATIC);
-    sqlite3_bind_text(j->ins_data, 4, ev->context, -1, SQLITE_STATIC);
+    if (ev->certs != NULL)
+        sqlite3_bind_blob(j->ins_data, 4, ev->certs, (int)ev->certs_len, SQLITE_STATIC);
     if (step_reset(j->ins_data) != 0)
         return -1;
     return 1;
@@ -608,6 +512,84 @@ static int sq_insert(struct store *j, struct journal_req *r)
         return -1;
     r->result = rc == 1 ? JOURNAL_ACCEPTED : JOURNAL_DUPLICATE;
     return 0;
+}
+
+/* ---- the projections: the inventory's entries, the contexts, the watermark ------------------- */
+
+static int prepare_entry_get(sqlite3 *db, sqlite3_stmt **s, char *err, size_t errlen)
+{
+    char sql[1024];
+    snprintf(sql, sizeof sql, "SELECT %s FROM inventory WHERE key = ?", entry_columns);
+    return prepare(db, sql, s, err, errlen);
+}
+
+/* The entry in the columns of the current row of s from at on (entry_columns' order). 0, or
+ * -1: out of memory (e cleared). */
+static int row_entry(sqlite3_stmt *s, int at, struct entry *e)
+{
+    int i = at, rc = 0;
+#define R_S(f)                                                                                 \
+    if (sqlite3_column_type(s, i) != SQLITE_NULL && (e->f = strdup(column(s, i))) == NULL)   \
+        rc = -1;                                                                               \
+    i++;
+#define R_N(f)                                                                                 \
+    e->f = sqlite3_column_type(s, i) == SQLITE_NULL ? NAN : sqlite3_column_double(s, i);       \
+    i++;
+#define R_I(f) e->f = sqlite3_column_int(s, i++);
+    ENTRY_FIELDS(R_S, R_S, R_N, R_I, R_I)
+#undef R_S
+#undef R_N
+#undef R_I
+    if (rc != 0)
+        entry_clear(e);
+    return rc;
+}
+
+static int sq_entry_get(struct store *j, const char *key, struct entry *e)
+{
+    sqlite3_stmt *s = j->eget;
+    sqlite3_bind_text(s, 1, key, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    int found = rc == SQLITE_ROW ? (row_entry(s, 0, e) == 0 ? 1 : -1) : rc == SQLITE_DONE ? 0 : -1;
+    sqlite3_reset(s);
+    return found;
+}
+
+static int sq_entry_put(struct store *j, const struct entry *e)
+{
+    sqlite3_stmt *s = j->eput;
+    int i = 1;
+#define B_S(f) sqlite3_bind_text(s, i++, e->f, -1, SQLITE_STATIC);
+#define B_N(f)                                                                                 \
+    if (isnan(e->f))                                                                           \
+        sqlite3_bind_null(s, i++);                                                             \
+    else                                                                                       \
+        sqlite3_bind_double(s, i++, e->f);
+#define B_B(f)                                                                                 \
+    if (e->f)                                                                                  \
+        sqlite3_bind_int(s, i++, 1);                                                           \
+    else                                                                                       \
+        sqlite3_bind_null(s, i++);
+#define B_I(f) sqlite3_bind_int(s, i++, e->f);
+    ENTRY_FIELDS(B_S, B_S, B_N, B_B, B_I)
+#undef B_S
+#undef B_N
+#undef B_B
+#undef B_I
+    return step_reset(s);
+}
+
+static int sq_context(struct store *j, int64_t seq, const char *context)
+{
+    sqlite3_bind_int64(j->ctx, 1, seq);
+    sqlite3_bind_text(j->ctx, 2, context, -1, SQLITE_STATIC);
+    return step_reset(j->ctx);
+}
+
+static int sq_folded(struct store *j, int64_t upto)
+{
+    sqlite3_bind_int64(j->fold, 1, upto);
+    return step_reset(j->fold);
 }
 
 /* Reads a JSON number (as certhook.state stores numbers) into *v; 0, or -1 if not one. */
@@ -979,8 +961,32 @@ static struct event *row_event(sqlite3_stmt *s)
         .occurred_at = sqlite3_column_double(s, 8),
         .packed = sqlite3_column_blob(s, 9), .packed_len = (size_t)sqlite3_column_bytes(s, 9),
         .body = column(s, 10), .body_len = (size_t)sqlite3_column_bytes(s, 10),
-        .context = (char *)column(s, 11)};
+        .context = (char *)column(s, 11), .certs = sqlite3_column_blob(s, 12),
+        .certs_len = (size_t)sqlite3_column_bytes(s, 12)};
     return event_new(&ev);
+}
+
+static int sq_unfolded(struct store *j, void (*fn)(void *cls, struct event *ev), void *cls)
+{
+    sqlite3_stmt *s;
+    int rc;
+    if (sqlite3_prepare_v2(j->db,
+                           "SELECT " EVENT_COLUMNS " FROM " EVENT_FROM " WHERE e.seq > (SELECT "
+                           "value FROM meta WHERE key = 'folded') ORDER BY e.seq",
+                           -1, &s, NULL) != SQLITE_OK) {
+        read_failed(j, "events not yet folded");
+        return -1;
+    }
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        struct event *ev = row_event(s);
+        if (ev == NULL)
+            break;
+        free(ev->context); /* folded again */
+        ev->context = NULL;
+        fn(cls, ev);
+    }
+    sqlite3_finalize(s);
+    return rc == SQLITE_DONE ? 0 : -1;
 }
 
 static int sq_scan_events(struct store *j, int state, int64_t after, int64_t upto, int limit,
@@ -1131,32 +1137,53 @@ static int sq_once_get(struct store *j, const char *key, char **out, size_t *len
                      out, len, err, errlen);
 }
 
+/* Hands fn each entry of the rows of s (entry_columns), as JSON. SQLITE_DONE, or an error. */
+static int each_entry(sqlite3_stmt *s, void (*fn)(void *cls, const char *json), void *cls)
+{
+    struct buf json;
+    int rc;
+    buf_init(&json);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        struct entry e;
+        entry_init(&e);
+        json.n = 0;
+        if (row_entry(s, 0, &e) != 0 || entry_json(&e, &json) != 0) {
+            entry_clear(&e);
+            rc = SQLITE_NOMEM;
+            break;
+        }
+        entry_clear(&e);
+        fn(cls, json.p);
+    }
+    buf_free(&json);
+    return rc;
+}
+
 static int sq_certs(struct store *j, const struct journal_certs_query *q,
                     void (*fn)(void *cls, const char *json), void *cls, char *err, size_t errlen)
 {
     sqlite3_stmt *s;
-    const char *sql =
-        q->find ? "SELECT " ENTRY_JSON " FROM inventory WHERE key = ?1 OR certificate_id = ?1 OR "
-                  "hostname = ?1 ORDER BY key = ?1 DESC, certificate_id IS ?1 DESC, "
-                  "updated_at DESC LIMIT 1"
-                : "SELECT " ENTRY_JSON " FROM inventory WHERE CASE WHEN ?2 IS NULL THEN "
-                  "status IS NOT 'deleted' AND state IS NOT 'deleted' ELSE lower(status) = "
-                  "lower(?2) OR state = lower(?2) END AND (?5 IS NULL OR state = ?5) AND (?3 IS "
-                  "NULL OR expires_at < ?3) ORDER BY expires_at IS NULL, expires_at, hostname, "
-                  "key LIMIT ?4";
+    char sql[2048];
+    snprintf(sql, sizeof sql, "SELECT %s FROM inventory WHERE %s", entry_columns,
+             q->find ? "key = ?1 OR certificate_id = ?1 OR hostname = ?1 ORDER BY key = ?1 DESC, "
+                       "certificate_id IS ?1 DESC, updated_at DESC LIMIT 1"
+                     : "CASE WHEN ?2 IS NULL THEN status IS NOT 'deleted' AND state IS NOT "
+                       "'deleted' ELSE lower(status) = lower(?2) OR state = lower(?2) END AND (?5 "
+                       "IS NULL OR state = ?5) AND (?3 IS NULL OR expires_at < ?3) ORDER BY "
+                       "expires_at IS NULL, expires_at, hostname, key LIMIT ?4");
     if (sqlite3_prepare_v2(j->rdb, sql, -1, &s, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
         return -1;
     }
     sqlite3_bind_text(s, 1, q->find, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, q->status, -1, SQLITE_STATIC);
-    if (q->expiring_before > 0)
-        sqlite3_bind_double(s, 3, q->expiring_before);
-    sqlite3_bind_int(s, 4, q->limit > 0 ? q->limit : -1);
-    sqlite3_bind_text(s, 5, q->state, -1, SQLITE_STATIC);
-    int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW)
-        fn(cls, column(s, 0));
+    if (!q->find) {
+        sqlite3_bind_text(s, 2, q->status, -1, SQLITE_STATIC);
+        if (q->expiring_before > 0)
+            sqlite3_bind_double(s, 3, q->expiring_before);
+        sqlite3_bind_int(s, 4, q->limit > 0 ? q->limit : -1);
+        sqlite3_bind_text(s, 5, q->state, -1, SQLITE_STATIC);
+    }
+    int rc = each_entry(s, fn, cls);
     if (rc != SQLITE_DONE)
         snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
     sqlite3_finalize(s);
@@ -1478,7 +1505,7 @@ static int export_event(void *cls, sqlite3_stmt *s)
     struct event *ev = row_event(s);
     if (ev == NULL)
         return -1;
-    struct journal_record rec = {.kind = JR_EVENT, .ev = ev, .state = sqlite3_column_int(s, 12)};
+    struct journal_record rec = {.kind = JR_EVENT, .ev = ev, .state = sqlite3_column_int(s, 13)};
     int rc = x->fn(x->cls, &rec);
     event_free(ev);
     return rc;
@@ -1511,11 +1538,21 @@ static int export_state(void *cls, sqlite3_stmt *s)
     return x->fn(x->cls, &rec);
 }
 
-static int export_certificate(void *cls, sqlite3_stmt *s)
+static int export_certificate(void *cls, sqlite3_stmt *s) /* an entry, as JSON */
 {
     struct export *x = cls;
-    struct journal_record rec = {.kind = JR_CERTIFICATE, .value = column(s, 0)};
-    return x->fn(x->cls, &rec);
+    struct entry e;
+    struct buf json;
+    buf_init(&json);
+    entry_init(&e);
+    int rc = row_entry(s, 0, &e) == 0 && entry_json(&e, &json) == 0 ? 0 : -1;
+    if (rc == 0) {
+        struct journal_record rec = {.kind = JR_CERTIFICATE, .value = json.p};
+        rc = x->fn(x->cls, &rec);
+    }
+    entry_clear(&e);
+    buf_free(&json);
+    return rc;
 }
 
 static int export_once(void *cls, sqlite3_stmt *s)
@@ -1543,6 +1580,9 @@ static int sq_export(struct store *j, int (*fn)(void *cls, const struct journal_
                      void *cls, char *err, size_t errlen)
 {
     struct export x = {fn, cls};
+    char inventory_sql[600];
+    snprintf(inventory_sql, sizeof inventory_sql, "SELECT %s FROM inventory ORDER BY key",
+             entry_columns);
     if (sqlite3_exec(j->rdb, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "cannot read the journal: %s", sqlite3_errmsg(j->rdb));
         return -1;
@@ -1555,8 +1595,7 @@ static int sq_export(struct store *j, int (*fn)(void *cls, const struct journal_
                       errlen) ||
              each_row(j, "SELECT key, value, expires_at FROM state ORDER BY key", export_state,
                       &x, err, errlen) ||
-             each_row(j, "SELECT " ENTRY_JSON " FROM inventory ORDER BY key", export_certificate,
-                      &x, err, errlen) ||
+             each_row(j, inventory_sql, export_certificate, &x, err, errlen) ||
              each_row(j, "SELECT key, results, lease_until FROM once ORDER BY key", export_once,
                       &x, err, errlen) ||
              each_row(j, "SELECT id, event_id, dead, requested_at, handler FROM replays ORDER BY id",
@@ -1595,6 +1634,11 @@ const struct store_ops store_sqlite = {
     .scan_replays = sq_scan_replays,
     .state_get = sq_state_get,
     .once_get = sq_once_get,
+    .entry_get = sq_entry_get,
+    .entry_put = sq_entry_put,
+    .context = sq_context,
+    .folded = sq_folded,
+    .unfolded = sq_unfolded,
     .certs = sq_certs,
     .state_keys = sq_state_keys,
     .list = sq_list,

@@ -22,7 +22,8 @@
 
 #include "journal/store.h"
 
-#define HOLD 0.25     /* seconds kept delivery states wait after a failed batch */
+#define HOLD 0.25
+#define INVENTORY_CACHE 4096 /* inventory entries kept in memory (journal.inv) */     /* seconds kept delivery states wait after a failed batch */
 #define LOG_EVERY 5.0 /* seconds between two messages about batches failing alike */
 
 struct journal_done *journal_done_new(int64_t seq, size_t n)
@@ -89,50 +90,147 @@ static void test_hold_commit(void)
         usleep(10000);
 }
 
-/* Writes one batch in one transaction; answers every request. */
-static void commit_batch(struct journal *j, struct journal_req *reqs, struct journal_done *dones)
+/* A failed write, logged once per cause, and then every LOG_EVERY while it lasts (an outage
+ * fails every batch); the store's error into why. */
+static void failed(struct journal *j, const char *what, char *why, size_t n)
 {
-    int durable = reqs != NULL;
-    for (struct journal_done *d = dones; d && !durable; d = d->next)
-        durable = needs_durability(d);
-    int ok = j->ops->begin(j->s, durable) == 0;
-    for (struct journal_req *r = reqs; ok && r; r = r->next)
-        ok = do_request(j, r) == 0;
-    for (struct journal_done *d = dones; ok && d; d = d->next)
-        ok = write_done(j, d) == 0;
-    if (ok && reqs != NULL)
-        test_hold_commit();
-    if (ok)
-        ok = j->ops->commit(j->s) == 0;
-
-    char why[200];
-    if (!ok) {
-        snprintf(why, sizeof why, "%s", j->ops->error(j->s));
-        j->ops->rollback(j->s);
-        /* once per cause, and then every LOG_EVERY while it lasts (an outage fails every batch) */
-        double now = time_mono();
-        if (strcmp(why, j->last_why) != 0 || now - j->logged_at >= LOG_EVERY) {
-            if (j->unlogged > 0)
-                log_msg(LOG_ERROR, "journal write failed, batch rolled back: %s (and %lu more "
-                                   "batches since the last message)", why, j->unlogged);
-            else
-                log_msg(LOG_ERROR, "journal write failed, batch rolled back: %s", why);
-            snprintf(j->last_why, sizeof j->last_why, "%s", why);
-            j->logged_at = now;
-            j->unlogged = 0;
-        } else {
-            j->unlogged++;
-        }
+    snprintf(why, n, "%s", j->ops->error(j->s));
+    j->ops->rollback(j->s);
+    double now = time_mono();
+    if (strcmp(why, j->last_why) != 0 || now - j->logged_at >= LOG_EVERY) {
+        if (j->unlogged > 0)
+            log_msg(LOG_ERROR, "journal write failed, %s rolled back: %s (and %lu more since "
+                               "the last message)", what, why, j->unlogged);
+        else
+            log_msg(LOG_ERROR, "journal write failed, %s rolled back: %s", what, why);
+        snprintf(j->last_why, sizeof j->last_why, "%s", why);
+        j->logged_at = now;
+        j->unlogged = 0;
     } else {
-        j->last_why[0] = '\0';
+        j->unlogged++;
     }
+}
+
+static void set_health(struct journal *j, int ok, const char *why)
+{
+    if (ok)
+        j->last_why[0] = '\0';
     pthread_mutex_lock(&j->mu);
     j->healthy = ok;
     if (!ok)
         snprintf(j->why, sizeof j->why, "%s", why);
     pthread_mutex_unlock(&j->mu);
+}
 
-    /* hand the accepted events on before answering: a request may be freed once answered */
+/* Delivery states not written: kept for a later batch when the failure may pass (the requests
+ * queued meanwhile go first), else freed -- the journal still has the previous ones, which are
+ * redone at the next start (at least once). 1 when kept. */
+static int keep_dones(struct journal *j, struct journal_done *dones)
+{
+    if (dones == NULL || !j->ops->transient || !j->ops->transient(j->s))
+        return 0;
+    struct journal_done *last = dones;
+    while (last->next)
+        last = last->next;
+    pthread_mutex_lock(&j->mu);
+    int kept = !j->stop; /* stopping: what cannot be written now is redone elsewhere */
+    if (kept) {
+        last->next = j->dones;
+        if (j->dones == NULL)
+            j->dones_tail = &last->next;
+        j->dones = dones;
+        j->hold_until = time_mono() + HOLD;
+    }
+    pthread_mutex_unlock(&j->mu);
+    return kept;
+}
+
+static void free_dones(struct journal_done *dones)
+{
+    for (struct journal_done *d = dones, *next; d; d = next) {
+        next = d->next;
+        journal_done_free(d);
+    }
+}
+
+/* The projections of what the log holds now (journals whose inventory is folded here): the
+ * accepted events not yet folded, in log order -- each gets its context, their certificates'
+ * entries are written once -- and the delivery states, in one transaction, forced to disk only
+ * when a delivery state needs it (a crash loses no committed write; a power cut may lose a
+ * fold, redone from the log at the next start, or a success, run again). Then the events go to
+ * the sink, their contexts known. On a failure nothing is handed on: the events wait for the
+ * next try, after a pause. */
+static void project(struct journal *j, struct journal_done *dones)
+{
+    int durable = 0;
+    int64_t upto = 0;
+    char why[200];
+    for (struct journal_done *d = dones; d && !durable; d = d->next)
+        durable = needs_durability(d);
+    int ok = j->ops->begin(j->s, durable) == 0;
+    for (struct event *ev = j->unfolded; ok && ev; ev = ev->next) {
+        ok = inventory_fold(j->inv, j->s, j->ops, ev) == 0 &&
+             (ev->context == NULL || j->ops->context(j->s, ev->seq, ev->context) == 0);
+        upto = ev->seq;
+    }
+    for (struct journal_done *d = dones; ok && d; d = d->next)
+        ok = write_done(j, d) == 0;
+    if (ok && upto > 0)
+        ok = inventory_flush(j->inv, j->s, j->ops) == 0 && j->ops->folded(j->s, upto) == 0;
+    if (ok)
+        ok = j->ops->commit(j->s) == 0;
+    if (!ok) {
+        failed(j, "a projection", why, sizeof why);
+        inventory_forget(j->inv); /* the store has the entries as they were */
+        set_health(j, 0, why);
+        pthread_mutex_lock(&j->mu);
+        j->hold_until = time_mono() + HOLD;
+        pthread_mutex_unlock(&j->mu);
+        if (!keep_dones(j, dones))
+            free_dones(dones);
+        return;
+    }
+    inventory_committed(j->inv);
+    struct event *folded = j->unfolded;
+    j->unfolded = NULL;
+    j->unfolded_tail = &j->unfolded;
+    if (folded != NULL) {
+        if (j->sink)
+            j->sink(j->sink_cls, folded);
+        else
+            event_free_list(folded);
+    }
+    free_dones(dones);
+}
+
+/* Writes one batch: the requests in one transaction -- the one the 202 waits for -- and
+ * answers every request; the delivery states with it, or (a journal whose inventory is folded
+ * here) in the projection's that follows (project). */
+static void commit_batch(struct journal *j, struct journal_req *reqs, struct journal_done *dones)
+{
+    int two = j->inv != NULL; /* the requests' transaction, then the projection's */
+    int durable = reqs != NULL;
+    for (struct journal_done *d = dones; d && !durable && !two; d = d->next)
+        durable = needs_durability(d);
+    int ok = 1;
+    char why[200] = "";
+    if (reqs != NULL || !two) {
+        ok = j->ops->begin(j->s, durable) == 0;
+        for (struct journal_req *r = reqs; ok && r; r = r->next)
+            ok = do_request(j, r) == 0;
+        for (struct journal_done *d = dones; ok && d && !two; d = d->next)
+            ok = write_done(j, d) == 0;
+        if (ok && reqs != NULL)
+            test_hold_commit();
+        if (ok)
+            ok = j->ops->commit(j->s) == 0;
+        if (!ok)
+            failed(j, "batch", why, sizeof why);
+        set_health(j, ok, why);
+    }
+
+    /* the accepted events leave their requests before these are answered (a request may be
+     * freed then): to the sink now, or once folded */
     struct event *accepted = NULL, **tail = &accepted;
     for (struct journal_req *r = reqs; r; r = r->next) {
         if (!ok) {
@@ -145,6 +243,11 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
             r->ev = NULL;
         }
     }
+    if (two && accepted != NULL) {
+        *j->unfolded_tail = accepted;
+        j->unfolded_tail = tail;
+        accepted = NULL;
+    }
     if (accepted != NULL) {
         if (j->sink)
             j->sink(j->sink_cls, accepted);
@@ -155,30 +258,13 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
         next = r->next;
         r->done(r);
     }
-    /* unwritten delivery states: kept for the next batch when the failure may pass (the
-     * requests queued meanwhile go first); else the journal still has the previous ones, which
-     * are redone at the next start (at least once) */
-    if (!ok && dones != NULL && j->ops->transient && j->ops->transient(j->s)) {
-        struct journal_done *last = dones;
-        while (last->next)
-            last = last->next;
-        pthread_mutex_lock(&j->mu);
-        int kept = !j->stop; /* stopping: what cannot be written now is redone elsewhere */
-        if (kept) {
-            last->next = j->dones;
-            if (j->dones == NULL)
-                j->dones_tail = &last->next;
-            j->dones = dones;
-            j->hold_until = time_mono() + HOLD;
-        }
-        pthread_mutex_unlock(&j->mu);
-        if (kept)
-            return;
+    if (two && ok && (j->unfolded != NULL || dones != NULL)) {
+        project(j, dones);
+        return;
     }
-    for (struct journal_done *d = dones, *next; d; d = next) {
-        next = d->next;
-        journal_done_free(d);
-    }
+    if (!ok && keep_dones(j, dones))
+        return;
+    free_dones(dones);
 }
 
 /* A shared store's lease, when it is due. A lost one: the events handed to the sink before are
@@ -206,11 +292,12 @@ static void *writer_main(void *arg)
     for (;;) {
         renew(j, &next_renew);
         pthread_mutex_lock(&j->mu);
-        while (!j->reqs && (!j->dones || time_mono() < j->hold_until) && !j->stop) {
+        while (!j->reqs && ((!j->dones && !j->unfolded) || time_mono() < j->hold_until) &&
+               !j->stop) {
             double wait = next_prune - time_mono();
             if (j->ops->renew && next_renew - time_mono() < wait)
                 wait = next_renew - time_mono();
-            if (j->dones && j->hold_until - time_mono() < wait)
+            if ((j->dones || j->unfolded) && j->hold_until - time_mono() < wait)
                 wait = j->hold_until - time_mono();
             if (wait <= 0)
                 break;
@@ -235,10 +322,13 @@ static void *writer_main(void *arg)
         size_t n = 0;
         for (struct journal_req *r = reqs; r; r = r->next)
             n++;
-        if (reqs != NULL || dones != NULL)
+        if (reqs != NULL || dones != NULL || (j->unfolded && time_mono() >= j->hold_until))
             commit_batch(j, reqs, dones);
-        else if (stop)
+        else if (stop) {
+            event_free_list(j->unfolded); /* journaled: folded at the next start */
+            j->unfolded = NULL;
             return NULL;
+        }
         if (n > 0) {
             pthread_mutex_lock(&j->mu);
             j->queued -= n;
@@ -251,10 +341,34 @@ static void *writer_main(void *arg)
     }
 }
 
+/* journal_start: an event journaled but not folded when the last writer stopped */
+static void add_unfolded(void *cls, struct event *ev)
+{
+    struct journal *j = cls;
+    ev->next = NULL;
+    *j->unfolded_tail = ev;
+    j->unfolded_tail = &ev->next;
+}
+
 int journal_start(struct journal *j, journal_sink sink, void *cls)
 {
     j->sink = sink;
     j->sink_cls = cls;
+    j->unfolded_tail = &j->unfolded;
+    if (j->exclusive && j->ops->entry_get != NULL) { /* a server folds: first what is behind */
+        if (j->inv == NULL && (j->inv = inventory_new(INVENTORY_CACHE)) == NULL)
+            return -1;
+        if (j->ops->unfolded(j->s, add_unfolded, j) != 0)
+            return -1;
+        if (j->unfolded != NULL) {
+            journal_sink keep = j->sink;
+            j->sink = NULL; /* dispatched by the dispatcher's start, from the journal */
+            project(j, NULL);
+            j->sink = keep;
+            if (j->unfolded != NULL)
+                return -1;
+        }
+    }
     if (j->ops->writer_start(j->s) != 0 || pthread_create(&j->thread, NULL, writer_main, j) != 0)
         return -1;
     pthread_setname_np(j->thread, "journal-writer");

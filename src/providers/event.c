@@ -260,8 +260,9 @@ static void copy_fact(lua_State *L, int to, int from, const char *k, const char 
         lua_pop(L, 1);
 }
 
-/* What the certificate inventory learns from the finished event at idx, pushed as JSON
- * objects, one per line (or nothing; returns 0 then): for each certificate of a certificate.* event
+/* What the certificate inventory learns from the finished event at idx, pushed as a string
+ * holding a list of tables in the pack format (base.h), one per certificate (or nothing;
+ * returns 0 then): for each certificate of a certificate.* event
  * -- or for its hostname when it names no certificate -- its key (`<provider>:<certificate
  * id>`, `<provider>:host:<hostname>` without one; the watchdog's events give the key of the
  * entry they are about), certificate_id, hostname, name, scope
@@ -365,22 +366,20 @@ static int certificate_facts(lua_State *L, int idx)
         lua_settop(L, top);
         return 0;
     }
-    luaL_Buffer b;
-    luaL_buffinit(L, &b); /* JSON text holds no raw newline: one object per line */
-    for (lua_Integer i = 1; i <= made; i++) {
-        size_t len;
-        lua_rawgeti(L, list, i);
-        const char *s = json_encode(L, lua_gettop(L), &len);
-        if (s == NULL) {
-            lua_settop(L, top);
-            return 0;
-        }
-        lua_remove(L, -2);
-        if (i > 1)
-            luaL_addchar(&b, '\n');
-        luaL_addvalue(&b);
+    struct buf b;
+    buf_init(&b);
+    struct packer pk = {.b = &b, .cap = sizeof pk.small / sizeof pk.small[0]};
+    pk.seen = memset(pk.small, 0, sizeof pk.small);
+    int rc = pack_start(&b) == 0 && pack_at(L, list, &pk, 0) == 0 ? 0 : -1;
+    if (pk.seen != pk.small)
+        free(pk.seen);
+    if (rc == 0)
+        lua_pushlstring(L, b.p, b.n);
+    buf_free(&b);
+    if (rc != 0) {
+        lua_settop(L, top);
+        return 0;
     }
-    luaL_pushresult(&b);
     lua_remove(L, list);
     return 1;
 }
