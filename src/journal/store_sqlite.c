@@ -76,100 +76,10 @@ struct store {
     "'updated_at', updated_at)"
 #define EVENT_FROM "events e JOIN event_data d ON d.seq = e.seq"
 
-/* Schema versions, in order: migration i takes user_version i to i + 1. events.state: 0 not
- * yet dispatched, 1 deliveries not all final, 2 all final (done/dead, or no handler matched),
- * 3 replay requested. */
+/* The schema's migrations, in order: migration i takes user_version i to i + 1. Each is a file
+ * of src/journal/sql/sqlite/ (NNNN_<what>.sql), made C strings by the Makefile. */
 static const char *const migrations[] = {
-    "CREATE TABLE events ("
-    "  seq INTEGER PRIMARY KEY,"
-    "  id TEXT NOT NULL UNIQUE,"
-    "  source TEXT NOT NULL,"
-    "  provider TEXT NOT NULL,"
-    "  type TEXT NOT NULL,"
-    "  provider_type TEXT,"
-    "  hostname TEXT,"
-    "  received_at REAL NOT NULL,"
-    "  payload TEXT NOT NULL,"
-    "  state INTEGER NOT NULL DEFAULT 0);"
-    "CREATE INDEX events_new ON events(seq) WHERE state = 0;"
-    "CREATE TABLE deliveries ("
-    "  event_seq INTEGER NOT NULL,"
-    "  handler TEXT NOT NULL,"
-    "  status TEXT NOT NULL,"
-    "  attempts INTEGER NOT NULL DEFAULT 0,"
-    "  generation INTEGER,"
-    "  started_at REAL,"
-    "  duration REAL,"
-    "  last_error TEXT,"
-    "  PRIMARY KEY (event_seq, handler)) WITHOUT ROWID;",
-
-    "ALTER TABLE deliveries ADD COLUMN next_at REAL;"
-    "ALTER TABLE deliveries ADD COLUMN first_at REAL;"
-    "ALTER TABLE deliveries ADD COLUMN traceback TEXT;"
-    "CREATE INDEX deliveries_todo ON deliveries(status) WHERE status IN ('pending', 'running', 'retrying');"
-    "CREATE INDEX deliveries_dead ON deliveries(status) WHERE status = 'dead';"
-    "DROP INDEX events_new;"
-    "CREATE INDEX events_todo ON events(state) WHERE state IN (0, 3);"
-    "CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL) WITHOUT ROWID;"
-    "CREATE TABLE replays (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT,"
-    "  dead INTEGER NOT NULL DEFAULT 0,"
-    "  requested_at REAL NOT NULL);",
-
-    /* the certificate inventory (metrics.c): the last known facts per hostname */
-    "CREATE TABLE certificates (hostname TEXT PRIMARY KEY, type TEXT NOT NULL, status TEXT,"
-    "  expires_at REAL, updated_at REAL NOT NULL) WITHOUT ROWID;",
-
-    /* partial indexes without IN lists: SQLite builds an ephemeral table for an IN list each
-     * time it checks a row against the index, on every insert and update. Queries that use
-     * them repeat their WHERE terms (OPEN_DELIVERY, OPEN_EVENT). */
-    "DROP INDEX deliveries_todo;"
-    "CREATE INDEX deliveries_todo ON deliveries(status) WHERE status <> 'done' AND status <> 'dead';"
-    "DROP INDEX events_todo;"
-    "CREATE INDEX events_todo ON events(state) WHERE state <> 2;",
-
-    /* deaths of the process while the delivery's handler ran (dispatch/stall.c): two make
-     * it dead */
-    "ALTER TABLE deliveries ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;",
-
-    /* the event as normalized at intake (base/pack.c), kept with the body as received, in a
-     * table of their own: written once, while the events row stays small for the state updates
-     * and the scans. Rows of earlier versions get their event from journal_upgrade. */
-    "CREATE TABLE event_data (seq INTEGER PRIMARY KEY, event BLOB, body TEXT NOT NULL);"
-    "INSERT INTO event_data (seq, body) SELECT seq, payload FROM events;"
-    "ALTER TABLE events DROP COLUMN payload;"
-    "ALTER TABLE events ADD COLUMN occurred_at REAL;",
-
-    /* certhook.once: keys that ran to success (results: JSON), or are claimed till lease_until */
-    "CREATE TABLE once (key TEXT PRIMARY KEY, results TEXT, lease_until REAL) WITHOUT ROWID;",
-
-    /* the inventory by certificate (provider and certificate id, else hostname), with the last
-     * event applied and its repeats; what it said when each event came (event_data.context).
-     * The hostnames of the previous inventory become entries of their own. */
-    "CREATE TABLE inventory (key TEXT PRIMARY KEY, provider TEXT NOT NULL, source TEXT,"
-    "  hostname TEXT, certificate_id TEXT, name TEXT, scope TEXT, status TEXT, domains TEXT,"
-    "  issuer TEXT, serial_number TEXT, not_before REAL, expires_at REAL, last_event TEXT,"
-    "  last_type TEXT, last_occurred_at REAL, repeats INTEGER NOT NULL DEFAULT 1,"
-    "  warned_at REAL, renewed_at REAL, first_seen REAL NOT NULL, updated_at REAL NOT NULL)"
-    "  WITHOUT ROWID;"
-    "CREATE INDEX inventory_hostname ON inventory(hostname);"
-    "CREATE INDEX inventory_expiry ON inventory(expires_at);"
-    "INSERT INTO inventory (key, provider, hostname, status, expires_at, last_type,"
-    "  last_occurred_at, first_seen, updated_at)"
-    "  SELECT p || ':host:' || hostname, p, hostname, status, expires_at, type, updated_at,"
-    "    updated_at, updated_at FROM (SELECT c.*, coalesce((SELECT provider FROM events e WHERE"
-    "    e.hostname = c.hostname ORDER BY seq DESC LIMIT 1), 'unknown') AS p FROM certificates c);"
-    "DROP TABLE certificates;"
-    "ALTER TABLE event_data ADD COLUMN context TEXT;",
-
-    /* an expiry known only to a day (stated in days, or as a day): 1; when the inventory last
-     * heard that an expiry was reached; the canonical state (entries kept before have none
-     * until their next event) */
-    "ALTER TABLE inventory ADD COLUMN expires_at_approximate INTEGER;"
-    "ALTER TABLE inventory ADD COLUMN reached_at REAL;"
-    "ALTER TABLE inventory ADD COLUMN state TEXT;",
-
-    /* a replay of one delivery of an event (NULL: those that did not succeed) */
-    "ALTER TABLE replays ADD COLUMN handler TEXT;",
+#include "sql_sqlite.h"
 };
 
 
