@@ -39,7 +39,8 @@ ifeq ($(SANITIZE),1)
 BUILD    = build/san
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 endif
-ALL_CFLAGS = $(CFLAGS) -fPIC -std=gnu11 -D_GNU_SOURCE $(WARN) $(SANFLAGS) -Isrc -I$(LUA_INCDIR) $(DEP_CFLAGS) \
+GEN      = $(BUILD)/gen
+ALL_CFLAGS = $(CFLAGS) -fPIC -std=gnu11 -D_GNU_SOURCE $(WARN) $(SANFLAGS) -Isrc -I$(GEN) -I$(LUA_INCDIR) $(DEP_CFLAGS) \
              $(SYSTEMD_CFLAGS) -MMD -MP
 ALL_LIBS   = $(DEP_LIBS) -lpthread -lm
 
@@ -49,6 +50,7 @@ MODULE = $(BUILD)/certhook/core.so
 LAUNCH = $(BUILD)/certhook-dev
 UNITS  = $(patsubst tests/unit/%.c,$(BUILD)/unit/%,$(wildcard tests/unit/test_*.c))
 SINK   = $(BUILD)/sink
+SQL_HEADERS = $(GEN)/sql_sqlite.h $(GEN)/sql_pg.h
 
 # Debian packages: to build and run, and additionally to test.
 RUN_DEBS  = gcc libc6-dev pkg-config lua5.4 liblua5.4-dev lua-cjson libmicrohttpd-dev \
@@ -67,6 +69,19 @@ all: $(MODULE) $(LAUNCH)
 $(BUILD)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+# The journal's schema: the migrations of each store, src/journal/sql/<store>/NNNN_<what>.sql,
+# made a header of C strings, one per file in name order, that store_<store>.c includes as its
+# migrations[]. (Made before any object is compiled; -MMD then tracks who includes them.)
+$(OBJS): | $(SQL_HEADERS)
+$(GEN)/sql_sqlite.h: $(sort $(wildcard src/journal/sql/sqlite/*.sql))
+$(GEN)/sql_pg.h: $(sort $(wildcard src/journal/sql/pg/*.sql))
+$(GEN)/sql_%.h: Makefile
+	@mkdir -p $(dir $@)
+	@{ echo '/* made by the Makefile from src/journal/sql/$*: do not edit */'; \
+	   for f in $(filter %.sql,$^); do \
+	     echo "/* $$f */"; sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/.*/"&\\n"/' "$$f"; echo ','; \
+	   done; } >$@.tmp && mv $@.tmp $@
 
 $(MODULE): $(OBJS)
 	@mkdir -p $(dir $@)

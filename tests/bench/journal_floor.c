@@ -8,7 +8,7 @@
  *
  *   journal_floor DIR EVENTS BATCH   -> one line: events, batch, CPU us per event, commits/s
  *
- * Same tables and indexes as the journal's schema (src/journal/store_sqlite.c), the same
+ * Same tables and indexes as the journal's schema (src/journal/sql/sqlite/), the same
  * statements in spirit: an INSERT per event (random 36-character id) and of its data (a 1.1 KB
  * body and a 850-byte packed event), a certificates upsert, a delivery row and the event's
  * state.

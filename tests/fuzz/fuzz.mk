@@ -73,7 +73,7 @@ $(FUZZ_REPLAYS): $(BUILD)/unit/test_fuzz_%: $(FUZZ_RDIR)/fuzz_%.o $(FUZZ_RDIR)/d
 # ---- libFuzzer (make fuzz) ---------------------------------------------------------------------
 
 FUZZ_SAN    = -fsanitize=address,undefined -fno-sanitize-recover=undefined
-FUZZ_CFLAGS = -g -O1 -fno-omit-frame-pointer -std=gnu11 -D_GNU_SOURCE $(WARN) -Isrc -I$(LUA_INCDIR) $(DEP_CFLAGS) \
+FUZZ_CFLAGS = -g -O1 -fno-omit-frame-pointer -std=gnu11 -D_GNU_SOURCE $(WARN) -Isrc -I$(GEN) -I$(LUA_INCDIR) $(DEP_CFLAGS) \
               -fsanitize=fuzzer-no-link $(FUZZ_SAN) -MMD -MP
 FUZZ_OBJS   = $(SRCS:src/%.c=$(FUZZ_DIR)/obj/%.o)
 FUZZ_BINS   = $(FUZZ_NAMES:%=$(FUZZ_DIR)/fuzz_%)
@@ -87,6 +87,7 @@ FUZZ_CI_TIME ?= 30
 
 .PHONY: fuzz fuzz-ci fuzz-build deps-fuzz
 
+$(FUZZ_OBJS): | $(SQL_HEADERS)
 $(FUZZ_OBJS): $(FUZZ_DIR)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
