@@ -75,17 +75,14 @@ static int do_request(struct journal *j, struct journal_req *r)
     return r->op == JOURNAL_APPEND ? j->ops->insert(j->s, r) : j->ops->state(j->s, r);
 }
 
-/* For the tests only: while the file CERTHOOK_TEST_HOLD_COMMIT names exists, a batch of
- * appends waits before its commit -- so a test can see that no request is answered before it
- * (e2e serve_spec). Unset, as in production: nothing. */
-static void test_hold_commit(void)
+/* For the tests only: while the file the environment variable var names exists, wait --
+ * CERTHOOK_TEST_HOLD_COMMIT before the commit of a batch of appends (a test sees that no
+ * request is answered before it: e2e serve_spec), CERTHOOK_TEST_HOLD_FOLD before the
+ * projection's (a test kills certhook between the two: inventory_spec). Unset, as in
+ * production: nothing. */
+static void test_hold(const char *var)
 {
-    static const char *hold;
-    static int looked;
-    if (!looked) {
-        hold = getenv("CERTHOOK_TEST_HOLD_COMMIT");
-        looked = 1;
-    }
+    const char *hold = getenv(var);
     while (hold != NULL && access(hold, F_OK) == 0)
         usleep(10000);
 }
@@ -177,6 +174,8 @@ static void project(struct journal *j, struct journal_done *dones)
         ok = write_done(j, d) == 0;
     if (ok && upto > 0)
         ok = inventory_flush(j->inv, j->s, j->ops) == 0 && j->ops->folded(j->s, upto) == 0;
+    if (ok && upto > 0)
+        test_hold("CERTHOOK_TEST_HOLD_FOLD");
     if (ok)
         ok = j->ops->commit(j->s) == 0;
     if (!ok) {
@@ -221,7 +220,7 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
         for (struct journal_done *d = dones; ok && d && !two; d = d->next)
             ok = write_done(j, d) == 0;
         if (ok && reqs != NULL)
-            test_hold_commit();
+            test_hold("CERTHOOK_TEST_HOLD_COMMIT");
         if (ok)
             ok = j->ops->commit(j->s) == 0;
         if (!ok)

@@ -1,6 +1,7 @@
--- The certificate inventory (DESIGN §6): updated with each event in the transaction that
--- journals it; events carry previous, stale (out of order) and repeats; certhook.certs and
--- `certhook certs` read it.
+-- The certificate inventory (DESIGN §6): folded from the log in log order, after the commit the
+-- 202 waits for and before the event is dispatched; events carry previous, stale (out of order)
+-- and repeats; certhook.certs and `certhook certs` read it; a fold lost to a crash is made again
+-- from the log at the next start.
 local cjson = require "cjson"
 local events = require "helpers.events"
 local fs = require "helpers.fs"
@@ -216,5 +217,33 @@ describe("the certificate inventory", function()
     assert.falsy(out:match("soon%.example"))
     out = fs.run(("%s certs --status deleted --data '%s'"):format(Server.certhook, srv.data))
     assert.truthy(out:match("soon%.example%s+cloudflare%s+deleted"), out)
+  end)
+end)
+
+-- The fold is written in a transaction of its own, after the one the 202 waits for: a crash
+-- between the two leaves journaled events unfolded, which the next start folds from the log
+-- (facts kept with each event) before anything is dispatched -- the same contexts, in order.
+describe("a fold lost to a crash", function()
+  it("is made again from the log at the next start, with the same contexts #sqlite", function()
+    local srv = Server.start { config = CONFIG, handlers = { ["inv.lua"] = HANDLER },
+                               env = { CERTHOOK_TEST_HOLD_FOLD = "hold" } }
+    local host = "crash.example"
+    post(srv, "validation.failed", { hostname = host }) -- folded: the entry exists
+    fs.write(srv.dir .. "/hold", "") -- the next fold waits (and the writer with it)
+    local body, id = events.cloudflare("validation.failed", { hostname = host })
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status) -- journaled
+    require("socket").sleep(0.3)
+    assert.is_nil(seen(srv, id), "dispatched before its fold was written")
+    srv:stop("KILL")
+    os.remove(srv.dir .. "/hold")
+    srv:launch()
+    local r = assert(fs.wait_for(function() return seen(srv, id) end, 10), "not delivered: " .. id)
+    assert.are.equal(2, r.repeats)
+    assert.is_false(r.stale)
+    assert.are.equal("certificate.validation.failed", r.previous.last_type)
+    assert.are.equal(1, r.previous.repeats)
+    assert.are.equal(2, r.entry.repeats) -- folded once
+    assert.are.equal(id, r.entry.last_event)
+    srv:cleanup()
   end)
 end)
