@@ -45,6 +45,19 @@ void entry_init(struct entry *e);  /* every field none */
 void entry_clear(struct entry *e); /* frees its strings; every field none */
 int entry_json(const struct entry *e, struct buf *out); /* its JSON object (fields that are set) */
 
+/* ---- ids.c: the ids a journal holds, in memory, for exact duplicate detection --------------- */
+
+struct ids;
+struct ids *ids_new(void); /* NULL: out of memory */
+void ids_free(struct ids *s);
+uint32_t ids_hash(const char *id);
+/* seq is at least the first one added, and less than 2^32 past it. 0, or -1: out of memory. */
+int ids_add(struct ids *s, uint32_t h, int64_t seq);
+/* The seq of an id hashing to h for which same(cls, seq) says it is the one (1), or 0. */
+int64_t ids_find(const struct ids *s, uint32_t h, int (*same)(void *cls, int64_t seq), void *cls);
+void ids_remove(struct ids *s, uint32_t h, int64_t seq);
+size_t ids_count(const struct ids *s);
+
 struct store_ops;
 struct inventory;
 /* A cache of at most cap entries (those changed and not yet written stay whatever the cap). */
