@@ -56,14 +56,22 @@ int buf_adds(struct buf *b, const char *s)
 int buf_printf(struct buf *b, const char *fmt, ...)
 {
     va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0 || reserve(b, (size_t)n) != 0)
+    if (reserve(b, 64) != 0) /* most fit in the room there is: formatted once */
         return -1;
     va_start(ap, fmt);
-    vsnprintf(b->p + b->n, (size_t)n + 1, fmt, ap);
+    int n = vsnprintf(b->p + b->n, b->cap - b->n, fmt, ap);
     va_end(ap);
+    if (n < 0)
+        return -1;
+    if ((size_t)n >= b->cap - b->n) {
+        if (reserve(b, (size_t)n) != 0) {
+            b->p[b->n] = '\0';
+            return -1;
+        }
+        va_start(ap, fmt);
+        vsnprintf(b->p + b->n, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    }
     b->n += (size_t)n;
     return 0;
 }

@@ -206,11 +206,22 @@ bytes:
  * same double. */
 int buf_json_number(struct buf *b, double v)
 {
+    char s[32];
     if (v != v || v - v != 0) /* NaN, infinities: JSON has none */
         return buf_adds(b, "null");
-    if (v == (double)(int64_t)v && v > -9007199254740992.0 && v < 9007199254740992.0)
-        return buf_printf(b, "%lld", (long long)v);
-    return buf_printf(b, "%.17g", v);
+    if (v > -9007199254740992.0 && v < 9007199254740992.0 && v == (double)(int64_t)v) {
+        int64_t i = (int64_t)v; /* digits by hand: this is most of a fold's text */
+        uint64_t u = i < 0 ? -(uint64_t)i : (uint64_t)i;
+        char *p = s + sizeof s;
+        do
+            *--p = (char)('0' + u % 10);
+        while ((u /= 10) != 0);
+        if (i < 0)
+            *--p = '-';
+        return buf_add(b, p, (size_t)(s + sizeof s - p));
+    }
+    int n = snprintf(s, sizeof s, "%.17g", v);
+    return buf_add(b, s, (size_t)n);
 }
 
 /* The value whose first item is it, as JSON into out. Depth-bounded: 0, or -1 (malformed, a

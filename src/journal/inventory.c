@@ -61,40 +61,40 @@ void entry_clear(struct entry *e)
     entry_init(e);
 }
 
+/* ",\"name\":" (no comma first) */
+static int json_key(struct buf *out, const char *key, size_t n, int *first)
+{
+    int rc = (*first ? 0 : buf_add(out, ",", 1)) | buf_add(out, "\"", 1) |
+             buf_add(out, key, n) | buf_add(out, "\":", 2);
+    *first = 0;
+    return rc;
+}
+
 int entry_json(const struct entry *e, struct buf *out)
 {
-    int rc = buf_adds(out, "{");
-    const char *sep = "";
+    int rc = buf_add(out, "{", 1), first = 1;
+#define KEY(f) json_key(out, #f, sizeof #f - 1, &first)
 #define J_S(f)                                                                                 \
-    if (e->f != NULL) {                                                                        \
-        rc |= buf_printf(out, "%s\"" #f "\":", sep) | buf_json_str(out, e->f, strlen(e->f)); \
-        sep = ",";                                                                             \
-    }
+    if (e->f != NULL)                                                                          \
+        rc |= KEY(f) | buf_json_str(out, e->f, strlen(e->f));
 #define J_J(f)                                                                                 \
-    if (e->f != NULL) {                                                                        \
-        rc |= buf_printf(out, "%s\"" #f "\":%s", sep, e->f);                                   \
-        sep = ",";                                                                             \
-    }
+    if (e->f != NULL)                                                                          \
+        rc |= KEY(f) | buf_adds(out, e->f);
 #define J_N(f)                                                                                 \
-    if (!isnan(e->f)) {                                                                        \
-        rc |= buf_printf(out, "%s\"" #f "\":", sep) | buf_json_number(out, e->f);              \
-        sep = ",";                                                                             \
-    }
+    if (!isnan(e->f))                                                                          \
+        rc |= KEY(f) | buf_json_number(out, e->f);
 #define J_B(f)                                                                                 \
-    if (e->f) {                                                                                \
-        rc |= buf_printf(out, "%s\"" #f "\":true", sep);                                       \
-        sep = ",";                                                                             \
-    }
-#define J_I(f)                                                                                 \
-    rc |= buf_printf(out, "%s\"" #f "\":%d", sep, e->f);                                       \
-    sep = ",";
+    if (e->f)                                                                                  \
+        rc |= KEY(f) | buf_add(out, "true", 4);
+#define J_I(f) rc |= KEY(f) | buf_json_number(out, e->f);
     ENTRY_FIELDS(J_S, J_J, J_N, J_B, J_I)
 #undef J_S
 #undef J_J
 #undef J_N
 #undef J_B
 #undef J_I
-    return rc | buf_adds(out, "}");
+#undef KEY
+    return rc | buf_add(out, "}", 1);
 }
 
 struct inventory *inventory_new(size_t cap)
