@@ -60,6 +60,7 @@ int journal_open(struct journal **jp, const struct journal_options *o, char *err
     j->reqs_tail = &j->reqs;
     j->dones_tail = &j->dones;
     j->unfolded_tail = &j->unfolded;
+    j->pdones_tail = &j->pdones;
     j->exclusive = (o->flags & JOURNAL_EXCLUSIVE) != 0;
     j->healthy = 1;
     j->retention = o->retention;
@@ -75,6 +76,10 @@ void journal_close(struct journal *j)
     j->ops->close(j->s);
     inventory_free(j->inv);
     event_free_list(j->unfolded);
+    for (struct journal_done *d = j->pdones, *next; d; d = next) {
+        next = d->next;
+        journal_done_free(d);
+    }
     pthread_mutex_destroy(&j->mu);
     pthread_mutex_destroy(&j->rmu);
     pthread_cond_destroy(&j->cv);

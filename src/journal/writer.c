@@ -23,7 +23,9 @@
 #include "journal/store.h"
 
 #define HOLD 0.25
-#define INVENTORY_CACHE 4096 /* inventory entries kept in memory (journal.inv) */     /* seconds kept delivery states wait after a failed batch */
+#define INVENTORY_CACHE 4096 /* inventory entries kept in memory (journal.inv) */
+#define FOLD_BATCH 256       /* events folded at once at most, while requests wait */
+#define FOLD_WAIT 0.02       /* seconds the oldest event waits for its fold at most, meanwhile */     /* seconds kept delivery states wait after a failed batch */
 #define LOG_EVERY 5.0 /* seconds between two messages about batches failing alike */
 
 struct journal_done *journal_done_new(int64_t seq, size_t n)
@@ -157,8 +159,11 @@ static void free_dones(struct journal_done *dones)
  * fold, redone from the log at the next start, or a success, run again). Then the events go to
  * the sink, their contexts known. On a failure nothing is handed on: the events wait for the
  * next try, after a pause. */
-static void project(struct journal *j, struct journal_done *dones)
+static void project(struct journal *j)
 {
+    struct journal_done *dones = j->pdones;
+    j->pdones = NULL;
+    j->pdones_tail = &j->pdones;
     int durable = 0;
     int64_t upto = 0;
     char why[200];
@@ -193,6 +198,7 @@ static void project(struct journal *j, struct journal_done *dones)
     struct event *folded = j->unfolded;
     j->unfolded = NULL;
     j->unfolded_tail = &j->unfolded;
+    j->nunfolded = 0;
     if (folded != NULL) {
         if (j->sink)
             j->sink(j->sink_cls, folded);
@@ -204,10 +210,16 @@ static void project(struct journal *j, struct journal_done *dones)
 
 /* Writes one batch: the requests in one transaction -- the one the 202 waits for -- and
  * answers every request; the delivery states with it, or (a journal whose inventory is folded
- * here) in the projection's that follows (project). */
+ * here) in a projection's later (project: writer_main says when). */
 static void commit_batch(struct journal *j, struct journal_req *reqs, struct journal_done *dones)
 {
     int two = j->inv != NULL; /* the requests' transaction, then the projection's */
+    if (two && dones != NULL) {
+        *j->pdones_tail = dones;
+        while (*j->pdones_tail)
+            j->pdones_tail = &(*j->pdones_tail)->next;
+        dones = NULL;
+    }
     int durable = reqs != NULL;
     for (struct journal_done *d = dones; d && !durable && !two; d = d->next)
         durable = needs_durability(d);
@@ -243,6 +255,10 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
         }
     }
     if (two && accepted != NULL) {
+        if (j->unfolded == NULL)
+            j->unfolded_since = time_mono();
+        for (struct event *ev = accepted; ev; ev = ev->next)
+            j->nunfolded++;
         *j->unfolded_tail = accepted;
         j->unfolded_tail = tail;
         accepted = NULL;
@@ -257,13 +273,25 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
         next = r->next;
         r->done(r);
     }
-    if (two && ok && (j->unfolded != NULL || dones != NULL)) {
-        project(j, dones);
-        return;
-    }
     if (!ok && keep_dones(j, dones))
         return;
     free_dones(dones);
+}
+
+/* Whether to fold now what waits (a journal whose inventory is folded here): when no request
+ * waits -- the 202s come first -- or when enough waited, in number or in time (dispatching
+ * waits for it); after a failure, once its pause is over. */
+static int fold_due(struct journal *j, int stopping)
+{
+    if (j->inv == NULL || (j->unfolded == NULL && j->pdones == NULL) ||
+        time_mono() < j->hold_until)
+        return 0;
+    if (stopping || j->nunfolded >= FOLD_BATCH || time_mono() - j->unfolded_since >= FOLD_WAIT)
+        return 1;
+    pthread_mutex_lock(&j->mu);
+    int waiting = j->reqs != NULL;
+    pthread_mutex_unlock(&j->mu);
+    return !waiting;
 }
 
 /* A shared store's lease, when it is due. A lost one: the events handed to the sink before are
@@ -291,12 +319,13 @@ static void *writer_main(void *arg)
     for (;;) {
         renew(j, &next_renew);
         pthread_mutex_lock(&j->mu);
-        while (!j->reqs && ((!j->dones && !j->unfolded) || time_mono() < j->hold_until) &&
+        while (!j->reqs && ((!j->dones && !j->unfolded && !j->pdones) ||
+                            time_mono() < j->hold_until) &&
                !j->stop) {
             double wait = next_prune - time_mono();
             if (j->ops->renew && next_renew - time_mono() < wait)
                 wait = next_renew - time_mono();
-            if ((j->dones || j->unfolded) && j->hold_until - time_mono() < wait)
+            if ((j->dones || j->unfolded || j->pdones) && j->hold_until - time_mono() < wait)
                 wait = j->hold_until - time_mono();
             if (wait <= 0)
                 break;
@@ -321,11 +350,17 @@ static void *writer_main(void *arg)
         size_t n = 0;
         for (struct journal_req *r = reqs; r; r = r->next)
             n++;
-        if (reqs != NULL || dones != NULL || (j->unfolded && time_mono() >= j->hold_until))
+        if (reqs != NULL || dones != NULL)
             commit_batch(j, reqs, dones);
-        else if (stop) {
-            event_free_list(j->unfolded); /* journaled: folded at the next start */
-            j->unfolded = NULL;
+        if (fold_due(j, stop))
+            project(j);
+        if (stop && reqs == NULL && dones == NULL) {
+            if (j->unfolded != NULL || j->pdones != NULL) { /* the last fold failed */
+                free_dones(j->pdones);
+                j->pdones = NULL;
+                event_free_list(j->unfolded); /* journaled: folded at the next start */
+                j->unfolded = NULL;
+            }
             return NULL;
         }
         if (n > 0) {
@@ -362,7 +397,7 @@ int journal_start(struct journal *j, journal_sink sink, void *cls)
         if (j->unfolded != NULL) {
             journal_sink keep = j->sink;
             j->sink = NULL; /* dispatched by the dispatcher's start, from the journal */
-            project(j, NULL);
+            project(j);
             j->sink = keep;
             if (j->unfolded != NULL)
                 return -1;
