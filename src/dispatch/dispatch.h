@@ -147,9 +147,8 @@ void reload_free(struct reloader *r); /* stops it first */
 void reload_ask(struct reloader *r, int with_config, int by_signal);
 /* The dispatcher's thread, every turn of its loop: applies a finished build, starts the next
  * wanted one; stopping: discards and answers instead. current: the generation running (for the
- * log). 1 when a new generation was applied. */
-int reload_turn(struct reloader *r, int stopping, unsigned current);
-int reload_busy(struct reloader *r); /* a build is under way */
+ * log). */
+void reload_turn(struct reloader *r, int stopping, unsigned current);
 /* Any other thread: asks for a reload (config included); w->done is called (on the
  * dispatcher's thread, or on this one when certhook is stopping) by the first one that started
  * after it. */

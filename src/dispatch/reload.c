@@ -157,7 +157,7 @@ void reload_ask(struct reloader *r, int with_config, int by_signal)
     r->want_by |= by_signal ? BY_SIGNAL : BY_FILES;
 }
 
-int reload_turn(struct reloader *r, int stopping, unsigned current)
+void reload_turn(struct reloader *r, int stopping, unsigned current)
 {
     pthread_mutex_lock(&r->mu);
     struct reload_wait *asked = r->asked;
@@ -175,7 +175,6 @@ int reload_turn(struct reloader *r, int stopping, unsigned current)
         r->want_config = 1; /* POST /reload rereads the configuration */
         r->want_by |= BY_REQUEST;
     }
-    int applied = 0;
     if (done) { /* on this thread from here: the builder waits for its next job */
         char err[2048];
         snprintf(err, sizeof err, "%s", r->job_err);
@@ -188,7 +187,6 @@ int reload_turn(struct reloader *r, int stopping, unsigned current)
         if (rc == 0) {
             struct generation *g = b.gen;
             rc = r->ops->apply(r->cls, &b, err, sizeof err); /* takes b */
-            applied = rc == 0;
             finish(r, rc, g, err, current);
         } else {
             r->ops->discard(r->cls, &b);
@@ -221,12 +219,6 @@ int reload_turn(struct reloader *r, int stopping, unsigned current)
             pthread_mutex_unlock(&r->mu);
         }
     }
-    return applied;
-}
-
-int reload_busy(struct reloader *r)
-{
-    return r->building;
 }
 
 void reload_request(struct reloader *r, struct reload_wait *w)

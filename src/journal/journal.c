@@ -143,7 +143,7 @@ int journal_state_keys(struct journal *j, const char *prefix, void (*fn)(void *,
 int journal_announce(struct journal *j, const struct journal_server *me, char *err,
                      size_t errlen)
 {
-    return j->ops->announce(j->s, me, err, errlen);
+    return READ(j, j->ops->announce(j->s, me, err, errlen)); /* (PostgreSQL: the reader's) */
 }
 
 int journal_servers(struct journal *j, void (*fn)(void *cls, const struct journal_server *srv),

@@ -22,11 +22,11 @@
 
 #include "journal/store.h"
 
-#define HOLD 0.25
+#define HOLD 0.25            /* seconds kept delivery states wait after a failed batch */
+#define LOG_EVERY 5.0        /* seconds between two messages about batches failing alike */
 #define INVENTORY_CACHE 4096 /* inventory entries kept in memory (journal.inv) */
 #define FOLD_BATCH 256       /* events folded at once at most, while requests wait */
-#define FOLD_WAIT 0.02       /* seconds the oldest event waits for its fold at most, meanwhile */     /* seconds kept delivery states wait after a failed batch */
-#define LOG_EVERY 5.0 /* seconds between two messages about batches failing alike */
+#define FOLD_WAIT 0.02       /* seconds the oldest event waits for its fold at most, meanwhile */
 
 struct journal_done *journal_done_new(int64_t seq, size_t n)
 {
