@@ -156,7 +156,7 @@ static enum MHD_Result on_head(struct listener *l, struct MHD_Connection *c, con
         return http_reply_error(c, status, status == MHD_HTTP_UNAUTHORIZED ? "unauthorized"
                                                                             : "refused",
                                 src->name, NULL, NULL, "%s", err);
-    if (in->d != NULL && dispatch_backlog(in->d) >= cfg->max_backlog) {
+    if (in->d != NULL && dispatch_backlog(in->d) + journal_waiting(in->j) >= cfg->max_backlog) {
         metrics_add(M_OVERLOADED, 1);
         return http_reply_error(c, MHD_HTTP_SERVICE_UNAVAILABLE, "overloaded", src->name,
                                 "Retry-After", "30",

@@ -124,6 +124,8 @@ void journal_call(struct journal *j, struct journal_req *r);    /* append, wait 
  * handler runs again (at least once). Anything else is committed durably. */
 void journal_finish(struct journal *j, struct journal_done *d);
 int journal_healthy(struct journal *j, char *why, size_t n); /* 1 if the last write worked */
+/* Accepted events not yet handed to the sink (waiting for their fold). Thread-safe. */
+size_t journal_waiting(struct journal *j);
 
 /* ---- reading (journal.c): the calling thread's connection, events handed over are theirs ---- */
 /* On a shared journal, scans and loads by seq see the events this server holds. */

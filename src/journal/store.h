@@ -204,7 +204,7 @@ struct journal {
      * and the accepted events not yet folded, in log order (a projection that failed) */
     struct inventory *inv;
     struct event *unfolded, **unfolded_tail;
-    size_t nunfolded;
+    size_t nunfolded; /* atomic: journal_waiting reads it from other threads */
     double unfolded_since; /* time_mono() of the oldest unfolded */
     struct journal_done *pdones, **pdones_tail; /* delivery states for the next fold */
     int exclusive; /* a server's journal (JOURNAL_EXCLUSIVE): it folds what it journals */

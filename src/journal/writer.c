@@ -198,13 +198,13 @@ static void project(struct journal *j)
     struct event *folded = j->unfolded;
     j->unfolded = NULL;
     j->unfolded_tail = &j->unfolded;
-    j->nunfolded = 0;
     if (folded != NULL) {
         if (j->sink)
             j->sink(j->sink_cls, folded);
         else
             event_free_list(folded);
     }
+    __atomic_store_n(&j->nunfolded, 0, __ATOMIC_RELEASE); /* counted by the sink now */
     free_dones(dones);
 }
 
@@ -257,8 +257,10 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
     if (two && accepted != NULL) {
         if (j->unfolded == NULL)
             j->unfolded_since = time_mono();
+        size_t n = 0;
         for (struct event *ev = accepted; ev; ev = ev->next)
-            j->nunfolded++;
+            n++;
+        __atomic_add_fetch(&j->nunfolded, n, __ATOMIC_RELEASE); /* before the 202s */
         *j->unfolded_tail = accepted;
         j->unfolded_tail = tail;
         accepted = NULL;
@@ -360,6 +362,7 @@ static void *writer_main(void *arg)
                 j->pdones = NULL;
                 event_free_list(j->unfolded); /* journaled: folded at the next start */
                 j->unfolded = NULL;
+                __atomic_store_n(&j->nunfolded, 0, __ATOMIC_RELEASE);
             }
             return NULL;
         }
@@ -479,6 +482,11 @@ void journal_finish(struct journal *j, struct journal_done *d)
     j->dones_tail = &last->next;
     pthread_cond_signal(&j->cv);
     pthread_mutex_unlock(&j->mu);
+}
+
+size_t journal_waiting(struct journal *j)
+{
+    return __atomic_load_n(&j->nunfolded, __ATOMIC_ACQUIRE);
 }
 
 int journal_healthy(struct journal *j, char *why, size_t n)

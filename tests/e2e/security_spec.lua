@@ -296,6 +296,22 @@ describe("slow and abusive clients", function()
     assert(fs.wait_for(function() return (fs.read(srv.dir .. "/started.log") or ""):find(refused_id, 1, true) end, 10))
     srv:cleanup()
   end)
+
+  -- an accepted event waits for its fold (in the writer) before the dispatcher has it: it counts
+  it("counts an accepted event still waiting for its fold in limits.max_backlog #sqlite", function()
+    local srv = Server.start { config = SOURCES .. "limits = { max_backlog = 1 }\n",
+                               env = { CERTHOOK_TEST_HOLD_FOLD = "hold" } }
+    fs.write(srv.dir .. "/hold", "") -- the fold waits: the event is journaled, not yet dispatched
+    assert.are.equal(202, srv:post("/hooks/cloudflare", (event()), CF).status)
+    local refused_body, refused_id = event()
+    local r = srv:post("/hooks/cloudflare", refused_body, CF)
+    assert.are.equal(503, r.status)
+    assert.are.equal("overloaded", r.json.error)
+    os.remove(srv.dir .. "/hold")
+    assert(fs.wait_for(function() return srv:post("/hooks/cloudflare", refused_body, CF).status == 202 end, 10))
+    assert.are.equal(1, #srv:sql(("SELECT 1 FROM events WHERE id = '%s'"):format(refused_id)))
+    srv:cleanup()
+  end)
 end)
 
 describe("admin isolation", function()
