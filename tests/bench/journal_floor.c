@@ -1,17 +1,19 @@
 /*
- * journal_floor.c -- the least a durable journal like certhook's costs on this machine, with
- * no HTTP, no Lua and no threads: how much CPU per event SQLite (WAL, synchronous=FULL) needs
- * to commit events in batches, each commit also recording one finished delivery for every
- * event of the batch before -- as certhook's writer does: a delivery that succeeds rides in
- * the next batch of events. make bench runs it (part 4) so the figure can be set against the
- * peers' whole request; it is not part of certhook.
+ * journal_floor.c -- the least the durable append a 202 waits for costs on this machine, with
+ * no HTTP, no Lua and no threads: CPU per event for SQLite (WAL, synchronous=FULL, 16 KiB
+ * pages, checkpoints in the same thread) committing events in batches. make bench runs it
+ * (part 4) so the figure can be set against the peers' whole request and against the writer's
+ * own; it is not part of certhook.
  *
- *   journal_floor DIR EVENTS BATCH   -> one line: events, batch, CPU us per event, commits/s
+ *   journal_floor DIR EVENTS BATCH MODE   -> one line: mode, events, batch, CPU us/event, commits/s
  *
- * Same tables and indexes as the journal's schema (src/journal/sql/sqlite/), the same
- * statements in spirit: an INSERT per event (random 36-character id) and of its data (a 1.1 KB
- * body and a 850-byte packed event), a certificates upsert, a delivery row and the event's
- * state.
+ * MODE:
+ *   log     the least a durable log needs: one table (seq, id, data), a 2 KB blob per event
+ *   unique  the same with a UNIQUE index on the random 36-character id (dedup by B-tree)
+ *   ack     what certhook's ack transaction writes (src/journal/sql/sqlite/, after 0012): the
+ *           events row (summary columns, the events_todo partial index) and event_data (the
+ *           packed event, 850 bytes, the body, 1.1 KB, and the certificates' facts); dedup in
+ *           memory, so no index on the id
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,22 +23,22 @@
 
 #include <sqlite3.h>
 
-static const char schema[] =
-    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-256;"
-    "CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, source TEXT NOT "
-    "NULL, provider TEXT NOT NULL, type TEXT NOT NULL, provider_type TEXT, hostname TEXT, "
+static const char pragmas[] =
+    "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;";
+
+static const char log_schema[] = "CREATE TABLE log (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, "
+                                 "data BLOB NOT NULL);";
+
+static const char unique_schema[] = "CREATE TABLE log (seq INTEGER PRIMARY KEY, id TEXT NOT NULL "
+                                    "UNIQUE, data BLOB NOT NULL);";
+
+static const char ack_schema[] =
+    "CREATE TABLE events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL, source TEXT NOT NULL, "
+    "provider TEXT NOT NULL, type TEXT NOT NULL, provider_type TEXT, hostname TEXT, "
     "received_at REAL NOT NULL, state INTEGER NOT NULL DEFAULT 0, occurred_at REAL);"
-    "CREATE TABLE event_data (seq INTEGER PRIMARY KEY, event BLOB, body TEXT NOT NULL);"
     "CREATE INDEX events_todo ON events(state) WHERE state <> 2;"
-    "CREATE TABLE deliveries (event_seq INTEGER NOT NULL, handler TEXT NOT NULL, status TEXT "
-    "NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, generation INTEGER, started_at REAL, "
-    "duration REAL, last_error TEXT, next_at REAL, first_at REAL, traceback TEXT, "
-    "crashes INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (event_seq, handler)) WITHOUT ROWID;"
-    "CREATE INDEX deliveries_todo ON deliveries(status) WHERE status <> 'done' AND status <> "
-    "'dead';"
-    "CREATE INDEX deliveries_dead ON deliveries(status) WHERE status = 'dead';"
-    "CREATE TABLE certificates (hostname TEXT PRIMARY KEY, type TEXT NOT NULL, status TEXT,"
-    "  expires_at REAL, updated_at REAL NOT NULL) WITHOUT ROWID;";
+    "CREATE TABLE event_data (seq INTEGER PRIMARY KEY, event BLOB, body TEXT NOT NULL, "
+    "context TEXT, facts BLOB);";
 
 static void must(int rc, sqlite3 *db)
 {
@@ -61,48 +63,40 @@ static double wall_seconds(void)
     return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
 }
 
-/* The delivery of event k (seq k + 1) finished, and so did the event. */
-static void done(sqlite3 *db, sqlite3_stmt *del, sqlite3_stmt *fin, int k)
-{
-    sqlite3_bind_int(del, 1, k + 1);
-    sqlite3_bind_double(del, 2, 1.7e9 + k);
-    sqlite3_bind_double(del, 3, 1.7e9 + k);
-    must(sqlite3_step(del), db);
-    sqlite3_reset(del);
-    sqlite3_bind_int(fin, 1, k + 1);
-    must(sqlite3_step(fin), db);
-    sqlite3_reset(fin);
-}
-
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: journal_floor DIR EVENTS BATCH\n");
+    if (argc != 5 || (strcmp(argv[4], "log") && strcmp(argv[4], "unique") &&
+                      strcmp(argv[4], "ack"))) {
+        fprintf(stderr, "usage: journal_floor DIR EVENTS BATCH log|unique|ack\n");
         return 2;
     }
+    const char *mode = argv[4];
+    int ack = strcmp(mode, "ack") == 0;
     char path[4096];
-    int n = atoi(argv[2]), batch = atoi(argv[3]), commits = 0, prev = 0;
-    snprintf(path, sizeof path, "%s/floor.db", argv[1]);
+    int n = atoi(argv[2]), batch = atoi(argv[3]), commits = 0;
+    snprintf(path, sizeof path, "%s/floor-%s.db", argv[1], mode);
     sqlite3 *db;
-    sqlite3_stmt *ins, *data, *cert, *del, *fin;
+    sqlite3_stmt *ins, *data = NULL;
     must(sqlite3_open(path, &db), db);
-    must(sqlite3_exec(db, schema, NULL, NULL, NULL), db);
-    must(sqlite3_prepare_v2(db, "INSERT INTO events (id, source, provider, type, provider_type, "
-                                "hostname, received_at, occurred_at) VALUES (?,?,?,?,?,?,?,?) ON "
-                                "CONFLICT (id) DO NOTHING", -1, &ins, NULL), db);
-    must(sqlite3_prepare_v2(db, "INSERT INTO event_data VALUES (?,?,?)", -1, &data, NULL), db);
-    must(sqlite3_prepare_v2(db, "INSERT INTO certificates VALUES (?, 'custom_hostname', "
-                                "'pending_validation', NULL, ?) ON CONFLICT (hostname) DO UPDATE "
-                                "SET updated_at = excluded.updated_at", -1, &cert, NULL), db);
-    must(sqlite3_prepare_v2(db, "INSERT INTO deliveries (event_seq, handler, status, attempts, "
-                                "generation, first_at, started_at, duration) VALUES "
-                                "(?, 'bench.lua:certificate.*', 'done', 1, 1, ?, ?, 0.00001)",
-                            -1, &del, NULL), db);
-    must(sqlite3_prepare_v2(db, "UPDATE events SET state = 2 WHERE seq = ?", -1, &fin, NULL), db);
-    char payload[1114], packed[850], id[40];
+    must(sqlite3_exec(db, pragmas, NULL, NULL, NULL), db);
+    must(sqlite3_exec(db, ack ? ack_schema : *mode == 'u' ? unique_schema : log_schema, NULL,
+                      NULL, NULL), db);
+    if (ack) {
+        must(sqlite3_prepare_v2(db, "INSERT INTO events (id, source, provider, type, "
+                                    "provider_type, hostname, received_at, occurred_at) VALUES "
+                                    "(?,?,?,?,?,?,?,?)", -1, &ins, NULL), db);
+        must(sqlite3_prepare_v2(db, "INSERT INTO event_data (seq, event, body, facts) VALUES "
+                                    "(?,?,?,?)", -1, &data, NULL), db);
+    } else {
+        must(sqlite3_prepare_v2(db, "INSERT INTO log (id, data) VALUES (?,?)", -1, &ins, NULL),
+             db);
+    }
+    char payload[1114], packed[850], blob[2048], facts[120], id[40];
     memset(payload, 'x', sizeof payload - 1);
     payload[sizeof payload - 1] = '\0';
     memset(packed, 'e', sizeof packed);
+    memset(blob, 'b', sizeof blob);
+    memset(facts, 'f', sizeof facts);
     srandom(1);
     double c0 = cpu_seconds(), w0 = wall_seconds();
     for (int i = 0; i < n; i += batch) {
@@ -112,6 +106,12 @@ int main(int argc, char **argv)
             snprintf(id, sizeof id, "%08lx-%04lx-%04lx-%04lx-%012lx", random(),
                      random() & 0xffff, random() & 0xffff, random() & 0xffff, random());
             sqlite3_bind_text(ins, 1, id, -1, SQLITE_STATIC);
+            if (!ack) {
+                sqlite3_bind_blob(ins, 2, blob, sizeof blob, SQLITE_STATIC);
+                must(sqlite3_step(ins), db);
+                sqlite3_reset(ins);
+                continue;
+            }
             sqlite3_bind_text(ins, 2, "cloudflare", -1, SQLITE_STATIC);
             sqlite3_bind_text(ins, 3, "cloudflare", -1, SQLITE_STATIC);
             sqlite3_bind_text(ins, 4, "certificate.validation.failed", -1, SQLITE_STATIC);
@@ -125,31 +125,17 @@ int main(int argc, char **argv)
             sqlite3_bind_int64(data, 1, sqlite3_last_insert_rowid(db));
             sqlite3_bind_blob(data, 2, packed, sizeof packed, SQLITE_STATIC);
             sqlite3_bind_text(data, 3, payload, -1, SQLITE_STATIC);
+            sqlite3_bind_blob(data, 4, facts, sizeof facts, SQLITE_STATIC);
             must(sqlite3_step(data), db);
             sqlite3_reset(data);
-            sqlite3_bind_text(cert, 1, "app.example.com", -1, SQLITE_STATIC);
-            sqlite3_bind_double(cert, 2, 1.7e9 + k);
-            must(sqlite3_step(cert), db);
-            sqlite3_reset(cert);
         }
-        for (int k = prev; k < i; k++) /* the batch before: its deliveries are done */
-            done(db, del, fin, k);
         must(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), db);
         commits++;
-        prev = i;
     }
-    must(sqlite3_exec(db, "BEGIN", NULL, NULL, NULL), db);
-    for (int k = prev; k < n; k++)
-        done(db, del, fin, k);
-    must(sqlite3_exec(db, "COMMIT", NULL, NULL, NULL), db);
-    commits++;
     double cpu = cpu_seconds() - c0, wall = wall_seconds() - w0;
-    printf("%d %d %.1f %.0f\n", n, batch, cpu / n * 1e6, commits / wall);
+    printf("%s %d %d %.1f %.0f\n", mode, n, batch, cpu / n * 1e6, commits / wall);
     sqlite3_finalize(ins);
     sqlite3_finalize(data);
-    sqlite3_finalize(cert);
-    sqlite3_finalize(del);
-    sqlite3_finalize(fin);
     sqlite3_close(db);
     return 0;
 }
