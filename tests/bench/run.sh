@@ -2,7 +2,8 @@
 # make bench: intake and end-to-end figures of certhook serve on this machine.
 # (Part 2, tests/bench/drain.sh: the outbound-HTTP drain; part 3, reload.lua: reload latency;
 # part 4, journal_floor.c: what the durable append a 202 waits for costs per event here;
-# part 5, pg.sh: the journal in PostgreSQL, one node and two.)
+# part 5, pg.sh: the journal in PostgreSQL, one node and two; part 6, grow.sh: the cost of an
+# event and the bytes on disk as the journal grows to a million events.)
 #
 # For 1, 10 and 50 keep-alive connections, wrk POSTs a Cloudflare event with a new id per
 # request for DURATION seconds; every request is journaled (fsync) and dispatched to a
@@ -119,6 +120,11 @@ echo "PostgreSQL journal (tests/bench/pg.sh): a PostgreSQL 15 of its own on this
 echo "50 connections in all split over the nodes, ${DURATION}s; CPU us per event of the nodes and of PostgreSQL:"
 echo
 DURATION=$DURATION BUILD=$BUILD sh "$here/pg.sh"
+echo
+echo "As the journal grows (tests/bench/grow.sh): one server on SQLite, windows of 10 s of 50 connections, each"
+echo "followed by its backlog's drain, up to ${GROW_EVENTS:-1000000} events; bytes on disk: certhook.db and its WAL."
+echo
+EVENTS=${GROW_EVENTS:-1000000} BUILD=$BUILD sh "$here/grow.sh"
 } >>"$out"
 
 # The figures of issue 8 in one table, read back from the tables above.
@@ -140,6 +146,8 @@ awk -F'|' '
     }
     /drained in/ { split($4, d, " "); drain = d[3] " s for 10,000 events through a 100 ms sink (" $5 + 0 " events/s)" }
     /atomic rename/ { reload = $3 }
+    /^As the journal grows/ { grow = 1 }
+    grow && NF == 7 && /^\| [0-9]+ \| [0-9]/ { if (!g0) g0 = $4 + 0; g1 = $4 + 0; gn = $2 + 0; gb = $5 + 0; gx = $6 + 0 }
     NF == 6 && /^\| (log|unique|ack) \| [0-9]/ { m = $2; gsub(/ /, "", m); floor = floor sep m " " ($3 + 0) ": " ($4 + 0); sep = ", " }
     END {
         printf "| end-to-end events/s, backlog handled (last row) | %d |\n", e2e
@@ -149,6 +157,8 @@ awk -F'|' '
         printf "| reload latency | %s |\n| outbound-HTTP drain | %s |\n", reload, drain
         printf "| journal floor, CPU us per event by rows and events per commit | %s |\n", floor
         printf "| PostgreSQL journal, accepted events/s | %s |\n", pgs
+        printf "| CPU us per event, first window and at %d events | %.1f, %.1f |\n", gn, g0, g1
+        printf "| bytes on disk per event at %d events | %d (%.2fx the body) |\n", gn, gb, gx
     }' "$out"
 } >>"$out.summary"
 cat "$out.summary" >>"$out"
