@@ -95,6 +95,11 @@ static const struct family {
                              "Seconds since the write-ahead log was last checkpointed whole "
                              "(a reader holding a snapshot keeps it from that).",
                              "gauge", {NULL}, NULL, 0},
+    [M_COMMIT_SECONDS] = {"certhook_journal_commit_duration_seconds",
+                          "Time of one journal transaction, begin to durable commit: ack (the "
+                          "events a batch of 202s waits for) or fold (the inventory, contexts "
+                          "and delivery states derived after it).",
+                          "histogram", {"transaction"}, BUCKETS(seconds_fast)},
     [M_CERT_EXPIRY] = {"certhook_certificate_expiry_timestamp_seconds",
                        "When a certificate of the inventory expires, from the last event "
                        "that said so.",

@@ -169,6 +169,7 @@ static void project(struct journal *j)
     char why[200];
     for (struct journal_done *d = dones; d && !durable; d = d->next)
         durable = needs_durability(d);
+    double t0 = time_mono();
     int ok = j->ops->begin(j->s, durable) == 0;
     for (struct event *ev = j->unfolded; ok && ev; ev = ev->next) {
         ok = inventory_fold(j->inv, j->s, j->ops, ev) == 0 &&
@@ -183,6 +184,8 @@ static void project(struct journal *j)
         test_hold("CERTHOOK_TEST_HOLD_FOLD");
     if (ok)
         ok = j->ops->commit(j->s) == 0;
+    if (ok)
+        metrics_observe(M_COMMIT_SECONDS, time_mono() - t0, "fold");
     if (!ok) {
         failed(j, "a projection", why, sizeof why);
         inventory_forget(j->inv); /* the store has the entries as they were */
@@ -226,6 +229,7 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
     int ok = 1;
     char why[200] = "";
     if (reqs != NULL || !two) {
+        double t0 = time_mono();
         ok = j->ops->begin(j->s, durable) == 0;
         for (struct journal_req *r = reqs; ok && r; r = r->next)
             ok = do_request(j, r) == 0;
@@ -235,6 +239,8 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
             test_hold("CERTHOOK_TEST_HOLD_COMMIT");
         if (ok)
             ok = j->ops->commit(j->s) == 0;
+        if (ok)
+            metrics_observe(M_COMMIT_SECONDS, time_mono() - t0, reqs != NULL ? "ack" : "fold");
         if (!ok)
             failed(j, "batch", why, sizeof why);
         set_health(j, ok, why);

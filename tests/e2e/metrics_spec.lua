@@ -153,6 +153,92 @@ describe("/metrics", function()
   end)
 end)
 
+-- The Grafana dashboard (examples/grafana/certhook.json): classic JSON for Grafana 10+, a
+-- datasource variable; every panel query is PromQL that promtool parses (Grafana's own
+-- variables set as Grafana would), and every certhook_* metric it names is one a running server
+-- exports, with the labels the query uses.
+describe("the Grafana dashboard", function()
+  it("has panels whose queries promtool parses, naming only metrics and labels certhook exports", function()
+    local cjson = require "cjson"
+    local d = cjson.decode(fs.read("examples/grafana/certhook.json"))
+    assert.are.equal(39, d.schemaVersion)
+    local vars = {}
+    for _, v in ipairs(d.templating.list) do vars[v.name] = v end
+    assert.are.equal("datasource", vars.datasource.type)
+    assert.are.equal("prometheus", vars.datasource.query)
+    local exprs, titles = {}, {}
+    for _, p in ipairs(d.panels) do
+      titles[p.title] = true
+      if p.type ~= "row" then
+        assert.are.equal("${datasource}", p.datasource.uid, p.title)
+        assert.truthy(#p.targets > 0, p.title)
+        for _, t in ipairs(p.targets) do
+          assert.are.equal("${datasource}", t.datasource.uid, p.title)
+          exprs[#exprs + 1] = t.expr
+        end
+      end
+    end
+    for _, t in ipairs { "Webhooks by provider and reply", "202 latency", "Journal commit latency", "Backlog",
+                         "Deliveries by status", "Retries and dead letters", "Handler duration",
+                         "Certificates, soonest expiry first", "Expiring within 7 days", "Expired" } do
+      assert.truthy(titles[t], t)
+    end
+    -- promtool parses each query: as recording rules, with Grafana's variables substituted
+    local rules = { "groups:", "  - name: dashboard", "    rules:" }
+    for i, e in ipairs(exprs) do
+      local promql = e:gsub("%$__rate_interval", "5m"):gsub("%$job", ".*")
+      assert.falsy(promql:find("$", 1, true), "a variable left in: " .. promql)
+      rules[#rules + 1] = ("      - record: dashboard_query_%d\n        expr: '%s'"):format(i, (promql:gsub("'", "''")))
+    end
+    local t = fs.tmpdir()
+    fs.write(t .. "/dashboard.rules.yml", table.concat(rules, "\n") .. "\n")
+    local code, out = promtool(("check rules '%s/dashboard.rules.yml'"):format(t))
+    fs.rm(t)
+    assert.are.equal(0, code, out)
+    -- each metric a query names is exported (this server has had every kind of event by now),
+    -- and each label it groups or matches by is one of that metric's labels
+    local srv = Server.start {
+      config = SOURCES .. "delivery = { max_attempts = 1 }\nwatchdog = false\n",
+      handlers = { ["fail.lua"] = 'return { ["certificate.validation.failed"] = function() error("no") end }' },
+    }
+    assert.are.equal(202, srv:post("/hooks/cloudflare", event("renewal.upcoming_certificate_expiration_notification", "d.example"), CF).status)
+    assert.are.equal(202, srv:post("/hooks/cloudflare", event("validation.failed", "e.example"), CF).status)
+    local text
+    assert(fs.wait_for(function()
+      local m
+      m, text = scrape(srv)
+      return m[key("certhook_journal_deliveries", { status = "dead" })] == 1
+    end, 10))
+    srv:cleanup()
+    local labels = {}
+    for line in text:gmatch("[^\n]+") do
+      local name, ls = line:match("^(certhook_[%w_]+)(%b{})")
+      if not name then name, ls = line:match("^(certhook_[%w_]+)()%s"), "" end
+      if name then
+        labels[name] = labels[name] or {}
+        for k in ls:gmatch("([%w_]+)=") do labels[name][k] = true end
+      end
+    end
+    local named = 0
+    for _, e in ipairs(exprs) do
+      for name, sel in e:gmatch("(certhook_[%w_]+)(%b{})") do
+        named = named + 1
+        assert.truthy(labels[name], name .. " is not exported")
+        for k in sel:gmatch("([%w_]+)%s*[=!~]") do
+          assert.truthy(k == "job" or labels[name][k], name .. " has no label " .. k)
+        end
+      end
+      for by in e:gmatch("by %(([^)]*)%)") do
+        local name = e:match("(certhook_[%w_]+)")
+        for k in by:gmatch("[%w_]+") do
+          assert.truthy(k == "le" or labels[name][k], name .. " has no label " .. k .. " (by)")
+        end
+      end
+    end
+    assert.truthy(named >= #exprs)
+  end)
+end)
+
 describe("the certificate inventory", function()
   it("exports expiry and status per certificate, leaves out past the cap, forgets deleted ones, survives a restart", function()
     -- (no watchdog: the fixtures' expiries are long past, it would say so meanwhile)
