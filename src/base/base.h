@@ -1,8 +1,9 @@
 /*
  * base.h -- what the bottom layer offers every other: growable buffers and string helpers
  * (buf.c), structured logging (log.c), clocks and ISO 8601 (clock.c), the Prometheus metrics
- * registry (metrics.c), an epoll event loop (loop.c), the event record (event.c) and the
- * byte format events are kept in (pack.c). No Lua state, no SQL, no HTTP here.
+ * registry (metrics.c), an epoll event loop (loop.c), the event record (event.c), the
+ * byte format events are kept in (pack.c) and a Lua state's allocator (pool.c). No Lua state,
+ * no SQL, no HTTP here.
  */
 #ifndef CERTHOOK_BASE_H
 #define CERTHOOK_BASE_H
@@ -115,6 +116,14 @@ int loop_run_once(struct loop *l, int timeout_ms);
 struct event *event_new(const struct event *from);
 void event_free(struct event *ev);
 void event_free_list(struct event *ev); /* ev and every one after it */
+
+/* ---- pool.c: a Lua state's allocator ------------------------------------------------------------ */
+
+struct pool;
+struct pool *pool_new(void); /* NULL: out of memory */
+void pool_free(struct pool *p); /* after the state that allocates from it is closed */
+/* A lua_Alloc with the pool as ud: small blocks by size class, reused; large ones malloc's. */
+void *pool_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 
 /* ---- pack.c: the byte format of a normalized event --------------------------------------------- */
 

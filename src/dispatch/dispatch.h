@@ -69,6 +69,7 @@ struct handler {
 
 struct generation {
     lua_State *L;
+    struct pool *pool;          /* L's memory */
     unsigned number;
     struct handler *h;
     size_t n;

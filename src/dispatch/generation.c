@@ -149,13 +149,14 @@ done:
     return rc;
 }
 
-/* The generation state's allocator: counts what it holds and refuses past the bound. */
+/* The generation state's allocator (its pool's): counts what it holds and refuses past the
+ * bound. */
 static void *gen_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     struct generation *g = ud;
     size_t old = ptr ? osize : 0; /* without ptr, osize tells the kind of object */
     if (nsize == 0) {
-        free(ptr);
+        pool_alloc(g->pool, ptr, osize, 0);
         g->mem_used -= old;
         return NULL;
     }
@@ -163,7 +164,7 @@ static void *gen_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         g->mem_over = 1;
         return NULL;
     }
-    void *p = realloc(ptr, nsize);
+    void *p = pool_alloc(g->pool, ptr, osize, nsize);
     if (p != NULL)
         g->mem_used = g->mem_used - old + nsize;
     return p;
@@ -185,6 +186,10 @@ struct generation *generation_build(const char *dir, const struct generation_env
         goto fail;
     }
     g->number = number;
+    if ((g->pool = pool_new()) == NULL) {
+        buf_adds(&errs, "out of memory");
+        goto fail;
+    }
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
         buf_printf(&errs, "handlers directory %s: %s", dir,
                    access(dir, F_OK) != 0 ? strerror(errno) : "not a directory");
@@ -274,6 +279,7 @@ void generation_free(struct generation *g)
     free(g->h);
     if (g->L != NULL)
         lua_close(g->L);
+    pool_free(g->pool);
     free(g);
 }
 

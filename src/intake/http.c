@@ -35,11 +35,14 @@ lua_State *http_parser_state(struct intake *in, const struct intake_config *cfg)
     if (thread_parser != NULL)
         return thread_parser->L;
     struct parser *p = calloc(1, sizeof *p);
-    if (p == NULL)
+    if (p == NULL || (p->pool = pool_new()) == NULL) {
+        free(p);
         return NULL;
-    p->L = module_newstate(cfg->lua_path, cfg->lua_cpath, NULL, NULL, err, sizeof err);
+    }
+    p->L = module_newstate(cfg->lua_path, cfg->lua_cpath, pool_alloc, p->pool, err, sizeof err);
     if (p->L == NULL) {
         log_msg(LOG_ERROR, "cannot create a parser state: %s", err);
+        pool_free(p->pool);
         free(p);
         return NULL;
     }
@@ -755,6 +758,7 @@ void intake_stop(struct intake *in)
     for (struct parser *p = in->parsers, *next; p; p = next) {
         next = p->next;
         lua_close(p->L);
+        pool_free(p->pool);
         free(p);
     }
     pthread_mutex_destroy(&in->mu);

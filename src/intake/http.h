@@ -18,6 +18,7 @@
 struct parser {
     struct parser *next;
     lua_State *L;
+    struct pool *pool; /* L's memory */
 };
 
 struct listener {

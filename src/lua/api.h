@@ -88,7 +88,8 @@ void state_detach(lua_State *L);
 
 /* ---- api_http.c: the dispatcher's transfers, and a GET for the layers above --------------------- */
 
-void http_global_init(void); /* libcurl's, once per process (luaopen_certhook_core, http_fetch) */
+void http_global_init(void); /* libcurl's, once per process, before the first transfer (not at
+                             * start: OpenSSL's init makes ~2 MiB resident) */
 /* GETs an https URL synchronously -- the peer verified, no redirects, at most max bytes into
  * out, within timeout seconds -- for the layers above (intake fetches for providers). 0 with
  * the HTTP status in *status, or -1 with err. */

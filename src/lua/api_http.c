@@ -146,6 +146,7 @@ struct http_req *http_req_push(lua_State *L, void **easy)
     struct http_req *r = lua_newuserdatauv(L, sizeof *r, 0);
     memset(r, 0, sizeof *r);
     luaL_setmetatable(L, REQUEST);
+    http_global_init();
     if ((r->easy = curl_easy_init()) == NULL)
         luaL_error(L, "certhook: out of memory");
     r->max_size = DEFAULT_MAX_SIZE;
@@ -647,11 +648,32 @@ size_t http_multi_parked(struct http_multi *m)
     return n;
 }
 
+static int on_socket(CURL *easy, curl_socket_t fd, int what, void *cls, void *sockp);
+static int on_timer(CURLM *multi, long ms, void *cls);
+
+/* libcurl's multi handle, made with the first transfer: libcurl's global init (OpenSSL's) makes
+ * about 2 MiB of library pages resident, which a process whose handlers send no request never
+ * needs. */
+static int multi_ready(struct http_multi *m)
+{
+    if (m->multi != NULL)
+        return 0;
+    http_global_init();
+    if ((m->multi = curl_multi_init()) == NULL)
+        return -1;
+    curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
+    curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
+    curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_timer);
+    curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
+    http_multi_limits(m, m->per_host, m->waiting);
+    return 0;
+}
+
 /* Adds the transfer: 0, or -1 when too many wait for their host already (busy). */
 static int multi_add(struct http_multi *m, struct http_req *r)
 {
     struct host *h = host_of(m, r->host, 1);
-    if (h == NULL)
+    if (h == NULL || multi_ready(m) != 0)
         return -1;
     if (m->per_host && h->inflight >= m->per_host && http_multi_parked(m) >= m->waiting)
         return -1;
@@ -732,16 +754,10 @@ static int on_timer(CURLM *multi, long ms, void *cls)
 struct http_multi *http_multi_new(struct loop *loop, long per_host, size_t waiting)
 {
     struct http_multi *m = calloc(1, sizeof *m);
-    if (m == NULL || (m->multi = curl_multi_init()) == NULL) {
-        free(m);
+    if (m == NULL)
         return NULL;
-    }
     m->loop = loop;
     m->timer = -1;
-    curl_multi_setopt(m->multi, CURLMOPT_SOCKETFUNCTION, on_socket);
-    curl_multi_setopt(m->multi, CURLMOPT_SOCKETDATA, m);
-    curl_multi_setopt(m->multi, CURLMOPT_TIMERFUNCTION, on_timer);
-    curl_multi_setopt(m->multi, CURLMOPT_TIMERDATA, m);
     http_multi_limits(m, per_host, waiting);
     return m;
 }
@@ -750,14 +766,16 @@ void http_multi_limits(struct http_multi *m, long per_host, size_t waiting)
 {
     m->per_host = per_host;
     m->waiting = waiting;
-    curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_host > 0 ? per_host : 0L);
+    if (m->multi != NULL)
+        curl_multi_setopt(m->multi, CURLMOPT_MAX_HOST_CONNECTIONS, per_host > 0 ? per_host : 0L);
 }
 
 void http_multi_free(struct http_multi *m)
 {
     if (m == NULL)
         return;
-    curl_multi_cleanup(m->multi); /* tells on_socket to remove each socket */
+    if (m->multi != NULL)
+        curl_multi_cleanup(m->multi); /* tells on_socket to remove each socket */
     for (size_t i = 0; i < m->nhosts; i++)
         free(m->hosts[i].name);
     free(m->hosts);

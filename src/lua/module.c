@@ -377,7 +377,6 @@ static const struct {
 
 int luaopen_certhook_core(lua_State *L)
 {
-    http_global_init();
     json_open(L);
     lua_createtable(L, 0, 8);
     for (size_t i = 0; i < sizeof areas / sizeof areas[0]; i++) {

@@ -2,20 +2,22 @@
  * secret.c -- shared secrets (Cloudflare's cf-webhook-auth, other providers' header secrets,
  * the admin token). Only the SHA-256 of each configured secret is kept, and digests are
  * compared with CRYPTO_memcmp, every one of them, so neither a secret's content nor its length
- * leaks through timing.
+ * leaks through timing. The digest is GnuTLS's (libmicrohttpd's TLS library, initialized at
+ * load): OpenSSL 3's EVP_Digest fetches SHA-256 from its provider on every call, and its first
+ * call initializes the library, which makes ~3 MiB of it resident in a process that may need
+ * OpenSSL for nothing else.
  */
 #include <stdlib.h>
 #include <string.h>
 
+#include <gnutls/crypto.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 
 #include "providers/provider.h"
 
 void secret_digest(const char *s, size_t n, unsigned char out[32])
 {
-    unsigned int len = 32;
-    EVP_Digest(s, n, out, &len, EVP_sha256(), NULL);
+    gnutls_hash_fast(GNUTLS_DIG_SHA256, s, n, out);
 }
 
 int secrets_add(struct secrets *s, const char *secret)
