@@ -41,8 +41,9 @@ struct store {
     sqlite3_stmt *ins, *ins_data, *fin, *del, *sset, *sdel, *sget, *rload, *rload_id, *eget,
         *eput, *ctx, *fold, *idget, *dgone, *dfin, *dunlist, *hget, *hput;
     /* deliveries that succeeded at their first attempt, for events.done (sq_delivery): the
-     * event, the entries since its last settle, the handlers' ids (cleared by a rollback) */
-    int64_t cseq;
+     * event, the entries since its last settle, the handlers' ids (cleared by a rollback); the
+     * newest event that has a row of deliveries (none after it: no row to look for) */
+    int64_t cseq, rows_upto;
     struct buf compact;
     struct handler_id {
         char *name;
@@ -91,12 +92,13 @@ static const char *column(sqlite3_stmt *s, int i);
 
 /* The deliveries kept in events.done (0013_done_in_event.sql), as the rows they stand for: the
  * columns the event (its seq), the handler, 'done', 1 attempt (0 crashes); then what a query
- * wants of the entry (j.value: [handler id, generation, started_at, duration]). */
+ * wants of the entry (j.value: [handler id, generation, started_at in milliseconds, duration in
+ * microseconds]). */
 #define DONE_FROM "events e JOIN json_each(e.done) j JOIN handlers h ON h.id = j.value ->> 0"
 #define DONE_ENTRY "e.seq, h.name, 'done', 1"
 #define DONE_GENERATION "j.value ->> 1"
-#define DONE_START "j.value ->> 2"
-#define DONE_DURATION "j.value ->> 3"
+#define DONE_START "(j.value ->> 2) / 1e3"
+#define DONE_DURATION "(j.value ->> 3) / 1e6"
 #define OPEN_EVENT "state <> 2"
 
 /* ---- opening ------------------------------------------------------------------------------- */
@@ -361,6 +363,16 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
             prepare(j->db, "SELECT id FROM handlers WHERE name = ?", &j->hget, err, errlen) ||
             prepare(j->db, "INSERT INTO handlers (name) VALUES (?)", &j->hput, err, errlen))
             goto fail;
+        sqlite3_stmt *q;
+        if (sqlite3_prepare_v2(j->db, "SELECT coalesce(max(event_seq), 0) FROM deliveries", -1,
+                               &q, NULL) != SQLITE_OK ||
+            sqlite3_step(q) != SQLITE_ROW) {
+            snprintf(err, errlen, "cannot read journal %s: %s", path, sqlite3_errmsg(j->db));
+            sqlite3_finalize(q);
+            goto fail;
+        }
+        j->rows_upto = sqlite3_column_int64(q, 0);
+        sqlite3_finalize(q);
         if ((o->flags & JOURNAL_EXCLUSIVE) && load_ids(j) != 0) { /* before the first request */
             snprintf(err, errlen, "cannot read the ids of journal %s: %s", path,
                      sqlite3_errmsg(j->db));
@@ -759,13 +771,17 @@ static int sq_delivery(struct store *j, int64_t seq, const struct delivery_resul
         int64_t id = handler_id(j, r->handler, 1);
         if (id < 0)
             return -1;
-        sqlite3_bind_int64(j->dgone, 1, seq);
-        sqlite3_bind_text(j->dgone, 2, r->handler, -1, SQLITE_STATIC);
-        if (step_reset(j->dgone) != 0)
-            return -1;
+        if (seq <= j->rows_upto) {
+            sqlite3_bind_int64(j->dgone, 1, seq);
+            sqlite3_bind_text(j->dgone, 2, r->handler, -1, SQLITE_STATIC);
+            if (step_reset(j->dgone) != 0)
+                return -1;
+        }
         j->cseq = seq;
-        return buf_printf(&j->compact, "%c[%lld,%u,%.3f,%.6f", j->compact.n ? ',' : '[',
-                          (long long)id, r->generation, r->started_at, r->duration) == 0 &&
+        /* integers: the start in milliseconds, the duration in microseconds (no %f to format) */
+        return buf_printf(&j->compact, "%c[%lld,%u,%lld,%lld", j->compact.n ? ',' : '[',
+                          (long long)id, r->generation, llround(r->started_at * 1e3),
+                          llround(r->duration * 1e6)) == 0 &&
                        buf_adds(&j->compact, "]") == 0
                    ? 0
                    : -1;
@@ -790,6 +806,8 @@ static int sq_delivery(struct store *j, int64_t seq, const struct delivery_resul
     sqlite3_bind_int(s, 12, r->crashes);
     if (step_reset(s) != 0)
         return -1;
+    if (seq > j->rows_upto)
+        j->rows_upto = seq; /* (a rollback may leave it higher than it is: a look for nothing) */
     /* a row now: an entry of done it had (a replay of it) goes */
     int64_t id = handler_id(j, r->handler, 0);
     if (id <= 0)
