@@ -408,16 +408,27 @@ describe("crash safety", function()
   it("keeps a delivery that succeeded at its first attempt in its event's row, never runs it again after kill -9 #sqlite", function()
     local srv = Server.start {
       config = SOURCES .. "delivery = { backoff = 0.05, max_backoff = 0.1 }\n",
-      handlers = { ["a-rec.lua"] = recorder("rec"), ["b-flaky.lua"] = flaky("flaky", 1) },
+      handlers = {
+        ["a-rec.lua"] = recorder("rec"), ["b-flaky.lua"] = flaky("flaky", 1),
+        -- waits: journaled as running (a row) first, then done at its first attempt
+        ["c-wait.lua"] = [[
+          local certhook = require "certhook"
+          return { ["*"] = function(e) assert(certhook.exec{ argv = { "sleep", "0.3" } }) end }]],
+      },
     }
     local body, id = cf_event()
     assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    assert(fs.wait_for(function()
+      return #srv:sql(("SELECT 1 FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE e.id = '%s' AND d.handler = 'c-wait.lua:*' AND d.status = 'running'"):format(id)) == 1
+    end, 5), "the waiting delivery was not journaled as running")
     assert(srv:wait_status(id, "b-flaky.lua:*", "done"))
+    assert(srv:wait_status(id, "c-wait.lua:*", "done"))
     assert.are.same({ "done", "1", "", "2" }, srv:delivery(id, "a-rec.lua:*"))
     local seq = srv:sql(("SELECT seq FROM events WHERE id = '%s'"):format(id))[1][1]
     assert.are.same({ { "b-flaky.lua:*", "2" } },
       srv:sql("SELECT handler, attempts FROM deliveries WHERE event_seq = " .. seq))
-    assert.truthy(srv:sql("SELECT done FROM events WHERE seq = " .. seq)[1][1]:match("^%[%[%d+,1,%d+,%d+%]%]$"))
+    assert.truthy(srv:sql("SELECT done FROM events WHERE seq = " .. seq)[1][1]:match("^%[%[%d+,1,%d+,%d+%],%[%d+,1,%d+,%d+%]%]$"))
+    assert.are.equal(3, #srv:sql("SELECT 1 FROM all_deliveries WHERE event_seq = " .. seq))
     local conf = " --data '" .. srv.data .. "'"
     local out = certhook("events --json" .. conf)
     local e = cjson.decode(out:match("[^\n]+"))
@@ -428,6 +439,8 @@ describe("crash safety", function()
     assert.are.equal(1, e.deliveries[1].generation)
     assert.is_true(math.abs(e.deliveries[1].last_attempt_at - e.received_at) < 5)
     assert.are.equal(2, e.deliveries[2].attempts)
+    assert.are.equal("c-wait.lua:*", e.deliveries[3].handler)
+    assert.are.equal(1, e.deliveries[3].attempts)
     assert.truthy(certhook("events --status done" .. conf):match("a%-rec%.lua:%*%s+done%s+1 attempt\n"))
 
     srv:signal("KILL")
@@ -437,11 +450,12 @@ describe("crash safety", function()
     assert.are.equal(202, srv:post("/hooks/cloudflare", body2, CF).status)
     assert(srv:wait_status(id2, "a-rec.lua:*", "done"))
     assert(srv:wait_status(id2, "b-flaky.lua:*", "done"))
+    assert(srv:wait_status(id2, "c-wait.lua:*", "done"))
     socket.sleep(0.3)
     assert.are.equal(1, calls(srv, "rec", id)) -- recorded done: not run again
     assert.are.equal(2, calls(srv, "flaky", id))
     local metrics = require("helpers.http").get(srv.admin, "/metrics").body
-    assert.truthy(metrics:find('certhook_journal_deliveries{status="done"} 4\n', 1, true), metrics)
+    assert.truthy(metrics:find('certhook_journal_deliveries{status="done"} 6\n', 1, true), metrics)
 
     -- a replay leaves it alone unless named; named, it runs again and its entry is replaced
     assert.truthy(certhook("replay " .. id .. conf):find("not re-run  a-rec.lua:*  (done, 1 attempt;", 1, true))
