@@ -1194,11 +1194,18 @@ static int sq_scan_deliveries(struct store *j, const char *status, int64_t seq,
     sqlite3_stmt *s;
     int n = 0, rc;
     if (sqlite3_prepare_v2(j->rdb,
-                           status && strcmp(status, "done") == 0
+                           /* those done: the rows, and the entries of events.done (of one
+                            * event: found by its seq, not by a scan of every event) */
+                           status && strcmp(status, "done") == 0 && seq > 0
                                ? "SELECT event_seq, handler, status, attempts, crashes, next_at, "
-                                 "first_at FROM deliveries WHERE status = ?1 AND (?2 = 0 OR "
-                                 "event_seq = ?2) UNION ALL SELECT " DONE_ENTRY ", 0, NULL, "
-                                 DONE_START " FROM " DONE_FROM " WHERE (?2 = 0 OR e.seq = ?2)"
+                                 "first_at FROM deliveries WHERE status = ?1 AND event_seq = ?2 "
+                                 "UNION ALL SELECT " DONE_ENTRY ", 0, NULL, " DONE_START " FROM "
+                                 DONE_FROM " WHERE e.seq = ?2"
+                           : status && strcmp(status, "done") == 0
+                               ? "SELECT event_seq, handler, status, attempts, crashes, next_at, "
+                                 "first_at FROM deliveries WHERE status = ?1 UNION ALL SELECT "
+                                 DONE_ENTRY ", 0, NULL, " DONE_START " FROM " DONE_FROM
+                                 " WHERE e.done IS NOT NULL AND ?2 = 0"
                            : status ? "SELECT event_seq, handler, status, attempts, crashes, next_at, "
                                     "first_at FROM deliveries WHERE status = ?1 AND (?2 = 0 OR "
                                     "event_seq = ?2)"
