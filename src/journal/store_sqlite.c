@@ -39,7 +39,17 @@ struct store {
     sqlite3 *db;  /* the writer's; NULL when read-only */
     sqlite3 *rdb; /* the reader's */
     sqlite3_stmt *ins, *ins_data, *fin, *del, *sset, *sdel, *sget, *rload, *rload_id, *eget,
-        *eput, *ctx, *fold, *idget;
+        *eput, *ctx, *fold, *idget, *dgone, *dfin, *dunlist, *hget, *hput;
+    /* deliveries that succeeded at their first attempt, for events.done (sq_delivery): the
+     * event, the entries since its last settle, the handlers' ids (cleared by a rollback); the
+     * newest event that has a row of deliveries (none after it: no row to look for) */
+    int64_t cseq, rows_upto;
+    struct buf compact;
+    struct handler_id {
+        char *name;
+        int64_t id;
+    } *hids;
+    size_t nhids;
     struct ids *ids; /* the writer's: every id the journal holds (ids.c), made at open */
     sqlite3 *adb; /* the admin thread's (counts for /metrics), opened on first use */
     pthread_mutex_t amu;
@@ -79,6 +89,16 @@ static const char *const migrations[] = {
 static const char *column(sqlite3_stmt *s, int i);
 
 #define OPEN_DELIVERY "status <> 'done' AND status <> 'dead'"
+
+/* The deliveries kept in events.done (0013_done_in_event.sql), as the rows they stand for: the
+ * columns the event (its seq), the handler, 'done', 1 attempt (0 crashes); then what a query
+ * wants of the entry (j.value: [handler id, generation, started_at in milliseconds, duration in
+ * microseconds]). */
+#define DONE_FROM "events e JOIN json_each(e.done) j JOIN handlers h ON h.id = j.value ->> 0"
+#define DONE_ENTRY "e.seq, h.name, 'done', 1"
+#define DONE_GENERATION "j.value ->> 1"
+#define DONE_START "(j.value ->> 2) / 1e3"
+#define DONE_DURATION "(j.value ->> 3) / 1e6"
 #define OPEN_EVENT "state <> 2"
 
 /* ---- opening ------------------------------------------------------------------------------- */
@@ -191,6 +211,7 @@ static int lock_dir(struct store *j, const char *dir, char *err, size_t errlen)
 }
 
 static void sq_close(struct store *j);
+static void forget_handlers(struct store *j);
 static int load_ids(struct store *j);
 static int prepare_entry_get(sqlite3 *db, sqlite3_stmt **s, char *err, size_t errlen);
 
@@ -322,8 +343,36 @@ static int sq_open(struct store **sp, const struct journal_options *o, char *err
             prepare(j->db, "INSERT INTO contexts (seq, context) VALUES (?, ?)", &j->ctx, err,
                     errlen) ||
             prepare(j->db, "UPDATE meta SET value = ? WHERE key = 'folded'", &j->fold, err,
-                    errlen))
+                    errlen) ||
+            prepare(j->db, "DELETE FROM deliveries WHERE event_seq = ? AND handler = ?",
+                    &j->dgone, err, errlen) ||
+            prepare(j->db,
+                    "UPDATE events SET done = CASE WHEN done IS NULL THEN ?2 ELSE (SELECT "
+                    "json_group_array(json(v)) FROM (SELECT value AS v FROM json_each(events.done) "
+                    "WHERE value ->> 0 NOT IN (SELECT value ->> 0 FROM json_each(?2)) UNION ALL "
+                    "SELECT value FROM json_each(?2))) END, state = CASE WHEN EXISTS (SELECT 1 "
+                    "FROM deliveries WHERE event_seq = ?1 AND " OPEN_DELIVERY ") THEN 1 ELSE 2 "
+                    "END WHERE seq = ?1",
+                    &j->dfin, err, errlen) ||
+            prepare(j->db,
+                    "UPDATE events SET done = nullif((SELECT json_group_array(json(value)) FROM "
+                    "json_each(events.done) WHERE value ->> 0 <> ?2), '[]') WHERE seq = ?1 AND "
+                    "done IS NOT NULL AND EXISTS (SELECT 1 FROM json_each(events.done) WHERE "
+                    "value ->> 0 = ?2)",
+                    &j->dunlist, err, errlen) ||
+            prepare(j->db, "SELECT id FROM handlers WHERE name = ?", &j->hget, err, errlen) ||
+            prepare(j->db, "INSERT INTO handlers (name) VALUES (?)", &j->hput, err, errlen))
             goto fail;
+        sqlite3_stmt *q;
+        if (sqlite3_prepare_v2(j->db, "SELECT coalesce(max(event_seq), 0) FROM deliveries", -1,
+                               &q, NULL) != SQLITE_OK ||
+            sqlite3_step(q) != SQLITE_ROW) {
+            snprintf(err, errlen, "cannot read journal %s: %s", path, sqlite3_errmsg(j->db));
+            sqlite3_finalize(q);
+            goto fail;
+        }
+        j->rows_upto = sqlite3_column_int64(q, 0);
+        sqlite3_finalize(q);
         if ((o->flags & JOURNAL_EXCLUSIVE) && load_ids(j) != 0) { /* before the first request */
             snprintf(err, errlen, "cannot read the ids of journal %s: %s", path,
                      sqlite3_errmsg(j->db));
@@ -350,10 +399,13 @@ static void sq_close(struct store *j)
         return;
     sqlite3_stmt *stmts[] = {j->ins,  j->ins_data, j->fin,   j->del,      j->sset,
                              j->sdel, j->sget,     j->rload, j->rload_id, j->eget,
-                             j->eput, j->ctx,      j->fold,  j->idget};
+                             j->eput, j->ctx,      j->fold,  j->idget,    j->dgone,
+                             j->dfin, j->dunlist,  j->hget,  j->hput};
     for (size_t i = 0; i < sizeof stmts / sizeof stmts[0]; i++)
         sqlite3_finalize(stmts[i]);
     ids_free(j->ids);
+    forget_handlers(j);
+    buf_free(&j->compact);
     sqlite3_close(j->db);
     sqlite3_close(j->rdb);
     sqlite3_close(j->adb);
@@ -655,8 +707,85 @@ static int sq_state(struct store *j, struct journal_req *r)
     return 0;
 }
 
+/* ---- delivery states: rows in deliveries, or entries of events.done ---------------------------- */
+
+static void forget_handlers(struct store *j)
+{
+    for (size_t i = 0; i < j->nhids; i++)
+        free(j->hids[i].name);
+    free(j->hids);
+    j->hids = NULL;
+    j->nhids = 0;
+}
+
+/* The id of the handler name in handlers, made when add (and it is not there yet): > 0, 0 when
+ * it is not there, -1 on an error. Ids are cached until a rollback. */
+static int64_t handler_id(struct store *j, const char *name, int add)
+{
+    for (size_t i = 0; i < j->nhids; i++)
+        if (strcmp(j->hids[i].name, name) == 0)
+            return j->hids[i].id;
+    int64_t id = 0;
+    sqlite3_bind_text(j->hget, 1, name, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(j->hget);
+    if (rc == SQLITE_ROW)
+        id = sqlite3_column_int64(j->hget, 0);
+    sqlite3_reset(j->hget);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        return -1;
+    if (id == 0 && add) {
+        sqlite3_bind_text(j->hput, 1, name, -1, SQLITE_STATIC);
+        if (step_reset(j->hput) != 0)
+            return -1;
+        id = sqlite3_last_insert_rowid(j->db);
+    }
+    if (id == 0)
+        return 0;
+    struct handler_id *h = realloc(j->hids, (j->nhids + 1) * sizeof *h);
+    if (h == NULL)
+        return -1;
+    j->hids = h;
+    if ((h[j->nhids].name = strdup(name)) == NULL)
+        return -1;
+    h[j->nhids++].id = id;
+    return id;
+}
+
+/* A delivery that succeeded at its first attempt, with nothing else to say (no error, no
+ * crash): kept as an entry of its event's done, not as a row. */
+static int first_success(const struct delivery_result *r)
+{
+    return r->status == DELIVERY_DONE && r->attempts == 1 && r->crashes == 0 &&
+           r->error == NULL && r->traceback == NULL && r->started_at > 0 &&
+           (r->first_at <= 0 || r->first_at == r->started_at);
+}
+
+static int sq_settle(struct store *j, int64_t seq);
+
 static int sq_delivery(struct store *j, int64_t seq, const struct delivery_result *r)
 {
+    if (j->compact.n > 0 && j->cseq != seq && sq_settle(j, j->cseq) != 0)
+        return -1;
+    if (first_success(r)) {
+        /* its row goes, if it had one (it ran while a batch was written, or was replayed) */
+        int64_t id = handler_id(j, r->handler, 1);
+        if (id < 0)
+            return -1;
+        if (seq <= j->rows_upto) {
+            sqlite3_bind_int64(j->dgone, 1, seq);
+            sqlite3_bind_text(j->dgone, 2, r->handler, -1, SQLITE_STATIC);
+            if (step_reset(j->dgone) != 0)
+                return -1;
+        }
+        j->cseq = seq;
+        /* integers: the start in milliseconds, the duration in microseconds (no %f to format) */
+        return buf_printf(&j->compact, "%c[%lld,%u,%lld,%lld", j->compact.n ? ',' : '[',
+                          (long long)id, r->generation, llround(r->started_at * 1e3),
+                          llround(r->duration * 1e6)) == 0 &&
+                       buf_adds(&j->compact, "]") == 0
+                   ? 0
+                   : -1;
+    }
     sqlite3_stmt *s = j->del;
     sqlite3_bind_int64(s, 1, seq);
     sqlite3_bind_text(s, 2, r->handler, -1, SQLITE_STATIC);
@@ -675,11 +804,32 @@ static int sq_delivery(struct store *j, int64_t seq, const struct delivery_resul
     sqlite3_bind_text(s, 10, r->error, -1, SQLITE_STATIC);
     sqlite3_bind_text(s, 11, r->traceback, -1, SQLITE_STATIC);
     sqlite3_bind_int(s, 12, r->crashes);
-    return step_reset(s);
+    if (step_reset(s) != 0)
+        return -1;
+    if (seq > j->rows_upto)
+        j->rows_upto = seq; /* (a rollback may leave it higher than it is: a look for nothing) */
+    /* a row now: an entry of done it had (a replay of it) goes */
+    int64_t id = handler_id(j, r->handler, 0);
+    if (id <= 0)
+        return id < 0 ? -1 : 0;
+    sqlite3_bind_int64(j->dunlist, 1, seq);
+    sqlite3_bind_int64(j->dunlist, 2, id);
+    return step_reset(j->dunlist);
 }
 
+/* The event's state from its deliveries' rows, with the entries of done since the last. */
 static int sq_settle(struct store *j, int64_t seq)
 {
+    if (j->compact.n > 0 && j->cseq == seq) {
+        int rc = buf_adds(&j->compact, "]");
+        if (rc == 0) {
+            sqlite3_bind_int64(j->dfin, 1, seq);
+            sqlite3_bind_text(j->dfin, 2, j->compact.p, (int)j->compact.n, SQLITE_STATIC);
+            rc = step_reset(j->dfin);
+        }
+        j->compact.n = 0;
+        return rc;
+    }
     sqlite3_bind_int64(j->fin, 1, seq);
     return step_reset(j->fin);
 }
@@ -693,11 +843,15 @@ static int sq_replayed(struct store *j, int64_t upto)
 
 static int sq_commit(struct store *j)
 {
+    if (j->compact.n > 0 && sq_settle(j, j->cseq) != 0)
+        return -1;
     return sqlite3_exec(j->db, "COMMIT", NULL, NULL, NULL) == SQLITE_OK ? 0 : -1;
 }
 
 static void sq_rollback(struct store *j)
 {
+    j->compact.n = 0;
+    forget_handlers(j); /* those it added are gone */
     if (sqlite3_get_autocommit(j->db) == 0)
         sqlite3_exec(j->db, "ROLLBACK", NULL, NULL, NULL);
 }
@@ -1040,7 +1194,19 @@ static int sq_scan_deliveries(struct store *j, const char *status, int64_t seq,
     sqlite3_stmt *s;
     int n = 0, rc;
     if (sqlite3_prepare_v2(j->rdb,
-                           status ? "SELECT event_seq, handler, status, attempts, crashes, next_at, "
+                           /* those done: the rows, and the entries of events.done (of one
+                            * event: found by its seq, not by a scan of every event) */
+                           status && strcmp(status, "done") == 0 && seq > 0
+                               ? "SELECT event_seq, handler, status, attempts, crashes, next_at, "
+                                 "first_at FROM deliveries WHERE status = ?1 AND event_seq = ?2 "
+                                 "UNION ALL SELECT " DONE_ENTRY ", 0, NULL, " DONE_START " FROM "
+                                 DONE_FROM " WHERE e.seq = ?2"
+                           : status && strcmp(status, "done") == 0
+                               ? "SELECT event_seq, handler, status, attempts, crashes, next_at, "
+                                 "first_at FROM deliveries WHERE status = ?1 UNION ALL SELECT "
+                                 DONE_ENTRY ", 0, NULL, " DONE_START " FROM " DONE_FROM
+                                 " WHERE e.done IS NOT NULL AND ?2 = 0"
+                           : status ? "SELECT event_seq, handler, status, attempts, crashes, next_at, "
                                     "first_at FROM deliveries WHERE status = ?1 AND (?2 = 0 OR "
                                     "event_seq = ?2)"
                                   : "SELECT event_seq, handler, status, attempts, crashes, next_at, "
@@ -1220,11 +1386,15 @@ static int sq_list(struct store *j, const struct journal_filter *f,
     const char *sql =
         "WITH picked AS (SELECT seq FROM events e WHERE (?1 IS NULL OR type GLOB ?1 OR "
         "provider_type GLOB ?1) AND (?2 IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE "
-        "d.event_seq = e.seq AND d.status = ?2)) AND (?4 IS NULL OR id = ?4) ORDER BY seq DESC "
-        "LIMIT ?3) "
+        "d.event_seq = e.seq AND d.status = ?2) OR (?2 = 'done' AND e.done IS NOT NULL)) AND "
+        "(?4 IS NULL OR id = ?4) ORDER BY seq DESC LIMIT ?3), "
+        "d AS (SELECT event_seq, handler, status, attempts, last_error, next_at, started_at, "
+        "generation FROM deliveries WHERE event_seq IN (SELECT seq FROM picked) UNION ALL "
+        "SELECT " DONE_ENTRY ", NULL, NULL, " DONE_START ", " DONE_GENERATION " FROM "
+        "picked p JOIN " DONE_FROM " WHERE e.seq = p.seq) "
         "SELECT e.seq, e.id, e.source, e.type, e.provider_type, e.hostname, e.received_at, "
         "e.state, d.handler, d.status, d.attempts, d.last_error, d.next_at, d.started_at, "
-        "d.generation FROM picked JOIN events e ON e.seq = picked.seq LEFT JOIN deliveries d "
+        "d.generation FROM picked JOIN events e ON e.seq = picked.seq LEFT JOIN d "
         "ON d.event_seq = e.seq ORDER BY e.seq DESC, d.handler";
     if (sqlite3_prepare_v2(j->rdb, sql, -1, &s, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
@@ -1262,7 +1432,9 @@ static int sq_request_replay(struct store *j, const char *event_id, const char *
     if (sqlite3_prepare_v2(j->db,
                            event_id ? "SELECT e.seq, (SELECT count(*) FROM deliveries WHERE "
                                       "event_seq = e.seq AND CASE WHEN ?2 IS NULL THEN status = "
-                                      "'dead' ELSE handler = ?2 END) FROM events e WHERE e.id = ?1"
+                                      "'dead' ELSE handler = ?2 END) + (SELECT count(*) FROM "
+                                      "json_each(e.done) j JOIN handlers h ON h.id = j.value ->> "
+                                      "0 WHERE h.name = ?2) FROM events e WHERE e.id = ?1"
                                     : "SELECT 0, count(*) FROM deliveries WHERE status = 'dead'",
                            -1, &s, NULL) != SQLITE_OK)
         goto fail;
@@ -1326,6 +1498,13 @@ static int count_deliveries(struct store *j, double counts[5])
             if (status && strcmp(status, delivery_status_names[i]) == 0)
                 counts[i] = (double)sqlite3_column_int64(s, 1);
     }
+    sqlite3_finalize(s);
+    s = NULL;
+    if (sqlite3_prepare_v2(j->adb, "SELECT coalesce(sum(json_array_length(done)), 0) FROM events "
+                                   "WHERE done IS NOT NULL", -1, &s, NULL) != SQLITE_OK ||
+        sqlite3_step(s) != SQLITE_ROW)
+        goto done;
+    counts[DELIVERY_DONE] += (double)sqlite3_column_int64(s, 0);
     rc = 0;
 done:
     sqlite3_finalize(s);
@@ -1588,8 +1767,9 @@ static int sq_export(struct store *j, int (*fn)(void *cls, const struct journal_
                       export_event, &x, err, errlen) ||
              each_row(j, "SELECT event_seq, handler, status, attempts, crashes, generation, "
                          "first_at, started_at, duration, next_at, last_error, traceback FROM "
-                         "deliveries ORDER BY event_seq, handler", export_delivery, &x, err,
-                      errlen) ||
+                         "deliveries UNION ALL SELECT " DONE_ENTRY ", 0, " DONE_GENERATION ", "
+                         DONE_START ", " DONE_START ", " DONE_DURATION ", NULL, NULL, NULL FROM "
+                         DONE_FROM " ORDER BY 1, 2", export_delivery, &x, err, errlen) ||
              each_row(j, "SELECT key, value, expires_at FROM state ORDER BY key", export_state,
                       &x, err, errlen) ||
              each_row(j, inventory_sql, export_certificate, &x, err, errlen) ||

@@ -52,7 +52,7 @@ pid=$!
 done_n=0; i=0
 while [ "$done_n" -lt "$EVENTS" ] && [ $i -lt $((DRAIN_MAX * 20)) ]; do
     sleep 0.05; i=$((i + 1))
-    done_n=$(sqlite3 "$run/data/certhook.db" "SELECT count(*) FROM deliveries WHERE status = 'done'" 2>/dev/null || echo 0)
+    done_n=$(sqlite3 "$run/data/certhook.db" "SELECT count(*) FROM all_deliveries WHERE status = 'done'" 2>/dev/null || echo 0)
 done
 t1=$(date +%s%N)
 hwm=$(awk '/VmHWM/ { print $2 }' "/proc/$pid/status")

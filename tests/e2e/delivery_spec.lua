@@ -388,13 +388,84 @@ describe("crash safety", function()
     assert.are.equal(202, srv:post("/hooks/cloudflare", body2, CF).status)
     assert(srv:wait_status(id2, "slow.lua:*", "done"))
     assert.are.equal(0, srv:stop())
-    srv:sql(("UPDATE deliveries SET status = 'running' WHERE handler = 'slow.lua:*' AND event_seq = (SELECT seq FROM events WHERE id = '%s')"):format(id2))
+    if srv:deliveries() == "all_deliveries" then -- SQLite keeps a first success in its event's row
+      srv:sql(("INSERT INTO deliveries (event_seq, handler, status, attempts, first_at) SELECT seq, 'slow.lua:*', 'running', 1, received_at FROM events WHERE id = '%s'; UPDATE events SET done = NULL, state = 1 WHERE id = '%s'"):format(id2, id2))
+    else
+      srv:sql(("UPDATE deliveries SET status = 'running' WHERE handler = 'slow.lua:*' AND event_seq = (SELECT seq FROM events WHERE id = '%s')"):format(id2))
+    end
     srv:launch()
     assert(srv:wait_status(id, "slow.lua:*", "done"), "the interrupted delivery did not run again")
     assert.are.equal(2, calls(srv, "slow", id))
     assert(srv:wait_status(id2, "slow.lua:*", "done"))
     assert.are.equal(2, calls(srv, "slow", id2))
     assert.truthy(srv:log_text():match("1 deliveries interrupted by the last stop count an attempt and run again after their backoff"))
+    assert.are.equal(0, srv:stop())
+    srv:cleanup()
+  end)
+
+  -- A first-attempt success is kept in its event's row (events.done), not as a row of its own:
+  -- read, listed, counted and replayed as before, and done for good once recorded.
+  it("keeps a delivery that succeeded at its first attempt in its event's row, never runs it again after kill -9 #sqlite", function()
+    local srv = Server.start {
+      config = SOURCES .. "delivery = { backoff = 0.05, max_backoff = 0.1 }\n",
+      handlers = {
+        ["a-rec.lua"] = recorder("rec"), ["b-flaky.lua"] = flaky("flaky", 1),
+        -- waits: journaled as running (a row) first, then done at its first attempt
+        ["c-wait.lua"] = [[
+          local certhook = require "certhook"
+          return { ["*"] = function(e) assert(certhook.exec{ argv = { "sleep", "0.3" } }) end }]],
+      },
+    }
+    local body, id = cf_event()
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    assert(fs.wait_for(function()
+      return #srv:sql(("SELECT 1 FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE e.id = '%s' AND d.handler = 'c-wait.lua:*' AND d.status = 'running'"):format(id)) == 1
+    end, 5), "the waiting delivery was not journaled as running")
+    assert(srv:wait_status(id, "b-flaky.lua:*", "done"))
+    assert(srv:wait_status(id, "c-wait.lua:*", "done"))
+    assert.are.same({ "done", "1", "", "2" }, srv:delivery(id, "a-rec.lua:*"))
+    local seq = srv:sql(("SELECT seq FROM events WHERE id = '%s'"):format(id))[1][1]
+    assert.are.same({ { "b-flaky.lua:*", "2" } },
+      srv:sql("SELECT handler, attempts FROM deliveries WHERE event_seq = " .. seq))
+    assert.truthy(srv:sql("SELECT done FROM events WHERE seq = " .. seq)[1][1]:match("^%[%[%d+,1,%d+,%d+%],%[%d+,1,%d+,%d+%]%]$"))
+    assert.are.equal(3, #srv:sql("SELECT 1 FROM all_deliveries WHERE event_seq = " .. seq))
+    local conf = " --data '" .. srv.data .. "'"
+    local out = certhook("events --json" .. conf)
+    local e = cjson.decode(out:match("[^\n]+"))
+    assert.are.equal("finished", e.state)
+    assert.are.equal("a-rec.lua:*", e.deliveries[1].handler)
+    assert.are.equal("done", e.deliveries[1].status)
+    assert.are.equal(1, e.deliveries[1].attempts)
+    assert.are.equal(1, e.deliveries[1].generation)
+    assert.is_true(math.abs(e.deliveries[1].last_attempt_at - e.received_at) < 5)
+    assert.are.equal(2, e.deliveries[2].attempts)
+    assert.are.equal("c-wait.lua:*", e.deliveries[3].handler)
+    assert.are.equal(1, e.deliveries[3].attempts)
+    assert.truthy(certhook("events --status done" .. conf):match("a%-rec%.lua:%*%s+done%s+1 attempt\n"))
+
+    srv:signal("KILL")
+    srv:wait_exit(5)
+    srv:launch()
+    local body2, id2 = cf_event("issuance.succeeded")
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body2, CF).status)
+    assert(srv:wait_status(id2, "a-rec.lua:*", "done"))
+    assert(srv:wait_status(id2, "b-flaky.lua:*", "done"))
+    assert(srv:wait_status(id2, "c-wait.lua:*", "done"))
+    socket.sleep(0.3)
+    assert.are.equal(1, calls(srv, "rec", id)) -- recorded done: not run again
+    assert.are.equal(2, calls(srv, "flaky", id))
+    local metrics = require("helpers.http").get(srv.admin, "/metrics").body
+    assert.truthy(metrics:find('certhook_journal_deliveries{status="done"} 6\n', 1, true), metrics)
+
+    -- a replay leaves it alone unless named; named, it runs again and its entry is replaced
+    assert.truthy(certhook("replay " .. id .. conf):find("not re-run  a-rec.lua:*  (done, 1 attempt;", 1, true))
+    out = certhook("replay " .. id .. " --handler 'a-rec.lua:*'" .. conf)
+    assert.truthy(out:find("runs again  a-rec.lua:*  (done, 1 attempt)", 1, true), out)
+    assert(fs.wait_for(function() return calls(srv, "rec", id) == 2 end, 5), "the replay did not run")
+    socket.sleep(0.3)
+    assert.are.equal(2, calls(srv, "flaky", id))
+    assert.are.same({ "done", "1", "", "2" }, srv:delivery(id, "a-rec.lua:*"))
+    assert.are.equal(1, #srv:sql(("SELECT 1 FROM all_deliveries WHERE event_seq = %s AND handler = 'a-rec.lua:*'"):format(seq)))
     assert.are.equal(0, srv:stop())
     srv:cleanup()
   end)
@@ -429,7 +500,7 @@ describe("retention", function()
     assert.are.equal(200, srv:post("/hooks/cloudflare", body, CF).status) -- within the window
     assert(fs.wait_for(function() return #srv:sql(("SELECT 1 FROM events WHERE id = '%s'"):format(id)) == 0 end, 6),
       "the finished event was not pruned")
-    assert.are.equal(0, #srv:sql("SELECT 1 FROM deliveries"))
+    assert.are.equal(0, #srv:sql("SELECT 1 FROM " .. srv:deliveries()))
     assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
     srv:cleanup()
   end)

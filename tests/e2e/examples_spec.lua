@@ -76,8 +76,8 @@ describe("example handlers", function()
 
   local function handled(srv, id)
     return fs.wait_for(function()
-      return #srv:sql(("SELECT 1 FROM deliveries d JOIN events e ON e.seq = d.event_seq " ..
-        "WHERE e.id = '%s' AND d.status = 'done'"):format(id)) == 1
+      return #srv:sql(("SELECT 1 FROM %s d JOIN events e ON e.seq = d.event_seq " ..
+        "WHERE e.id = '%s' AND d.status = 'done'"):format(srv:deliveries(), id)) == 1
     end, 10)
   end
 
@@ -118,7 +118,7 @@ describe("example handlers", function()
       { CF_API_TOKEN = "tok3n", CF_API_BASE = "http://127.0.0.1:1" })
     assert.are.equal(202, srv:post("/hooks/cloudflare", dcv_failure("dcv-4"), CF).status)
     assert(fs.wait_for(function()
-      local r = srv:sql("SELECT attempts FROM deliveries")
+      local r = srv:sql("SELECT attempts FROM " .. srv:deliveries())
       return r[1] and tonumber(r[1][1]) >= 2
     end, 10), "the delivery was not retried")
     assert.truthy(srv:log_text():find("Cloudflare API unreachable", 1, true))

@@ -171,8 +171,8 @@ describe("handler limits", function()
   end)
 
   local function delivery(id)
-    local rows = srv:sql(("SELECT d.status, coalesce(d.last_error, '') FROM deliveries d JOIN events e " ..
-      "ON e.seq = d.event_seq WHERE e.id = '%s'"):format(id))
+    local rows = srv:sql(("SELECT d.status, coalesce(d.last_error, '') FROM %s d JOIN events e " ..
+      "ON e.seq = d.event_seq WHERE e.id = '%s'"):format(srv:deliveries(), id))
     return rows[1]
   end
 

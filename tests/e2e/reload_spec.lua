@@ -245,8 +245,8 @@ describe("a delivery under way during a reload", function()
     atomic_write(srv.dir .. "/handlers/h.lua", tagged("new"))
     assert(fs.wait_for(function() return handled_by(srv, post(srv), 1) == "new" end, 3))
     assert.are.equal("old", handled_by(srv, slow, 5))
-    local rows = srv:sql(("SELECT d.generation, d.status FROM deliveries d JOIN events e ON " ..
-      "e.seq = d.event_seq WHERE e.id = '%s'"):format(slow))
+    local rows = srv:sql(("SELECT d.generation, d.status FROM %s d JOIN events e ON " ..
+      "e.seq = d.event_seq WHERE e.id = '%s'"):format(srv:deliveries(), slow))
     assert.are.same({ "1", "done" }, rows[1])
     srv:cleanup()
     sink:stop()

@@ -373,7 +373,7 @@ limits = { max_body = 65536 }
       assert.truthy(line.traceback:match("stack traceback"))
       assert(received_for(id)) -- the other handler of the same event ran
       local rows = fs.wait_for(function()
-        local r = srv:sql(("SELECT d.handler, d.status, d.last_error FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE e.id = '%s' ORDER BY d.handler"):format(id))
+        local r = srv:sql(("SELECT d.handler, d.status, d.last_error FROM %s d JOIN events e ON e.seq = d.event_seq WHERE e.id = '%s' ORDER BY d.handler"):format(srv:deliveries(), id))
         return #r == 2 and r
       end, 5)
       assert(rows, "deliveries not recorded")

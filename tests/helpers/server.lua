@@ -160,11 +160,18 @@ function M:cleanup()
   if not ok then error(err, 0) end
 end
 
+-- The relation that holds every delivery as a row, for queries: on SQLite the view
+-- all_deliveries (a delivery that succeeded at its first attempt has no row of deliveries: it is
+-- kept in its event's row), on PostgreSQL the table deliveries.
+function M:deliveries()
+  return dbs[self.dir] and "deliveries" or "all_deliveries"
+end
+
 -- The journal's record of the delivery of event `id` to `handler` ("file:pattern"):
 -- { status, attempts, last error ("" if none), the event's state } as strings, or nil.
 function M:delivery(id, handler)
-  return self:sql(("SELECT d.status, d.attempts, coalesce(d.last_error, ''), e.state FROM deliveries d " ..
-    "JOIN events e ON e.seq = d.event_seq WHERE e.id = '%s' AND d.handler = '%s'"):format(id, handler))[1]
+  return self:sql(("SELECT d.status, d.attempts, coalesce(d.last_error, ''), e.state FROM %s d " ..
+    "JOIN events e ON e.seq = d.event_seq WHERE e.id = '%s' AND d.handler = '%s'"):format(self:deliveries(), id, handler))[1]
 end
 
 -- Waits up to `seconds` (10) for that delivery to reach `status`; returns its record, or nil.
