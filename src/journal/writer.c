@@ -13,6 +13,7 @@
  * FAILED all the same. Between batches the store prunes what is older than the retention, and
  * a shared store renews this server's lease.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,10 @@
 #define INVENTORY_CACHE 4096 /* inventory entries kept in memory (journal.inv) */
 #define FOLD_BATCH 256       /* events folded at once at most, while requests wait */
 #define FOLD_WAIT 0.02       /* seconds the oldest event waits for its fold at most, meanwhile */
+#define FOLD_RETRY 0.002     /* seconds before a shared store's fold is tried again (another
+                              * server folds, or a batch in flight holds the horizon back) */
+#define CATCHUP 1.0          /* seconds between a shared store's folds at least: what a server
+                              * that died left unfolded, when this one journals nothing */
 
 struct journal_done *journal_done_new(int64_t seq, size_t n)
 {
@@ -208,12 +213,139 @@ static void project(struct journal *j)
     free_dones(dones);
 }
 
+/* project_shared: the events of the log folded now, in log order (fold_take). */
+struct folding {
+    struct event *head, **tail;
+    size_t n;
+};
+
+static void fold_add(void *cls, struct event *ev)
+{
+    struct folding *f = cls;
+    ev->next = NULL;
+    *f->tail = ev;
+    f->tail = &ev->next;
+    f->n++;
+}
+
+/* The projection of a shared store (ops->fold_take): the log is folded by one server at a time,
+ * whichever takes the fold -- every server's events, from the watermark to the horizon (no seq
+ * a batch still in flight may hold is passed), in log order -- and this server's accepted
+ * events go to the sink once the log is folded past them, with their contexts: those of its
+ * fold, or those another server's wrote. The rest wait (fold_at): another server folds now, or
+ * a batch in flight holds the horizon back. The delivery states went with the requests. */
+static void project_shared(struct journal *j)
+{
+    struct folding f = {NULL, &f.head, 0};
+    int64_t from = 0, upto = 0;
+    char why[200];
+    double now = time_mono();
+    j->catchup_at = now + CATCHUP;
+    int took = j->ops->fold_take(j->s, &from, &upto, fold_add, &f);
+    int ok = took >= 0;
+    if (took == 1) {
+        if (from != j->folded) /* another server folded since: its entries may have changed */
+            inventory_forget(j->inv);
+        for (struct event *ev = f.head; ok && ev; ev = ev->next)
+            ok = inventory_fold(j->inv, j->s, j->ops, ev) == 0 &&
+                 (ev->context == NULL || j->ops->context(j->s, ev->seq, ev->context) == 0);
+        if (ok)
+            ok = inventory_flush(j->inv, j->s, j->ops) == 0 &&
+                 (upto == from || j->ops->folded(j->s, upto) == 0);
+        if (ok && f.head != NULL)
+            test_hold("CERTHOOK_TEST_HOLD_FOLD");
+        if (ok)
+            ok = j->ops->commit(j->s) == 0;
+        if (ok) {
+            inventory_committed(j->inv);
+            j->folded = upto;
+        } else {
+            inventory_forget(j->inv); /* the store has the entries as they were */
+            j->folded = -1;
+        }
+    }
+    if (!ok) {
+        failed(j, "a projection", why, sizeof why);
+        set_health(j, 0, why);
+        j->fold_at = time_mono() + HOLD;
+        event_free_list(f.head);
+        return;
+    }
+    /* this server's events folded now: their contexts from the fold (both lists in log order
+     * but the batches', whose seqs follow their ids) or, folded by another server, read */
+    struct event **folded = NULL;
+    if (f.n > 0 && (folded = malloc(f.n * sizeof *folded)) != NULL) {
+        size_t i = 0;
+        for (struct event *ev = f.head; ev; ev = ev->next)
+            folded[i++] = ev;
+    }
+    struct event *ready = NULL, **rtail = &ready, *read = NULL, **otail = &read;
+    struct event *keep = NULL, **ktail = &keep;
+    size_t nready = 0;
+    for (struct event *ev = j->unfolded, *next; ev; ev = next) {
+        next = ev->next;
+        ev->next = NULL;
+        if (ev->seq > upto) {
+            *ktail = ev, ktail = &ev->next;
+            continue;
+        }
+        struct event *mine = NULL;
+        for (size_t lo = 0, hi = folded ? f.n : 0; lo < hi && mine == NULL;) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (folded[mid]->seq == ev->seq)
+                mine = folded[mid];
+            else if (folded[mid]->seq < ev->seq)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (mine != NULL || (took == 1 && ev->seq > from)) { /* folded here */
+            free(ev->context);
+            ev->context = mine ? mine->context : NULL;
+            if (mine)
+                mine->context = NULL;
+            *rtail = ev, rtail = &ev->next;
+        } else {
+            *otail = ev, otail = &ev->next;
+        }
+        nready++;
+    }
+    free(folded);
+    event_free_list(f.head);
+    if (read != NULL && j->ops->contexts(j->s, read) != 0) {
+        failed(j, "reading the contexts", why, sizeof why);
+        for (struct event *ev = read; ev; ev = ev->next)
+            nready--;
+        *otail = keep; /* they wait for the next try */
+        keep = read;
+        if (ktail == &keep)
+            ktail = otail;
+        j->fold_at = time_mono() + HOLD;
+    } else {
+        *rtail = read;
+    }
+    j->unfolded = keep;
+    j->unfolded_tail = keep ? ktail : &j->unfolded;
+    if (keep != NULL && j->fold_at < now + FOLD_RETRY)
+        j->fold_at = now + FOLD_RETRY;
+    if (ready != NULL) {
+        if (j->sink)
+            j->sink(j->sink_cls, ready);
+        else
+            event_free_list(ready);
+    }
+    __atomic_sub_fetch(&j->nunfolded, nready, __ATOMIC_RELEASE); /* counted by the sink now */
+}
+
 /* Writes one batch: the requests in one transaction -- the one the 202 waits for -- and
  * answers every request; the delivery states with it, or (a journal whose inventory is folded
  * here) in a projection's later (project: writer_main says when). */
 static void commit_batch(struct journal *j, struct journal_req *reqs, struct journal_done *dones)
 {
-    int two = j->inv != NULL; /* the requests' transaction, then the projection's */
+    int folds = j->inv != NULL; /* the accepted events wait for the fold */
+    /* the delivery states go with the fold (a store of one server), or with the requests (a
+     * shared store: the fold may be another server's) */
+    int two = folds && j->ops->fold_take == NULL;
     if (two && dones != NULL) {
         *j->pdones_tail = dones;
         while (*j->pdones_tail)
@@ -225,11 +357,11 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
         durable = needs_durability(d);
     int ok = 1;
     char why[200] = "";
-    if (reqs != NULL || !two) {
+    if (reqs != NULL || dones != NULL) {
         ok = j->ops->begin(j->s, durable) == 0;
         for (struct journal_req *r = reqs; ok && r; r = r->next)
             ok = do_request(j, r) == 0;
-        for (struct journal_done *d = dones; ok && d && !two; d = d->next)
+        for (struct journal_done *d = dones; ok && d; d = d->next)
             ok = write_done(j, d) == 0;
         if (ok && reqs != NULL)
             test_hold("CERTHOOK_TEST_HOLD_COMMIT");
@@ -254,7 +386,7 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
             r->ev = NULL;
         }
     }
-    if (two && accepted != NULL) {
+    if (folds && accepted != NULL) {
         if (j->unfolded == NULL)
             j->unfolded_since = time_mono();
         size_t n = 0;
@@ -285,10 +417,18 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
  * waits for it); after a failure, once its pause is over. */
 static int fold_due(struct journal *j, int stopping)
 {
-    if (j->inv == NULL || (j->unfolded == NULL && j->pdones == NULL) ||
-        time_mono() < j->hold_until)
+    double now = time_mono();
+    if (j->inv == NULL || now < j->hold_until)
         return 0;
-    if (stopping || j->nunfolded >= FOLD_BATCH || time_mono() - j->unfolded_since >= FOLD_WAIT)
+    if (j->ops->fold_take != NULL) { /* a shared store: after a pause, or to catch up */
+        if (now < j->fold_at)
+            return 0;
+        if (j->unfolded == NULL)
+            return !stopping && now >= j->catchup_at;
+    } else if (j->unfolded == NULL && j->pdones == NULL) {
+        return 0;
+    }
+    if (stopping || j->nunfolded >= FOLD_BATCH || now - j->unfolded_since >= FOLD_WAIT)
         return 1;
     pthread_mutex_lock(&j->mu);
     int waiting = j->reqs != NULL;
@@ -296,8 +436,9 @@ static int fold_due(struct journal *j, int stopping)
     return !waiting;
 }
 
-/* A shared store's lease, when it is due. A lost one: the events handed to the sink before are
- * no longer this server's (another may hold them now); then the store registers anew. */
+/* A shared store's lease, when it is due. A lost one: the events handed to the sink before, and
+ * those waiting for their fold, are no longer this server's (another may hold them now); then
+ * the store registers anew. */
 static void renew(struct journal *j, double *next_renew)
 {
     double next = 1;
@@ -306,6 +447,10 @@ static void renew(struct journal *j, double *next_renew)
     if (j->ops->renew(j->s, &next) == 1) {
         if (j->sink)
             j->sink(j->sink_cls, NULL);
+        event_free_list(j->unfolded); /* not folded yet: whoever claims them runs them */
+        j->unfolded = NULL;
+        j->unfolded_tail = &j->unfolded;
+        __atomic_store_n(&j->nunfolded, 0, __ATOMIC_RELEASE);
         j->ops->renew(j->s, &next);
     }
     *next_renew = time_mono() + next;
@@ -321,14 +466,16 @@ static void *writer_main(void *arg)
     for (;;) {
         renew(j, &next_renew);
         pthread_mutex_lock(&j->mu);
-        while (!j->reqs && ((!j->dones && !j->unfolded && !j->pdones) ||
-                            time_mono() < j->hold_until) &&
-               !j->stop) {
-            double wait = next_prune - time_mono();
-            if (j->ops->renew && next_renew - time_mono() < wait)
-                wait = next_renew - time_mono();
-            if ((j->dones || j->unfolded || j->pdones) && j->hold_until - time_mono() < wait)
-                wait = j->hold_until - time_mono();
+        while (!j->reqs && !j->stop) {
+            double now = time_mono(), wait = next_prune - now;
+            if (j->ops->renew && next_renew - now < wait)
+                wait = next_renew - now;
+            if (j->dones && j->hold_until - now < wait)
+                wait = j->hold_until - now;
+            if ((j->unfolded || j->pdones) && fmax(j->hold_until, j->fold_at) - now < wait)
+                wait = fmax(j->hold_until, j->fold_at) - now;
+            if (j->inv && j->ops->fold_take && fmax(j->hold_until, j->catchup_at) - now < wait)
+                wait = fmax(j->hold_until, j->catchup_at) - now;
             if (wait <= 0)
                 break;
             struct timespec ts;
@@ -354,8 +501,12 @@ static void *writer_main(void *arg)
             n++;
         if (reqs != NULL || dones != NULL)
             commit_batch(j, reqs, dones);
-        if (fold_due(j, stop))
-            project(j);
+        if (fold_due(j, stop)) {
+            if (j->ops->fold_take != NULL)
+                project_shared(j);
+            else
+                project(j);
+        }
         if (stop && reqs == NULL && dones == NULL) {
             if (j->unfolded != NULL || j->pdones != NULL) { /* the last fold failed */
                 free_dones(j->pdones);
@@ -392,10 +543,12 @@ int journal_start(struct journal *j, journal_sink sink, void *cls)
     j->sink = sink;
     j->sink_cls = cls;
     j->unfolded_tail = &j->unfolded;
+    j->folded = -1;
+    j->fold_at = j->catchup_at = 0; /* a shared store's: the first fold catches up */
     if (j->exclusive && j->ops->entry_get != NULL) { /* a server folds: first what is behind */
         if (j->inv == NULL && (j->inv = inventory_new(INVENTORY_CACHE)) == NULL)
             return -1;
-        if (j->ops->unfolded(j->s, add_unfolded, j) != 0)
+        if (j->ops->fold_take == NULL && j->ops->unfolded(j->s, add_unfolded, j) != 0)
             return -1;
         if (j->unfolded != NULL) {
             journal_sink keep = j->sink;
