@@ -414,7 +414,13 @@ int inventory_flush(struct inventory *inv, struct store *st, const struct store_
 
 void inventory_committed(struct inventory *inv)
 {
+    struct slot *first = NULL; /* in the order they first changed (the list is the reverse) */
     for (struct slot *s = inv->dirty, *next; s; s = next) {
+        next = s->next_dirty;
+        s->next_dirty = first;
+        first = s;
+    }
+    for (struct slot *s = first, *next; s; s = next) {
         next = s->next_dirty;
         const struct entry *e = &s->e; /* labelled as the entry, whoever told of it now */
         metrics_certificate(e->key, e->hostname ? e->hostname : "", e->provider, e->status,

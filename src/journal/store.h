@@ -137,6 +137,9 @@ struct store_ops {
     /* Sets the context of each event of the list (folded, by any server) as it was written,
      * out of any transaction. 0, or -1. */
     int (*contexts)(struct store *s, struct event *list);
+    /* The store the fold's thread uses (fold_take, the projections' operations, commit...):
+     * another connection to the same journal, closed with s. NULL: out of memory. */
+    struct store *(*fold_store)(struct store *s);
 
     /* ---- reads ---- */
     int64_t (*max_seq)(struct store *s);
@@ -226,6 +229,10 @@ struct journal {
      * holds the horizon back) and to fold what others left (a server that died) */
     int64_t folded;
     double fold_at, catchup_at;
+    struct store *fs;      /* the fold's store: its thread's (fthread), woken by fcv */
+    pthread_t fthread;
+    pthread_cond_t fcv;    /* under mu, on the monotonic clock */
+    int fstarted, fstop;
 };
 
 #endif

@@ -222,6 +222,7 @@ struct store {
     struct arr *cseq, *ctext;
     size_t nctx;
     char *eget_sql, *eput_sql; /* the inventory's entries: read one, write one */
+    struct store *fold;        /* the fold's thread's (pg_fold_store) */
     char error[300];
     /* ids of events whose batch was lost with the connection after its COMMIT went out: they
      * may be committed, held by this server, though the dispatcher never got them */
@@ -643,6 +644,7 @@ static void pg_close(struct store *s)
     }
     if (s->server)
         release(s);
+    pg_close(s->fold);
     PQfinish(s->w.c);
     PQfinish(s->r.c);
     PQfinish(s->a.c);
@@ -1319,6 +1321,26 @@ static int prepare_entries(struct store *s)
         PQclear(res);
     }
     return 0;
+}
+
+/* store.h: a store for the fold's thread: a writer's connection of its own. */
+static struct store *pg_fold_store(struct store *s)
+{
+    struct store *f = calloc(1, sizeof *f);
+    if (f == NULL || (f->uri = strdup(s->uri)) == NULL) {
+        free(f);
+        return NULL;
+    }
+    f->lease = s->lease;
+    f->w.name = "fold", f->r.name = "fold reader", f->a.name = "fold admin";
+    f->l.name = "fold listener";
+    f->w.loud = 1;
+    f->wakefd = f->stopfd = -1;
+    atomic_store(&f->lease_until, INFINITY);
+    pthread_mutex_init(&f->amu, NULL);
+    pthread_mutex_init(&f->addr_mu, NULL);
+    s->fold = f;
+    return f;
 }
 
 /* store.h: the fold's transaction, if this server may fold now. */
@@ -2702,6 +2724,7 @@ const struct store_ops store_pg = {
     .folded = pg_folded,
     .fold_take = pg_fold_take,
     .contexts = pg_contexts,
+    .fold_store = pg_fold_store,
     .max_seq = pg_max_seq,
     .scan_events = pg_scan_events,
     .load = pg_load,

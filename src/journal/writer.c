@@ -96,10 +96,11 @@ static void test_hold(const char *var)
 
 /* A failed write, logged once per cause, and then every LOG_EVERY while it lasts (an outage
  * fails every batch); the store's error into why. */
-static void failed(struct journal *j, const char *what, char *why, size_t n)
+static void failed_in(struct journal *j, struct store *st, const char *what, char *why, size_t n)
 {
-    snprintf(why, n, "%s", j->ops->error(j->s));
-    j->ops->rollback(j->s);
+    snprintf(why, n, "%s", j->ops->error(st));
+    j->ops->rollback(st);
+    pthread_mutex_lock(&j->mu); /* the writer's and the fold's threads */
     double now = time_mono();
     if (strcmp(why, j->last_why) != 0 || now - j->logged_at >= LOG_EVERY) {
         if (j->unlogged > 0)
@@ -113,6 +114,12 @@ static void failed(struct journal *j, const char *what, char *why, size_t n)
     } else {
         j->unlogged++;
     }
+    pthread_mutex_unlock(&j->mu);
+}
+
+static void failed(struct journal *j, const char *what, char *why, size_t n)
+{
+    failed_in(j, j->s, what, why, n);
 }
 
 static void set_health(struct journal *j, int ok, const char *why)
@@ -237,25 +244,31 @@ static void fold_add(void *cls, struct event *ev)
 static void project_shared(struct journal *j)
 {
     struct folding f = {NULL, &f.head, 0};
+    struct store *st = j->fs;
     int64_t from = 0, upto = 0;
     char why[200];
     double now = time_mono();
+    pthread_mutex_lock(&j->mu); /* this server's events waiting: this thread's while it folds */
+    struct event *waiting = j->unfolded;
+    j->unfolded = NULL;
+    j->unfolded_tail = &j->unfolded;
     j->catchup_at = now + CATCHUP;
-    int took = j->ops->fold_take(j->s, &from, &upto, fold_add, &f);
+    pthread_mutex_unlock(&j->mu);
+    int took = j->ops->fold_take(st, &from, &upto, fold_add, &f);
     int ok = took >= 0;
     if (took == 1) {
         if (from != j->folded) /* another server folded since: its entries may have changed */
             inventory_forget(j->inv);
         for (struct event *ev = f.head; ok && ev; ev = ev->next)
-            ok = inventory_fold(j->inv, j->s, j->ops, ev) == 0 &&
-                 (ev->context == NULL || j->ops->context(j->s, ev->seq, ev->context) == 0);
+            ok = inventory_fold(j->inv, st, j->ops, ev) == 0 &&
+                 (ev->context == NULL || j->ops->context(st, ev->seq, ev->context) == 0);
         if (ok)
-            ok = inventory_flush(j->inv, j->s, j->ops) == 0 &&
-                 (upto == from || j->ops->folded(j->s, upto) == 0);
+            ok = inventory_flush(j->inv, st, j->ops) == 0 &&
+                 (upto == from || j->ops->folded(st, upto) == 0);
         if (ok && f.head != NULL)
             test_hold("CERTHOOK_TEST_HOLD_FOLD");
         if (ok)
-            ok = j->ops->commit(j->s) == 0;
+            ok = j->ops->commit(st) == 0;
         if (ok) {
             inventory_committed(j->inv);
             j->folded = upto;
@@ -264,12 +277,14 @@ static void project_shared(struct journal *j)
             j->folded = -1;
         }
     }
+    struct event *ready = NULL, **rtail = &ready, *read = NULL, **otail = &read;
+    struct event *keep = NULL, **ktail = &keep;
+    size_t nready = 0;
     if (!ok) {
-        failed(j, "a projection", why, sizeof why);
+        failed_in(j, st, "a projection", why, sizeof why);
         set_health(j, 0, why);
-        j->fold_at = time_mono() + HOLD;
-        event_free_list(f.head);
-        return;
+        keep = waiting;
+        waiting = NULL;
     }
     /* this server's events folded now: their contexts from the fold (both lists in log order
      * but the batches', whose seqs follow their ids) or, folded by another server, read */
@@ -279,10 +294,7 @@ static void project_shared(struct journal *j)
         for (struct event *ev = f.head; ev; ev = ev->next)
             folded[i++] = ev;
     }
-    struct event *ready = NULL, **rtail = &ready, *read = NULL, **otail = &read;
-    struct event *keep = NULL, **ktail = &keep;
-    size_t nready = 0;
-    for (struct event *ev = j->unfolded, *next; ev; ev = next) {
+    for (struct event *ev = waiting, *next; ev; ev = next) {
         next = ev->next;
         ev->next = NULL;
         if (ev->seq > upto) {
@@ -312,22 +324,29 @@ static void project_shared(struct journal *j)
     }
     free(folded);
     event_free_list(f.head);
-    if (read != NULL && j->ops->contexts(j->s, read) != 0) {
-        failed(j, "reading the contexts", why, sizeof why);
+    if (read != NULL && j->ops->contexts(st, read) != 0) {
+        failed_in(j, st, "reading the contexts", why, sizeof why);
         for (struct event *ev = read; ev; ev = ev->next)
             nready--;
         *otail = keep; /* they wait for the next try */
-        keep = read;
-        if (ktail == &keep)
+        if (keep == NULL)
             ktail = otail;
-        j->fold_at = time_mono() + HOLD;
+        keep = read;
+        ok = 0;
     } else {
         *rtail = read;
     }
-    j->unfolded = keep;
-    j->unfolded_tail = keep ? ktail : &j->unfolded;
-    if (keep != NULL && j->fold_at < now + FOLD_RETRY)
-        j->fold_at = now + FOLD_RETRY;
+    pthread_mutex_lock(&j->mu); /* those that wait go first again */
+    if (keep != NULL) {
+        *ktail = j->unfolded;
+        if (j->unfolded == NULL)
+            j->unfolded_tail = ktail;
+        j->unfolded = keep;
+        double at = time_mono() + (ok ? FOLD_RETRY : HOLD);
+        if (j->fold_at < at)
+            j->fold_at = at;
+    }
+    pthread_mutex_unlock(&j->mu);
     if (ready != NULL) {
         if (j->sink)
             j->sink(j->sink_cls, ready);
@@ -335,6 +354,43 @@ static void project_shared(struct journal *j)
             event_free_list(ready);
     }
     __atomic_sub_fetch(&j->nunfolded, nready, __ATOMIC_RELEASE); /* counted by the sink now */
+}
+
+/* The fold's thread (a shared store): folds what this server journaled as soon as it is there
+ * -- a fold does not hold the batches back: its own connection -- after a pause when it could
+ * not (fold_at), and every CATCHUP what others left. At the stop (after the writer's), one
+ * last try; what is left is folded by another server, or at the next start. */
+static void *fold_main(void *arg)
+{
+    struct journal *j = arg;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        double now = time_mono();
+        int stop = j->fstop;
+        int due = now >= j->fold_at && (j->unfolded != NULL || now >= j->catchup_at);
+        if (due || stop) {
+            pthread_mutex_unlock(&j->mu);
+            if (due || j->unfolded != NULL)
+                project_shared(j);
+            pthread_mutex_lock(&j->mu);
+            if (stop)
+                break;
+            continue;
+        }
+        double wait = (j->unfolded != NULL ? j->fold_at : fmax(j->fold_at, j->catchup_at)) - now;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        double at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + wait;
+        ts.tv_sec = (time_t)at;
+        ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
+        pthread_cond_timedwait(&j->fcv, &j->mu, &ts);
+    }
+    event_free_list(j->unfolded); /* journaled: folded elsewhere, or at the next start */
+    j->unfolded = NULL;
+    j->unfolded_tail = &j->unfolded;
+    __atomic_store_n(&j->nunfolded, 0, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
 }
 
 /* Writes one batch: the requests in one transaction -- the one the 202 waits for -- and
@@ -387,14 +443,17 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
         }
     }
     if (folds && accepted != NULL) {
-        if (j->unfolded == NULL)
-            j->unfolded_since = time_mono();
         size_t n = 0;
         for (struct event *ev = accepted; ev; ev = ev->next)
             n++;
         __atomic_add_fetch(&j->nunfolded, n, __ATOMIC_RELEASE); /* before the 202s */
+        pthread_mutex_lock(&j->mu); /* (the fold's thread's too, with a shared store) */
+        if (j->unfolded == NULL)
+            j->unfolded_since = time_mono();
         *j->unfolded_tail = accepted;
         j->unfolded_tail = tail;
+        pthread_cond_signal(&j->fcv);
+        pthread_mutex_unlock(&j->mu);
         accepted = NULL;
     }
     if (accepted != NULL) {
@@ -418,16 +477,9 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
 static int fold_due(struct journal *j, int stopping)
 {
     double now = time_mono();
-    if (j->inv == NULL || now < j->hold_until)
+    if (j->inv == NULL || j->fs != NULL || (j->unfolded == NULL && j->pdones == NULL) ||
+        now < j->hold_until)
         return 0;
-    if (j->ops->fold_take != NULL) { /* a shared store: after a pause, or to catch up */
-        if (now < j->fold_at)
-            return 0;
-        if (j->unfolded == NULL)
-            return !stopping && now >= j->catchup_at;
-    } else if (j->unfolded == NULL && j->pdones == NULL) {
-        return 0;
-    }
     if (stopping || j->nunfolded >= FOLD_BATCH || now - j->unfolded_since >= FOLD_WAIT)
         return 1;
     pthread_mutex_lock(&j->mu);
@@ -447,10 +499,12 @@ static void renew(struct journal *j, double *next_renew)
     if (j->ops->renew(j->s, &next) == 1) {
         if (j->sink)
             j->sink(j->sink_cls, NULL);
+        pthread_mutex_lock(&j->mu);
         event_free_list(j->unfolded); /* not folded yet: whoever claims them runs them */
         j->unfolded = NULL;
         j->unfolded_tail = &j->unfolded;
         __atomic_store_n(&j->nunfolded, 0, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&j->mu);
         j->ops->renew(j->s, &next);
     }
     *next_renew = time_mono() + next;
@@ -472,10 +526,8 @@ static void *writer_main(void *arg)
                 wait = next_renew - now;
             if (j->dones && j->hold_until - now < wait)
                 wait = j->hold_until - now;
-            if ((j->unfolded || j->pdones) && fmax(j->hold_until, j->fold_at) - now < wait)
-                wait = fmax(j->hold_until, j->fold_at) - now;
-            if (j->inv && j->ops->fold_take && fmax(j->hold_until, j->catchup_at) - now < wait)
-                wait = fmax(j->hold_until, j->catchup_at) - now;
+            if (!j->fs && (j->unfolded || j->pdones) && j->hold_until - now < wait)
+                wait = j->hold_until - now;
             if (wait <= 0)
                 break;
             struct timespec ts;
@@ -501,14 +553,10 @@ static void *writer_main(void *arg)
             n++;
         if (reqs != NULL || dones != NULL)
             commit_batch(j, reqs, dones);
-        if (fold_due(j, stop)) {
-            if (j->ops->fold_take != NULL)
-                project_shared(j);
-            else
-                project(j);
-        }
+        if (fold_due(j, stop))
+            project(j);
         if (stop && reqs == NULL && dones == NULL) {
-            if (j->unfolded != NULL || j->pdones != NULL) { /* the last fold failed */
+            if (!j->fs && (j->unfolded != NULL || j->pdones != NULL)) { /* the last fold failed */
                 free_dones(j->pdones);
                 j->pdones = NULL;
                 event_free_list(j->unfolded); /* journaled: folded at the next start */
@@ -559,6 +607,15 @@ int journal_start(struct journal *j, journal_sink sink, void *cls)
                 return -1;
         }
     }
+    if (j->exclusive && j->ops->fold_take != NULL) { /* a shared store: the fold's thread */
+        if (j->fs == NULL && (j->fs = j->ops->fold_store(j->s)) == NULL)
+            return -1;
+        j->fstop = 0;
+        if (pthread_create(&j->fthread, NULL, fold_main, j) != 0)
+            return -1;
+        pthread_setname_np(j->fthread, "journal-fold");
+        j->fstarted = 1;
+    }
     if (j->ops->writer_start(j->s) != 0 || pthread_create(&j->thread, NULL, writer_main, j) != 0)
         return -1;
     pthread_setname_np(j->thread, "journal-writer");
@@ -577,6 +634,14 @@ void journal_stop(struct journal *j)
     pthread_join(j->thread, NULL);
     j->started = 0;
     j->ops->writer_stop(j->s);
+    if (j->fstarted) { /* after the writer: its last events are folded */
+        pthread_mutex_lock(&j->mu);
+        j->fstop = 1;
+        pthread_cond_signal(&j->fcv);
+        pthread_mutex_unlock(&j->mu);
+        pthread_join(j->fthread, NULL);
+        j->fstarted = 0;
+    }
 }
 
 void journal_append(struct journal *j, struct journal_req *r)
