@@ -283,7 +283,8 @@ static void project_shared(struct journal *j)
     if (!ok) {
         failed_in(j, st, "a projection", why, sizeof why);
         set_health(j, 0, why);
-        keep = waiting;
+        for (keep = waiting; *ktail; ktail = &(*ktail)->next) /* they wait for the next try */
+            ;
         waiting = NULL;
     }
     /* this server's events folded now: their contexts from the fold (both lists in log order
