@@ -69,6 +69,10 @@ void inventory_free(struct inventory *inv);
  * out of memory (the inventory is then to be forgotten). */
 int inventory_fold(struct inventory *inv, struct store *st, const struct store_ops *ops,
                    struct event *ev);
+/* The keys of the entries ev's fold reads (those of its certificates), each handed to fn (not
+ * NUL-terminated). 0. */
+int inventory_keys(const struct event *ev, void (*fn)(void *cls, const char *key, size_t n),
+                   void *cls);
 /* Writes the changed entries through ops->entry_put (in the store's transaction). 0 or -1. */
 int inventory_flush(struct inventory *inv, struct store *st, const struct store_ops *ops);
 void inventory_committed(struct inventory *inv); /* they are written: their metrics set */

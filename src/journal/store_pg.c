@@ -223,6 +223,11 @@ struct store {
     size_t nctx;
     char *eget_sql, *eput_sql; /* the inventory's entries: read one, write one */
     struct store *fold;        /* the fold's thread's (pg_fold_store) */
+    /* the entries the fold reads, in one statement, when its cache is cold (another server
+     * folded since this one's last fold): pre's rows, and how far that fold went */
+    PGresult *pre;
+    int64_t fold_last, fold_upto;
+    char *epre_sql;
     char error[300];
     /* ids of events whose batch was lost with the connection after its COMMIT went out: they
      * may be committed, held by this server, though the dispatcher never got them */
@@ -667,6 +672,7 @@ static void pg_close(struct store *s)
     free(s->settles);
     free(s->eget_sql);
     free(s->eput_sql);
+    free(s->epre_sql);
     fold_reset(s);
     free(s->pend);
     free(s->uri);
@@ -1231,6 +1237,8 @@ static void fold_reset(struct store *s)
     free(s->ctext);
     s->cseq = s->ctext = NULL;
     s->nctx = 0;
+    PQclear(s->pre);
+    s->pre = NULL;
 }
 
 /* From the first write of the fold on: the pipeline. */
@@ -1298,19 +1306,24 @@ static int prepare_entries(struct store *s)
 #undef C_N
 #undef C_B
 #undef C_I
+        struct buf pre;
+        buf_init(&pre);
+        buf_printf(&pre, "SELECT %s FROM inventory WHERE key = ANY($1::text[])", sel.p);
+        s->epre_sql = buf_take(&pre);
         buf_printf(&get, "SELECT %s FROM inventory WHERE key = $1", sel.p);
         buf_printf(&put, "INSERT INTO inventory (%s) VALUES (%s) ON CONFLICT (key) DO UPDATE "
                          "SET %s", names.p, params.p, set.p);
         buf_free(&sel), buf_free(&names), buf_free(&params), buf_free(&set);
         s->eget_sql = buf_take(&get);
         s->eput_sql = buf_take(&put);
-        if (s->eget_sql == NULL || s->eput_sql == NULL) {
+        if (s->eget_sql == NULL || s->eput_sql == NULL || s->epre_sql == NULL) {
             snprintf(s->error, sizeof s->error, "out of memory");
             return -1;
         }
     }
-    const char *names[] = {"eget", "eput"}, *sqls[] = {s->eget_sql, s->eput_sql};
-    for (int k = 0; k < 2; k++) {
+    const char *names[] = {"eget", "eput", "epre"};
+    const char *sqls[] = {s->eget_sql, s->eput_sql, s->epre_sql};
+    for (int k = 0; k < 3; k++) {
         PGresult *res = PQprepare(s->w.c, names[k], sqls[k], 0, NULL);
         if (PQresultStatus(res) != PGRES_COMMAND_OK) {
             copy_message(s->error, sizeof s->error, PQresultErrorMessage(res));
@@ -1336,11 +1349,53 @@ static struct store *pg_fold_store(struct store *s)
     f->l.name = "fold listener";
     f->w.loud = 1;
     f->wakefd = f->stopfd = -1;
+    f->fold_last = -1;
     atomic_store(&f->lease_until, INFINITY);
     pthread_mutex_init(&f->amu, NULL);
     pthread_mutex_init(&f->addr_mu, NULL);
     s->fold = f;
     return f;
+}
+
+static void add_key(void *cls, const char *key, size_t n)
+{
+    struct arr *a = cls;
+    char *k = strndup(key, n), *t;
+    if (k != NULL)
+        arr_text(a, utf8(k, &t));
+    free(t);
+    free(k);
+}
+
+/* The entries of the certificates of the events of res (fevents' rows) in one statement: the
+ * fold's cache is cold. 0, or -1. */
+static int prefetch(struct store *s, const PGresult *res, int n)
+{
+    struct arr a;
+    const char *vals[1];
+    int lens[1], fmts[1];
+    arr_init(&a, OID_TEXT);
+    for (int i = 0; i < n; i++) {
+        struct event ev = {.certs = value(res, i, 7), .certs_len = (size_t)PQgetlength(res, i, 7)};
+        inventory_keys(&ev, add_key, &a);
+    }
+    if (arr_param(&a, &vals[0], &lens[0], &fmts[0]) != 0) {
+        buf_free(&a.b);
+        snprintf(s->error, sizeof s->error, "out of memory");
+        return -1;
+    }
+    PGresult *pre = PQexecPrepared(s->w.c, "epre", 1, vals, lens, fmts, 0);
+    buf_free(&a.b);
+    if (PQresultStatus(pre) != PGRES_TUPLES_OK) {
+        copy_message(s->error, sizeof s->error,
+                     pre ? PQresultErrorMessage(pre) : PQerrorMessage(s->w.c));
+        s->transient = pgc_failed(&s->w, pre);
+        PQclear(pre);
+        return -1;
+    }
+    PQclear(s->pre);
+    s->pre = pre;
+    return 0;
 }
 
 /* store.h: the fold's transaction, if this server may fold now. */
@@ -1406,44 +1461,58 @@ static int pg_fold_take(struct store *s, int64_t *from, int64_t *upto,
         }
         if (n == FOLD_MAX) /* the rest at the next one */
             h = bin_int64(res, n - 1, 0);
+        if (n > 0 && *from != s->fold_last && prefetch(s, res, n) != 0) {
+            PQclear(res);
+            return -1;
+        }
         PQclear(res);
     }
-    *upto = h;
+    *upto = s->fold_upto = h;
     return 1;
 }
 
 static int pg_entry_get(struct store *s, const char *key, struct entry *e)
 {
     char *t;
-    const char *v[] = {utf8(key, &t)};
-    PGresult *res = fold_query(s, "eget", 1, v, 0);
-    free(t);
-    if (res == NULL)
-        return -1;
-    if (PQntuples(res) == 0) {
-        PQclear(res);
-        return 0;
+    int row = 0;
+    PGresult *res = s->pre;
+    if (res != NULL) { /* read before: absent if not there */
+        for (row = 0; row < PQntuples(res) && strcmp(PQgetvalue(res, row, 0), key) != 0; row++)
+            ;
+        if (row == PQntuples(res))
+            return 0;
+    } else {
+        const char *v[] = {utf8(key, &t)};
+        res = fold_query(s, "eget", 1, v, 0);
+        free(t);
+        if (res == NULL)
+            return -1;
+        if (PQntuples(res) == 0) {
+            PQclear(res);
+            return 0;
+        }
     }
     int i = 0, rc = 1;
 #define R_S(f)                                                                                 \
-    if (!PQgetisnull(res, 0, i) && (e->f = strdup(PQgetvalue(res, 0, i))) == NULL)           \
+    if (!PQgetisnull(res, row, i) && (e->f = strdup(PQgetvalue(res, row, i))) == NULL)           \
         rc = -1;                                                                               \
     i++;
 #define R_N(f)                                                                                 \
-    e->f = PQgetisnull(res, 0, i) ? NAN : strtod(PQgetvalue(res, 0, i), NULL);                 \
+    e->f = PQgetisnull(res, row, i) ? NAN : strtod(PQgetvalue(res, row, i), NULL);                 \
     i++;
 #define R_B(f)                                                                                 \
-    e->f = !PQgetisnull(res, 0, i) && PQgetvalue(res, 0, i)[0] == 't';                         \
+    e->f = !PQgetisnull(res, row, i) && PQgetvalue(res, row, i)[0] == 't';                         \
     i++;
 #define R_I(f)                                                                                 \
-    e->f = PQgetisnull(res, 0, i) ? 0 : atoi(PQgetvalue(res, 0, i));                           \
+    e->f = PQgetisnull(res, row, i) ? 0 : atoi(PQgetvalue(res, row, i));                           \
     i++;
     ENTRY_FIELDS(R_S, R_S, R_N, R_B, R_I)
 #undef R_S
 #undef R_N
 #undef R_B
 #undef R_I
-    PQclear(res);
+    if (res != s->pre)
+        PQclear(res);
     if (rc < 0) {
         entry_clear(e);
         snprintf(s->error, sizeof s->error, "out of memory");
@@ -1701,8 +1770,10 @@ static int test_hold_append(struct store *s)
 static int pg_commit(struct store *s)
 {
     int ok = 1;
-    if (s->folding) {
+    int folding = s->folding;
+    if (folding) {
         s->folding = 0;
+        s->fold_last = -1; /* until this one is committed */
         ok = fold_pipeline(s) == 0 && send_contexts(s) == 0;
     }
     if (ok && s->nev > 0)
@@ -1748,12 +1819,18 @@ static int pg_commit(struct store *s)
         return -1;
     PQexitPipelineMode(s->w.c);
     s->in_pipeline = 0;
+    if (folding) {
+        fold_reset(s);
+        s->fold_last = s->fold_upto;
+    }
     return 0;
 }
 
 static void pg_rollback(struct store *s)
 {
     fold_reset(s);
+    if (s->folding)
+        s->fold_last = -1;
     if (s->folding && !s->in_pipeline) { /* the fold's reads: a plain transaction */
         char msg[300];
         s->folding = 0;

@@ -206,6 +206,10 @@ describe("a PostgreSQL journal", function()
     end
     assert.are.same({ { "40", "0" } },
       pg:sql(db, "SELECT count(*), count(*) FILTER (WHERE state <> 2) FROM certhook.events"))
+    -- one certificate, folded by both servers in turn (each reads what the other wrote): every
+    -- event counted once, in order
+    assert.are.same({ { "40", "40" } },
+      pg:sql(db, "SELECT repeats, (SELECT count(*) FROM certhook.contexts) FROM certhook.inventory"))
     a:cleanup()
     b:cleanup()
   end)
