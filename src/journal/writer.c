@@ -357,9 +357,11 @@ static void project_shared(struct journal *j)
     __atomic_sub_fetch(&j->nunfolded, nready, __ATOMIC_RELEASE); /* counted by the sink now */
 }
 
-/* The fold's thread (a shared store): folds what this server journaled as soon as it is there
- * -- a fold does not hold the batches back: its own connection -- after a pause when it could
- * not (fold_at), and every CATCHUP what others left. At the stop (after the writer's), one
+/* The fold's thread (a shared store): folds what this server journaled -- a fold does not hold
+ * the batches back: its own connection -- once FOLD_BATCH events or FOLD_WAIT seconds waited
+ * (a fold costs the database a transaction of its own: measured, folding each batch at once
+ * cost more CPU per event than the fold itself), after a pause when it could not (fold_at),
+ * and every CATCHUP what others left. At the stop (after the writer's), one
  * last try; what is left is folded by another server, or at the next start. */
 static void *fold_main(void *arg)
 {
@@ -368,7 +370,10 @@ static void *fold_main(void *arg)
     for (;;) {
         double now = time_mono();
         int stop = j->fstop;
-        int due = now >= j->fold_at && (j->unfolded != NULL || now >= j->catchup_at);
+        double ready = j->unfolded == NULL                   ? INFINITY
+                       : j->nunfolded >= FOLD_BATCH || stop ? now
+                                                            : j->unfolded_since + FOLD_WAIT;
+        int due = now >= j->fold_at && (now >= ready || now >= j->catchup_at);
         if (due || stop) {
             pthread_mutex_unlock(&j->mu);
             if (due || j->unfolded != NULL)
@@ -378,7 +383,7 @@ static void *fold_main(void *arg)
                 break;
             continue;
         }
-        double wait = (j->unfolded != NULL ? j->fold_at : fmax(j->fold_at, j->catchup_at)) - now;
+        double wait = fmax(j->fold_at, fmin(ready, j->catchup_at)) - now;
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC, &ts);
         double at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + wait;
