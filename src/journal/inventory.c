@@ -404,6 +404,29 @@ int inventory_fold(struct inventory *inv, struct store *st, const struct store_o
     return 0;
 }
 
+int inventory_keys(const struct event *ev, void (*fn)(void *cls, const char *key, size_t n),
+                   void *cls)
+{
+    struct pack_reader r;
+    struct pack_item it, k;
+    if (ev->certs == NULL || pack_open(&r, ev->certs, ev->certs_len) != 0 ||
+        pack_next(&r, &it) != 0 || (it.tag != PACK_TABLE && it.tag != PACK_SHARED))
+        return 0;
+    for (;;) {
+        if (pack_next(&r, &k) != 0 || k.tag == PACK_END || pack_next(&r, &it) != 0)
+            break;
+        struct fact f = {.not_before = NAN, .expires_at = NAN};
+        buf_init(&f.domains);
+        int ok = read_fact(&r, &it, &f) == 0 && f.key != NULL;
+        if (ok)
+            fn(cls, f.key, f.key_n);
+        buf_free(&f.domains);
+        if (!ok)
+            break;
+    }
+    return 0;
+}
+
 int inventory_flush(struct inventory *inv, struct store *st, const struct store_ops *ops)
 {
     for (struct slot *s = inv->dirty; s; s = s->next_dirty)
@@ -414,7 +437,13 @@ int inventory_flush(struct inventory *inv, struct store *st, const struct store_
 
 void inventory_committed(struct inventory *inv)
 {
+    struct slot *first = NULL; /* in the order they first changed (the list is the reverse) */
     for (struct slot *s = inv->dirty, *next; s; s = next) {
+        next = s->next_dirty;
+        s->next_dirty = first;
+        first = s;
+    }
+    for (struct slot *s = first, *next; s; s = next) {
         next = s->next_dirty;
         const struct entry *e = &s->e; /* labelled as the entry, whoever told of it now */
         metrics_certificate(e->key, e->hostname ? e->hostname : "", e->provider, e->status,

@@ -56,6 +56,7 @@ int journal_open(struct journal **jp, const struct journal_options *o, char *err
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&j->cv, &ca);
+    pthread_cond_init(&j->fcv, &ca);
     pthread_condattr_destroy(&ca);
     j->reqs_tail = &j->reqs;
     j->dones_tail = &j->dones;
@@ -83,6 +84,7 @@ void journal_close(struct journal *j)
     pthread_mutex_destroy(&j->mu);
     pthread_mutex_destroy(&j->rmu);
     pthread_cond_destroy(&j->cv);
+    pthread_cond_destroy(&j->fcv);
     free(j);
 }
 

@@ -69,6 +69,10 @@ void inventory_free(struct inventory *inv);
  * out of memory (the inventory is then to be forgotten). */
 int inventory_fold(struct inventory *inv, struct store *st, const struct store_ops *ops,
                    struct event *ev);
+/* The keys of the entries ev's fold reads (those of its certificates), each handed to fn (not
+ * NUL-terminated). 0. */
+int inventory_keys(const struct event *ev, void (*fn)(void *cls, const char *key, size_t n),
+                   void *cls);
 /* Writes the changed entries through ops->entry_put (in the store's transaction). 0 or -1. */
 int inventory_flush(struct inventory *inv, struct store *st, const struct store_ops *ops);
 void inventory_committed(struct inventory *inv); /* they are written: their metrics set */
@@ -116,7 +120,8 @@ struct store_ops {
     /* ---- the projections (writer.c), folded from the log off the path to the 202: after the
      * commit the requests wait for, in a transaction of their own (begin, these, commit). A
      * store that leaves them NULL keeps its inventory itself, in insert (ev->context set there),
-     * and gets the delivery states in the same transaction as the requests. ---- */
+     * and gets the delivery states in the same transaction as the requests (as does a shared
+     * store: fold_take). ---- */
     int (*entry_get)(struct store *s, const char *key, struct entry *e); /* 1 found, 0, -1 */
     int (*entry_put)(struct store *s, const struct entry *e);
     int (*context)(struct store *s, int64_t seq, const char *context); /* seq's, as it came */
@@ -124,6 +129,21 @@ struct store_ops {
     /* The events journaled after the last fold (a crash between the two transactions), in log
      * order, each handed to fn (which takes it). Before the writer starts. 0, or -1. */
     int (*unfolded)(struct store *s, void (*fn)(void *cls, struct event *ev), void *cls);
+    /* A shared store (several servers append to one log; its events are folded by whichever
+     * holds the fold then) instead of begin and unfolded: starts the fold's transaction if no
+     * other server folds now (1: then commit or rollback), *from the seq the log is folded up
+     * to, *upto how far it may be folded now -- no batch still in flight can hold a seq up to
+     * it -- and the events between them handed to fn in log order (every server's; only those
+     * that say something of a certificate). 0: another server folds now, nothing begun, *from
+     * and *upto how far the log is folded. -1: error, to roll back. */
+    int (*fold_take)(struct store *s, int64_t *from, int64_t *upto,
+                     void (*fn)(void *cls, struct event *ev), void *cls);
+    /* Sets the context of each event of the list (folded, by any server) as it was written,
+     * out of any transaction. 0, or -1. */
+    int (*contexts)(struct store *s, struct event *list);
+    /* The store the fold's thread uses (fold_take, the projections' operations, commit...):
+     * another connection to the same journal, closed with s. NULL: out of memory. */
+    struct store *(*fold_store)(struct store *s);
 
     /* ---- reads ---- */
     int64_t (*max_seq)(struct store *s);
@@ -208,6 +228,15 @@ struct journal {
     double unfolded_since; /* time_mono() of the oldest unfolded */
     struct journal_done *pdones, **pdones_tail; /* delivery states for the next fold */
     int exclusive; /* a server's journal (JOURNAL_EXCLUSIVE): it folds what it journals */
+    /* a shared store's (ops->fold_take): how far this server's last fold went (its cache holds
+     * until another server's), when to try again (another server folds, or a batch in flight
+     * holds the horizon back) and to fold what others left (a server that died) */
+    int64_t folded;
+    double fold_at, catchup_at;
+    struct store *fs;      /* the fold's store: its thread's (fthread), woken by fcv */
+    pthread_t fthread;
+    pthread_cond_t fcv;    /* under mu, on the monotonic clock */
+    int fstarted, fstop;
 };
 
 #endif

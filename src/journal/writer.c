@@ -13,6 +13,7 @@
  * FAILED all the same. Between batches the store prunes what is older than the retention, and
  * a shared store renews this server's lease.
  */
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +28,10 @@
 #define INVENTORY_CACHE 4096 /* inventory entries kept in memory (journal.inv) */
 #define FOLD_BATCH 256       /* events folded at once at most, while requests wait */
 #define FOLD_WAIT 0.02       /* seconds the oldest event waits for its fold at most, meanwhile */
+#define FOLD_RETRY 0.002     /* seconds before a shared store's fold is tried again (another
+                              * server folds, or a batch in flight holds the horizon back) */
+#define CATCHUP 1.0          /* seconds between a shared store's folds at least: what a server
+                              * that died left unfolded, when this one journals nothing */
 
 struct journal_done *journal_done_new(int64_t seq, size_t n)
 {
@@ -91,10 +96,11 @@ static void test_hold(const char *var)
 
 /* A failed write, logged once per cause, and then every LOG_EVERY while it lasts (an outage
  * fails every batch); the store's error into why. */
-static void failed(struct journal *j, const char *what, char *why, size_t n)
+static void failed_in(struct journal *j, struct store *st, const char *what, char *why, size_t n)
 {
-    snprintf(why, n, "%s", j->ops->error(j->s));
-    j->ops->rollback(j->s);
+    snprintf(why, n, "%s", j->ops->error(st));
+    j->ops->rollback(st);
+    pthread_mutex_lock(&j->mu); /* the writer's and the fold's threads */
     double now = time_mono();
     if (strcmp(why, j->last_why) != 0 || now - j->logged_at >= LOG_EVERY) {
         if (j->unlogged > 0)
@@ -108,6 +114,12 @@ static void failed(struct journal *j, const char *what, char *why, size_t n)
     } else {
         j->unlogged++;
     }
+    pthread_mutex_unlock(&j->mu);
+}
+
+static void failed(struct journal *j, const char *what, char *why, size_t n)
+{
+    failed_in(j, j->s, what, why, n);
 }
 
 static void set_health(struct journal *j, int ok, const char *why)
@@ -211,12 +223,195 @@ static void project(struct journal *j)
     free_dones(dones);
 }
 
+/* project_shared: the events of the log folded now, in log order (fold_take). */
+struct folding {
+    struct event *head, **tail;
+    size_t n;
+};
+
+static void fold_add(void *cls, struct event *ev)
+{
+    struct folding *f = cls;
+    ev->next = NULL;
+    *f->tail = ev;
+    f->tail = &ev->next;
+    f->n++;
+}
+
+/* The projection of a shared store (ops->fold_take): the log is folded by one server at a time,
+ * whichever takes the fold -- every server's events, from the watermark to the horizon (no seq
+ * a batch still in flight may hold is passed), in log order -- and this server's accepted
+ * events go to the sink once the log is folded past them, with their contexts: those of its
+ * fold, or those another server's wrote. The rest wait (fold_at): another server folds now, or
+ * a batch in flight holds the horizon back. The delivery states went with the requests. */
+static void project_shared(struct journal *j)
+{
+    struct folding f = {NULL, &f.head, 0};
+    struct store *st = j->fs;
+    int64_t from = 0, upto = 0;
+    char why[200];
+    double now = time_mono();
+    pthread_mutex_lock(&j->mu); /* this server's events waiting: this thread's while it folds */
+    struct event *waiting = j->unfolded;
+    j->unfolded = NULL;
+    j->unfolded_tail = &j->unfolded;
+    j->catchup_at = now + CATCHUP;
+    pthread_mutex_unlock(&j->mu);
+    int took = j->ops->fold_take(st, &from, &upto, fold_add, &f);
+    int ok = took >= 0;
+    if (took == 1) {
+        if (from != j->folded) /* another server folded since: its entries may have changed */
+            inventory_forget(j->inv);
+        for (struct event *ev = f.head; ok && ev; ev = ev->next)
+            ok = inventory_fold(j->inv, st, j->ops, ev) == 0 &&
+                 (ev->context == NULL || j->ops->context(st, ev->seq, ev->context) == 0);
+        if (ok)
+            ok = inventory_flush(j->inv, st, j->ops) == 0 &&
+                 (upto == from || j->ops->folded(st, upto) == 0);
+        if (ok && f.head != NULL)
+            test_hold("CERTHOOK_TEST_HOLD_FOLD");
+        if (ok)
+            ok = j->ops->commit(st) == 0;
+        if (ok) {
+            metrics_observe(M_COMMIT_SECONDS, time_mono() - now, "fold");
+            inventory_committed(j->inv);
+            j->folded = upto;
+        } else {
+            inventory_forget(j->inv); /* the store has the entries as they were */
+            j->folded = -1;
+        }
+    }
+    struct event *ready = NULL, **rtail = &ready, *read = NULL, **otail = &read;
+    struct event *keep = NULL, **ktail = &keep;
+    size_t nready = 0;
+    if (!ok) {
+        failed_in(j, st, "a projection", why, sizeof why);
+        set_health(j, 0, why);
+        for (keep = waiting; *ktail; ktail = &(*ktail)->next) /* they wait for the next try */
+            ;
+        waiting = NULL;
+    }
+    /* this server's events folded now: their contexts from the fold (both lists in log order
+     * but the batches', whose seqs follow their ids) or, folded by another server, read */
+    struct event **folded = NULL;
+    if (f.n > 0 && (folded = malloc(f.n * sizeof *folded)) != NULL) {
+        size_t i = 0;
+        for (struct event *ev = f.head; ev; ev = ev->next)
+            folded[i++] = ev;
+    }
+    for (struct event *ev = waiting, *next; ev; ev = next) {
+        next = ev->next;
+        ev->next = NULL;
+        if (ev->seq > upto) {
+            *ktail = ev, ktail = &ev->next;
+            continue;
+        }
+        struct event *mine = NULL;
+        for (size_t lo = 0, hi = folded ? f.n : 0; lo < hi && mine == NULL;) {
+            size_t mid = lo + (hi - lo) / 2;
+            if (folded[mid]->seq == ev->seq)
+                mine = folded[mid];
+            else if (folded[mid]->seq < ev->seq)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (mine != NULL || (took == 1 && ev->seq > from)) { /* folded here */
+            free(ev->context);
+            ev->context = mine ? mine->context : NULL;
+            if (mine)
+                mine->context = NULL;
+            *rtail = ev, rtail = &ev->next;
+        } else {
+            *otail = ev, otail = &ev->next;
+        }
+        nready++;
+    }
+    free(folded);
+    event_free_list(f.head);
+    if (read != NULL && j->ops->contexts(st, read) != 0) {
+        failed_in(j, st, "reading the contexts", why, sizeof why);
+        for (struct event *ev = read; ev; ev = ev->next)
+            nready--;
+        *otail = keep; /* they wait for the next try */
+        if (keep == NULL)
+            ktail = otail;
+        keep = read;
+        ok = 0;
+    } else {
+        *rtail = read;
+    }
+    pthread_mutex_lock(&j->mu); /* those that wait go first again */
+    if (keep != NULL) {
+        *ktail = j->unfolded;
+        if (j->unfolded == NULL)
+            j->unfolded_tail = ktail;
+        j->unfolded = keep;
+        double at = time_mono() + (ok ? FOLD_RETRY : HOLD);
+        if (j->fold_at < at)
+            j->fold_at = at;
+    }
+    pthread_mutex_unlock(&j->mu);
+    if (ready != NULL) {
+        if (j->sink)
+            j->sink(j->sink_cls, ready);
+        else
+            event_free_list(ready);
+    }
+    __atomic_sub_fetch(&j->nunfolded, nready, __ATOMIC_RELEASE); /* counted by the sink now */
+}
+
+/* The fold's thread (a shared store): folds what this server journaled -- a fold does not hold
+ * the batches back: its own connection -- once FOLD_BATCH events or FOLD_WAIT seconds waited
+ * (a fold costs the database a transaction of its own: measured, folding each batch at once
+ * cost more CPU per event than the fold itself), after a pause when it could not (fold_at),
+ * and every CATCHUP what others left. At the stop (after the writer's), one
+ * last try; what is left is folded by another server, or at the next start. */
+static void *fold_main(void *arg)
+{
+    struct journal *j = arg;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        double now = time_mono();
+        int stop = j->fstop;
+        double ready = j->unfolded == NULL                   ? INFINITY
+                       : j->nunfolded >= FOLD_BATCH || stop ? now
+                                                            : j->unfolded_since + FOLD_WAIT;
+        int due = now >= j->fold_at && (now >= ready || now >= j->catchup_at);
+        if (due || stop) {
+            pthread_mutex_unlock(&j->mu);
+            if (due || j->unfolded != NULL)
+                project_shared(j);
+            pthread_mutex_lock(&j->mu);
+            if (stop)
+                break;
+            continue;
+        }
+        double wait = fmax(j->fold_at, fmin(ready, j->catchup_at)) - now;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        double at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + wait;
+        ts.tv_sec = (time_t)at;
+        ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
+        pthread_cond_timedwait(&j->fcv, &j->mu, &ts);
+    }
+    event_free_list(j->unfolded); /* journaled: folded elsewhere, or at the next start */
+    j->unfolded = NULL;
+    j->unfolded_tail = &j->unfolded;
+    __atomic_store_n(&j->nunfolded, 0, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
 /* Writes one batch: the requests in one transaction -- the one the 202 waits for -- and
  * answers every request; the delivery states with it, or (a journal whose inventory is folded
  * here) in a projection's later (project: writer_main says when). */
 static void commit_batch(struct journal *j, struct journal_req *reqs, struct journal_done *dones)
 {
-    int two = j->inv != NULL; /* the requests' transaction, then the projection's */
+    int folds = j->inv != NULL; /* the accepted events wait for the fold */
+    /* the delivery states go with the fold (a store of one server), or with the requests (a
+     * shared store: the fold may be another server's) */
+    int two = folds && j->ops->fold_take == NULL;
     if (two && dones != NULL) {
         *j->pdones_tail = dones;
         while (*j->pdones_tail)
@@ -228,12 +423,12 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
         durable = needs_durability(d);
     int ok = 1;
     char why[200] = "";
-    if (reqs != NULL || !two) {
+    if (reqs != NULL || dones != NULL) {
         double t0 = time_mono();
         ok = j->ops->begin(j->s, durable) == 0;
         for (struct journal_req *r = reqs; ok && r; r = r->next)
             ok = do_request(j, r) == 0;
-        for (struct journal_done *d = dones; ok && d && !two; d = d->next)
+        for (struct journal_done *d = dones; ok && d; d = d->next)
             ok = write_done(j, d) == 0;
         if (ok && reqs != NULL)
             test_hold("CERTHOOK_TEST_HOLD_COMMIT");
@@ -260,15 +455,18 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
             r->ev = NULL;
         }
     }
-    if (two && accepted != NULL) {
-        if (j->unfolded == NULL)
-            j->unfolded_since = time_mono();
+    if (folds && accepted != NULL) {
         size_t n = 0;
         for (struct event *ev = accepted; ev; ev = ev->next)
             n++;
         __atomic_add_fetch(&j->nunfolded, n, __ATOMIC_RELEASE); /* before the 202s */
+        pthread_mutex_lock(&j->mu); /* (the fold's thread's too, with a shared store) */
+        if (j->unfolded == NULL)
+            j->unfolded_since = time_mono();
         *j->unfolded_tail = accepted;
         j->unfolded_tail = tail;
+        pthread_cond_signal(&j->fcv);
+        pthread_mutex_unlock(&j->mu);
         accepted = NULL;
     }
     if (accepted != NULL) {
@@ -291,10 +489,11 @@ static void commit_batch(struct journal *j, struct journal_req *reqs, struct jou
  * waits for it); after a failure, once its pause is over. */
 static int fold_due(struct journal *j, int stopping)
 {
-    if (j->inv == NULL || (j->unfolded == NULL && j->pdones == NULL) ||
-        time_mono() < j->hold_until)
+    double now = time_mono();
+    if (j->inv == NULL || j->fs != NULL || (j->unfolded == NULL && j->pdones == NULL) ||
+        now < j->hold_until)
         return 0;
-    if (stopping || j->nunfolded >= FOLD_BATCH || time_mono() - j->unfolded_since >= FOLD_WAIT)
+    if (stopping || j->nunfolded >= FOLD_BATCH || now - j->unfolded_since >= FOLD_WAIT)
         return 1;
     pthread_mutex_lock(&j->mu);
     int waiting = j->reqs != NULL;
@@ -302,8 +501,9 @@ static int fold_due(struct journal *j, int stopping)
     return !waiting;
 }
 
-/* A shared store's lease, when it is due. A lost one: the events handed to the sink before are
- * no longer this server's (another may hold them now); then the store registers anew. */
+/* A shared store's lease, when it is due. A lost one: the events handed to the sink before, and
+ * those waiting for their fold, are no longer this server's (another may hold them now); then
+ * the store registers anew. */
 static void renew(struct journal *j, double *next_renew)
 {
     double next = 1;
@@ -312,6 +512,12 @@ static void renew(struct journal *j, double *next_renew)
     if (j->ops->renew(j->s, &next) == 1) {
         if (j->sink)
             j->sink(j->sink_cls, NULL);
+        pthread_mutex_lock(&j->mu);
+        event_free_list(j->unfolded); /* not folded yet: whoever claims them runs them */
+        j->unfolded = NULL;
+        j->unfolded_tail = &j->unfolded;
+        __atomic_store_n(&j->nunfolded, 0, __ATOMIC_RELEASE);
+        pthread_mutex_unlock(&j->mu);
         j->ops->renew(j->s, &next);
     }
     *next_renew = time_mono() + next;
@@ -327,14 +533,14 @@ static void *writer_main(void *arg)
     for (;;) {
         renew(j, &next_renew);
         pthread_mutex_lock(&j->mu);
-        while (!j->reqs && ((!j->dones && !j->unfolded && !j->pdones) ||
-                            time_mono() < j->hold_until) &&
-               !j->stop) {
-            double wait = next_prune - time_mono();
-            if (j->ops->renew && next_renew - time_mono() < wait)
-                wait = next_renew - time_mono();
-            if ((j->dones || j->unfolded || j->pdones) && j->hold_until - time_mono() < wait)
-                wait = j->hold_until - time_mono();
+        while (!j->reqs && !j->stop) {
+            double now = time_mono(), wait = next_prune - now;
+            if (j->ops->renew && next_renew - now < wait)
+                wait = next_renew - now;
+            if (j->dones && j->hold_until - now < wait)
+                wait = j->hold_until - now;
+            if (!j->fs && (j->unfolded || j->pdones) && j->hold_until - now < wait)
+                wait = j->hold_until - now;
             if (wait <= 0)
                 break;
             struct timespec ts;
@@ -363,7 +569,7 @@ static void *writer_main(void *arg)
         if (fold_due(j, stop))
             project(j);
         if (stop && reqs == NULL && dones == NULL) {
-            if (j->unfolded != NULL || j->pdones != NULL) { /* the last fold failed */
+            if (!j->fs && (j->unfolded != NULL || j->pdones != NULL)) { /* the last fold failed */
                 free_dones(j->pdones);
                 j->pdones = NULL;
                 event_free_list(j->unfolded); /* journaled: folded at the next start */
@@ -398,10 +604,12 @@ int journal_start(struct journal *j, journal_sink sink, void *cls)
     j->sink = sink;
     j->sink_cls = cls;
     j->unfolded_tail = &j->unfolded;
+    j->folded = -1;
+    j->fold_at = j->catchup_at = 0; /* a shared store's: the first fold catches up */
     if (j->exclusive && j->ops->entry_get != NULL) { /* a server folds: first what is behind */
         if (j->inv == NULL && (j->inv = inventory_new(INVENTORY_CACHE)) == NULL)
             return -1;
-        if (j->ops->unfolded(j->s, add_unfolded, j) != 0)
+        if (j->ops->fold_take == NULL && j->ops->unfolded(j->s, add_unfolded, j) != 0)
             return -1;
         if (j->unfolded != NULL) {
             journal_sink keep = j->sink;
@@ -411,6 +619,15 @@ int journal_start(struct journal *j, journal_sink sink, void *cls)
             if (j->unfolded != NULL)
                 return -1;
         }
+    }
+    if (j->exclusive && j->ops->fold_take != NULL) { /* a shared store: the fold's thread */
+        if (j->fs == NULL && (j->fs = j->ops->fold_store(j->s)) == NULL)
+            return -1;
+        j->fstop = 0;
+        if (pthread_create(&j->fthread, NULL, fold_main, j) != 0)
+            return -1;
+        pthread_setname_np(j->fthread, "journal-fold");
+        j->fstarted = 1;
     }
     if (j->ops->writer_start(j->s) != 0 || pthread_create(&j->thread, NULL, writer_main, j) != 0)
         return -1;
@@ -430,6 +647,14 @@ void journal_stop(struct journal *j)
     pthread_join(j->thread, NULL);
     j->started = 0;
     j->ops->writer_stop(j->s);
+    if (j->fstarted) { /* after the writer: its last events are folded */
+        pthread_mutex_lock(&j->mu);
+        j->fstop = 1;
+        pthread_cond_signal(&j->fcv);
+        pthread_mutex_unlock(&j->mu);
+        pthread_join(j->fthread, NULL);
+        j->fstarted = 0;
+    }
 }
 
 void journal_append(struct journal *j, struct journal_req *r)

@@ -49,6 +49,14 @@ local function scrape(srv)
   return parse(r.body), r.body
 end
 
+-- The metrics once ready(m) is true of them (the inventory's are set by its fold, off the path
+-- to the 202), or as they are after 5 s.
+local function scrape_when(srv, ready)
+  local m, text
+  fs.wait_for(function() m, text = scrape(srv); return ready(m) end, 5)
+  return m, text
+end
+
 local function promtool(args, input)
   local dir = fs.tmpdir()
   local cmd = "unset LD_PRELOAD; promtool " .. args
@@ -247,7 +255,7 @@ describe("the certificate inventory", function()
     assert.are.equal(202, srv:post("/hooks/cloudflare", event(upcoming, "a.example"), CF).status)
     assert.are.equal(202, srv:post("/hooks/cloudflare", event("validation.failed", "b.example"), CF).status)
     assert.are.equal(202, srv:post("/hooks/cloudflare", event(upcoming, "c.example"), CF).status) -- past the cap
-    local m, text = scrape(srv)
+    local m, text = scrape_when(srv, function(x) return x["certhook_certificates_left_out_total{}"] == 1 end)
     assert.are.equal(1669032000, m[key("certhook_certificate_expiry_timestamp_seconds", { certificate = "cloudflare:cert-a.example", hostname = "a.example", provider = "cloudflare" })])
     assert.are.equal(1, m[key("certhook_certificate_status", { certificate = "cloudflare:cert-a.example", hostname = "a.example", provider = "cloudflare", status = "active",
       state = "active", type = "certificate.expiration.upcoming" })])
@@ -261,7 +269,7 @@ describe("the certificate inventory", function()
     -- a later event without an expiry keeps the known one; a deletion removes the hostname
     assert.are.equal(202, srv:post("/hooks/cloudflare", event("deployment.succeeded", "a.example"), CF).status)
     assert.are.equal(202, srv:post("/hooks/cloudflare", event("deletion.succeeded", "b.example"), CF).status)
-    m = scrape(srv)
+    m = scrape_when(srv, function(x) return x["certhook_certificates{}"] == 1 end)
     assert.are.equal(1669032000, m[key("certhook_certificate_expiry_timestamp_seconds", { certificate = "cloudflare:cert-a.example", hostname = "a.example", provider = "cloudflare" })])
     assert.are.equal(1, m[key("certhook_certificate_status", { certificate = "cloudflare:cert-a.example", hostname = "a.example", provider = "cloudflare", status = "active",
       state = "active", type = "certificate.deployment.succeeded" })])

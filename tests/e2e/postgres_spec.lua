@@ -206,6 +206,66 @@ describe("a PostgreSQL journal", function()
     end
     assert.are.same({ { "40", "0" } },
       pg:sql(db, "SELECT count(*), count(*) FILTER (WHERE state <> 2) FROM certhook.events"))
+    -- one certificate, folded by both servers in turn (each reads what the other wrote): every
+    -- event counted once, in order
+    assert.are.same({ { "40", "40" } },
+      pg:sql(db, "SELECT repeats, (SELECT count(*) FROM certhook.contexts) FROM certhook.inventory"))
+    a:cleanup()
+    b:cleanup()
+  end)
+
+  it("folds the log in seq order: never past a seq a server has drawn and not yet committed", function()
+    local db = pg:createdb()
+    -- the handler records each event's context
+    local handler = [[
+      local certhook = require "certhook"
+      return { ["certificate.*"] = function(e)
+        local f = assert(io.open(os.getenv("RUNS"), "a"))
+        f:write(certhook.json.encode { id = e.id, repeats = e.repeats, previous = e.previous or false }, "\n")
+        f:close()
+      end }
+    ]]
+    local function start(name, env)
+      env.RUNS = dir .. "/" .. db .. "-" .. name
+      return Server.start { config = SOURCES .. ("data = %q\n"):format(pg:uri(db)) ..
+        "delivery = { timeout = 1, lease = 2 }\n", handlers = { ["ctx.lua"] = handler }, env = env }
+    end
+    local a = start("a", { CERTHOOK_TEST_HOLD_APPEND = "hold" })
+    local b = start("b", {})
+    local function seen(name, id)
+      for l in (fs.read(dir .. "/" .. db .. "-" .. name) or ""):gmatch("[^\n]+") do
+        local r = cjson.decode(l)
+        if r.id == id then return r end
+      end
+    end
+    -- a's event: its seq drawn, its commit held
+    fs.write(a.dir .. "/hold", "")
+    local x, x_id = events.cloudflare("validation.failed", { hostname = "order.example" })
+    local c = socket.tcp()
+    c:settimeout(5)
+    assert(c:connect("127.0.0.1", a.port))
+    assert(c:send(("POST /hooks/cloudflare HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: " ..
+      "application/json\r\ncf-webhook-auth: s3cret\r\nContent-Length: %d\r\n\r\n%s"):format(#x, x)))
+    assert(fs.wait_for(function()
+      return #pg:sql(db, "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 AND " ..
+        "classid::bigint >> 16 = 17224") > 0
+    end, 5), "a's batch did not draw its seqs")
+    -- b's event about the same certificate, a later seq, committed first
+    local y, y_id = events.cloudflare("validation.failed", { hostname = "order.example" })
+    assert.are.equal(202, b:post("/hooks/cloudflare", y, CF).status)
+    socket.sleep(0.5)
+    assert.is_nil(seen("b", y_id), "b's event was folded before a seq under it committed")
+    os.remove(a.dir .. "/hold")
+    c:settimeout(5)
+    local line = c:receive("*l")
+    assert.truthy(line and line:match("^HTTP/1%.1 202"), tostring(line))
+    c:close()
+    local rx = assert(fs.wait_for(function() return seen("a", x_id) end, 10), "a's event not run")
+    local ry = assert(fs.wait_for(function() return seen("b", y_id) end, 10), "b's event not run")
+    assert.are.equal(1, rx.repeats)
+    assert.are.equal(false, rx.previous)
+    assert.are.equal(2, ry.repeats) -- folded after a's, whose seq is lower
+    assert.are.equal(x_id, ry.previous.last_event)
     a:cleanup()
     b:cleanup()
   end)
