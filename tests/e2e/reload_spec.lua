@@ -204,7 +204,15 @@ describe("reloads under load", function()
         assert.are.equal(0, code, err)
       end
     end
-    socket.sleep(0.3)
+    -- the senders go on until enough requests were made (a loaded machine spawns curl slowly)
+    local function made()
+      local n = 0
+      for k = 1, 3 do
+        for _ in (fs.read(srv.dir .. "/results." .. k) or ""):gmatch("[^\n]+") do n = n + 1 end
+      end
+      return n
+    end
+    fs.wait_for(function() return made() > 120 end, 30)
     fs.write(srv.dir .. "/stop", "")
     socket.sleep(0.5)
     local ids, failed = {}, {}
