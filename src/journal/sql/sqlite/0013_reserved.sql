@@ -1,0 +1,1 @@
+-- Reserved: another branch's migration takes this number (the merge replaces this file).
