@@ -73,7 +73,7 @@ $(BUILD)/obj/%.o: src/%.c
 # The journal's schema: the migrations of each store, src/journal/sql/<store>/NNNN_<what>.sql,
 # made a header of C strings, one per file in name order, that store_<store>.c includes as its
 # migrations[]. (Made before any object is compiled; -MMD then tracks who includes them.)
-$(OBJS): | $(SQL_HEADERS)
+$(OBJS): | $(SQL_HEADERS) $(GEN)/console.h
 $(GEN)/sql_sqlite.h: $(sort $(wildcard src/journal/sql/sqlite/*.sql))
 $(GEN)/sql_pg.h: $(sort $(wildcard src/journal/sql/pg/*.sql))
 $(GEN)/sql_%.h: Makefile
@@ -81,6 +81,17 @@ $(GEN)/sql_%.h: Makefile
 	@{ echo '/* made by the Makefile from src/journal/sql/$*: do not edit */'; \
 	   for f in $(filter %.sql,$^); do \
 	     echo "/* $$f */"; sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/.*/"&\\n"/' "$$f"; echo ','; \
+	   done; } >$@.tmp && mv $@.tmp $@
+
+# The console's page (src/intake/console/: index.html, console.js, console.css), made C strings
+# console_<file name, dots as _>[] that api.c serves.
+CONSOLE = $(sort $(wildcard src/intake/console/*))
+$(GEN)/console.h: $(CONSOLE) Makefile
+	@mkdir -p $(dir $@)
+	@{ echo '/* made by the Makefile from src/intake/console: do not edit */'; \
+	   for f in $(CONSOLE); do \
+	     echo "static const char console_$$(basename $$f | tr '.-' '__')[] ="; \
+	     sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/.*/"&\\n"/' "$$f"; echo ';'; \
 	   done; } >$@.tmp && mv $@.tmp $@
 
 $(MODULE): $(OBJS)
