@@ -45,6 +45,7 @@ static const struct {
      sizeof console_console_js - 1},
     {"/console.css", "text/css; charset=utf-8", console_console_css,
      sizeof console_console_css - 1},
+    {"/favicon.svg", "image/svg+xml", console_favicon_svg, sizeof console_favicon_svg - 1},
 };
 
 /* Headers every console answer carries: nothing from another origin, no framing, no sniffing,
@@ -574,19 +575,30 @@ struct certs {
     long total, matched, listed, expired, overdue, within[16];
 };
 
-/* Warned by the watchdog (or a provider) and nothing renewed it since: the renewal is overdue
- * while the certificate has not expired. */
-static int is_overdue(double warned, double renewed, double expires, double now)
+/* The renewal is overdue as the watchdog says it (dispatch/watchdog.c): a threshold of
+ * watchdog.before (or a third of the lifetime) passed after a warning, and nothing renewed the
+ * certificate since; until it expires. */
+static int is_overdue(const struct intake_config *cfg, const char *json, double x, double now)
 {
-    return warned > 0 && renewed < warned && (expires <= 0 || expires > now);
+    double warned = field_number(json, "warned_at"), renewed = field_number(json, "renewed_at");
+    double nb = field_number(json, "not_before"), last = -1;
+    if (x <= 0 || now >= x || warned <= 0 || renewed >= warned)
+        return 0;
+    for (size_t i = 0; i <= cfg->nwatch_before; i++) {
+        double t = i < cfg->nwatch_before ? cfg->watch_before[i] * DAY
+                   : nb > 0 && x > nb     ? (x - nb) / 3
+                                          : -1;
+        if (t >= 0 && now >= x - t && (last < 0 || t < last))
+            last = t; /* the latest threshold passed */
+    }
+    return last >= 0 && warned < x - last;
 }
 
 static void cert_row(void *cls, const char *json)
 {
     struct certs *cs = cls;
     double x = field_number(json, "expires_at");
-    double warned = field_number(json, "warned_at"), renewed = field_number(json, "renewed_at");
-    int expired = x > 0 && x <= cs->now, overdue = is_overdue(warned, renewed, x, cs->now);
+    int expired = x > 0 && x <= cs->now, overdue = is_overdue(cs->cfg, json, x, cs->now);
     cs->total++;
     cs->expired += expired;
     cs->overdue += overdue;

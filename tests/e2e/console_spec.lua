@@ -81,6 +81,8 @@ describe("the console's API", function()
     assert.are.same({ 30, 7 }, r.json.thresholds)
     assert.are.same({ 2, 1 }, r.json.within) -- soon, later within 30 days; soon within 7
     assert.are.equal(1, r.json.expired)
+    -- warned in the window the certificate is in, not overdue (a threshold must pass after the warning)
+    assert.are.equal(0, r.json.overdue)
     assert.are.equal("cloudflare", r.json.certificates[1].provider)
     assert.is_number(r.json.certificates[1].expires_at)
 

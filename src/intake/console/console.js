@@ -92,7 +92,7 @@ function daysBar(c, now, thresholds) {
   const pct = Math.max(2, Math.min(100, (days / top) * 100));
   const label = days <= 0 ? 'expired' : Math.floor(days) + (Math.floor(days) === 1 ? ' day' : ' days');
   return el('div', { class: 'bar ' + cls, role: 'img', 'aria-label': label, title: label },
-    el('span', { style: null, 'data-pct': pct.toFixed(0) }), el('i', { text: label }));
+    el('span', days <= 0 ? {} : { 'data-pct': pct.toFixed(0) }), el('i', { text: label }));
 }
 
 async function certificates(params) {
@@ -322,8 +322,9 @@ async function render(refresh) {
       const root = document.getElementById('view');
       const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest('form.filters');
       if (!(refresh && focused)) { // never redraw under a filter being typed in
-        root.replaceChildren(...[content].flat().filter(Boolean));
+        root.replaceChildren(...[content].flat(3).filter(Boolean));
         sizeBars(root);
+        root.dataset.route = location.hash; // what it shows (the browser specs wait for it)
       }
       document.getElementById('login').hidden = true;
       document.getElementById('signout').hidden = !state.token;
