@@ -623,10 +623,10 @@ static void cert_row(void *cls, const char *json)
         names += d[i] == '"';
     names /= 2;
     buf_printf(b, "%d", names > 1 ? names - 1 : 0);
-    static const char *const fields[] = {
-        "key", "hostname", "provider", "source", "status", "state", "expires_at",
-        "expires_at_approximate", "last_type", "last_event", "last_occurred_at", "warned_at",
-        "renewed_at", "certificate_id", "name", "domains"};
+    static const char *const fields[] = { /* what the table shows: the whole entry is certhook
+                                           * certs --json's, or certhook.certs' */
+        "key", "hostname", "name", "certificate_id", "provider", "status", "state", "expires_at",
+        "expires_at_approximate", "last_type", "last_event", "last_occurred_at"};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         copy_field(b, json, fields[i]);
     buf_printf(b, ",\"overdue\":%s}", overdue ? "true" : "false");
