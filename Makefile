@@ -59,10 +59,14 @@ RUN_DEBS  = gcc libc6-dev pkg-config lua5.4 liblua5.4-dev lua-cjson libmicrohttp
 # postgresql-15: the tests start a PostgreSQL of their own (tests/helpers/pg.lua)
 TEST_DEBS = $(RUN_DEBS) lua-busted lua-socket sqlite3 systemd procps faketime slowhttptest \
             postgresql-15 postgresql-client-15
-# promtool (checks /metrics and the alert rules), without the server's recommended extras
-TEST_LEAN_DEBS = prometheus
+# promtool (checks /metrics and the alert rules), and the browser the console's specs drive
+# (tests/e2e/console_browser_spec.lua), without their recommended extras
+TEST_LEAN_DEBS = prometheus chromium
+# npm's playwright-core drives that chromium: installed into build/node (never committed)
+PLAYWRIGHT_VERSION = 1.65.2
+PLAYWRIGHT = build/node/node_modules/playwright-core/package.json
 
-.PHONY: all test memcheck run bench install clean deps-run deps-test deps-bench deps-memcheck unit
+.PHONY: all test memcheck run bench install clean deps-run deps-test deps-bench deps-memcheck deps-npm unit
 
 all: $(MODULE) $(LAUNCH)
 
@@ -73,7 +77,7 @@ $(BUILD)/obj/%.o: src/%.c
 # The journal's schema: the migrations of each store, src/journal/sql/<store>/NNNN_<what>.sql,
 # made a header of C strings, one per file in name order, that store_<store>.c includes as its
 # migrations[]. (Made before any object is compiled; -MMD then tracks who includes them.)
-$(OBJS): | $(SQL_HEADERS)
+$(OBJS): | $(SQL_HEADERS) $(GEN)/console.h
 $(GEN)/sql_sqlite.h: $(sort $(wildcard src/journal/sql/sqlite/*.sql))
 $(GEN)/sql_pg.h: $(sort $(wildcard src/journal/sql/pg/*.sql))
 $(GEN)/sql_%.h: Makefile
@@ -81,6 +85,17 @@ $(GEN)/sql_%.h: Makefile
 	@{ echo '/* made by the Makefile from src/journal/sql/$*: do not edit */'; \
 	   for f in $(filter %.sql,$^); do \
 	     echo "/* $$f */"; sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/.*/"&\\n"/' "$$f"; echo ','; \
+	   done; } >$@.tmp && mv $@.tmp $@
+
+# The console's page (src/intake/console/: index.html, console.js, console.css), made C strings
+# console_<file name, dots as _>[] that api.c serves.
+CONSOLE = $(sort $(wildcard src/intake/console/*))
+$(GEN)/console.h: $(CONSOLE) Makefile
+	@mkdir -p $(dir $@)
+	@{ echo '/* made by the Makefile from src/intake/console: do not edit */'; \
+	   for f in $(CONSOLE); do \
+	     echo "static const char console_$$(basename $$f | tr '.-' '__')[] ="; \
+	     sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/.*/"&\\n"/' "$$f"; echo ';'; \
 	   done; } >$@.tmp && mv $@.tmp $@
 
 $(MODULE): $(OBJS)
@@ -124,8 +139,13 @@ $(SINK): tests/helpers/sink.c $(BUILD)/obj/base/buf.o
 
 unit: $(UNITS) $(SINK)
 
-test: deps-test all unit
+test: deps-test all unit $(PLAYWRIGHT)
 	@BUILD=$(BUILD) LUA=$(LUA) sh tests/run.sh
+
+$(PLAYWRIGHT):
+	@command -v npm >/dev/null || $(MAKE) --no-print-directory deps-npm
+	npm install --prefix build/node --no-save --no-audit --no-fund --loglevel=error \
+		playwright-core@$(PLAYWRIGHT_VERSION)
 
 # Real serve sessions and CLI runs under valgrind: no memory error, no leak (CI runs it).
 memcheck: deps-memcheck all unit $(VALGRIND)
@@ -175,6 +195,9 @@ deps-run:
 deps-test:
 	$(call install_debs,$(TEST_DEBS))
 	$(call install_debs,$(TEST_LEAN_DEBS),--no-install-recommends)
+
+deps-npm:
+	$(call install_debs,nodejs npm)
 
 deps-memcheck: deps-test
 	$(call install_debs,valgrind)

@@ -494,7 +494,7 @@ static int cli_replay(lua_State *L)
     struct journal_options o = {data, 0, 5, 0, 0, 0};
     if (journal_open(&j, &o, err, sizeof err) != 0)
         return fail(L, err);
-    int rc = journal_request_replay(j, id, handler, &count, err, sizeof err);
+    int rc = journal_request_replay(j, id, handler, "local", &count, err, sizeof err);
     journal_close(j);
     if (rc != 0)
         return fail(L, err);

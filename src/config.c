@@ -76,6 +76,25 @@ static int read_admin(lua_State *L, int t, struct config *c, char *err, size_t e
         c->in.has_admin_token = 1;
     }
     lua_pop(L, 1);
+    type = lua_getfield(L, t, "admin_read_token");
+    if (type != LUA_TNIL) {
+        size_t n;
+        const char *s = lua_tolstring(L, -1, &n);
+        if (type != LUA_TSTRING || n < 16) {
+            lua_pop(L, 1);
+            FAIL("admin_read_token must be a string of at least 16 characters (a random one: "
+                 "openssl rand -hex 32)");
+        }
+        secret_digest(s, n, c->in.read_token);
+        c->in.has_read_token = 1;
+    }
+    lua_pop(L, 1);
+    if (c->in.has_read_token && !c->in.has_admin_token)
+        FAIL("admin_read_token needs admin_token: without it the admin listener asks for no "
+             "token, and a read-only one would restrict nothing");
+    if (c->in.has_read_token &&
+        memcmp(c->in.read_token, c->in.admin_token, sizeof c->in.read_token) == 0)
+        FAIL("admin_read_token must differ from admin_token");
     if (!c->in.has_admin_token && !intake_loopback_host(c->in.admin, strlen(c->in.admin)))
         FAIL("admin %s is not a loopback address: the admin endpoints (reload, metrics) "
              "would be open to the network. Set admin_token (clients then send "
@@ -282,6 +301,8 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         goto done;
     if (read_watchdog(L, t, &c->watchdog, err, errlen) != 0)
         goto done;
+    for (size_t i = 0; i < c->watchdog.nbefore && i < 16; i++) /* the console's thresholds */
+        c->in.watch_before[c->in.nwatch_before++] = c->watchdog.before[i];
     if (setting_table(L, t, "log", &sub, "", err, errlen) ||
         (sub && setting_keys(L, sub, "log", log_keys, err, errlen)))
         goto done;

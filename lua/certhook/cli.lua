@@ -14,7 +14,7 @@ local core = assert(package.loadlib(assert(package.searchpath("certhook.core", p
 local M = {}
 
 local SETTINGS = {
-  listen = true, admin = true, admin_token = true, handlers = true, data = true, tls = true,
+  listen = true, admin = true, admin_token = true, admin_read_token = true, handlers = true, data = true, tls = true,
   sources = true, delivery = true, limits = true, journal = true, log = true, metrics = true,
   watchdog = true, reload = true,
 }
@@ -174,6 +174,7 @@ local function secrets_of(cfg)
     if type(s) == "table" then add(("sources.%s.password"):format(name), s.password) end
   end
   add("admin_token", cfg.admin_token)
+  add("admin_read_token", cfg.admin_read_token)
   return out
 end
 
@@ -224,7 +225,7 @@ local function load_config(path)
   local cfg = {}
   for k, v in pairs(env) do
     if not SETTINGS[k] then
-      die(1, "%s: unknown setting %q (settings are listen, admin, admin_token, handlers, data, " ..
+      die(1, "%s: unknown setting %q (settings are listen, admin, admin_token, admin_read_token, handlers, data, " ..
         "tls, sources, delivery, reload, limits, journal, log, metrics, watchdog; make helper variables local)",
         path, tostring(k))
     end

@@ -4,6 +4,7 @@
  * families, with the values a scrape reads from elsewhere set first: reload status, queue
  * depths, deliveries by status from the journal, process facts from /proc), POST /reload.
  * Without admin_token it answers only loopback Host names; a POST from a web page never.
+ * The console (api.c) is on it too: the page at / (no token: it asks for one) and /api/...
  */
 #include <dirent.h>
 #include <stdio.h>
@@ -206,7 +207,8 @@ void admin_completed(struct listener *l, void **req_cls)
     *req_cls = NULL;
 }
 
-/* Authorization: Bearer <admin_token>. */
+/* Authorization: Bearer <token>: 2 admin_token, 1 admin_read_token (may look, not change), 0
+ * neither. */
 static int bearer_ok(const struct intake_config *cfg, struct MHD_Connection *c)
 {
     const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND,
@@ -214,7 +216,29 @@ static int bearer_ok(const struct intake_config *cfg, struct MHD_Connection *c)
     if (h == NULL || strncasecmp(h, "Bearer ", 7) != 0)
         return 0;
     struct secrets token = {(unsigned char (*)[32])cfg->admin_token, 1};
-    return secrets_match(&token, h + 7);
+    struct secrets reader = {(unsigned char (*)[32])cfg->read_token, 1};
+    int admin = secrets_match(&token, h + 7);
+    int read = cfg->has_read_token && secrets_match(&reader, h + 7);
+    return admin ? 2 : read ? 1 : 0;
+}
+
+static int is_get(const char *method)
+{
+    return strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+}
+
+static enum MHD_Result unauthorized(struct MHD_Connection *c, const char *url)
+{
+    return http_reply_error(c, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL,
+                            MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"certhook\"",
+                            "%.200s needs Authorization: Bearer <admin_token>", url);
+}
+
+static enum MHD_Result read_only(struct MHD_Connection *c, const char *method, const char *url)
+{
+    return http_reply_error(c, MHD_HTTP_FORBIDDEN, "forbidden", NULL, NULL, NULL,
+                            "a %s to %.200s needs admin_token: admin_read_token may only look",
+                            method, url);
 }
 
 /* Why the admin listener refuses a request whatever its path, or NULL. Against DNS rebinding
@@ -282,13 +306,27 @@ enum MHD_Result admin_access(void *cls, struct MHD_Connection *c, const char *ur
     char why[320];
     if (admin_refusal(cfg, c, method, why, sizeof why) != NULL)
         return http_reply_error(c, MHD_HTTP_FORBIDDEN, "forbidden", NULL, NULL, NULL, "%s", why);
+    if (api_asset(url)) /* the page: no data in it, it asks for the token */
+        return is_get(method) ? api_serve_asset(c, url)
+                              : http_reply_error(c, MHD_HTTP_METHOD_NOT_ALLOWED,
+                                                 "method_not_allowed", NULL, MHD_HTTP_HEADER_ALLOW,
+                                                 "GET", "use GET");
+    if (strncmp(url, "/api/", 5) == 0 || strcmp(url, "/api") == 0) {
+        int level = cfg->has_admin_token ? bearer_ok(cfg, c) : 2;
+        if (level == 0)
+            return unauthorized(c, url);
+        if (level == 1 && !is_get(method))
+            return read_only(c, method, url);
+        return api_route(l->in, c, url, method, cfg->has_admin_token ? "admin" : "local");
+    }
     for (size_t i = 0; i < sizeof admin_routes / sizeof admin_routes[0]; i++) {
         if (strcmp(url, admin_routes[i].path) != 0)
             continue;
-        if (cfg->has_admin_token && admin_routes[i].fn != NULL && !bearer_ok(cfg, c))
-            return http_reply_error(c, MHD_HTTP_UNAUTHORIZED, "unauthorized", NULL,
-                               MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"certhook\"",
-                               "%s needs Authorization: Bearer <admin_token>", url);
+        int level = cfg->has_admin_token && admin_routes[i].fn != NULL ? bearer_ok(cfg, c) : 2;
+        if (level == 0)
+            return unauthorized(c, url);
+        if (level == 1 && !is_get(admin_routes[i].method))
+            return read_only(c, method, url);
         if (strcmp(method, admin_routes[i].method) != 0 &&
             !(strcmp(method, MHD_HTTP_METHOD_HEAD) == 0 &&
               strcmp(admin_routes[i].method, MHD_HTTP_METHOD_GET) == 0))
@@ -300,7 +338,8 @@ enum MHD_Result admin_access(void *cls, struct MHD_Connection *c, const char *ur
         return admin_routes[i].fn(l, c, req_cls);
     }
     return http_reply_error(c, MHD_HTTP_NOT_FOUND, "not_found", NULL, NULL, NULL,
-                       "no admin endpoint at %.200s (/healthz, /readyz, /metrics, POST /reload)",
+                       "no admin endpoint at %.200s (/, /healthz, /readyz, /metrics, POST /reload, "
+                       "/api/...)",
                        url);
 }
 

@@ -1,7 +1,8 @@
 /*
  * http.h -- the inside of the intake layer, shared by http.c (listeners, connections, request
- * deadlines, replies, framing), hooks.c (the webhook route) and admin.c (the admin route).
- * Private to src/intake; these three files are the only ones that include microhttpd.h.
+ * deadlines, replies, framing), hooks.c (the webhook route), admin.c (the admin route)
+ * and api.c (the console and its API on the admin listener). Private to src/intake; these four
+ * files are the only ones that include microhttpd.h.
  */
 #ifndef CERTHOOK_HTTP_H
 #define CERTHOOK_HTTP_H
@@ -118,5 +119,14 @@ enum MHD_Result admin_access(void *cls, struct MHD_Connection *c, const char *ur
                              size_t *upload_size, void **req_cls);
 /* From hooks_completed: frees an admin request's state (*req_cls, not the listener). */
 void admin_completed(struct listener *l, void **req_cls);
+
+/* ---- api.c: the console (/, /console.js, /console.css) and its API (/api/...) ----------------- */
+
+int api_asset(const char *url); /* whether url is one of the page's files */
+enum MHD_Result api_serve_asset(struct MHD_Connection *c, const char *url);
+/* A request to /api/... that admin.c let through; who: the name of the token it carried
+ * ("admin"), or "local" (no token configured). */
+enum MHD_Result api_route(struct intake *in, struct MHD_Connection *c, const char *url,
+                          const char *method, const char *who);
 
 #endif

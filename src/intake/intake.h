@@ -20,6 +20,10 @@ struct intake_config {
     char *tls_priority;            /* its GnuTLS priority string (tls_priority) */
     unsigned char admin_token[32]; /* SHA-256 of the admin bearer token, when has_admin_token */
     int has_admin_token;
+    unsigned char read_token[32];  /* admin_read_token's: may look (GET), not change */
+    int has_read_token;
+    double watch_before[16];       /* watchdog.before (days), for the console's bars */
+    size_t nwatch_before;
     size_t max_body, max_header;   /* bytes */
     size_t max_backlog;            /* accepted events waiting for a handler before 503 */
     unsigned max_connections, request_timeout; /* request_timeout: seconds */

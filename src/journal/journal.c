@@ -63,6 +63,9 @@ int journal_open(struct journal **jp, const struct journal_options *o, char *err
     j->unfolded_tail = &j->unfolded;
     j->pdones_tail = &j->pdones;
     j->exclusive = (o->flags & JOURNAL_EXCLUSIVE) != 0;
+    pthread_mutex_init(&j->smu, NULL);
+    j->where = strdup(o->where);
+    j->busy_timeout = o->busy_timeout;
     j->healthy = 1;
     j->retention = o->retention;
     *jp = j;
@@ -75,6 +78,10 @@ void journal_close(struct journal *j)
         return;
     journal_stop(j);
     j->ops->close(j->s);
+    if (j->side)
+        j->ops->close(j->side);
+    pthread_mutex_destroy(&j->smu);
+    free(j->where);
     inventory_free(j->inv);
     event_free_list(j->unfolded);
     for (struct journal_done *d = j->pdones, *next; d; d = next) {
@@ -162,9 +169,32 @@ int journal_list(struct journal *j, const struct journal_filter *f,
 }
 
 int journal_request_replay(struct journal *j, const char *event_id, const char *handler,
-                           int *count, char *err, size_t errlen)
+                           const char *who, int *count, char *err, size_t errlen)
 {
-    return READ(j, j->ops->request_replay(j->s, event_id, handler, count, err, errlen));
+    if (!j->exclusive)
+        return READ(j, j->ops->request_replay(j->s, event_id, handler, who, count, err, errlen));
+    /* a server's: its writer's connection is the writer thread's alone */
+    pthread_mutex_lock(&j->smu);
+    int rc = -1;
+    *count = 0;
+    if (j->side == NULL) {
+        struct journal_options o = {.where = j->where, .busy_timeout = j->busy_timeout};
+        if (j->where == NULL)
+            snprintf(err, errlen, "out of memory");
+        else if (j->ops->open(&j->side, &o, err, errlen) != 0)
+            j->side = NULL;
+    }
+    if (j->side != NULL)
+        rc = j->ops->request_replay(j->side, event_id, handler, who, count, err, errlen);
+    pthread_mutex_unlock(&j->smu);
+    return rc;
+}
+
+int journal_replay_log(struct journal *j, const char *event_id, int limit,
+                       void (*fn)(void *cls, const struct journal_replay_record *r), void *cls,
+                       char *err, size_t errlen)
+{
+    return READ(j, j->ops->replay_log(j->s, event_id, limit, fn, cls, err, errlen));
 }
 
 void journal_status(struct journal *j, struct journal_status *st)

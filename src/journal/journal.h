@@ -214,10 +214,14 @@ struct journal_filter {
     const char *status, *type; /* NULL: any; type is a pattern (`*`) on type or provider_type */
     const char *id;            /* NULL: any; else that event alone */
     int limit;
+    const char *provider;      /* NULL: any; else events of that provider */
+    int64_t before;            /* 0: any; else events with seq < before (a cursor) */
+    double since, until;       /* 0: any; else received_at >= since, received_at < until */
 };
 struct journal_row { /* one event with one of its deliveries (handler NULL when none) */
     int64_t seq;
     const char *id, *source, *type, *provider_type, *hostname, *handler, *status, *error;
+    const char *provider, *traceback;
     double received_at, next_at, started_at;
     int state, attempts, generation;
 };
@@ -225,14 +229,27 @@ int journal_list(struct journal *j, const struct journal_filter *f,
                  void (*fn)(void *cls, const struct journal_row *row), void *cls, char *err,
                  size_t errlen);
 /* Queues a replay for the server: of the event event_id, or of every dead delivery when
- * event_id is NULL. An event's replay runs its delivery to handler again, whatever its status;
+ * event_id is NULL; `who` asked for it (a token's name, "local"; NULL: not said), journaled
+ * with it. From a server's own journal (JOURNAL_EXCLUSIVE: the admin listener) it goes through
+ * a connection of its own, as the command line's would, never the writer's. An event's replay runs its delivery to handler again, whatever its status;
  * with handler NULL, those of its deliveries that did not succeed and the handlers that match it
  * now but never ran for it (DESIGN §10: one that succeeded is not re-run unless named).
  * Deliveries scheduled or in flight keep their course. *count: the deliveries that run again,
  * as the journal is now (handler: 1; an event: its dead ones; every dead one). 0, or -1 with err
  * (no such event, no such delivery of it, journal locked, ...). */
 int journal_request_replay(struct journal *j, const char *event_id, const char *handler,
-                           int *count, char *err, size_t errlen);
+                           const char *who, int *count, char *err, size_t errlen);
+
+/* The replays asked for (journal_request_replay), kept: of the event event_id (NULL: of any, and
+ * those of every dead delivery), newest first, up to limit: fn for each. 0, or -1 with err. */
+struct journal_replay_record {
+    const char *event_id, *handler, *by; /* event_id NULL: every dead delivery; by NULL: unsaid */
+    int dead;
+    double at;
+};
+int journal_replay_log(struct journal *j, const char *event_id, int limit,
+                       void (*fn)(void *cls, const struct journal_replay_record *r), void *cls,
+                       char *err, size_t errlen);
 
 /* The certificate inventory (certhook.certs, certhook certs): entries as JSON objects -- key,
  * provider, source, hostname, certificate_id, name, scope, status, state, domains, issuer,
@@ -246,6 +263,7 @@ int journal_request_replay(struct journal *j, const char *event_id, const char *
  * fn(cls, json) for each; 0, or -1 with err. */
 struct journal_certs_query {
     const char *find, *status, *state;
+    const char *provider; /* NULL: any */
     double expiring_before;
     int limit;
 };

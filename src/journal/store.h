@@ -166,7 +166,10 @@ struct store_ops {
                 void (*fn)(void *cls, const struct journal_row *row), void *cls, char *err,
                 size_t errlen);
     int (*request_replay)(struct store *s, const char *event_id, const char *handler,
-                          int *count, char *err, size_t errlen);
+                          const char *who, int *count, char *err, size_t errlen);
+    int (*replay_log)(struct store *s, const char *event_id, int limit,
+                      void (*fn)(void *cls, const struct journal_replay_record *r), void *cls,
+                      char *err, size_t errlen);
     void (*status)(struct store *s, struct journal_status *st); /* any thread */
     int (*load_inventory)(struct store *s, size_t cap);
     const char *(*directory)(struct store *s); /* journal_directory */
@@ -237,6 +240,12 @@ struct journal {
     pthread_t fthread;
     pthread_cond_t fcv;    /* under mu, on the monotonic clock */
     int fstarted, fstop;
+    /* a server's replay requests (journal_request_replay): a connection of their own, opened
+     * on first use as the command line's would be (never the writer's), under smu */
+    pthread_mutex_t smu;
+    struct store *side;
+    char *where;
+    double busy_timeout;
 };
 
 #endif

@@ -2351,7 +2351,7 @@ static int pg_once_get(struct store *s, const char *key, char **out, size_t *len
 static int pg_certs(struct store *s, const struct journal_certs_query *q,
                     void (*fn)(void *cls, const char *json), void *cls, char *err, size_t errlen)
 {
-    char before[40], limit[24], *t[3] = {0};
+    char before[40], limit[24], *t[4] = {0};
     fmt_double(before, sizeof before, q->expiring_before);
     fmt_int(limit, sizeof limit, q->limit);
     const char *sql =
@@ -2361,13 +2361,13 @@ static int pg_certs(struct store *s, const struct journal_certs_query *q,
                 : "SELECT to_jsonb(i)::text FROM inventory i WHERE CASE WHEN $1::text IS NULL "
                   "THEN status IS DISTINCT FROM 'deleted' AND state IS DISTINCT FROM 'deleted' "
                   "ELSE lower(status) = lower($1) OR state = lower($1) END AND ($4::text IS NULL "
-                  "OR state = $4) AND ($2::float8 IS NULL OR expires_at < $2::float8) ORDER BY "
+                  "OR state = $4) AND ($5::text IS NULL OR provider = $5) AND ($2::float8 IS NULL OR expires_at < $2::float8) ORDER BY "
                   "expires_at IS NULL, expires_at, hostname, key LIMIT $3::bigint";
     const char *v[] = {q->find ? utf8(q->find, &t[0]) : utf8(q->status, &t[1]),
                        q->expiring_before > 0 ? before : NULL, q->limit > 0 ? limit : NULL,
-                       utf8(q->state, &t[2])};
-    PGresult *res = run(s, &s->r, sql, q->find ? 1 : 4, v, NULL, NULL, 0, err, errlen);
-    for (int i = 0; i < 3; i++)
+                       utf8(q->state, &t[2]), utf8(q->provider, &t[3])};
+    PGresult *res = run(s, &s->r, sql, q->find ? 1 : 5, v, NULL, NULL, 0, err, errlen);
+    for (int i = 0; i < 4; i++)
         free(t[i]);
     if (res == NULL)
         return -1;
@@ -2422,20 +2422,30 @@ static int pg_list(struct store *s, const struct journal_filter *f,
     char limit[16], *type = f->type ? like_pattern(f->type) : NULL;
     fmt_int(limit, sizeof limit, f->limit);
     char *id_tmp;
-    const char *v[] = {type, f->status, limit, utf8(f->id, &id_tmp)};
+    char before[24], since[40], until[40], *prov_tmp;
+    fmt_int(before, sizeof before, f->before);
+    fmt_double(since, sizeof since, f->since);
+    fmt_double(until, sizeof until, f->until);
+    const char *v[] = {type, f->status, limit, utf8(f->id, &id_tmp), utf8(f->provider, &prov_tmp),
+                       f->before > 0 ? before : NULL, f->since > 0 ? since : NULL,
+                       f->until > 0 ? until : NULL};
     PGresult *res = run(s, &s->r,
                         "WITH picked AS (SELECT seq FROM events e WHERE ($1::text IS NULL OR type "
                         "LIKE $1 OR provider_type LIKE $1) AND ($2::text IS NULL OR EXISTS "
                         "(SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.status = "
-                        "$2)) AND ($4::text IS NULL OR id = $4) ORDER BY seq DESC LIMIT $3::int) "
+                        "$2)) AND ($4::text IS NULL OR id = $4) AND ($5::text IS NULL OR provider = $5) "
+                        "AND ($6::bigint IS NULL OR seq < $6::bigint) AND ($7::float8 IS NULL OR "
+                        "received_at >= $7::float8) AND ($8::float8 IS NULL OR received_at < "
+                        "$8::float8) ORDER BY seq DESC LIMIT $3::int) "
                         "SELECT e.seq, e.id, e.source, e.type, e.provider_type, e.hostname, "
                         "e.received_at, e.state, d.handler, d.status, d.attempts, d.last_error, "
-                        "d.next_at, d.started_at, d.generation FROM picked JOIN events e ON "
-                        "e.seq = picked.seq LEFT JOIN deliveries d ON d.event_seq = e.seq ORDER "
-                        "BY e.seq DESC, d.handler COLLATE \"C\"",
-                        4, v, NULL, NULL, 0, err, errlen);
+                        "d.next_at, d.started_at, d.generation, e.provider, d.traceback FROM "
+                        "picked JOIN events e ON e.seq = picked.seq LEFT JOIN deliveries d ON "
+                        "d.event_seq = e.seq ORDER BY e.seq DESC, d.handler COLLATE \"C\"",
+                        8, v, NULL, NULL, 0, err, errlen);
     free(type);
     free(id_tmp);
+    free(prov_tmp);
     if (res == NULL)
         return -1;
     for (int i = 0; i < PQntuples(res); i++) {
@@ -2447,7 +2457,8 @@ static int pg_list(struct store *s, const struct journal_filter *f,
             .handler = value(res, i, 8), .status = value(res, i, 9),
             .attempts = atoi(PQgetvalue(res, i, 10)), .error = value(res, i, 11),
             .next_at = text_double(res, i, 12), .started_at = text_double(res, i, 13),
-            .generation = atoi(PQgetvalue(res, i, 14))};
+            .generation = atoi(PQgetvalue(res, i, 14)), .provider = value(res, i, 15),
+            .traceback = value(res, i, 16)};
         fn(cls, &r);
     }
     PQclear(res);
@@ -2457,13 +2468,15 @@ static int pg_list(struct store *s, const struct journal_filter *f,
 /* Queues a replay (journal.h). A request for the dead ones is one per event that has one, so
  * that each goes to the server that holds that event; NOTIFY says there is work. */
 static int pg_request_replay(struct store *s, const char *event_id, const char *handler,
-                             int *count, char *err, size_t errlen)
+                             const char *who, int *count, char *err, size_t errlen)
 {
-    char now[40], msg[300], *t = NULL, *th = NULL;
+    char now[40], msg[300], *t = NULL, *th = NULL, *tw = NULL;
     PGresult *res = NULL;
     *count = 0;
     fmt_double(now, sizeof now, time_now());
-    const char *v[] = {event_id ? utf8(event_id, &t) : now, now, utf8(handler, &th)};
+    const char *v[] = {event_id ? utf8(event_id, &t) : now, now, utf8(handler, &th),
+                       utf8(who, &tw)};
+    const char *vd[] = {now, v[3]};
     const char *which[] = {v[0], v[2]};
     int rc = -1;
     if (exec0(s, &s->w, "BEGIN", 0, NULL, msg, sizeof msg) != 0)
@@ -2491,6 +2504,12 @@ static int pg_request_replay(struct store *s, const char *event_id, const char *
                                    "FROM deliveries d WHERE d.event_seq = e.seq AND d.status = "
                                    "'dead') ORDER BY e.seq",
               event_id ? 3 : 1, v, msg, sizeof msg) != 0 ||
+        /* the record of it, kept (replays is the queue: a request goes once handled) */
+        exec0(s, &s->w, event_id ? "INSERT INTO replay_log (event_id, dead, requested_at, "
+                                   "handler, requested_by) VALUES ($1, false, $2::float8, $3, $4)"
+                                 : "INSERT INTO replay_log (dead, requested_at, requested_by) "
+                                   "VALUES (true, $1::float8, $2)",
+              event_id ? 4 : 2, event_id ? v : vd, msg, sizeof msg) != 0 ||
         exec0(s, &s->w, "COMMIT", 0, NULL, msg, sizeof msg) != 0)
         goto fail;
     exec0(s, &s->w, "NOTIFY " CHANNEL, 0, NULL, msg, sizeof msg);
@@ -2504,7 +2523,31 @@ done:
     PQclear(res);
     free(t);
     free(th);
+    free(tw);
     return rc;
+}
+
+static int pg_replay_log(struct store *s, const char *event_id, int limit,
+                         void (*fn)(void *cls, const struct journal_replay_record *r), void *cls,
+                         char *err, size_t errlen)
+{
+    char lim[16], *t;
+    fmt_int(lim, sizeof lim, limit);
+    const char *v[] = {utf8(event_id, &t), lim};
+    PGresult *res = run(s, &s->r, "SELECT event_id, handler, dead, requested_at, requested_by "
+                                  "FROM replay_log WHERE $1::text IS NULL OR event_id = $1 ORDER "
+                                  "BY id DESC LIMIT $2::int",
+                        2, v, NULL, NULL, 0, err, errlen);
+    free(t);
+    if (res == NULL)
+        return -1;
+    for (int i = 0; i < PQntuples(res); i++) {
+        struct journal_replay_record r = {value(res, i, 0), value(res, i, 1), value(res, i, 4),
+                                          PQgetvalue(res, i, 2)[0] == 't', text_double(res, i, 3)};
+        fn(cls, &r);
+    }
+    PQclear(res);
+    return 0;
 }
 
 /* ---- /metrics, the inventory ------------------------------------------------------------------------ */
@@ -2813,6 +2856,7 @@ const struct store_ops store_pg = {
     .state_keys = pg_state_keys,
     .list = pg_list,
     .request_replay = pg_request_replay,
+    .replay_log = pg_replay_log,
     .status = pg_status,
     .load_inventory = pg_load_inventory,
     .upgrade = pg_upgrade,

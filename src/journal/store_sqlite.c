@@ -1332,7 +1332,7 @@ static int sq_certs(struct store *j, const struct journal_certs_query *q,
                        "certificate_id IS ?1 DESC, updated_at DESC LIMIT 1"
                      : "CASE WHEN ?2 IS NULL THEN status IS NOT 'deleted' AND state IS NOT "
                        "'deleted' ELSE lower(status) = lower(?2) OR state = lower(?2) END AND (?5 "
-                       "IS NULL OR state = ?5) AND (?3 IS NULL OR expires_at < ?3) ORDER BY "
+                       "IS NULL OR state = ?5) AND (?6 IS NULL OR provider = ?6) AND (?3 IS NULL OR expires_at < ?3) ORDER BY "
                        "expires_at IS NULL, expires_at, hostname, key LIMIT ?4");
     if (sqlite3_prepare_v2(j->rdb, sql, -1, &s, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
@@ -1345,6 +1345,7 @@ static int sq_certs(struct store *j, const struct journal_certs_query *q,
             sqlite3_bind_double(s, 3, q->expiring_before);
         sqlite3_bind_int(s, 4, q->limit > 0 ? q->limit : -1);
         sqlite3_bind_text(s, 5, q->state, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 6, q->provider, -1, SQLITE_STATIC);
     }
     int rc = each_entry(s, fn, cls);
     if (rc != SQLITE_DONE)
@@ -1387,15 +1388,17 @@ static int sq_list(struct store *j, const struct journal_filter *f,
         "WITH picked AS (SELECT seq FROM events e WHERE (?1 IS NULL OR type GLOB ?1 OR "
         "provider_type GLOB ?1) AND (?2 IS NULL OR EXISTS (SELECT 1 FROM deliveries d WHERE "
         "d.event_seq = e.seq AND d.status = ?2) OR (?2 = 'done' AND e.done IS NOT NULL)) AND "
-        "(?4 IS NULL OR id = ?4) ORDER BY seq DESC LIMIT ?3), "
+        "(?4 IS NULL OR id = ?4) AND (?5 IS NULL OR provider = ?5) AND (?6 = 0 OR seq < ?6) "
+        "AND (?7 = 0 OR received_at >= ?7) AND (?8 = 0 OR received_at < ?8) "
+        "ORDER BY seq DESC LIMIT ?3), "
         "d AS (SELECT event_seq, handler, status, attempts, last_error, next_at, started_at, "
-        "generation FROM deliveries WHERE event_seq IN (SELECT seq FROM picked) UNION ALL "
-        "SELECT " DONE_ENTRY ", NULL, NULL, " DONE_START ", " DONE_GENERATION " FROM "
-        "picked p JOIN " DONE_FROM " WHERE e.seq = p.seq) "
+        "generation, traceback FROM deliveries WHERE event_seq IN (SELECT seq FROM picked) "
+        "UNION ALL SELECT " DONE_ENTRY ", NULL, NULL, " DONE_START ", " DONE_GENERATION ", NULL "
+        "FROM picked p JOIN " DONE_FROM " WHERE e.seq = p.seq) "
         "SELECT e.seq, e.id, e.source, e.type, e.provider_type, e.hostname, e.received_at, "
         "e.state, d.handler, d.status, d.attempts, d.last_error, d.next_at, d.started_at, "
-        "d.generation FROM picked JOIN events e ON e.seq = picked.seq LEFT JOIN d "
-        "ON d.event_seq = e.seq ORDER BY e.seq DESC, d.handler";
+        "d.generation, e.provider, d.traceback FROM picked JOIN events e ON e.seq = picked.seq "
+        "LEFT JOIN d ON d.event_seq = e.seq ORDER BY e.seq DESC, d.handler";
     if (sqlite3_prepare_v2(j->rdb, sql, -1, &s, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
         return -1;
@@ -1404,6 +1407,10 @@ static int sq_list(struct store *j, const struct journal_filter *f,
     sqlite3_bind_text(s, 2, f->status, -1, SQLITE_STATIC);
     sqlite3_bind_int(s, 3, f->limit);
     sqlite3_bind_text(s, 4, f->id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 5, f->provider, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 6, f->before);
+    sqlite3_bind_double(s, 7, f->since);
+    sqlite3_bind_double(s, 8, f->until);
     while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
         struct journal_row r = {
             .seq = sqlite3_column_int64(s, 0), .id = column(s, 1), .source = column(s, 2),
@@ -1412,6 +1419,7 @@ static int sq_list(struct store *j, const struct journal_filter *f,
             .handler = column(s, 8), .status = column(s, 9), .attempts = sqlite3_column_int(s, 10),
             .error = column(s, 11), .next_at = sqlite3_column_double(s, 12),
             .started_at = sqlite3_column_double(s, 13), .generation = sqlite3_column_int(s, 14),
+            .provider = column(s, 15), .traceback = column(s, 16),
         };
         fn(cls, &r);
     }
@@ -1422,7 +1430,7 @@ static int sq_list(struct store *j, const struct journal_filter *f,
 }
 
 static int sq_request_replay(struct store *j, const char *event_id, const char *handler,
-                             int *count, char *err, size_t errlen)
+                             const char *who, int *count, char *err, size_t errlen)
 {
     sqlite3_stmt *s = NULL;
     int rc = -1;
@@ -1458,14 +1466,27 @@ static int sq_request_replay(struct store *j, const char *event_id, const char *
         goto fail;
     sqlite3_finalize(s);
     s = NULL;
-    if (sqlite3_prepare_v2(j->db, "INSERT INTO replays (event_id, handler, dead, requested_at) "
-                                  "VALUES (?,?,?,?)", -1, &s, NULL) != SQLITE_OK)
-        goto fail;
-    sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
-    sqlite3_bind_text(s, 2, event_id ? handler : NULL, -1, SQLITE_STATIC);
-    sqlite3_bind_int(s, 3, event_id == NULL);
-    sqlite3_bind_double(s, 4, time_now());
-    if (sqlite3_step(s) != SQLITE_DONE || sqlite3_exec(j->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
+    /* the request (the server's queue: it goes once handled), and the record of it, kept */
+    double now = time_now();
+    for (int i = 0; i < 2; i++) {
+        if (sqlite3_prepare_v2(j->db, i == 0 ? "INSERT INTO replays (event_id, handler, dead, "
+                                               "requested_at) VALUES (?1,?2,?3,?4)"
+                                             : "INSERT INTO replay_log (event_id, handler, dead, "
+                                               "requested_at, requested_by) VALUES (?1,?2,?3,?4,?5)",
+                               -1, &s, NULL) != SQLITE_OK)
+            goto fail;
+        sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(s, 2, event_id ? handler : NULL, -1, SQLITE_STATIC);
+        sqlite3_bind_int(s, 3, event_id == NULL);
+        sqlite3_bind_double(s, 4, now);
+        if (i == 1)
+            sqlite3_bind_text(s, 5, who, -1, SQLITE_STATIC);
+        if (sqlite3_step(s) != SQLITE_DONE)
+            goto fail;
+        sqlite3_finalize(s);
+        s = NULL;
+    }
+    if (sqlite3_exec(j->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
         goto fail;
     rc = 0;
     goto done;
@@ -1475,6 +1496,31 @@ fail:
 done:
     sqlite3_finalize(s);
     return rc;
+}
+
+static int sq_replay_log(struct store *j, const char *event_id, int limit,
+                         void (*fn)(void *cls, const struct journal_replay_record *r), void *cls,
+                         char *err, size_t errlen)
+{
+    sqlite3_stmt *s;
+    int rc;
+    if (sqlite3_prepare_v2(j->rdb, "SELECT event_id, handler, dead, requested_at, requested_by "
+                                   "FROM replay_log WHERE ?1 IS NULL OR event_id = ?1 ORDER BY "
+                                   "id DESC LIMIT ?2", -1, &s, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
+        return -1;
+    }
+    sqlite3_bind_text(s, 1, event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int(s, 2, limit);
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        struct journal_replay_record r = {column(s, 0), column(s, 1), column(s, 4),
+                                          sqlite3_column_int(s, 2), sqlite3_column_double(s, 3)};
+        fn(cls, &r);
+    }
+    if (rc != SQLITE_DONE)
+        snprintf(err, errlen, "%s", sqlite3_errmsg(j->rdb));
+    sqlite3_finalize(s);
+    return rc == SQLITE_DONE ? 0 : -1;
 }
 
 /* ---- for /metrics, the inventory, upgrades ----------------------------------------------------- */
@@ -1820,6 +1866,7 @@ const struct store_ops store_sqlite = {
     .state_keys = sq_state_keys,
     .list = sq_list,
     .request_replay = sq_request_replay,
+    .replay_log = sq_replay_log,
     .status = sq_status,
     .load_inventory = sq_load_inventory,
     .upgrade = sq_upgrade,
