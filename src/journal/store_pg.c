@@ -753,6 +753,19 @@ static void pg_writer_stop(struct store *s)
 }
 
 static int prepare_entries(struct store *s);
+/* Prepares one statement on the writer's connection; on failure the store's error says why. */
+static int prepare_one(struct store *s, const char *name, const char *sql)
+{
+    PGresult *res = PQprepare(s->w.c, name, sql, 0, NULL);
+    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+    if (!ok) {
+        copy_message(s->error, sizeof s->error, PQresultErrorMessage(res));
+        s->transient = pgc_failed(&s->w, res);
+    }
+    PQclear(res);
+    return ok ? 0 : -1;
+}
+
 
 static int prepare_writer(struct store *s)
 {
@@ -760,17 +773,9 @@ static int prepare_writer(struct store *s)
      * cached while the tables were empty would scan them whole) */
     PGresult *set = PQexec(s->w.c, "SET plan_cache_mode TO force_custom_plan");
     PQclear(set);
-    for (size_t i = 0; i < N_WRITER_STATEMENTS; i++) {
-        PGresult *res = PQprepare(s->w.c, writer_statements[i].name, writer_statements[i].sql, 0,
-                                  NULL);
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            copy_message(s->error, sizeof s->error, PQresultErrorMessage(res));
-            s->transient = pgc_failed(&s->w, res);
-            PQclear(res);
+    for (size_t i = 0; i < N_WRITER_STATEMENTS; i++)
+        if (prepare_one(s, writer_statements[i].name, writer_statements[i].sql) != 0)
             return -1;
-        }
-        PQclear(res);
-    }
     if (prepare_entries(s) != 0)
         return -1;
     s->w.prepared = 1;
@@ -1323,16 +1328,9 @@ static int prepare_entries(struct store *s)
     }
     const char *names[] = {"eget", "eput", "epre"};
     const char *sqls[] = {s->eget_sql, s->eput_sql, s->epre_sql};
-    for (int k = 0; k < 3; k++) {
-        PGresult *res = PQprepare(s->w.c, names[k], sqls[k], 0, NULL);
-        if (PQresultStatus(res) != PGRES_COMMAND_OK) {
-            copy_message(s->error, sizeof s->error, PQresultErrorMessage(res));
-            s->transient = pgc_failed(&s->w, res);
-            PQclear(res);
+    for (int k = 0; k < 3; k++)
+        if (prepare_one(s, names[k], sqls[k]) != 0)
             return -1;
-        }
-        PQclear(res);
-    }
     return 0;
 }
 

@@ -87,6 +87,17 @@ static int do_request(struct journal *j, struct journal_req *r)
  * request is answered before it: e2e serve_spec), CERTHOOK_TEST_HOLD_FOLD before the
  * projection's (a test kills certhook between the two: inventory_spec). Unset, as in
  * production: nothing. */
+/* Waits on cv (on the monotonic clock, mu held) at most `wait` seconds. */
+static void wait_for(pthread_cond_t *cv, pthread_mutex_t *mu, double wait)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + wait;
+    ts.tv_sec = (time_t)at;
+    ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
+    pthread_cond_timedwait(cv, mu, &ts);
+}
+
 static void test_hold(const char *var)
 {
     const char *hold = getenv(var);
@@ -388,12 +399,7 @@ static void *fold_main(void *arg)
             continue;
         }
         double wait = fmax(j->fold_at, fmin(ready, j->catchup_at)) - now;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        double at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + wait;
-        ts.tv_sec = (time_t)at;
-        ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
-        pthread_cond_timedwait(&j->fcv, &j->mu, &ts);
+        wait_for(&j->fcv, &j->mu, wait);
     }
     event_free_list(j->unfolded); /* journaled: folded elsewhere, or at the next start */
     j->unfolded = NULL;
@@ -543,12 +549,7 @@ static void *writer_main(void *arg)
                 wait = j->hold_until - now;
             if (wait <= 0)
                 break;
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            double at = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9 + wait;
-            ts.tv_sec = (time_t)at;
-            ts.tv_nsec = (long)((at - (double)ts.tv_sec) * 1e9);
-            pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+            wait_for(&j->cv, &j->mu, wait);
         }
         struct journal_req *reqs = j->reqs;
         struct journal_done *dones = NULL;
