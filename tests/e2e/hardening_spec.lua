@@ -443,8 +443,8 @@ end }]]
   local function seen(id)
     return fs.wait_for(function()
       for line in (fs.read(srv.dir .. "/seen.jsonl") or ""):gmatch("[^\n]+") do
-        local t = cjson.decode(line)
-        if t.event.id == id then return t end
+        local ok, t = pcall(cjson.decode, line) -- the last line may be half written yet
+        if ok and t.event.id == id then return t end
       end
     end, 5)
   end
