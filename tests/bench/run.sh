@@ -148,6 +148,7 @@ awk -F'|' '
     /atomic rename/ { reload = $3 }
     /^As the journal grows/ { grow = 1 }
     grow && NF == 7 && /^\| [0-9]+ \| [0-9]/ { if (!g0) g0 = $4 + 0; g1 = $4 + 0; gn = $2 + 0; gb = $5 + 0; gx = $6 + 0 }
+    grow && NF == 6 && /^\| [0-9]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \|$/ { gr = gr sep3 ($5 + 0); sep3 = ", " }
     NF == 6 && /^\| (log|unique|ack) \| [0-9]/ { m = $2; gsub(/ /, "", m); floor = floor sep m " " ($3 + 0) ": " ($4 + 0); sep = ", " }
     END {
         printf "| end-to-end events/s, backlog handled (last row) | %d |\n", e2e
@@ -159,6 +160,7 @@ awk -F'|' '
         printf "| PostgreSQL journal, accepted events/s | %s |\n", pgs
         printf "| CPU us per event, first window and at %d events | %.1f, %.1f |\n", gn, g0, g1
         printf "| bytes on disk per event at %d events | %d (%.2fx the body) |\n", gn, gb, gx
+        printf "| CPU per event, that journal against an empty one (paired rounds) | %sx |\n", gr
     }' "$out"
 } >>"$out.summary"
 cat "$out.summary" >>"$out"
