@@ -70,14 +70,14 @@ static int reencode(struct buf *b, const char *s, size_t n)
     return 0;
 }
 
-/* The canonical URI: RFC 3986's remove_dot_segments, empty segments dropped, each segment
- * encoded; it ends in '/' when the path's last segment is empty, "." or "..". */
+/* The canonical URI: "." and empty segments dropped, ".." dropping the segment before, each
+ * segment encoded; it ends in '/' when the path does. As aws-c-auth and botocore do it (so
+ * "/a/b/.." is "/a", where RFC 3986's remove_dot_segments would keep the slash). */
 static int canonical_uri(struct buf *b, const char *path)
 {
     if (path == NULL || path[0] == '\0')
         path = "/";
     size_t len = strlen(path), count = 0;
-    int trailing = 0;
     struct seg {
         const char *p;
         size_t n;
@@ -86,7 +86,6 @@ static int canonical_uri(struct buf *b, const char *path)
         return -1;
     for (const char *p = path; *p != '\0';) {
         size_t n = strcspn(p, "/");
-        trailing = n == 0 || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.');
         if (n == 2 && p[0] == '.' && p[1] == '.') {
             if (count > 0)
                 count--;
@@ -94,16 +93,12 @@ static int canonical_uri(struct buf *b, const char *path)
             segs[count].p = p;
             segs[count++].n = n;
         }
-        p += n;
-        if (*p == '/') {
-            p++;
-            trailing = 1;
-        }
+        p += n + (p[n] == '/');
     }
     int rc = 0;
     for (size_t i = 0; i < count && rc == 0; i++)
         rc = buf_add(b, "/", 1) || encode(b, segs[i].p, segs[i].n);
-    if (rc == 0 && (count == 0 || trailing))
+    if (rc == 0 && (count == 0 || path[len - 1] == '/'))
         rc = buf_add(b, "/", 1);
     free(segs);
     return rc ? -1 : 0;

@@ -358,8 +358,10 @@ static const struct {
 } rules[] = {
     /* a path sent percent-encoded is encoded again (every service but S3) */
     {"/%E1%88%B4", NULL, "/%25E1%2588%25B4", ""},
-    {"/a/b/..", NULL, "/a/", ""},          /* RFC 3986: a last ".." leaves the slash */
-    {"/a/./b/.", NULL, "/a/b/", ""},
+    /* a last "." or ".." leaves no slash (aws-c-auth's and botocore's rule, not RFC 3986's) */
+    {"/a/b/..", NULL, "/a", ""},
+    {"/a/./b/.", NULL, "/a/b", ""},
+    {"/a/b/../", NULL, "/a/", ""},
     {"/../../a", NULL, "/a", ""},          /* ".." above the root stays at the root */
     {"", NULL, "/", ""},
     {NULL, "", "/", ""},
