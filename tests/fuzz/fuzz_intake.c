@@ -170,10 +170,10 @@ static void start(void)
     if (mkdtemp(fz.dir) == NULL)
         fail(fz.dir, strerror(errno));
     load_config(fz.dir);
-    struct journal_options jo = {fz.dir, JOURNAL_CREATE, fz.cfg.busy_timeout, fz.cfg.retention,
-                                 fz.cfg.max_wal};
-    if (journal_open(&fz.j, &jo, err,
-                     sizeof err) != 0)
+    struct journal_options jo = {.where = fz.dir, .flags = JOURNAL_CREATE,
+                                 .busy_timeout = fz.cfg.busy_timeout,
+                                 .retention = fz.cfg.retention, .max_wal = fz.cfg.max_wal};
+    if (journal_open(&fz.j, &jo, err, sizeof err) != 0)
         fail("journal_open", err);
     if (journal_start(fz.j, on_accepted, NULL) != 0)
         fail("journal_start", "cannot start the writer");
