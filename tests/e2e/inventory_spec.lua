@@ -211,6 +211,35 @@ describe("the certificate inventory", function()
     assert.truthy(err:match("other statuses seen: [^\n]*ISSUED"), err)
   end)
 
+  it("keeps the status and the state before the last change of each: previous_status, previous_state", function()
+    local host = "prev.example"
+    local first = post(srv, "validation.failed", { hostname = host })
+    assert.are.equal("pending_validation", first.entry.status)
+    assert.is_nil(first.entry.previous_status) -- a new entry: none before
+    assert.is_nil(first.entry.previous_state)
+    local changed = post(srv, "validation.succeeded", { hostname = host })
+    assert.are.equal("pending_issuance", changed.entry.status)
+    assert.are.equal("pending_validation", changed.entry.previous_status)
+    assert.are.equal("pending_validation", changed.entry.previous_state)
+    local again = post(srv, "validation.succeeded", { hostname = host }) -- the same status: kept
+    assert.are.equal("pending_issuance", again.entry.status)
+    assert.are.equal("pending_validation", again.entry.previous_status)
+    assert.are.equal("pending_validation", again.entry.previous_state)
+    assert.are.equal("pending_validation", again.previous.previous_status) -- in the event's context too
+    local out = fs.run(("%s certs --json --data '%s'"):format(Server.certhook, srv.data))
+    local entry
+    for l in out:gmatch("[^\n]+") do
+      local e = cjson.decode(l)
+      if e.key == "cloudflare:cert-" .. host then entry = e end
+    end
+    assert.are.equal("pending_issuance", entry.status)
+    assert.are.equal("pending_validation", entry.previous_status)
+    local deleted = post(srv, "deletion.succeeded", { hostname = host })
+    assert.are.equal("deleted", deleted.entry.status)
+    assert.are.equal("pending_issuance", deleted.entry.previous_status)
+    assert.are.equal("pending_issuance", deleted.entry.previous_state)
+  end)
+
   it("keeps a deleted certificate as deleted, out of the list", function()
     post(srv, "deletion.succeeded", { hostname = "soon.example" })
     local out = fs.run(("%s certs --data '%s'"):format(Server.certhook, srv.data))
