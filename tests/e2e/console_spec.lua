@@ -250,6 +250,40 @@ describe("the console's API", function()
   end)
 end)
 
+describe("the console's API on a certificate whose status changed", function()
+  local srv
+  setup(function() srv = Server.start { config = SOURCES .. "watchdog = false\n" } end)
+  teardown(function() srv:cleanup() end)
+
+  it("lists its previous status and state: the ones before the last change, kept while the status stays", function()
+    local function entry()
+      local r = api(srv, "GET", "/api/certificates")
+      assert.are.equal(200, r.status, r.body)
+      assert.are.equal(1, #r.json.certificates)
+      return r.json.certificates[1]
+    end
+    local function wait_for(kind)
+      local id = post(srv, kind, "moved.example.com", 40)
+      return assert(fs.wait_for(function()
+        local c = entry()
+        return c.last_event == id and c
+      end, 10), "not folded: " .. id)
+    end
+    local first = wait_for("validation.failed")
+    assert.are.equal("pending_validation", first.status)
+    assert.are.equal(cjson.null, first.previous_status) -- none before
+    assert.are.equal(cjson.null, first.previous_state)
+    local moved = wait_for("validation.succeeded")
+    assert.are.equal("pending_issuance", moved.status)
+    assert.are.equal("pending_validation", moved.previous_status)
+    assert.are.equal("pending_validation", moved.previous_state)
+    local same = wait_for("validation.succeeded")
+    assert.are.equal("pending_issuance", same.status)
+    assert.are.equal("pending_validation", same.previous_status)
+    assert.are.equal("pending_validation", same.previous_state)
+  end)
+end)
+
 describe("the console's tokens", function()
   local ADMIN, READ = "console-admin-token-0123456789", "console-read-token-0123456789"
   local srv, dead
