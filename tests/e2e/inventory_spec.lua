@@ -249,6 +249,43 @@ describe("the certificate inventory", function()
   end)
 end)
 
+-- A journal kept before previous_status (SQLite 0015, PostgreSQL 0008) is upgraded at open; its
+-- entries have none until their status next changes.
+describe("a journal kept before previous_status", function()
+  it("is upgraded at open; an entry gets the status it had at its next change", function()
+    local pg = os.getenv("CERTHOOK_TEST_JOURNAL") == "postgresql"
+    local srv = Server.start { config = CONFIG, handlers = { ["inv.lua"] = HANDLER } }
+    local host = "upgraded.example"
+    post(srv, "validation.failed", { hostname = host })
+    post(srv, "validation.succeeded", { hostname = host })
+    assert.are.equal(0, srv:stop())
+    -- the journal as the previous release left it: no such columns, the version before
+    if pg then
+      srv:sql("ALTER TABLE inventory DROP COLUMN previous_status, DROP COLUMN previous_state;" ..
+        " UPDATE meta SET version = 7")
+    else
+      srv:sql("ALTER TABLE inventory DROP COLUMN previous_status; ALTER TABLE inventory DROP COLUMN previous_state;" ..
+        " PRAGMA user_version = 14")
+    end
+    srv:launch()
+    local out = fs.run(("%s certs --json --data '%s'"):format(Server.certhook, srv.data))
+    local entry
+    for l in out:gmatch("[^\n]+") do
+      local e = cjson.decode(l)
+      if e.key == "cloudflare:cert-" .. host then entry = e end
+    end
+    assert.are.equal("pending_issuance", entry.status)
+    assert.is_true(entry.previous_status == nil or entry.previous_status == cjson.null) -- none until the next change
+    local same = post(srv, "validation.succeeded", { hostname = host })
+    assert.is_nil(same.entry.previous_status)
+    local changed = post(srv, "issuance.succeeded", { hostname = host })
+    assert.are.equal("pending_deployment", changed.entry.status)
+    assert.are.equal("pending_issuance", changed.entry.previous_status)
+    assert.are.equal("pending_issuance", changed.entry.previous_state)
+    srv:cleanup()
+  end)
+end)
+
 -- The fold is written in a transaction of its own, after the one the 202 waits for: a crash
 -- between the two leaves journaled events unfolded, which the next start folds from the log
 -- (facts kept with each event) before anything is dispatched -- the same contexts, in order.
