@@ -626,7 +626,8 @@ static void cert_row(void *cls, const char *json)
     static const char *const fields[] = { /* what the table shows: the whole entry is certhook
                                            * certs --json's, or certhook.certs' */
         "key", "hostname", "name", "certificate_id", "provider", "status", "state", "expires_at",
-        "expires_at_approximate", "last_type", "last_event", "last_occurred_at"};
+        "expires_at_approximate", "last_type", "last_event", "last_occurred_at",
+        "previous_status", "previous_state"};
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         copy_field(b, json, fields[i]);
     buf_printf(b, ",\"overdue\":%s}", overdue ? "true" : "false");

@@ -291,6 +291,18 @@ static int set_cstr(char **to, const char *s)
     return s ? set_str(to, s, strlen(s)) : 0;
 }
 
+/* set_str, and what *to was goes to *previous when s changes it (a value, not none, before:
+ * the entry's previous_status, previous_state); the same value leaves *previous as it is. */
+static int set_changed(char **to, char **previous, const char *s, size_t n)
+{
+    if (s != NULL && *to != NULL && (strlen(*to) != n || memcmp(*to, s, n) != 0)) {
+        free(*previous);
+        *previous = *to;
+        *to = NULL;
+    }
+    return set_str(to, s, n);
+}
+
 /* ev's fact f applied to the entry e (new: e->repeats 0), as its (repeats)-th of the type in a
  * row. */
 static int apply(struct entry *e, const struct event *ev, const struct fact *f, int repeats)
@@ -308,10 +320,10 @@ static int apply(struct entry *e, const struct event *ev, const struct fact *f, 
     rc |= set_str(&e->name, f->name, f->name_n);
     rc |= set_str(&e->scope, f->scope, f->scope_n);
     if (strcmp(t, "certificate.deletion.succeeded") == 0)
-        rc |= set_cstr(&e->status, "deleted");
+        rc |= set_changed(&e->status, &e->previous_status, "deleted", 7);
     else
-        rc |= set_str(&e->status, f->status, f->status_n);
-    rc |= set_str(&e->state, f->state, f->state_n);
+        rc |= set_changed(&e->status, &e->previous_status, f->status, f->status_n);
+    rc |= set_changed(&e->state, &e->previous_state, f->state, f->state_n);
     if (f->domains.n > 0)
         rc |= set_str(&e->domains, f->domains.p, f->domains.n);
     rc |= set_str(&e->issuer, f->issuer, f->issuer_n);

@@ -255,7 +255,9 @@ int journal_replay_log(struct journal *j, const char *event_id, int limit,
  * provider, source, hostname, certificate_id, name, scope, status, state, domains, issuer,
  * serial_number, not_before, expires_at, expires_at_approximate (true or null), last_event,
  * last_type, last_occurred_at, repeats, warned_at, renewed_at, reached_at, first_seen,
- * updated_at (state: NULL in entries an earlier certhook kept, until their next event). `find`:
+ * updated_at, previous_status, previous_state (state: NULL in entries an earlier certhook kept,
+ * until their next event; previous_*: the status, the state before the last event that changed
+ * each, NULL until one did). `find`:
  * the one entry with that key, else certificate id, else the newest of that hostname. Otherwise
  * a list, soonest expiry first: those whose status is `status` in any case, or whose state is
  * (NULL: all but deleted ones), in the state `state` (NULL: any), expiring before

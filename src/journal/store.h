@@ -30,7 +30,8 @@ struct store;
     S(key) S(provider) S(source) S(hostname) S(certificate_id) S(name) S(scope) S(status)      \
     S(state) J(domains) S(issuer) S(serial_number) N(not_before) N(expires_at)                 \
     B(expires_at_approximate) S(last_event) S(last_type) N(last_occurred_at) I(repeats)        \
-    N(warned_at) N(renewed_at) N(reached_at) N(first_seen) N(updated_at)
+    N(warned_at) N(renewed_at) N(reached_at) N(first_seen) N(updated_at) S(previous_status)    \
+    S(previous_state)
 
 struct entry {
 #define ENTRY_STR(f) char *f;

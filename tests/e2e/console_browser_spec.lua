@@ -28,6 +28,7 @@ end
 
 local function seed(srv)
   local ids = {}
+  ids.before = post(srv, "validation.succeeded", "shop.example.com", 2) -- then issued: a previous status
   for i, t in ipairs { { "shop.example.com", 2 }, { "api.example.com", 12 }, { "www.example.com", 26 },
                        { "docs.example.com", 75 }, { "blog.example.com", 160 }, { "old.example.com", -3 } } do
     ids[i] = post(srv, "issuance.succeeded", t[1], t[2])
@@ -71,7 +72,9 @@ describe("the console in Chromium", function()
     local r = browse(srv, {
       { ["goto"] = "/" }, { wait = "#certificates tbody tr" },
       { texts = "#certificates tbody tr td:first-child", as = "hosts" },
-      { texts = "#certificates tbody tr td:nth-child(6)", as = "days" },
+      { texts = "#certificates thead th", as = "heads" },
+      { texts = "#certificates tbody tr td:nth-child(5)", as = "previous" },
+      { texts = "#certificates tbody tr td:nth-child(7)", as = "days" },
       { texts = ".tiles button", as = "tiles" },
       { attrs = { ".bar", "class" }, as = "bars" },
       { screenshot = SCREENSHOT },
@@ -91,6 +94,8 @@ describe("the console in Chromium", function()
     for i, host in ipairs(want) do
       assert.truthy(r.hosts[i]:find(host, 1, true) == 1, ("row %d: %s, not %s"):format(i, r.hosts[i], host))
     end
+    assert.are.equal("Previous status", r.heads[5])
+    assert.are.equal("pending_issuance", r.previous[2]) -- shop: validated, then issued
     assert.are.equal("expired", r.days[1])
     assert.truthy(r.days[2]:match("^%d days?$"), r.days[2])
     assert.are.same({ "bar expired", "bar crit", "bar warn", "bar warn", "bar ok", "bar ok" },
@@ -124,7 +129,8 @@ describe("the console in Chromium", function()
       { texts = "#body", as = "body" }, { texts = "#deliveries tbody tr", as = "deliveries" },
       { texts = "#deliveries details pre", as = "tracebacks" },
     })
-    assert.are.equal(8, #r.all)
+    assert.are.equal(9, #r.all)
+    assert.are.equal(ids.before, r.all[9])
     assert.are.same({ ids.dead2, ids.dead1 }, { r.all[1], r.all[2] })
     assert.are.equal(ids[1], r.all[8])
     assert.are.same({ ids.dead2, ids.dead1 }, r.typed)

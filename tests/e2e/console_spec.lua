@@ -250,6 +250,38 @@ describe("the console's API", function()
   end)
 end)
 
+describe("the console's API on a certificate whose status changed", function()
+  local srv
+  setup(function() srv = Server.start { config = SOURCES .. "watchdog = false\n" } end)
+  teardown(function() srv:cleanup() end)
+
+  it("lists its previous status and state: the ones before the last change, kept while the status stays", function()
+    -- the entry once the event id is folded into it (the fold follows the 202)
+    local function wait_for(kind)
+      local id = post(srv, kind, "moved.example.com", 40)
+      return assert(fs.wait_for(function()
+        local r = api(srv, "GET", "/api/certificates")
+        assert.are.equal(200, r.status, r.body)
+        assert.is_true(#r.json.certificates <= 1)
+        local c = r.json.certificates[1]
+        return c and c.last_event == id and c
+      end, 10), "not folded: " .. id)
+    end
+    local first = wait_for("validation.failed")
+    assert.are.equal("pending_validation", first.status)
+    assert.are.equal(cjson.null, first.previous_status) -- none before
+    assert.are.equal(cjson.null, first.previous_state)
+    local moved = wait_for("validation.succeeded")
+    assert.are.equal("pending_issuance", moved.status)
+    assert.are.equal("pending_validation", moved.previous_status)
+    assert.are.equal("pending_validation", moved.previous_state)
+    local same = wait_for("validation.succeeded")
+    assert.are.equal("pending_issuance", same.status)
+    assert.are.equal("pending_validation", same.previous_status)
+    assert.are.equal("pending_validation", same.previous_state)
+  end)
+end)
+
 describe("the console's tokens", function()
   local ADMIN, READ = "console-admin-token-0123456789", "console-read-token-0123456789"
   local srv, dead

@@ -211,12 +211,78 @@ describe("the certificate inventory", function()
     assert.truthy(err:match("other statuses seen: [^\n]*ISSUED"), err)
   end)
 
+  it("keeps the status and the state before the last change of each: previous_status, previous_state", function()
+    local host = "prev.example"
+    local first = post(srv, "validation.failed", { hostname = host })
+    assert.are.equal("pending_validation", first.entry.status)
+    assert.is_nil(first.entry.previous_status) -- a new entry: none before
+    assert.is_nil(first.entry.previous_state)
+    local changed = post(srv, "validation.succeeded", { hostname = host })
+    assert.are.equal("pending_issuance", changed.entry.status)
+    assert.are.equal("pending_validation", changed.entry.previous_status)
+    assert.are.equal("pending_validation", changed.entry.previous_state)
+    local again = post(srv, "validation.succeeded", { hostname = host }) -- the same status: kept
+    assert.are.equal("pending_issuance", again.entry.status)
+    assert.are.equal("pending_validation", again.entry.previous_status)
+    assert.are.equal("pending_validation", again.entry.previous_state)
+    assert.are.equal("pending_validation", again.previous.previous_status) -- in the event's context too
+    local out = fs.run(("%s certs --json --data '%s'"):format(Server.certhook, srv.data))
+    local entry
+    for l in out:gmatch("[^\n]+") do
+      local e = cjson.decode(l)
+      if e.key == "cloudflare:cert-" .. host then entry = e end
+    end
+    assert.are.equal("pending_issuance", entry.status)
+    assert.are.equal("pending_validation", entry.previous_status)
+    local deleted = post(srv, "deletion.succeeded", { hostname = host })
+    assert.are.equal("deleted", deleted.entry.status)
+    assert.are.equal("pending_issuance", deleted.entry.previous_status)
+    assert.are.equal("pending_issuance", deleted.entry.previous_state)
+  end)
+
   it("keeps a deleted certificate as deleted, out of the list", function()
     post(srv, "deletion.succeeded", { hostname = "soon.example" })
     local out = fs.run(("%s certs --data '%s'"):format(Server.certhook, srv.data))
     assert.falsy(out:match("soon%.example"))
     out = fs.run(("%s certs --status deleted --data '%s'"):format(Server.certhook, srv.data))
     assert.truthy(out:match("soon%.example%s+cloudflare%s+deleted"), out)
+  end)
+end)
+
+-- A journal kept before previous_status (SQLite 0015, PostgreSQL 0008) is upgraded at open; its
+-- entries have none until their status next changes.
+describe("a journal kept before previous_status", function()
+  it("is upgraded at open; an entry gets the status it had at its next change", function()
+    local pg = os.getenv("CERTHOOK_TEST_JOURNAL") == "postgresql"
+    local srv = Server.start { config = CONFIG, handlers = { ["inv.lua"] = HANDLER } }
+    local host = "upgraded.example"
+    post(srv, "validation.failed", { hostname = host })
+    post(srv, "validation.succeeded", { hostname = host })
+    assert.are.equal(0, srv:stop())
+    -- the journal as the previous release left it: no such columns, the version before
+    if pg then
+      srv:sql("ALTER TABLE inventory DROP COLUMN previous_status, DROP COLUMN previous_state;" ..
+        " UPDATE meta SET version = 7")
+    else
+      srv:sql("ALTER TABLE inventory DROP COLUMN previous_status; ALTER TABLE inventory DROP COLUMN previous_state;" ..
+        " PRAGMA user_version = 14")
+    end
+    srv:launch()
+    local out = fs.run(("%s certs --json --data '%s'"):format(Server.certhook, srv.data))
+    local entry
+    for l in out:gmatch("[^\n]+") do
+      local e = cjson.decode(l)
+      if e.key == "cloudflare:cert-" .. host then entry = e end
+    end
+    assert.are.equal("pending_issuance", entry.status)
+    assert.is_true(entry.previous_status == nil or entry.previous_status == cjson.null) -- none until the next change
+    local same = post(srv, "validation.succeeded", { hostname = host })
+    assert.is_nil(same.entry.previous_status)
+    local changed = post(srv, "issuance.succeeded", { hostname = host })
+    assert.are.equal("pending_deployment", changed.entry.status)
+    assert.are.equal("pending_issuance", changed.entry.previous_status)
+    assert.are.equal("pending_issuance", changed.entry.previous_state)
+    srv:cleanup()
   end)
 end)
 

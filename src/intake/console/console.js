@@ -120,13 +120,16 @@ async function certificates(params) {
     el('td', { 'data-label': 'Provider', text: c.provider || '' }),
     el('td', { 'data-label': 'Status', text: c.status || '' }),
     el('td', { 'data-label': 'State', text: c.state || '' }),
+    // what the status was before its last change, else the state; the state too when it says more
+    el('td', { 'data-label': 'Previous status' }, c.previous_status || c.previous_state || '',
+      c.previous_status && c.previous_state && c.previous_state !== c.previous_status.toLowerCase() ? el('span', { class: 'muted', text: ' (' + c.previous_state + ')' }) : null),
     el('td', { 'data-label': 'Expires' }, el('time', { datetime: iso(c.expires_at), text: isoDate(c.expires_at) + (c.expires_at_approximate ? ' ≈' : '') })),
     el('td', { 'data-label': 'Days left' }, daysBar(c, now, data.thresholds)),
     el('td', { 'data-label': 'Last event' }, c.last_event ? el('a', { href: '#event?id=' + encodeURIComponent(c.last_event), text: c.last_type || c.last_event }) : (c.last_type || ''),
       c.last_occurred_at ? el('span', { class: 'muted', text: ' ' + age(c.last_occurred_at, now) }) : null)));
   const table = el('table', { class: 'responsive', id: 'certificates' },
     el('caption', { class: 'muted', text: data.matched + ' certificates' + (tile ? ' (tile: ' + tile + ')' : '') + ', soonest expiry first' }),
-    el('thead', {}, el('tr', {}, ['Hostname', 'Provider', 'Status', 'State', 'Expires', 'Days left', 'Last event'].map((h) => el('th', { scope: 'col', text: h })))),
+    el('thead', {}, el('tr', {}, ['Hostname', 'Provider', 'Status', 'State', 'Previous status', 'Expires', 'Days left', 'Last event'].map((h) => el('th', { scope: 'col', text: h })))),
     el('tbody', {}, rows));
   const more = data.matched > data.certificates.length
     ? el('div', { class: 'pager' }, el('button', { type: 'button', onclick: () => { const p = new URLSearchParams(params); p.set('limit', String(Math.min(5000, data.certificates.length + 500))); go('certificates', p); } }, 'Show more (' + (data.matched - data.certificates.length) + ' not shown)'))

@@ -1,0 +1,5 @@
+-- What an entry's status and state were before the last event that changed each, as
+-- ../sqlite's 0015 (the fold, journal/inventory.c); entries kept before have none until their
+-- next change.
+ALTER TABLE inventory ADD COLUMN previous_status text;
+ALTER TABLE inventory ADD COLUMN previous_state text;
