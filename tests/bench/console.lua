@@ -62,6 +62,7 @@ local steps = cjson.encode {
   { eval = "(performance.getEntriesByName('console-drawn-all')[0] || performance.getEntriesByName('console-drawn')[0]).startTime",
     as = "all" },
   { eval = "document.querySelectorAll('#certificates tbody tr').length", as = "rows" },
+  { eval = "performance.getEntriesByType('navigation')[0].domInteractive", as = "parsed" },
   { eval = "JSON.stringify(performance.getEntriesByType('navigation')[0])", as = "nav" },
   { eval = "performance.getEntriesByType('navigation').concat(performance.getEntriesByType('resource'))" ..
       ".reduce((n, e) => n + e.transferSize, 0)", as = "bytes" },
@@ -73,8 +74,8 @@ local function median(t)
   table.sort(s)
   return s[(#s + 1) // 2], s[1], s[#s]
 end
-local ratios = { drawn = {}, all = {} }
-for _, b in ipairs(builds) do b.ms, b.all, b.bytes = {}, {}, {} end
+local ratios = { drawn = {}, all = {}, own = {} }
+for _, b in ipairs(builds) do b.ms, b.all, b.bytes, b.parsed, b.own = {}, {}, {}, {}, {} end
 for round = 1, ROUNDS do
   local this = {}
   for k = 1, #builds do
@@ -84,12 +85,14 @@ for round = 1, ROUNDS do
     assert(code == 0, err)
     local r = cjson.decode(out).results
     b.ms[#b.ms + 1], b.all[#b.all + 1], b.bytes[#b.bytes + 1], b.what, b.rows = r.ms, r.all, r.bytes, r.what, r.rows
+    b.parsed[#b.parsed + 1], b.own[#b.own + 1] = r.parsed, r.ms - r.parsed
     this[b] = r
     if os.getenv("VERBOSE") then io.stderr:write(b.name, " ", r.ms, " ", r.all, " ", r.what, "\n", r.nav, "\n") end
   end
   if #builds == 2 then
     local a, z = this[builds[1]], this[builds[2]]
     ratios.drawn[#ratios.drawn + 1], ratios.all[#ratios.all + 1] = a.ms / z.ms, a.all / z.all
+    ratios.own[#ratios.own + 1] = (a.ms - a.parsed) / (z.ms - z.parsed)
   end
 end
 -- the admin listener's side: each file of the first load on a new connection (curl), in turn
@@ -112,15 +115,18 @@ for _, b in ipairs(builds) do
   print(b.name .. ":")
   print(("  first data in the DOM (console-drawn): median %.0f ms (min %.0f, max %.0f)"):format(median(b.ms)))
   print(("  every row of it in the DOM (%d rows): median %.0f ms (min %.0f, max %.0f)"):format(b.rows, median(b.all)))
+  print(("  the HTML parsed (domInteractive: Chromium's part, before the page can act): median %.0f ms " ..
+    "(min %.0f, max %.0f)"):format(median(b.parsed)))
+  print(("  from there to the first data (the page's part): median %.0f ms (min %.0f, max %.0f)"):format(median(b.own)))
   print(("  bytes transferred: %d (%s)"):format(median(b.bytes), b.what))
   print(("  the admin listener answering the 5 requests (curl, one connection each): median %.1f ms " ..
     "(min %.1f, max %.1f), %d bytes of bodies"):format(select(1, median(b.server)), select(2, median(b.server)),
     select(3, median(b.server)), b.sizes))
 end
 if #builds == 2 then
-  print(("this build / before, the median of the %d rounds' ratios: first data %.2f (%.2f-%.2f), every row %.2f (%.2f-%.2f)")
-    :format(ROUNDS, select(1, median(ratios.drawn)), select(2, median(ratios.drawn)), select(3, median(ratios.drawn)),
-      select(1, median(ratios.all)), select(2, median(ratios.all)), select(3, median(ratios.all))))
+  local function ratio(t) return ("%.2f (%.2f-%.2f)"):format(median(t)) end
+  print(("this build / before, the median of the %d rounds' ratios: first data %s, every row %s, " ..
+    "the page's part %s"):format(ROUNDS, ratio(ratios.drawn), ratio(ratios.all), ratio(ratios.own)))
   builds[2].srv:cleanup()
 end
 srv:cleanup()
