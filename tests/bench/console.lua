@@ -2,10 +2,10 @@
 -- (10,000) about CERTS certificates (1,000), then the page at / opened ROUNDS times in Chromium
 -- (tests/helpers/browser.cjs; make test installs it) -- each time a new browser, whose first
 -- page is opened once (a browser's first page is slower) and then again: that second navigation
--- is measured. From the navigation's start to the page's performance marks:
---   console-drawn      the first data in the DOM (this page: the first screenful of rows)
---   console-drawn-all  every row of the first answer in the DOM (a page without it: drawn)
--- and the bytes of every response that took (HTML, script, stylesheet, icon, /api/certificates);
+-- is measured: from the navigation's start to the page's performance mark console-drawn (the
+-- certificates' rows in the DOM), and from the HTML parsed (domInteractive: until then it is
+-- Chromium's part, the page cannot act) to that mark (the page's part: its requests, its
+-- script); and the bytes of every response that took (HTML, script, stylesheet, icon, /api/certificates);
 -- then the admin listener's side alone: those 5 requests with curl, one connection each.
 --
 -- BEFORE=<another build's certhook-dev> (e.g. a checkout of the previous commit, built): the
@@ -59,8 +59,6 @@ local steps = cjson.encode {
   { ["goto"] = "/" }, { wait_route = true }, -- a browser started: its first page is slower
   { ["goto"] = "/" }, { wait_route = true },
   { eval = "performance.getEntriesByName('console-drawn')[0].startTime", as = "ms" },
-  { eval = "(performance.getEntriesByName('console-drawn-all')[0] || performance.getEntriesByName('console-drawn')[0]).startTime",
-    as = "all" },
   { eval = "document.querySelectorAll('#certificates tbody tr').length", as = "rows" },
   { eval = "performance.getEntriesByType('navigation')[0].domInteractive", as = "parsed" },
   { eval = "JSON.stringify(performance.getEntriesByType('navigation')[0])", as = "nav" },
@@ -74,8 +72,8 @@ local function median(t)
   table.sort(s)
   return s[(#s + 1) // 2], s[1], s[#s]
 end
-local ratios = { drawn = {}, all = {}, own = {} }
-for _, b in ipairs(builds) do b.ms, b.all, b.bytes, b.parsed, b.own = {}, {}, {}, {}, {} end
+local ratios = { drawn = {}, own = {} }
+for _, b in ipairs(builds) do b.ms, b.bytes, b.parsed, b.own = {}, {}, {}, {} end
 for round = 1, ROUNDS do
   local this = {}
   for k = 1, #builds do
@@ -84,14 +82,14 @@ for round = 1, ROUNDS do
       :format(b.srv.admin, (steps:gsub("'", "'\\''"))))
     assert(code == 0, err)
     local r = cjson.decode(out).results
-    b.ms[#b.ms + 1], b.all[#b.all + 1], b.bytes[#b.bytes + 1], b.what, b.rows = r.ms, r.all, r.bytes, r.what, r.rows
+    b.ms[#b.ms + 1], b.bytes[#b.bytes + 1], b.what, b.rows = r.ms, r.bytes, r.what, r.rows
     b.parsed[#b.parsed + 1], b.own[#b.own + 1] = r.parsed, r.ms - r.parsed
     this[b] = r
-    if os.getenv("VERBOSE") then io.stderr:write(b.name, " ", r.ms, " ", r.all, " ", r.what, "\n", r.nav, "\n") end
+    if os.getenv("VERBOSE") then io.stderr:write(b.name, " ", r.ms, " ", r.what, "\n", r.nav, "\n") end
   end
   if #builds == 2 then
     local a, z = this[builds[1]], this[builds[2]]
-    ratios.drawn[#ratios.drawn + 1], ratios.all[#ratios.all + 1] = a.ms / z.ms, a.all / z.all
+    ratios.drawn[#ratios.drawn + 1] = a.ms / z.ms
     ratios.own[#ratios.own + 1] = (a.ms - a.parsed) / (z.ms - z.parsed)
   end
 end
@@ -113,11 +111,11 @@ end
 print(("journal: %d events, %d certificates; first load of / in Chromium, %d rounds"):format(EVENTS, certs, ROUNDS))
 for _, b in ipairs(builds) do
   print(b.name .. ":")
-  print(("  first data in the DOM (console-drawn): median %.0f ms (min %.0f, max %.0f)"):format(median(b.ms)))
-  print(("  every row of it in the DOM (%d rows): median %.0f ms (min %.0f, max %.0f)"):format(b.rows, median(b.all)))
+  print(("  the certificates' rows in the DOM (%d rows; console-drawn): median %.0f ms (min %.0f, max %.0f)")
+    :format(b.rows, median(b.ms)))
   print(("  the HTML parsed (domInteractive: Chromium's part, before the page can act): median %.0f ms " ..
     "(min %.0f, max %.0f)"):format(median(b.parsed)))
-  print(("  from there to the first data (the page's part): median %.0f ms (min %.0f, max %.0f)"):format(median(b.own)))
+  print(("  from there to the rows (the page's part): median %.0f ms (min %.0f, max %.0f)"):format(median(b.own)))
   print(("  bytes transferred: %d (%s)"):format(median(b.bytes), b.what))
   print(("  the admin listener answering the 5 requests (curl, one connection each): median %.1f ms " ..
     "(min %.1f, max %.1f), %d bytes of bodies"):format(select(1, median(b.server)), select(2, median(b.server)),
@@ -125,8 +123,8 @@ for _, b in ipairs(builds) do
 end
 if #builds == 2 then
   local function ratio(t) return ("%.2f (%.2f-%.2f)"):format(median(t)) end
-  print(("this build / before, the median of the %d rounds' ratios: first data %s, every row %s, " ..
-    "the page's part %s"):format(ROUNDS, ratio(ratios.drawn), ratio(ratios.all), ratio(ratios.own)))
+  print(("this build / before, the median of the %d rounds' ratios: the rows %s, the page's part %s")
+    :format(ROUNDS, ratio(ratios.drawn), ratio(ratios.own)))
   builds[2].srv:cleanup()
 end
 srv:cleanup()

@@ -123,7 +123,6 @@ const CERT_COLUMNS = [
     (c.last_occurred_at ? '<span class="muted"> ' + age(c.last_occurred_at, ctx.now) + '</span>' : '')],
 ];
 
-const FIRST_ROWS = 30; // a screenful (the page's first render draws these, then the rest)
 const certRow = (c, ctx) => '<tr>' + CERT_COLUMNS.map(([label, cell]) => '<td data-label="' + label + '">' + cell(c, ctx) + '</td>').join('') + '</tr>';
 
 async function certificates(params, first) {
@@ -147,12 +146,8 @@ async function certificates(params, first) {
     select('status', 'Status', state.seen.status), select('provider', 'Provider', state.seen.provider));
   const th = data.thresholds;
   const ctx = { now: data.now, top: Math.max(90, ...th), small: th.length ? Math.min(...th) : 7, big: th.length ? Math.max(...th) : 30 };
-  // a screenful of rows first; render() adds the rest after the browser has drawn them
   const tbody = el('tbody');
-  tbody.innerHTML = data.certificates.slice(0, FIRST_ROWS).map((c) => certRow(c, ctx)).join('');
-  if (data.certificates.length > FIRST_ROWS) {
-    state.rest = () => tbody.insertAdjacentHTML('beforeend', data.certificates.slice(FIRST_ROWS).map((c) => certRow(c, ctx)).join(''));
-  }
+  tbody.innerHTML = data.certificates.map((c) => certRow(c, ctx)).join('');
   const table = el('table', { class: 'responsive', id: 'certificates' },
     el('caption', { class: 'muted', text: data.matched + ' certificates' + (tile ? ' (tile: ' + tile + ')' : '') + ', soonest expiry first' }),
     el('thead', {}, el('tr', {}, CERT_COLUMNS.map(([h]) => el('th', { scope: 'col', text: h })))),
@@ -165,7 +160,7 @@ async function certificates(params, first) {
 
 // bars: widths from data-pct (no inline style attribute is needed by the CSP either way)
 function sizeBars(root) {
-  for (const s of root.querySelectorAll('.bar span[data-pct]:not([style])')) s.style.width = s.dataset.pct + '%';
+  for (const s of root.querySelectorAll('.bar span[data-pct]')) s.style.width = s.dataset.pct + '%';
 }
 
 // ---- Events ---------------------------------------------------------------------------------------
@@ -337,15 +332,8 @@ function signIn(message) {
   document.getElementById('token').focus();
 }
 
-// Resolves once the browser has drawn (or 100 ms: a hidden tab draws nothing).
-const afterPaint = () => new Promise((resolve) => {
-  requestAnimationFrame(() => setTimeout(resolve));
-  setTimeout(resolve, 100);
-});
-
 async function render(refresh) {
   clearTimeout(state.timer);
-  state.rest = null;
   const { name, params } = route();
   const view = views[name] ? name : 'certificates';
   for (const a of document.querySelectorAll('nav a')) {
@@ -358,23 +346,13 @@ async function render(refresh) {
       early = null;
       if (first instanceof Unauthorized) throw first; // the token, before any view asks again
       const content = await views[view](params, first instanceof Error ? null : first);
-      const rest = state.rest; // the rows after the first screenful, if any
-      state.rest = null;
       const root = document.getElementById('view');
       const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest('form.filters');
       if (!(refresh && focused)) { // never redraw under a filter being typed in
         root.replaceChildren(...[content].flat(3).filter(Boolean));
         sizeBars(root);
-        if (!refresh) performance.mark('console-drawn'); // (tests/bench/console.lua)
-        if (rest) { // on the first render, once the first screenful is drawn
-          const shown = root.firstChild;
-          if (!refresh) await afterPaint();
-          if (root.firstChild !== shown) return; // another view replaced it meanwhile
-          rest();
-          sizeBars(root);
-        }
         root.dataset.route = location.hash; // what it shows (the browser specs wait for it)
-        if (!refresh) performance.mark('console-drawn-all');
+        if (!refresh) performance.mark('console-drawn'); // (tests/bench/console.lua)
       }
       document.getElementById('login').hidden = true;
       document.getElementById('signout').hidden = !state.token;
