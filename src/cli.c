@@ -537,8 +537,9 @@ static int cli_servers(lua_State *L)
 }
 
 /* from (a data directory), to (a database URI) -> {events=, deliveries=, state=,
- * certificates=, replays=, once=} | nil, message. The data directory's lock is taken (no server may
- * run on it), its events of earlier releases are upgraded first, as serve would. */
+ * certificates=, replays=, once=, replay_log=} | nil, message. The data directory's lock is
+ * taken (no server may run on it), its events of earlier releases are upgraded first, as serve
+ * would. */
 static int cli_migrate(lua_State *L)
 {
     char err[600];
@@ -561,7 +562,7 @@ static int cli_migrate(lua_State *L)
     if (rc != 0)
         return fail(L, err);
     static const char *const names[JR_KINDS] = {"events", "deliveries", "state", "certificates",
-                                                "replays", "once"};
+                                                "replays", "once", "replay_log"};
     lua_createtable(L, 0, JR_KINDS);
     for (int i = 0; i < JR_KINDS; i++) {
         lua_pushinteger(L, counts[i]);

@@ -798,7 +798,8 @@ usage: certhook migrate --from DIR --to URI [--config FILE]
 
 Copies the journal of the data directory DIR (SQLite) into the PostgreSQL database URI, in
 one transaction: events with their bodies, deliveries with their status, attempts and errors,
-certhook.state, the certificate inventory and replay requests. The database must hold no
+certhook.state, the certificate inventory, replay requests and the journal of the replays
+asked (when, by whom). The database must hold no
 events yet. Stop the server of DIR first (migrate takes its lock); then start the servers
 with data = URI: they run whatever was still pending or retrying.]],
   run = function(opts)
@@ -809,10 +810,11 @@ with data = URI: they run whatever was still pending or retrying.]],
     end
     local counts, err = core.migrate(from, to)
     if not counts then die(1, "migrate: %s", err) end
-    io.stdout:write(("copied %s, %s, %s, %s, %s and %s from %s\n"):format(
+    io.stdout:write(("copied %s, %s, %s, %s, %s, %s and %s from %s\n"):format(
       plural(counts.events, "event"), plural(counts.deliveries, "delivery"):gsub("ys$", "ies"),
       plural(counts.state, "state key"), plural(counts.once, "certhook.once key"),
-      plural(counts.certificates, "certificate"), plural(counts.replays, "replay request"), from))
+      plural(counts.certificates, "certificate"), plural(counts.replays, "replay request"),
+      plural(counts.replay_log, "journaled replay"), from))
     return 0
   end,
 }

@@ -307,7 +307,7 @@ enum MHD_Result admin_access(void *cls, struct MHD_Connection *c, const char *ur
     if (admin_refusal(cfg, c, method, why, sizeof why) != NULL)
         return http_reply_error(c, MHD_HTTP_FORBIDDEN, "forbidden", NULL, NULL, NULL, "%s", why);
     if (api_asset(url)) /* the page: no data in it, it asks for the token */
-        return is_get(method) ? api_serve_asset(c, url)
+        return is_get(method) ? api_serve_asset(c, url, !cfg->has_admin_token)
                               : http_reply_error(c, MHD_HTTP_METHOD_NOT_ALLOWED,
                                                  "method_not_allowed", NULL, MHD_HTTP_HEADER_ALLOW,
                                                  "GET", "use GET");

@@ -69,7 +69,10 @@ int api_asset(const char *url)
     return 0;
 }
 
-enum MHD_Result api_serve_asset(struct MHD_Connection *c, const char *url)
+/* preload: the page may ask /api/certificates without a token (no admin_token): the HTML's
+ * answer says so in a Link header, so the browser asks it while it still fetches the script
+ * (console.js takes that answer first, whatever its view; README "Console"). */
+enum MHD_Result api_serve_asset(struct MHD_Connection *c, const char *url, int preload)
 {
     for (size_t i = 0; i < sizeof assets / sizeof assets[0]; i++) {
         if (strcmp(url, assets[i].path) != 0)
@@ -79,6 +82,9 @@ enum MHD_Result api_serve_asset(struct MHD_Connection *c, const char *url)
         if (r == NULL)
             return MHD_NO;
         console_headers(r, assets[i].type);
+        if (preload && i == 0)
+            MHD_add_response_header(r, "Link",
+                                    "</api/certificates>; rel=preload; as=fetch; crossorigin");
         http_replied = MHD_HTTP_OK;
         enum MHD_Result rc = MHD_queue_response(c, MHD_HTTP_OK, r);
         MHD_destroy_response(r);

@@ -123,7 +123,7 @@ void admin_completed(struct listener *l, void **req_cls);
 /* ---- api.c: the console (/, /console.js, /console.css) and its API (/api/...) ----------------- */
 
 int api_asset(const char *url); /* whether url is one of the page's files */
-enum MHD_Result api_serve_asset(struct MHD_Connection *c, const char *url);
+enum MHD_Result api_serve_asset(struct MHD_Connection *c, const char *url, int preload);
 /* A request to /api/... that admin.c let through; who: the name of the token it carried
  * ("admin"), or "local" (no token configured). */
 enum MHD_Result api_route(struct intake *in, struct MHD_Connection *c, const char *url,

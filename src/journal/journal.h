@@ -283,25 +283,28 @@ void journal_status(struct journal *j, struct journal_status *st);
 /* ---- copying (journal.c): certhook migrate -------------------------------------------------- */
 
 enum journal_record_kind {
-    JR_EVENT, JR_DELIVERY, JR_STATE, JR_CERTIFICATE, JR_REPLAY, JR_ONCE, JR_KINDS
+    JR_EVENT, JR_DELIVERY, JR_STATE, JR_CERTIFICATE, JR_REPLAY, JR_ONCE, JR_REPLAY_LOG, JR_KINDS
 };
 /* One row of a journal, as copied: only the fields of its kind are set. */
 struct journal_record {
     enum journal_record_kind kind;
     const struct event *ev;        /* EVENT: with seq, its packed form and body */
     int state;                     /* EVENT: 0 never dispatched, 1 dispatching, 2 finished */
-    int64_t seq;                   /* DELIVERY: its event; REPLAY: its id */
+    int64_t seq;                   /* DELIVERY: its event; REPLAY, REPLAY_LOG: its id */
     const struct delivery_result *d; /* DELIVERY */
     const char *key, *value;       /* STATE: key, JSON text; CERTIFICATE: -, the inventory entry
                                     * as JSON (journal_certs); ONCE: key, results (NULL: claimed);
-                                    * REPLAY: the handler (NULL: journal_request_replay's) */
+                                    * REPLAY, REPLAY_LOG: the handler (NULL: all of the
+                                    * event's that did not succeed); REPLAY_LOG: value, who */
     size_t key_len, value_len;
-    const char *status, *event_id; /* CERTIFICATE: status; REPLAY: the event (NULL: dead) */
-    double expires_at, at;         /* STATE: 0 never; REPLAY: requested_at; ONCE: the claim's
-                                    * lease_until (0: none) */
-    int dead;                      /* REPLAY */
+    const char *status, *event_id; /* CERTIFICATE: status; REPLAY, REPLAY_LOG: the event
+                                    * (NULL: every dead delivery) */
+    double expires_at, at;         /* STATE: 0 never; REPLAY, REPLAY_LOG: requested_at; ONCE:
+                                    * the claim's lease_until (0: none) */
+    int dead;                      /* REPLAY, REPLAY_LOG */
 };
-/* Copies every event, delivery, state key, certificate and replay request of from into to --
+/* Copies every event, delivery, state key, certificate, replay request and record of a replay
+ * asked (replay_log) of from into to --
  * a journal that holds no event yet -- in one transaction of to; counts[kind]: how many. 0, or
  * -1 with err (nothing of it was written). */
 int journal_copy(struct journal *from, struct journal *to, long counts[JR_KINDS], char *err,

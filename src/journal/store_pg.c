@@ -1875,7 +1875,8 @@ static int pg_transient(struct store *s)
 }
 
 /* Between batches: finished events received before the retention go with their deliveries,
- * a chunk per transaction (servers prune side by side: SKIP LOCKED), and expired state. */
+ * a chunk per transaction (servers prune side by side: SKIP LOCKED), the replays asked before
+ * the retention (replay_log: by age, README "journal.retention"), and expired state. */
 static void pg_prune(struct store *s, double retention)
 {
     char cutoff[40], now[40], msg[300];
@@ -1909,7 +1910,9 @@ static void pg_prune(struct store *s, double retention)
         PQclear(res);
     } while (chunk == PRUNE_BATCH);
     const char *v3[] = {now};
-    if (exec0(s, &s->w, "DELETE FROM state WHERE expires_at < $1::float8", 1, v3, msg,
+    if (exec0(s, &s->w, "DELETE FROM replay_log WHERE requested_at < $1::float8", 1, v, msg,
+              sizeof msg) != 0 ||
+        exec0(s, &s->w, "DELETE FROM state WHERE expires_at < $1::float8", 1, v3, msg,
               sizeof msg) != 0)
         goto fail;
     if (n > 0)
@@ -2736,6 +2739,16 @@ static int pg_import(struct store *s, const struct journal_record *rec, char *er
                          5, v, msg, sizeof msg);
         break;
     }
+    case JR_REPLAY_LOG: {
+        fmt_int(a, sizeof a, rec->seq);
+        fmt_double(b, sizeof b, rec->at);
+        const char *v[] = {a, utf8(rec->event_id, &t[0]), utf8(rec->key, &t[1]),
+                           rec->dead ? "true" : "false", b, utf8(rec->value, &t[2])};
+        rc = exec0(s, &s->w, "INSERT INTO replay_log (id, event_id, handler, dead, requested_at, "
+                             "requested_by) VALUES ($1::bigint, $2, $3, $4::boolean, $5::float8, "
+                             "$6)", 6, v, msg, sizeof msg);
+        break;
+    }
     default:
         snprintf(msg, sizeof msg, "unknown record");
     }
@@ -2754,6 +2767,9 @@ static int pg_import_end(struct store *s, int ok, char *err, size_t errlen)
                          "0) + 1, false) FROM events", 0, NULL, msg, sizeof msg) ||
          exec0(s, &s->w, "SELECT setval(pg_get_serial_sequence('replays', 'id'), coalesce(max(id), "
                          "0) + 1, false) FROM replays", 0, NULL, msg, sizeof msg) ||
+         exec0(s, &s->w, "SELECT setval(pg_get_serial_sequence('replay_log', 'id'), "
+                         "coalesce(max(id), 0) + 1, false) FROM replay_log", 0, NULL, msg,
+               sizeof msg) ||
          /* the events come with their contexts, the inventory with them: folded */
          exec0(s, &s->w, "UPDATE fold SET upto = (SELECT coalesce(max(seq), 0) FROM events)", 0,
                NULL, msg, sizeof msg) ||

@@ -861,8 +861,9 @@ static const char *sq_error(struct store *j)
     return sqlite3_errmsg(j->db);
 }
 
-/* Deletes finished events (and their deliveries) received before the retention, and expired
- * state, a chunk per transaction. seq follows received_at, so the old events come first. */
+/* Deletes finished events (and their deliveries) received before the retention, the replays
+ * asked before it (replay_log: by age, README "journal.retention") and expired state, a chunk
+ * per transaction. seq follows received_at, so the old events come first. */
 /* The events a prune deletes, to leave the ids (sq_prune). */
 struct gone {
     struct {
@@ -904,7 +905,7 @@ static void sq_prune(struct store *j, double retention)
     }
     sqlite3_finalize(s);
     do {
-        char pick[320], drop[400];
+        char pick[320], drop[480];
         snprintf(pick, sizeof pick,
                  "BEGIN IMMEDIATE; CREATE TEMP TABLE IF NOT EXISTS doomed (seq INTEGER PRIMARY KEY);"
                  "DELETE FROM doomed; INSERT INTO doomed SELECT seq FROM events WHERE seq < %lld "
@@ -915,8 +916,9 @@ static void sq_prune(struct store *j, double retention)
                  "DELETE FROM event_data WHERE seq IN (SELECT seq FROM doomed);"
                  "DELETE FROM contexts WHERE seq IN (SELECT seq FROM doomed);"
                  "DELETE FROM events WHERE seq IN (SELECT seq FROM doomed);"
+                 "DELETE FROM replay_log WHERE requested_at < %.6f;"
                  "DELETE FROM state WHERE expires_at < %.6f; COMMIT",
-                 now);
+                 now - retention, now);
         struct gone gone = {0};
         if (sqlite3_exec(j->db, pick, NULL, NULL, NULL) != SQLITE_OK ||
             (chunk = sqlite3_changes(j->db),
@@ -1796,8 +1798,18 @@ static int export_replay(void *cls, sqlite3_stmt *s)
     return x->fn(x->cls, &rec);
 }
 
+static int export_replay_log(void *cls, sqlite3_stmt *s)
+{
+    struct export *x = cls;
+    struct journal_record rec = {.kind = JR_REPLAY_LOG, .seq = sqlite3_column_int64(s, 0),
+                                 .event_id = column(s, 1), .key = column(s, 2),
+                                 .dead = sqlite3_column_int(s, 3), .at = column_double(s, 4),
+                                 .value = column(s, 5)};
+    return x->fn(x->cls, &rec);
+}
+
 /* Every row, in one read transaction (a snapshot): events (with their data), deliveries, state,
- * certificates, replay requests. */
+ * certificates, replay requests, the replays asked (replay_log). */
 static int sq_export(struct store *j, int (*fn)(void *cls, const struct journal_record *rec),
                      void *cls, char *err, size_t errlen)
 {
@@ -1822,7 +1834,9 @@ static int sq_export(struct store *j, int (*fn)(void *cls, const struct journal_
              each_row(j, "SELECT key, results, lease_until FROM once ORDER BY key", export_once,
                       &x, err, errlen) ||
              each_row(j, "SELECT id, event_id, dead, requested_at, handler FROM replays ORDER BY id",
-                      export_replay, &x, err, errlen)
+                      export_replay, &x, err, errlen) ||
+             each_row(j, "SELECT id, event_id, handler, dead, requested_at, requested_by FROM "
+                         "replay_log ORDER BY id", export_replay_log, &x, err, errlen)
                  ? -1
                  : 0;
     sqlite3_exec(j->rdb, "COMMIT", NULL, NULL, NULL);

@@ -188,6 +188,41 @@ describe("the console in Chromium", function()
   end)
 end)
 
+describe("the console's first load in Chromium", function()
+  local srv
+  setup(function()
+    srv = Server.start { config = SOURCES, handlers = { ["a-notify.lua"] = 'return { ["*"] = function() end }' } }
+    for i = 1, 44 do post(srv, "issuance.succeeded", ("host%02d.example.com"):format(i), i) end
+    local body = events.cloudflare("issuance.succeeded", { hostname = '<img src=x id=evil>&.example.com',
+      expires_on = os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + 300 * 86400) })
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+  end)
+  teardown(function() srv:cleanup() end)
+
+  it("asks /api/certificates once, preloaded, and draws every row, its values as text", function()
+    local r, requests = browse(srv, {
+      { ["goto"] = "/" }, { wait_route = true },
+      { eval = "document.querySelectorAll('#certificates tbody tr').length", as = "rows" },
+      { eval = "document.querySelectorAll('#certificates tbody tr .bar span[data-pct]:not([style])').length", as = "unsized" },
+      { texts = "#certificates tbody tr:last-child td:first-child", as = "last" },
+      { eval = "document.querySelectorAll('#evil, #certificates img').length", as = "evil" },
+      { ["goto"] = "/?again#events" }, { wait_route = true }, -- a new load, of another view
+      { sleep = 3500 }, -- Chromium warns of a preload left unused 3 s after the load
+    })
+    assert.are.equal(45, r.rows)
+    assert.are.equal(0, r.unsized)
+    assert.truthy(r.last[1]:find('<img src=x id=evil>&.example.com', 1, true), r.last[1]) -- shown as text
+    assert.are.equal(0, r.evil)
+    local api = {}
+    for _, req in ipairs(requests) do
+      local path = req:match("^GET http://[^/]+(/api/[^?]*)")
+      if path then api[#api + 1] = path end
+    end
+    -- each load: /api/certificates once (the preload the script takes); #events then its own
+    assert.are.same({ "/api/certificates", "/api/certificates", "/api/events" }, api)
+  end)
+end)
+
 describe("the console's token prompt in Chromium", function()
   local ADMIN, READ = "browser-admin-token-0123456789", "browser-read-token-0123456789"
   local srv, ids

@@ -62,6 +62,9 @@ describe("the console's API", function()
     assert.truthy(page:find('<script src="/console.js"', 1, true))
     assert.is_nil(page:find("https?://"), "the page names no other origin")
     assert.is_nil(api(srv, "GET", "/console.js").body:find("https?://"), "the script names no other origin")
+    -- without admin_token the page's first request is preloaded: the browser asks it at once
+    assert.are.equal("</api/certificates>; rel=preload; as=fetch; crossorigin", api(srv, "GET", "/").headers.link)
+    assert.is_nil(api(srv, "GET", "/console.js").headers.link)
     assert.are.equal(405, api(srv, "POST", "/").status)
     assert.are.equal("GET", api(srv, "POST", "/console.js").headers.allow)
     assert.are.equal(404, srv:request("GET", "/").status)
@@ -300,6 +303,7 @@ describe("the console's tokens", function()
 
   it("serves the page without a token (it asks for one) and requires one for every /api/ request", function()
     assert.are.equal(200, api(srv, "GET", "/").status)
+    assert.is_nil(api(srv, "GET", "/").headers.link, "no preload: it would be refused (401)")
     assert.are.equal(200, api(srv, "GET", "/console.js").status)
     for _, mp in ipairs { "GET /api/events", "GET /api/certificates", "GET /api/events/" .. dead,
                           "POST /api/replay", "POST /api/events/" .. dead .. "/replay", "GET /api/nothing" } do

@@ -505,6 +505,27 @@ describe("retention", function()
     assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
     srv:cleanup()
   end)
+
+  it("prunes the journal of replays asked (replay_log) after journal.retention, by age", function()
+    local srv = Server.start {
+      config = SOURCES .. "journal = { busy_timeout = 0.3, retention = 2 }\n",
+      handlers = { ["rec.lua"] = recorder("rec") },
+    }
+    local http = require "helpers.http"
+    local body, id = cf_event()
+    assert.are.equal(202, srv:post("/hooks/cloudflare", body, CF).status)
+    assert(srv:wait_status(id, "rec.lua:*", "done"))
+    local r = http.request(srv.admin, "POST", "/api/events/" .. id .. "/replay?handler=rec.lua:*")
+    assert.are.equal(202, r.status, r.body)
+    local _, err, code = fs.run(("cd '%s' && %s replay --dead --config certhook.conf.lua"):format(srv.dir, Server.certhook))
+    assert.are.equal(0, code, err) -- every dead delivery (none): journaled without an event
+    local t0 = socket.gettime()
+    assert.are.equal(2, #srv:sql("SELECT id FROM replay_log"))
+    assert(fs.wait_for(function() return #srv:sql("SELECT id FROM replay_log") == 0 end, 10),
+      "replay_log was not pruned")
+    assert.is_true(socket.gettime() - t0 > 1, "pruned before the retention")
+    srv:cleanup()
+  end)
 end)
 
 describe("the write-ahead log", function()

@@ -508,13 +508,27 @@ describe("a PostgreSQL journal", function()
     assert.are.equal(202, old:post("/hooks/cloudflare", bad, CF).status)
     assert(old:wait_status(bad_id, "h.lua:*", "dead"))
     assert(old:wait_status(good_id, "h.lua:*", "done"))
+    -- a replay asked through the console, journaled in replay_log (the server takes it: replays
+    -- is empty again, the delivery dead again)
+    local r = require("helpers.http").request(old.admin, "POST", "/api/events/" .. bad_id .. "/replay")
+    assert.are.equal(202, r.status, r.body)
+    assert(fs.wait_for(function() return #old:sql("SELECT id FROM replays") == 0 end, 10))
+    assert(old:wait_status(bad_id, "h.lua:*", "dead"))
+    local logged = old:sql("SELECT id, event_id, handler, dead, requested_at, requested_by FROM replay_log")
+    assert.are.equal(1, #logged)
     assert.are.equal(0, old:stop())
 
     local db = pg:createdb()
     local uri = pg:uri(db)
     local out, err, code = certhook(("migrate --from '%s/data' --to '%s'"):format(old.dir, uri))
     assert.are.equal(0, code, err)
-    assert.truthy(out:match("^copied 2 events, 2 deliveries, 2 state keys, 2 certhook.once keys, 2 certificates and 0 replay requests"), out)
+    assert.truthy(out:match("^copied 2 events, 2 deliveries, 2 state keys, 2 certhook.once keys, 2 certificates, " ..
+      "0 replay requests and 1 journaled replay"), out)
+    local copied = pg:sql(db, "SELECT id, event_id, handler, dead, requested_at, requested_by FROM certhook.replay_log")
+    assert.are.equal(1, #copied)
+    assert.is_true(math.abs(tonumber(copied[1][5]) - tonumber(logged[1][5])) < 1e-4, copied[1][5])
+    copied[1][5] = nil
+    assert.are.same({ logged[1][1], bad_id, "", "f", nil, "local" }, copied[1])
     out, err, code = certhook(("certs --data '%s' --json"):format(uri))
     assert.are.equal(0, code, err)
     local hosts = {}

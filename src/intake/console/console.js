@@ -1,6 +1,7 @@
 // certhook's console: three views over the admin listener's JSON API (README "Console"). No
 // framework, no build step; every value goes into the page as text, never as HTML.
 'use strict';
+performance.mark('console-script'); // (tests/bench/console.lua)
 
 const REFRESH_MS = 5000;
 const DAY = 86400;
@@ -21,16 +22,27 @@ function el(tag, attrs, ...kids) {
 
 class Unauthorized extends Error {}
 
-async function api(path, method) {
+// first: the request the server preloads (Link: </api/certificates>; rel=preload; as=fetch;
+// crossorigin, on / when no admin_token is configured): the browser hands its answer to a
+// fetch that matches it — same URL, mode, credentials and cache mode, hence these options.
+async function api(path, method, first) {
   const headers = { Accept: 'application/json' };
   if (state.token) headers.Authorization = 'Bearer ' + state.token;
-  const r = await fetch(path, { method: method || 'GET', headers, credentials: 'omit', cache: 'no-store' });
+  const r = await fetch(path, first ? { headers, credentials: 'same-origin' }
+    : { method: method || 'GET', headers, credentials: 'omit', cache: 'no-store' });
   let body = null;
   try { body = await r.json(); } catch (e) { body = null; }
   if (r.status === 401) throw new Unauthorized((body && body.message) || 'a token is needed');
   if (!r.ok) throw new Error((body && body.message) || ('HTTP ' + r.status));
   return body;
 }
+
+// The page's first request, asked as soon as the script runs (not after the DOM is ready, nor
+// after the view is known): /api/certificates, which the server preloads when it needs no
+// token. The first render takes it whatever the view (the certificates view uses it; a 401
+// asks for the token before any view asks again), so the preload is never left unused.
+// Settles to the data or the error.
+let early = state.token ? null : api('/api/certificates', 'GET', true).catch((e) => e);
 
 // ---- the URL: #view?filters -----------------------------------------------------------------
 
@@ -72,6 +84,10 @@ function pretty(text) {
   try { return JSON.stringify(JSON.parse(text), null, 2); } catch (e) { return text; }
 }
 
+// Text for HTML built as a string (a table's rows: one innerHTML, not thousands of nodes).
+const ESC = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
+const esc = (v) => (v === null || v === undefined ? '' : String(v).replace(/[&<>"']/g, (ch) => ESC[ch]));
+
 const badge = (s) => el('span', { class: 'status ' + (s || ''), text: s || 'none' });
 
 function notice(msg) {
@@ -82,23 +98,39 @@ function notice(msg) {
 
 // ---- Certificates ---------------------------------------------------------------------------------
 
-function daysBar(c, now, thresholds) {
-  if (!c.expires_at) return el('span', { class: 'muted', text: 'unknown' });
-  const days = (c.expires_at - now) / DAY;
-  const top = Math.max(90, ...thresholds);
-  const small = thresholds.length ? Math.min(...thresholds) : 7;
-  const big = thresholds.length ? Math.max(...thresholds) : 30;
-  const cls = days <= 0 ? 'expired' : days <= small ? 'crit' : days <= big ? 'warn' : 'ok';
-  const pct = Math.max(2, Math.min(100, (days / top) * 100));
+// The days left as a bar (HTML): its colour from watchdog.before, its width from data-pct
+// (sizeBars: the CSP allows no style attribute).
+function daysBar(c, ctx) {
+  if (!c.expires_at) return '<span class="muted">unknown</span>';
+  const days = (c.expires_at - ctx.now) / DAY;
+  const cls = days <= 0 ? 'expired' : days <= ctx.small ? 'crit' : days <= ctx.big ? 'warn' : 'ok';
+  const pct = Math.max(2, Math.min(100, (days / ctx.top) * 100));
   const label = days <= 0 ? 'expired' : Math.floor(days) + (Math.floor(days) === 1 ? ' day' : ' days');
-  return el('div', { class: 'bar ' + cls, role: 'img', 'aria-label': label, title: label },
-    el('span', days <= 0 ? {} : { 'data-pct': pct.toFixed(0) }), el('i', { text: label }));
+  return '<div class="bar ' + cls + '" role="img" aria-label="' + label + '" title="' + label + '"><span' +
+    (days <= 0 ? '' : ' data-pct="' + pct.toFixed(0) + '"') + '></span><i>' + label + '</i></div>';
 }
 
-async function certificates(params) {
+// The certificates table, one entry a column: its header, and its cell as HTML from the
+// certificate c (every value through esc) and ctx (now, the thresholds). A column is one line.
+const CERT_COLUMNS = [
+  ['Hostname', (c) => esc(c.hostname || c.name || c.key) + (c.names ? '<span class="muted"> +' + esc(c.names) + '</span>' : '')],
+  ['Provider', (c) => esc(c.provider)],
+  ['Status', (c) => esc(c.status)],
+  ['State', (c) => esc(c.state)],
+  // what the status was before its last change, else the state; the state too when it says more
+  ['Previous status', (c) => esc(c.previous_status || c.previous_state) +
+    (c.previous_status && c.previous_state && c.previous_state !== c.previous_status.toLowerCase() ? '<span class="muted"> (' + esc(c.previous_state) + ')</span>' : '')],
+  ['Expires', (c) => '<time datetime="' + iso(c.expires_at) + '">' + isoDate(c.expires_at) + (c.expires_at_approximate ? ' ≈' : '') + '</time>'],
+  ['Days left', daysBar],
+  ['Last event', (c, ctx) => (c.last_event ? '<a href="#event?id=' + esc(encodeURIComponent(c.last_event)) + '">' + esc(c.last_type || c.last_event) + '</a>' : esc(c.last_type)) +
+    (c.last_occurred_at ? '<span class="muted"> ' + age(c.last_occurred_at, ctx.now) + '</span>' : '')],
+];
+
+const certRow = (c, ctx) => '<tr>' + CERT_COLUMNS.map(([label, cell]) => '<td data-label="' + label + '">' + cell(c, ctx) + '</td>').join('') + '</tr>';
+
+async function certificates(params, first) {
   const qs = query(params, ['status', 'provider', 'tile', 'limit']);
-  const data = await api('/api/certificates' + (qs ? '?' + qs : ''));
-  const now = data.now;
+  const data = first && !qs ? first : await api('/api/certificates' + (qs ? '?' + qs : ''));
   data.certificates.forEach((c) => { if (c.status) state.seen.status.add(c.status); if (c.provider) state.seen.provider.add(c.provider); });
   const tile = params.get('tile') || '';
   const setTile = (t) => { const p = new URLSearchParams(params); if (t && t !== tile) p.set('tile', t); else p.delete('tile'); p.delete('limit'); go('certificates', p); };
@@ -115,22 +147,14 @@ async function certificates(params) {
       [...new Set([...values, params.get(name) || ''])].filter(Boolean).sort().map((v) => el('option', { value: v, selected: v === params.get(name), text: v }))));
   const filters = el('form', { class: 'filters', 'aria-label': 'Filters', onsubmit: (e) => e.preventDefault() },
     select('status', 'Status', state.seen.status), select('provider', 'Provider', state.seen.provider));
-  const rows = data.certificates.map((c) => el('tr', {},
-    el('td', { 'data-label': 'Hostname' }, c.hostname || c.name || c.key, c.names ? el('span', { class: 'muted', text: ' +' + c.names }) : null),
-    el('td', { 'data-label': 'Provider', text: c.provider || '' }),
-    el('td', { 'data-label': 'Status', text: c.status || '' }),
-    el('td', { 'data-label': 'State', text: c.state || '' }),
-    // what the status was before its last change, else the state; the state too when it says more
-    el('td', { 'data-label': 'Previous status' }, c.previous_status || c.previous_state || '',
-      c.previous_status && c.previous_state && c.previous_state !== c.previous_status.toLowerCase() ? el('span', { class: 'muted', text: ' (' + c.previous_state + ')' }) : null),
-    el('td', { 'data-label': 'Expires' }, el('time', { datetime: iso(c.expires_at), text: isoDate(c.expires_at) + (c.expires_at_approximate ? ' ≈' : '') })),
-    el('td', { 'data-label': 'Days left' }, daysBar(c, now, data.thresholds)),
-    el('td', { 'data-label': 'Last event' }, c.last_event ? el('a', { href: '#event?id=' + encodeURIComponent(c.last_event), text: c.last_type || c.last_event }) : (c.last_type || ''),
-      c.last_occurred_at ? el('span', { class: 'muted', text: ' ' + age(c.last_occurred_at, now) }) : null)));
+  const th = data.thresholds;
+  const ctx = { now: data.now, top: Math.max(90, ...th), small: th.length ? Math.min(...th) : 7, big: th.length ? Math.max(...th) : 30 };
+  const tbody = el('tbody');
+  tbody.innerHTML = data.certificates.map((c) => certRow(c, ctx)).join('');
   const table = el('table', { class: 'responsive', id: 'certificates' },
     el('caption', { class: 'muted', text: data.matched + ' certificates' + (tile ? ' (tile: ' + tile + ')' : '') + ', soonest expiry first' }),
-    el('thead', {}, el('tr', {}, ['Hostname', 'Provider', 'Status', 'State', 'Previous status', 'Expires', 'Days left', 'Last event'].map((h) => el('th', { scope: 'col', text: h })))),
-    el('tbody', {}, rows));
+    el('thead', {}, el('tr', {}, CERT_COLUMNS.map(([h]) => el('th', { scope: 'col', text: h })))),
+    tbody);
   const more = data.matched > data.certificates.length
     ? el('div', { class: 'pager' }, el('button', { type: 'button', onclick: () => { const p = new URLSearchParams(params); p.set('limit', String(Math.min(5000, data.certificates.length + 500))); go('certificates', p); } }, 'Show more (' + (data.matched - data.certificates.length) + ' not shown)'))
     : null;
@@ -321,14 +345,17 @@ async function render(refresh) {
   }
   if (!(refresh && state.busy)) {
     try {
-      const content = await views[view](params);
+      const first = early && await early;
+      early = null;
+      if (first instanceof Unauthorized) throw first; // the token, before any view asks again
+      const content = await views[view](params, first instanceof Error ? null : first);
       const root = document.getElementById('view');
       const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest('form.filters');
       if (!(refresh && focused)) { // never redraw under a filter being typed in
         root.replaceChildren(...[content].flat(3).filter(Boolean));
         sizeBars(root);
         root.dataset.route = location.hash; // what it shows (the browser specs wait for it)
-        if (!refresh && performance.mark) performance.mark('console-drawn'); // (tests/bench/console.lua)
+        if (!refresh) performance.mark('console-drawn'); // (tests/bench/console.lua)
       }
       document.getElementById('login').hidden = true;
       document.getElementById('signout').hidden = !state.token;
@@ -342,7 +369,8 @@ async function render(refresh) {
   if (view !== 'event') state.timer = setTimeout(() => render(true), REFRESH_MS);
 }
 
-document.addEventListener('DOMContentLoaded', () => {
+// The script is deferred: the DOM is there when it runs.
+{
   document.getElementById('login').addEventListener('submit', (e) => {
     e.preventDefault();
     state.token = document.getElementById('token').value.trim();
@@ -357,4 +385,4 @@ document.addEventListener('DOMContentLoaded', () => {
   });
   window.addEventListener('hashchange', () => { state.busy = false; render(false); });
   render(false);
-});
+}
