@@ -670,7 +670,6 @@ static int poll_change(lua_State *L, const struct poller_def *p, int obs, int en
     const struct cf_poll *c = p->priv;
     char at[40];
     luaL_checkstack(L, 20, "poll");
-    int top = lua_gettop(L);
     const char *rest = NULL;
     lua_createtable(L, 0, 2);
     int payload = lua_gettop(L);
@@ -712,9 +711,7 @@ static int poll_change(lua_State *L, const struct poller_def *p, int obs, int en
     fields_set_str(L, lua_gettop(L), "id", c->zone);
     lua_setfield(L, meta, "zone");
     lua_setfield(L, payload, "metadata");
-    lua_settop(L, payload);
-    lua_replace(L, top + 1);
-    lua_settop(L, top + 1);
+    lua_settop(L, payload); /* top + 1 */
     return rest != NULL ? POLL_EVENT : POLL_QUIET;
 }
 

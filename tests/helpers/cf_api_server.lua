@@ -70,7 +70,7 @@ local function serve(c)
   local q = {}
   for k, v in query:gmatch("([^&=]+)=([^&]*)") do q[k] = v end
   local f = io.open(dir .. "/requests.jsonl", "a")
-  f:write(cjson.encode { method = method, path = path, query = q, authorization = headers.authorization }, "\n")
+  f:write(cjson.encode { at = socket.gettime(), method = method, path = path, query = q, authorization = headers.authorization }, "\n")
   f:close()
   local state = cjson.decode(read(dir .. "/state.json"))
   if state.fail and #state.fail > 0 then
