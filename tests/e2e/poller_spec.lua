@@ -228,3 +228,32 @@ describe("a poller's configuration", function()
     assert.truthy(err:match("api must be an http"), err)
   end)
 end)
+
+-- Two servers on one PostgreSQL journal, each with the same poller: a change no webhook told
+-- is journaled once (its id is the same at both), and its handler runs once.
+if os.getenv("CERTHOOK_TEST_JOURNAL") == "postgresql" then
+  describe("pollers of two servers on one journal", function()
+    it("raise each change once", function()
+      local api = Api.start { zone = ZONE, token = TOKEN, hostnames = hostnames() }
+      local dir = fs.tmpdir()
+      local handler = HANDLER:gsub('io%.open%("calls%.jsonl", "a"%)', 'io.open(os.getenv("OUT"), "a")')
+      local a = Server.start { config = config(api), handlers = { ["all.lua"] = handler },
+        env = { CF_API_TOKEN = TOKEN, OUT = dir .. "/calls.jsonl" } }
+      local b = Server.start { config = config(api) .. ("data = %q\n"):format(a.data),
+        handlers = { ["all.lua"] = handler }, env = { CF_API_TOKEN = TOKEN, OUT = dir .. "/calls.jsonl" } }
+      runs(a, 2)
+      runs(b, 2)
+      api:status("b.poll.example", "pending_issuance")
+      runs(a, 3)
+      runs(b, 3)
+      local got = calls { dir = dir }
+      assert.are.equal(1, #got, cjson.encode(got))
+      assert.are.equal("certificate.validation.succeeded", got[1].type)
+      assert.is_true(got[1].reconciled)
+      a:cleanup()
+      b:cleanup()
+      api:stop()
+      fs.rm(dir)
+    end)
+  end)
+end
