@@ -7,7 +7,7 @@
  * The provider builds each page's request and parses the reply (its struct poll_ops: no I/O of
  * its own); the transfers go through the dispatcher's curl multi handle (api.h http_call), so
  * a run never blocks the dispatcher's thread. A run: the inventory is read once (journal_certs),
- * then page after page (at most POLL_MAX_PAGES) each observation is compared with its entry:
+ * then page after page (at most max_pages) each observation is compared with its entry:
  *
  *   a status that differs, or a new expiry  the provider's event for that change (change op:
  *                                           what its webhook would have said), else a quiet one
@@ -40,7 +40,6 @@
 #include "dispatch/dispatch.h"
 #include "providers/provider.h"
 
-#define POLL_MAX_PAGES 100            /* pages of one run */
 #define POLL_MAX_REPLY (16 << 20)     /* bytes of one page */
 #define POLL_FIRST_DELAY 0.5          /* seconds from the start (or a new poller) to its run */
 
@@ -530,7 +529,7 @@ static void gone(struct poller *p)
     lua_settop(L, top);
 }
 
-/* The run has read every page (complete: no more than POLL_MAX_PAGES). */
+/* The run has read every page (complete), or max_pages of them. */
 static void finish(struct poller *p, int complete)
 {
     lua_State *L = p->ps->L;
@@ -630,9 +629,9 @@ static void reply(struct poller *p)
     lua_settop(L, top);
     if (!more) {
         finish(p, 1);
-    } else if (p->page >= POLL_MAX_PAGES) {
-        log_msg(LOG_WARN, "poller %s: stopped at %d pages; certificates past them are not "
-                          "compared, and none is taken for gone", p->def->name, POLL_MAX_PAGES);
+    } else if (p->page >= p->def->max_pages) {
+        log_msg(LOG_WARN, "poller %s: stopped at max_pages (%d); certificates past them are not "
+                          "compared, and none is taken for gone", p->def->name, p->def->max_pages);
         finish(p, 0);
     } else {
         p->page++;

@@ -105,14 +105,15 @@ struct provider {
 
 /* ---- pollers: a provider's API, asked on an interval ------------------------------------------ */
 
-/* pollers.<name> = { provider = ..., interval =, timeout =, first_run =, api =, <the
- * provider's settings> } (poller_configure). */
+/* pollers.<name> = { provider = ..., interval =, timeout =, max_pages =, first_run =, api =,
+ * <the provider's settings> } (poller_configure). */
 struct poller_def {
     char *name;          /* its events' source is poll:<name> */
     char *source;        /* "poll:<name>" */
     const struct provider *provider;
     double interval;     /* seconds between two runs' starts */
     double timeout;      /* seconds a run may take */
+    int max_pages;       /* pages a run reads at most */
     int first_run_events; /* first_run = "events": what the inventory never heard of is an
                           * event at the first run too (default "silent": quiet events) */
     char *api;           /* the API's base URL, without a trailing slash */

@@ -198,7 +198,7 @@ int poller_configure(lua_State *L, int t, const char *name, struct poller_def *p
                      size_t errlen)
 {
     char path[160], names[200];
-    const char *keys[24] = {"provider", "interval", "timeout", "first_run", "api"};
+    const char *keys[24] = {"provider", "interval", "timeout", "max_pages", "first_run", "api"};
     int top = lua_gettop(L);
     memset(p, 0, sizeof *p);
     t = lua_absindex(L, t);
@@ -225,7 +225,7 @@ int poller_configure(lua_State *L, int t, const char *name, struct poller_def *p
     }
     lua_pop(L, 1);
     const struct poll_ops *ops = p->provider->poll;
-    size_t n = 5;
+    size_t n = 6;
     for (const char *const *k = ops->settings; k && *k && n < 23; k++)
         keys[n++] = *k;
     keys[n] = NULL;
@@ -235,13 +235,16 @@ int poller_configure(lua_State *L, int t, const char *name, struct poller_def *p
     p->interval = 300;
     p->timeout = 0;
     char *first_run = NULL;
+    double max_pages = 100;
     if (setting_number(L, t, "interval", 0.05, 7 * 86400, &p->interval, path, err, errlen) ||
+        setting_number(L, t, "max_pages", 1, 1e6, &max_pages, path, err, errlen) ||
         setting_number(L, t, "timeout", 0.05, 86400, &p->timeout, path, err, errlen) ||
         setting_string(L, t, "first_run", &first_run, path, err, errlen) ||
         setting_string(L, t, "api", &p->api, path, err, errlen)) {
         free(first_run);
         return -1;
     }
+    p->max_pages = (int)max_pages;
     if (p->timeout == 0) /* a run never outlasts its interval, and gets at least a minute */
         p->timeout = p->interval > 60 ? p->interval : 60;
     if (first_run != NULL && strcmp(first_run, "silent") != 0 && strcmp(first_run, "events") != 0) {
