@@ -43,6 +43,10 @@ measure("first run (all quiet events)")
 -- the next run, sooner: a reload with a shorter interval
 fs.write(srv.dir .. "/certhook.conf.lua", (fs.read(srv.dir .. "/certhook.conf.lua"):gsub("interval = 3600", "interval = 1")))
 srv:signal("HUP")
+if os.getenv("PERF") then -- PERF=file: perf record the server during that run
+  os.execute(("perf record -g -o '%s' -p %d >/dev/null 2>&1 & echo $! >%s/perf.pid"):format(os.getenv("PERF"), srv.pid, srv.dir))
+end
 measure("a run that finds nothing")
+if os.getenv("PERF") then os.execute(("kill -INT $(cat %s/perf.pid); sleep 1"):format(srv.dir)) end
 srv:cleanup()
 api:stop()

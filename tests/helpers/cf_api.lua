@@ -11,7 +11,7 @@ function M.start(state)
   local self = setmetatable({ dir = fs.tmpdir() }, M)
   self:set(state)
   os.execute(("cd '%s' && (unset LD_PRELOAD; exec lua5.4 '%s/tests/helpers/cf_api_server.lua' '%s' " ..
-    "'%s/tests/fixtures/cloudflare/poll.custom_hostnames.json' >log 2>&1 & echo $! >pid)")
+    "'%s/tests/fixtures/pollers/cloudflare.custom_hostnames.json' >log 2>&1 & echo $! >pid)")
     :format(self.dir, M.root, self.dir, M.root))
   local line = fs.wait_for(function() return (fs.read(self.dir .. "/out") or ""):match("listening (%d+)") end, 10)
   assert(line, "the API double did not start: " .. (fs.read(self.dir .. "/log") or ""))

@@ -1,7 +1,7 @@
 -- A Cloudflare API double on loopback (tests/helpers/cf_api.lua starts it): GET
 -- /client/v4/zones/<zone>/custom_hostnames?page=&per_page= answers pages of the custom hostnames
 -- listed in <dir>/state.json, each made from the official example body
--- (tests/fixtures/cloudflare/poll.custom_hostnames.json, POLLERS.md §1a) with its hostname, ids,
+-- (tests/fixtures/pollers/cloudflare.custom_hostnames.json, POLLERS.md §1a) with its hostname, ids,
 -- ssl.status and ssl.expires_on replaced. state.json, reread at every request:
 --   { zone = "...", token = "...", hostnames = { {hostname=, id=, ssl_id=, status=, expires_on=} },
 --     fail = { {status = 429, retry_after = "2"}, ... } (answered first, one per request, then
