@@ -124,7 +124,7 @@ static const struct family {
     [M_POLLER_RUNS] = {"certhook_poller_runs_total",
                        "Runs of each poller, by result: ok, rate_limited (429), http_error "
                        "(another status), unreachable (no reply), bad_reply, timeout (the run's "
-                       "bound), journal.",
+                       "bound), journal; elsewhere: another server of the journal ran it.",
                        "counter", {"poller", "result"}, NULL, 0},
     [M_POLLER_SUCCESS] = {"certhook_poller_last_success_timestamp_seconds",
                           "When each poller last finished a run that worked.",

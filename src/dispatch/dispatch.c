@@ -225,10 +225,12 @@ void dispatch_set_config(struct dispatch *d, const struct delivery_cfg *cfg)
     http_multi_limits(d->http, (long)cfg->per_host, cfg->concurrency);
 }
 
+static void wake_cb(void *d);
+
 void dispatch_set_pollers(struct dispatch *d, const struct poller_def *defs, size_t n)
 {
     if (d->pollers == NULL && n > 0) {
-        struct pollers *ps = pollers_new(d->j, d->http);
+        struct pollers *ps = pollers_new(d->j, d->http, wake_cb, d);
         if (ps == NULL) {
             log_msg(LOG_ERROR, "cannot start the pollers: out of memory");
             return;

@@ -232,9 +232,11 @@ void watchdog_tick(struct watchdog *w);
 struct poller_def;
 struct pollers;
 /* Pollers on the dispatcher's thread: the journal they read and write, the transfers of its
- * loop. NULL: out of memory. */
-struct pollers *pollers_new(struct journal *j, struct http_multi *http);
-void pollers_free(struct pollers *ps); /* stops the runs under way */
+ * loop; wake(wake_cls) tells that loop, from the journal writer's thread, that a claim was
+ * answered (a shared journal: one server polls at a time). NULL: out of memory. */
+struct pollers *pollers_new(struct journal *j, struct http_multi *http, void (*wake)(void *),
+                            void *wake_cls);
+void pollers_free(struct pollers *ps); /* stops the runs under way; after journal_stop */
 /* The pollers configured now (defs[0..n), kept by the caller until pollers_free): new ones run
  * soon, those gone stop, the others take their new settings at their next run. */
 void pollers_configure(struct pollers *ps, const struct poller_def *defs, size_t n);

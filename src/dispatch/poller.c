@@ -24,7 +24,9 @@
  * once through restarts and any number of nodes. A run that fails (no reply, a 429 or 5xx, a
  * reply that does not parse, its timeout) ends; the next one comes after a backoff with jitter
  * that honours Retry-After (retry.c), logged once per cause, counted in metrics, shown by
- * /readyz. Nothing here waits for the journal: events are queued to the writer.
+ * /readyz. Nothing here waits for the journal: events are queued to the writer. On a shared
+ * journal one server polls at a time: a run starts with a claim (certhook.once's, through the
+ * writer) that the other servers' runs find held (their result: "elsewhere").
  */
 #include <math.h>
 #include <pthread.h>
@@ -54,6 +56,7 @@ struct poller {
     double deadline, started;     /* time_mono() */
     struct http_call *call;
     int call_ended;
+    struct poll_claim *claim;     /* a shared journal: the claim asked for before a run */
     int inv_ref, seen_ref;        /* this run's: key -> inventory entry; keys seen */
     int prev_ref;                 /* keys seen by the last complete run (LUA_NOREF: none) */
     size_t events;                /* journaled by this run */
@@ -69,9 +72,24 @@ struct pollers {
     struct journal *j;
     struct http_multi *http;
     lua_State *L;
-    pthread_mutex_t mu; /* the list, and each poller's status */
+    pthread_mutex_t mu; /* the list, each poller's status, the claims' answers */
     struct poller *list;
     unsigned short rng[3];
+    int shared;                /* several servers share the journal: one polls at a time */
+    void (*wake)(void *);      /* tells the dispatcher's loop, from the writer's thread */
+    void *wake_cls;
+};
+
+/* A shared journal: before a run, the poller's claim (certhook.once's) on
+ * certhook:poller:<name>:run until 0.9 of its interval from now -- the others' runs in that
+ * window find it held and leave it to this server; the claim runs out before this server's own
+ * next run. The writer answers on its thread; the poller reads the answer on the dispatcher's. */
+struct poll_claim {
+    struct journal_req r;
+    struct pollers *ps;
+    struct poller *p;  /* NULL: the poller went first (the answer frees it); guarded by ps->mu */
+    int answered;      /* guarded by ps->mu */
+    char key[200];
 };
 
 /* An event on its way to the journal. */
@@ -86,7 +104,8 @@ struct poll_note {
     char key[200], value[64];
 };
 
-struct pollers *pollers_new(struct journal *j, struct http_multi *http)
+struct pollers *pollers_new(struct journal *j, struct http_multi *http, void (*wake)(void *),
+                            void *wake_cls)
 {
     struct pollers *ps = calloc(1, sizeof *ps);
     if (ps == NULL || (ps->L = luaL_newstate()) == NULL) {
@@ -97,6 +116,9 @@ struct pollers *pollers_new(struct journal *j, struct http_multi *http)
     json_open(ps->L);
     ps->j = j;
     ps->http = http;
+    ps->wake = wake;
+    ps->wake_cls = wake_cls;
+    ps->shared = isfinite(journal_lease(j));
     pthread_mutex_init(&ps->mu, NULL);
     unsigned seed = (unsigned)(time_mono() * 1e6);
     ps->rng[0] = (unsigned short)seed, ps->rng[1] = (unsigned short)(seed >> 16);
@@ -123,6 +145,14 @@ static void end_run(struct poller *p)
 
 static void poller_free(struct poller *p)
 {
+    if (p->claim != NULL) { /* the answer frees it, or it came: free it here */
+        struct poll_claim *c = p->claim;
+        int answered = c->answered; /* under ps->mu: poller_free's callers hold it */
+        c->p = NULL;
+        if (answered)
+            free(c);
+        p->claim = NULL;
+    }
     end_run(p);
     unref(p->ps->L, &p->prev_ref);
     free(p);
@@ -132,10 +162,12 @@ void pollers_free(struct pollers *ps)
 {
     if (ps == NULL)
         return;
+    pthread_mutex_lock(&ps->mu); /* the writer has stopped: every claim was answered */
     for (struct poller *p = ps->list, *next; p; p = next) {
         next = p->next;
         poller_free(p);
     }
+    pthread_mutex_unlock(&ps->mu);
     lua_close(ps->L);
     pthread_mutex_destroy(&ps->mu);
     free(ps);
@@ -360,6 +392,58 @@ static void compare(struct poller *p, int obs)
     lua_settop(L, top);
 }
 
+/* ---- claims on a shared journal ------------------------------------------------------------ */
+
+static void claim_done(struct journal_req *r)
+{
+    struct poll_claim *c = (struct poll_claim *)r;
+    struct pollers *ps = c->ps;
+    pthread_mutex_lock(&ps->mu);
+    c->answered = 1;
+    int orphan = c->p == NULL;
+    pthread_mutex_unlock(&ps->mu);
+    if (orphan)
+        free(c);
+    else if (ps->wake != NULL)
+        ps->wake(ps->wake_cls);
+}
+
+static void release_done(struct journal_req *r)
+{
+    free(r);
+}
+
+/* Asks the journal for this run's claim. 0, or -1: out of memory (the run goes ahead). */
+static int claim(struct poller *p)
+{
+    struct poll_claim *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return -1;
+    c->ps = p->ps;
+    c->p = p;
+    snprintf(c->key, sizeof c->key, "certhook:poller:%s:run", p->def->name);
+    c->r.op = JOURNAL_ONCE_CLAIM;
+    c->r.key = c->key;
+    c->r.expires_at = time_now() + 0.9 * p->def->interval;
+    c->r.done = claim_done;
+    p->claim = c;
+    journal_append(p->ps->j, &c->r);
+    return 0;
+}
+
+/* A run that failed gives its claim back: another server may try before it runs out. */
+static void release(struct poller *p)
+{
+    struct poll_claim *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return;
+    snprintf(c->key, sizeof c->key, "certhook:poller:%s:run", p->def->name);
+    c->r.op = JOURNAL_ONCE_RELEASE;
+    c->r.key = c->key;
+    c->r.done = release_done;
+    journal_append(p->ps->j, &c->r);
+}
+
 /* ---- a run --------------------------------------------------------------------------------- */
 
 static void set_status(struct poller *p, const char *result, const char *error, int ok)
@@ -400,6 +484,8 @@ static void fail(struct poller *p, const char *result, const char *why, double r
         snprintf(p->cause, sizeof p->cause, "%s", cause);
     }
     end_run(p);
+    if (p->ps->shared)
+        release(p);
     p->next_at = time_mono() + delay;
 }
 
@@ -490,6 +576,8 @@ static void run(struct poller *p)
     p->events = 0;
     p->started = time_mono();
     p->deadline = p->started + def->timeout;
+    if (p->ps->shared) /* never past its claim: then another server may run */
+        p->deadline = fmin(p->deadline, p->started + 0.9 * def->interval);
     pthread_mutex_lock(&p->ps->mu);
     p->next_at = p->started + def->interval; /* from start to start */
     pthread_mutex_unlock(&p->ps->mu);
@@ -639,6 +727,32 @@ static void reply(struct poller *p)
     }
 }
 
+/* The journal's answer to the claim c: run (unless stopping), or leave the run to the server
+ * that holds it. */
+static void claimed(struct poller *p, struct poll_claim *c, int stopping)
+{
+    enum journal_result result = c->r.result;
+    char error[sizeof c->r.error];
+    snprintf(error, sizeof error, "%s", c->r.error);
+    p->claim = NULL;
+    free(c);
+    if (result == JOURNAL_ACCEPTED && stopping) {
+        release(p);
+    } else if (result == JOURNAL_ACCEPTED) {
+        run(p);
+    } else if (result == JOURNAL_REFUSED || result == JOURNAL_DUPLICATE) {
+        pthread_mutex_lock(&p->ps->mu);
+        snprintf(p->result, sizeof p->result, "elsewhere");
+        p->error[0] = '\0';
+        p->runs++;
+        pthread_mutex_unlock(&p->ps->mu);
+        metrics_add(M_POLLER_RUNS, 1, p->def->name, "elsewhere");
+    } else {
+        p->running = 1;
+        fail(p, "journal", error[0] ? error : "the journal did not answer the claim", 0);
+    }
+}
+
 double pollers_turn(struct pollers *ps, int stopping)
 {
     double next = INFINITY;
@@ -653,9 +767,20 @@ double pollers_turn(struct pollers *ps, int stopping)
             snprintf(why, sizeof why, "the run took longer than its timeout (%g s)",
                      p->def->timeout);
             fail(p, "timeout", why, 0);
+        } else if (p->claim != NULL) {
+            pthread_mutex_lock(&ps->mu);
+            struct poll_claim *c = p->claim->answered ? p->claim : NULL;
+            pthread_mutex_unlock(&ps->mu);
+            if (c != NULL)
+                claimed(p, c, stopping);
         } else if (!p->running && !stopping && now >= p->next_at) {
-            run(p);
+            if (!ps->shared || claim(p) != 0)
+                run(p);
+            else
+                p->next_at = now + p->def->interval; /* from start to start */
         }
+        if (p->claim != NULL)
+            continue; /* the writer's answer wakes the loop */
         if (p->running)
             next = fmin(next, p->call_ended ? now : p->deadline);
         else if (!stopping)

@@ -231,11 +231,12 @@ describe("a poller's configuration", function()
   end)
 end)
 
--- Two servers on one PostgreSQL journal, each with the same poller: a change no webhook told
--- is journaled once (its id is the same at both), and its handler runs once.
+-- Two servers on one PostgreSQL journal, each with the same poller: one polls at a time (the
+-- other finds the run claimed: "elsewhere"), a change no webhook told is journaled once (its id
+-- is the same at both), and its handler runs once.
 if os.getenv("CERTHOOK_TEST_JOURNAL") == "postgresql" then
   describe("pollers of two servers on one journal", function()
-    it("raise each change once", function()
+    it("poll one at a time and raise each change once", function()
       local api = Api.start { zone = ZONE, token = TOKEN, hostnames = hostnames() }
       local dir = fs.tmpdir()
       local handler = HANDLER:gsub('io%.open%("calls%.jsonl", "a"%)', 'io.open(os.getenv("OUT"), "a")')
@@ -252,6 +253,16 @@ if os.getenv("CERTHOOK_TEST_JOURNAL") == "postgresql" then
       assert.are.equal(1, #got, cjson.encode(got))
       assert.are.equal("certificate.validation.succeeded", got[1].type)
       assert.is_true(got[1].reconciled)
+      local elsewhere = 0
+      for _, srv in ipairs { a, b } do
+        local text = http.get(srv.admin, "/metrics").body
+        elsewhere = elsewhere + tonumber(text:match('certhook_poller_runs_total{poller="cf",result="elsewhere"} (%d+)') or "0")
+      end
+      assert.truthy(elsewhere > 0, "no run was left to the other server")
+      local pages = {} -- runs never overlap: page 2 always right after a page 1
+      for _, r in ipairs(api:requests()) do pages[#pages + 1] = r.query.page end
+      assert.truthy(not table.concat(pages):find("11", 1, true) and not table.concat(pages):find("22", 1, true),
+        table.concat(pages))
       a:cleanup()
       b:cleanup()
       api:stop()
