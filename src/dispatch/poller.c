@@ -60,7 +60,7 @@ struct poller {
     int inv_ref, seen_ref;        /* this run's: key -> inventory entry; keys seen */
     int prev_ref;                 /* keys seen by the last complete run (LUA_NOREF: none) */
     size_t events;                /* journaled by this run */
-    char cause[300];              /* of the failure last logged ("": none) */
+    char cause[64];               /* of the failure last logged ("": none) */
     /* guarded by ps->mu: for /readyz */
     char result[24], error[300];
     double last_run_at, last_success_at; /* wall clock; 0: never */
@@ -236,7 +236,7 @@ void pollers_json(struct pollers *ps, struct buf *b)
             buf_json_number(b, p->last_success_at > 0 ? p->last_success_at : NAN);
             buf_printf(b, ",\"failures\":%d,\"runs\":%lu,\"running\":%s,\"next_run_in\":",
                        p->failures, p->runs, p->running ? "true" : "false");
-            buf_json_number(b, p->running ? 0 : fmax(0, round((p->next_at - now) * 10) / 10));
+            buf_printf(b, "%.1f", p->running ? 0 : fmax(0, p->next_at - now));
             buf_adds(b, "}");
         }
         pthread_mutex_unlock(&ps->mu);
@@ -466,8 +466,8 @@ static void set_status(struct poller *p, const char *result, const char *error, 
  * that honours the provider's Retry-After (seconds; 0: none). */
 static void fail(struct poller *p, const char *result, const char *why, double retry_after)
 {
-    char cause[300];
-    snprintf(cause, sizeof cause, "%s", why);
+    char cause[64]; /* the kind of failure, with its HTTP status: not the message's details */
+    snprintf(cause, sizeof cause, "%s %.8s", result, strncmp(why, "HTTP ", 5) == 0 ? why : "");
     set_status(p, result, why, 0);
     metrics_add(M_POLLER_RUNS, 1, p->def->name, result);
     double delay = poll_retry_delay(p->def->interval, p->failures, retry_after,
