@@ -7,6 +7,13 @@ local fs = require "helpers.fs"
 local M = {}
 M.__index = M
 
+-- Every double not yet stopped: a test that fails half-way never reaches its stop; whatever is
+-- left when busted exits is stopped then (as helpers/server.lua does for servers).
+local live = {}
+M.reaper = setmetatable({}, { __gc = function()
+  for api in pairs(live) do pcall(api.stop, api) end
+end })
+
 function M.start(state)
   local self = setmetatable({ dir = fs.tmpdir() }, M)
   self:set(state)
@@ -18,6 +25,7 @@ function M.start(state)
   self.pid = tonumber(fs.read(self.dir .. "/pid"))
   self.port = tonumber(line)
   self.url = ("http://127.0.0.1:%d/client/v4"):format(self.port)
+  live[self] = true
   return self
 end
 
@@ -52,6 +60,7 @@ function M:requests()
 end
 
 function M:stop()
+  live[self] = nil
   if self.pid then os.execute(("kill -KILL %d 2>/dev/null"):format(self.pid)) end
   fs.rm(self.dir)
 end
