@@ -54,6 +54,7 @@ struct poller {
     /* the run under way */
     int running, page, first, first_known, first_done, complete;
     double deadline, started;     /* time_mono() */
+    double asked_at, next_ask;    /* time_mono(): the last request; the next one (0: none due) */
     struct http_call *call;
     int call_ended;
     struct poll_claim *claim;     /* a shared journal: the claim asked for before a run */
@@ -503,6 +504,8 @@ static int ask(struct poller *p)
     memset(&rq, 0, sizeof rq);
     const char *headers[POLL_MAX_HEADERS];
     double left = p->deadline - time_mono();
+    p->asked_at = time_mono();
+    p->next_ask = 0;
     int rc = p->def->provider->poll->request(p->def, p->page, &rq, err, sizeof err);
     for (size_t i = 0; rc == 0 && i < rq.nheaders; i++)
         headers[i] = rq.headers[i].p;
@@ -721,9 +724,9 @@ static void reply(struct poller *p)
         log_msg(LOG_WARN, "poller %s: stopped at max_pages (%d); certificates past them are not "
                           "compared, and none is taken for gone", p->def->name, p->def->max_pages);
         finish(p, 0);
-    } else {
+    } else { /* the next page, within the rate */
         p->page++;
-        ask(p);
+        p->next_ask = fmax(time_mono(), p->asked_at + 1 / p->def->rate);
     }
 }
 
@@ -767,6 +770,8 @@ double pollers_turn(struct pollers *ps, int stopping)
             snprintf(why, sizeof why, "the run took longer than its timeout (%g s)",
                      p->def->timeout);
             fail(p, "timeout", why, 0);
+        } else if (p->running && p->call == NULL && p->next_ask > 0 && now >= p->next_ask) {
+            ask(p);
         } else if (p->claim != NULL) {
             pthread_mutex_lock(&ps->mu);
             struct poll_claim *c = p->claim->answered ? p->claim : NULL;
@@ -782,7 +787,9 @@ double pollers_turn(struct pollers *ps, int stopping)
         if (p->claim != NULL)
             continue; /* the writer's answer wakes the loop */
         if (p->running)
-            next = fmin(next, p->call_ended ? now : p->deadline);
+            next = fmin(next, p->call_ended ? now
+                              : p->call == NULL && p->next_ask > 0 ? fmin(p->next_ask, p->deadline)
+                                                                 : p->deadline);
         else if (!stopping)
             next = fmin(next, p->next_at);
     }

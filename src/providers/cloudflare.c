@@ -719,6 +719,7 @@ static const char *const poll_settings[] = {"zone", "token", "per_page", NULL};
 
 static const struct poll_ops cf_poll_ops = {
     .api = "https://api.cloudflare.com/client/v4",
+    .rate = 2, /* half of the 1,200 requests per 5 minutes an API token may make */
     .settings = poll_settings,
     .configure = poll_configure,
     .release = poll_release,

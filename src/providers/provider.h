@@ -105,8 +105,8 @@ struct provider {
 
 /* ---- pollers: a provider's API, asked on an interval ------------------------------------------ */
 
-/* pollers.<name> = { provider = ..., interval =, timeout =, max_pages =, first_run =, api =,
- * <the provider's settings> } (poller_configure). */
+/* pollers.<name> = { provider = ..., interval =, timeout =, max_pages =, rate =, first_run =,
+ * api =, <the provider's settings> } (poller_configure). */
 struct poller_def {
     char *name;          /* its events' source is poll:<name> */
     char *source;        /* "poll:<name>" */
@@ -114,6 +114,7 @@ struct poller_def {
     double interval;     /* seconds between two runs' starts */
     double timeout;      /* seconds a run may take */
     int max_pages;       /* pages a run reads at most */
+    double rate;         /* requests per second at most (the provider's rate limit) */
     int first_run_events; /* first_run = "events": what the inventory never heard of is an
                           * event at the first run too (default "silent": quiet events) */
     char *api;           /* the API's base URL, without a trailing slash */
@@ -136,6 +137,7 @@ enum { POLL_QUIET = 0, POLL_EVENT = 1 };
  * diff against the inventory and the journal are the poller's (dispatch/poller.c). */
 struct poll_ops {
     const char *api;                /* the default base URL */
+    double rate;                    /* the default requests per second: within its limits */
     const char *const *settings;    /* its settings, NULL-terminated */
     /* Reads its settings from the table at t into p->priv; 0, or -1 with err naming one. */
     int (*configure)(lua_State *L, int t, struct poller_def *p, char *err, size_t errlen);

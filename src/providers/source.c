@@ -198,7 +198,8 @@ int poller_configure(lua_State *L, int t, const char *name, struct poller_def *p
                      size_t errlen)
 {
     char path[160], names[200];
-    const char *keys[24] = {"provider", "interval", "timeout", "max_pages", "first_run", "api"};
+    const char *keys[24] = {"provider", "interval", "timeout", "max_pages", "rate", "first_run",
+                            "api"};
     int top = lua_gettop(L);
     memset(p, 0, sizeof *p);
     t = lua_absindex(L, t);
@@ -225,7 +226,7 @@ int poller_configure(lua_State *L, int t, const char *name, struct poller_def *p
     }
     lua_pop(L, 1);
     const struct poll_ops *ops = p->provider->poll;
-    size_t n = 6;
+    size_t n = 7;
     for (const char *const *k = ops->settings; k && *k && n < 23; k++)
         keys[n++] = *k;
     keys[n] = NULL;
@@ -234,10 +235,12 @@ int poller_configure(lua_State *L, int t, const char *name, struct poller_def *p
     snprintf(path, sizeof path, "pollers.%s.", name);
     p->interval = 300;
     p->timeout = 0;
+    p->rate = ops->rate;
     char *first_run = NULL;
     double max_pages = 100;
     if (setting_number(L, t, "interval", 0.05, 7 * 86400, &p->interval, path, err, errlen) ||
         setting_number(L, t, "max_pages", 1, 1e6, &max_pages, path, err, errlen) ||
+        setting_number(L, t, "rate", 0.001, 1000, &p->rate, path, err, errlen) ||
         setting_number(L, t, "timeout", 0.05, 86400, &p->timeout, path, err, errlen) ||
         setting_string(L, t, "first_run", &first_run, path, err, errlen) ||
         setting_string(L, t, "api", &p->api, path, err, errlen)) {

@@ -102,6 +102,13 @@ describe("the Cloudflare poller", function()
       pages[r.query.page] = true
     end
     assert.are.same({ ["1"] = true, ["2"] = true }, pages)
+    -- no faster than the default rate, 2 requests a second
+    local reqs = api:requests()
+    for i = 2, #reqs do
+      if reqs[i].query.page == "2" then
+        assert.truthy(reqs[i].at - reqs[i - 1].at >= 0.45, ("page 2 %.3f s after page 1"):format(reqs[i].at - reqs[i - 1].at))
+      end
+    end
     assert.are.equal("ok", readyz(srv).pollers.cf.result)
   end)
 
