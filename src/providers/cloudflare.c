@@ -640,7 +640,7 @@ static int poll_page(lua_State *L, int body, const struct poller_def *p, int pag
  * `from` (NULL: unknown) to `to`, by cf_types' transitions: NULL when none would. */
 static const char *cf_change_rest(const char *from, const char *to, int new_expiry)
 {
-    static char failed[64];
+    char failed[64];
     const char *timed_out = strstr(to, "_timed_out");
     if (timed_out != NULL && timed_out[10] == '\0') { /* <phase>_timed_out: <phase>.failed */
         snprintf(failed, sizeof failed, "%.*s.failed", (int)(timed_out - to), to);
