@@ -328,6 +328,31 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         free(format);
     }
 
+    if (setting_table(L, t, "pollers", &sub, "", err, errlen))
+        goto done;
+    if (sub) {
+        lua_pushnil(L);
+        while (lua_next(L, sub) != 0) { /* name, table */
+            struct poller_def *p = realloc(c->pollers, (c->npollers + 1) * sizeof *p);
+            if (p == NULL) {
+                snprintf(err, errlen, "out of memory");
+                goto done;
+            }
+            c->pollers = p;
+            p = &c->pollers[c->npollers];
+            if (lua_type(L, -2) != LUA_TSTRING) {
+                snprintf(err, errlen, "poller names must be strings of letters, digits, '-', "
+                                      "'_' or '.'");
+                goto done;
+            }
+            int prc = poller_configure(L, lua_gettop(L), lua_tostring(L, -2), p, err, errlen);
+            c->npollers++; /* released by config_free, whatever it holds */
+            if (prc != 0)
+                goto done;
+            lua_settop(L, sub + 1); /* keep the key for lua_next */
+        }
+        lua_settop(L, sub - 1);
+    }
     if (setting_table(L, t, "sources", &sub, "", err, errlen))
         goto done;
     if (!sub) {
@@ -391,5 +416,8 @@ void config_free(struct config *c)
     for (size_t i = 0; i < c->nsources; i++)
         source_release(&c->sources[i]);
     free(c->sources);
+    for (size_t i = 0; i < c->npollers; i++)
+        poller_release(&c->pollers[i]);
+    free(c->pollers);
     memset(c, 0, sizeof *c);
 }

@@ -249,6 +249,7 @@ static int reload_apply(void *cls, struct reload_built *b, char *err, size_t err
         dispatch_set_config(s->d, &fresh->delivery);
         if (s->expiry != NULL)
             watchdog_set_config(s->expiry, &fresh->watchdog);
+        dispatch_set_pollers(s->d, fresh->pollers, fresh->npollers);
         stall_set_limit(s->stall, fresh->delivery.timeout + STALL_GRACE,
                         fresh->reload_timeout + STALL_GRACE);
         s->cfg = fresh;
@@ -434,6 +435,7 @@ int server_run(struct config *c, config_loader load, void *load_cls, char *err, 
     if ((s.expiry = watchdog_new(s.j, &c->watchdog, why, sizeof why)) == NULL)
         log_msg(LOG_WARN, "%s: no expiry watchdog", why);
     dispatch_on_tick(s.d, tick, &s);
+    dispatch_set_pollers(s.d, c->pollers, c->npollers);
 
     char listen[300], admin[300];
     announce(&s, listen, admin, sizeof listen);

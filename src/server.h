@@ -24,6 +24,8 @@ struct config {
     struct delivery_cfg delivery;
     double reload_timeout;    /* reload.timeout: seconds loading the handler files may take */
     struct watchdog_cfg watchdog;
+    struct poller_def *pollers; /* owned */
+    size_t npollers;
     double busy_timeout;      /* journal: seconds to wait for a locked database */
     double retention;         /* journal: seconds finished events are kept */
     size_t max_wal;           /* journal: bytes the WAL may reach before it is truncated */

@@ -74,7 +74,7 @@ if [ "${1:-}" != memcheck ]; then
             tests/e2e/watchdog_spec.lua tests/e2e/certificate_examples_spec.lua
             tests/e2e/delivery_spec.lua tests/e2e/serve_spec.lua tests/e2e/providers_spec.lua
             tests/e2e/samples_spec.lua tests/e2e/lua_provider_spec.lua tests/e2e/reload_spec.lua
-            tests/e2e/metrics_spec.lua"
+            tests/e2e/metrics_spec.lua tests/e2e/poller_spec.lua"
     echo "# busted, journal in PostgreSQL: $(echo $parity)"
     # shellcheck disable=SC2086
     CERTHOOK_TEST_JOURNAL=postgresql "$LUA" /usr/bin/busted --output=TAP --exclude-tags=sqlite \

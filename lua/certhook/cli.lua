@@ -16,7 +16,7 @@ local M = {}
 local SETTINGS = {
   listen = true, admin = true, admin_token = true, admin_read_token = true, handlers = true, data = true, tls = true,
   sources = true, delivery = true, limits = true, journal = true, log = true, metrics = true,
-  watchdog = true, reload = true,
+  watchdog = true, reload = true, pollers = true,
 }
 
 local USAGE = [[
@@ -226,7 +226,7 @@ local function load_config(path)
   for k, v in pairs(env) do
     if not SETTINGS[k] then
       die(1, "%s: unknown setting %q (settings are listen, admin, admin_token, admin_read_token, handlers, data, " ..
-        "tls, sources, delivery, reload, limits, journal, log, metrics, watchdog; make helper variables local)",
+        "tls, sources, delivery, reload, limits, journal, log, metrics, watchdog, pollers; make helper variables local)",
         path, tostring(k))
     end
     cfg[k] = v

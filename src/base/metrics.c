@@ -121,6 +121,18 @@ static const struct family {
     [M_WATCHDOG] = {"certhook_watchdog_events_total",
                     "Events the expiry watchdog raised (journaled), by canonical type.",
                     "counter", {"type"}, NULL, 0},
+    [M_POLLER_RUNS] = {"certhook_poller_runs_total",
+                       "Runs of each poller, by result: ok, rate_limited (429), http_error "
+                       "(another status), unreachable (no reply), bad_reply, timeout (the run's "
+                       "bound), journal; elsewhere: another server of the journal ran it.",
+                       "counter", {"poller", "result"}, NULL, 0},
+    [M_POLLER_SUCCESS] = {"certhook_poller_last_success_timestamp_seconds",
+                          "When each poller last finished a run that worked.",
+                          "gauge", {"poller"}, NULL, 0},
+    [M_POLLER_EVENTS] = {"certhook_poller_events_total",
+                         "Events the pollers journaled for what no webhook told, by poller and "
+                         "canonical type (certificate.observed: added quietly).",
+                         "counter", {"poller", "type"}, NULL, 0},
     [M_RSS] = {"process_resident_memory_bytes", "Resident memory size in bytes.", "gauge",
                {NULL}, NULL, 0},
     [M_VSZ] = {"process_virtual_memory_bytes", "Virtual memory size in bytes.", "gauge",

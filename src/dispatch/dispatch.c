@@ -84,6 +84,8 @@ struct dispatch {
     struct loop_fd journalfd;              /* the journal's wake-ups (-1: none) */
     int stop_sig, hup;                     /* what sigfd told */
     struct http_multi *http;
+    struct pollers *pollers;       /* NULL until one is configured */
+    double poll_next;              /* time_mono() when a poller has something due */
     pthread_mutex_t mu; /* guards head/tail/backlog and woken */
     struct event *head, **tail;
     size_t backlog;
@@ -223,6 +225,33 @@ void dispatch_set_config(struct dispatch *d, const struct delivery_cfg *cfg)
     http_multi_limits(d->http, (long)cfg->per_host, cfg->concurrency);
 }
 
+static void wake_cb(void *d);
+
+void dispatch_set_pollers(struct dispatch *d, const struct poller_def *defs, size_t n)
+{
+    if (d->pollers == NULL && n > 0) {
+        struct pollers *ps = pollers_new(d->j, d->http, wake_cb, d);
+        if (ps == NULL) {
+            log_msg(LOG_ERROR, "cannot start the pollers: out of memory");
+            return;
+        }
+        pthread_mutex_lock(&d->mu);
+        d->pollers = ps;
+        pthread_mutex_unlock(&d->mu);
+    }
+    if (d->pollers != NULL)
+        pollers_configure(d->pollers, defs, n);
+    d->poll_next = 0;
+}
+
+void dispatch_pollers_json(struct dispatch *d, struct buf *b)
+{
+    pthread_mutex_lock(&d->mu);
+    struct pollers *ps = d->pollers; /* set once, freed only with the dispatcher */
+    pthread_mutex_unlock(&d->mu);
+    pollers_json(ps, b);
+}
+
 static void wake_cb(void *d)
 {
     wake(d);
@@ -308,6 +337,7 @@ void dispatch_free(struct dispatch *d)
     reload_free(d->reloader); /* before the generation: one being built may be applied */
     watch_free(d->watch);
     drop_generation(d, d->gen);
+    pollers_free(d->pollers); /* its transfers first */
     http_multi_free(d->http);
     if (d->wakefd.fd >= 0)
         close(d->wakefd.fd);
@@ -1125,6 +1155,8 @@ int dispatch_run(struct dispatch *d, int sigfd)
             wake_at = fmin(wake_at, t);
         if (d->reload_due > 0)
             wake_at = fmin(wake_at, fmin(d->reload_due, d->reload_latest));
+        if (d->pollers != NULL)
+            wake_at = fmin(wake_at, d->poll_next);
         if ((t = enforce(d, 0)) > 0)
             wake_at = fmin(wake_at, t);
         int timeout = more && !sig && slots_free(d) ? 0
@@ -1144,6 +1176,8 @@ int dispatch_run(struct dispatch *d, int sigfd)
         }
         http_multi_timeout(d->http);
         resume_ready(d);
+        if (d->pollers != NULL) /* a run's transfer ended, or one is due */
+            d->poll_next = pollers_turn(d->pollers, sig != 0);
         int changed = d->reload_due > 0 && time_mono() >= fmin(d->reload_due, d->reload_latest);
         if (changed)
             d->reload_due = 0;

@@ -23,6 +23,14 @@
  * number in [0, 1) for the jitter. Pure. */
 double retry_delay(const struct delivery_cfg *cfg, int attempts, int crashes, double u);
 
+#define POLL_BACKOFF 5.0             /* seconds before a poller's first retry */
+#define POLL_MAX_RETRY_AFTER 86400.0 /* a provider's Retry-After is honoured up to a day */
+
+/* Seconds until a poller runs again after `failures` failed runs in a row (1: the first),
+ * given its interval and the Retry-After the provider sent (0: none). u: a random number in
+ * [0, 1) for the jitter. Pure. */
+double poll_retry_delay(double interval, int failures, double retry_after, double u);
+
 /* ---- stall.c: what runs, for the next start and the stall detector ---------------------------- */
 
 /* The delivery whose handler code was running (at a crash, or a stall); seq 0: a handler file
@@ -102,6 +110,9 @@ void generation_release(struct generation *g); /* the last reference frees it */
 void generation_free(struct generation *g);
 /* Its journal is about to close: the state API raises in it from now on (state_detach). */
 void generation_detach(struct generation *g);
+/* A quiet event's type: a poller's news for the inventory alone (poller.c). No pattern with a
+ * wildcard matches it: only a handler for "certificate.observed" itself runs. */
+#define QUIET_TYPE "certificate.observed"
 /* The handlers of g that match an event of this type / provider type, in order: how many. */
 size_t generation_match(const struct generation *g, const char *type, const char *provider_type,
                         const struct handler **out);
@@ -216,6 +227,25 @@ int watchdog_round(struct watchdog *w, double now);
 /* A round when the interval has passed (monotonic); for the dispatcher's loop. w NULL: none. */
 void watchdog_tick(struct watchdog *w);
 
+/* ---- poller.c: pollers (DESIGN §6) ------------------------------------------------------------ */
+
+struct poller_def;
+struct pollers;
+/* Pollers on the dispatcher's thread: the journal they read and write, the transfers of its
+ * loop; wake(wake_cls) tells that loop, from the journal writer's thread, that a claim was
+ * answered (a shared journal: one server polls at a time). NULL: out of memory. */
+struct pollers *pollers_new(struct journal *j, struct http_multi *http, void (*wake)(void *),
+                            void *wake_cls);
+void pollers_free(struct pollers *ps); /* stops the runs under way; after journal_stop */
+/* The pollers configured now (defs[0..n), kept by the caller until pollers_free): new ones run
+ * soon, those gone stop, the others take their new settings at their next run. */
+void pollers_configure(struct pollers *ps, const struct poller_def *defs, size_t n);
+/* Starts the runs that are due, carries on those whose transfer ended (stopping: starts none).
+ * Returns the time_mono() of the next thing due, or INFINITY. */
+double pollers_turn(struct pollers *ps, int stopping);
+/* Any thread: each poller's last result, a JSON object by name (for /readyz). */
+void pollers_json(struct pollers *ps, struct buf *b);
+
 /* ---- dispatch.c -------------------------------------------------------------------------------- */
 
 struct dispatch;
@@ -240,6 +270,9 @@ void dispatch_on_stop(struct dispatch *d, void (*fn)(void *), void *cls);
  * (handlers only) and for dispatch_request_reload (with config). 0, or -1: out of resources. */
 int dispatch_on_reload(struct dispatch *d, const struct reload_ops *ops, void *cls);
 void dispatch_set_config(struct dispatch *d, const struct delivery_cfg *cfg);
+/* The dispatcher's thread (or before dispatch_run): the pollers configured (pollers_configure). */
+void dispatch_set_pollers(struct dispatch *d, const struct poller_def *defs, size_t n);
+void dispatch_pollers_json(struct dispatch *d, struct buf *b); /* any thread */
 int dispatch_watch(struct dispatch *d, const char *dir, char *err, size_t errlen);
 /* A reload asked for by another thread: done(w, 0, generation, "") once the new generation is
  * live, or done(w, -1, 0, why). w stays the caller's; it must live until done is called. */

@@ -247,6 +247,12 @@ size_t generation_match(const struct generation *g, const char *type, const char
                         const struct handler **out)
 {
     size_t n = 0;
+    if (strcmp(type, QUIET_TYPE) == 0) { /* quiet: only a handler that names it runs */
+        for (size_t i = 0; i < g->n; i++)
+            if (strcmp(g->h[i].pattern, QUIET_TYPE) == 0)
+                out[n++] = &g->h[i];
+        return n;
+    }
     for (size_t i = 0; i < g->n; i++)
         if (glob_match(g->h[i].pattern, type) ||
             (provider_type && glob_match(g->h[i].pattern, provider_type)))

@@ -19,3 +19,16 @@ double retry_delay(const struct delivery_cfg *cfg, int attempts, int crashes, do
         cap = cfg->max_backoff;
     return cap * (0.5 + 0.5 * u);
 }
+
+double poll_retry_delay(double interval, int failures, double retry_after, double u)
+{
+    /* 5 s doubling with every failure in a row, never past the interval (the run would come
+     * then anyway), with equal jitter; never sooner than the provider asked (Retry-After) */
+    double cap = POLL_BACKOFF * pow(2, failures > 1 ? failures - 1 : 0);
+    if (cap > interval)
+        cap = interval;
+    double d = cap * (0.5 + 0.5 * u);
+    if (retry_after > POLL_MAX_RETRY_AFTER)
+        retry_after = POLL_MAX_RETRY_AFTER;
+    return d > retry_after ? d : retry_after;
+}

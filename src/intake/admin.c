@@ -44,7 +44,9 @@ static unsigned readyz(struct journal *j, struct dispatch *d, struct buf *b)
         buf_json_str(b, st.stalled, strlen(st.stalled));
     else
         buf_adds(b, "null");
-    buf_printf(b, ",\"backlog\":%zu}", st.backlog);
+    buf_printf(b, ",\"backlog\":%zu,\"pollers\":", st.backlog);
+    dispatch_pollers_json(d, b); /* a poller's failure never makes certhook unready */
+    buf_adds(b, "}");
     return ok ? 200 : 503;
 }
 

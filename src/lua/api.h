@@ -126,4 +126,21 @@ void http_multi_timeout(struct http_multi *m); /* call when time_mono() >= http_
 double http_multi_next(struct http_multi *m);  /* time_mono() of curl's timer, or < 0 */
 size_t http_multi_parked(struct http_multi *m); /* transfers waiting past per_host */
 
+/* A GET for C code on the dispatcher's thread (pollers), in its multi handle m: url with the
+ * header lines ("Name: value"), within timeout seconds, at most max bytes of reply. done(cls)
+ * runs on the dispatcher's thread, from its loop, when it has ended (not if it is freed first).
+ * NULL with err. */
+struct http_call;
+struct http_call *http_call_start(struct http_multi *m, const char *url,
+                                  const char *const *headers, size_t nheaders, double timeout,
+                                  size_t max, void (*done)(void *cls), void *cls, char *err,
+                                  size_t errlen);
+/* An ended transfer: 0 with the HTTP status and the body (valid until it is freed), or -1 with
+ * why it failed (connection, timeout, too large). */
+int http_call_result(struct http_call *c, long *status, const char **body, size_t *n,
+                     const char **msg);
+/* The reply's header name (any case) into out: 0, or -1 when it has none. */
+int http_call_header(struct http_call *c, const char *name, char *out, size_t n);
+void http_call_free(struct http_call *c); /* stops it if it runs */
+
 #endif

@@ -43,6 +43,8 @@ struct http_req {
     struct http_multi *m;     /* while it is in a multi handle */
     struct delivery_ctx *ctx; /* the delivery that waits for it */
     struct wait wait;
+    void (*done)(void *cls);  /* or C code that waits for it (http_call) */
+    void *done_cls;
 };
 
 /* The dispatcher's: transfers whose sockets wait in its loop, and how many run to each host. */
@@ -141,14 +143,12 @@ static char *url_host(const char *url)
 
 /* Pushes a request built from the options table at idx. Raises on misuse (the userdata on
  * the stack frees what was built). */
-struct http_req *http_req_push(lua_State *L, void **easy)
+/* certhook.http's defaults on a fresh transfer (zeroed). 0, or -1: out of memory. */
+static int req_init(struct http_req *r)
 {
-    struct http_req *r = lua_newuserdatauv(L, sizeof *r, 0);
-    memset(r, 0, sizeof *r);
-    luaL_setmetatable(L, REQUEST);
     http_global_init();
     if ((r->easy = curl_easy_init()) == NULL)
-        luaL_error(L, "certhook: out of memory");
+        return -1;
     r->max_size = DEFAULT_MAX_SIZE;
     curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, (long)(DEFAULT_TIMEOUT * 1000));
     curl_easy_setopt(r->easy, CURLOPT_SSL_VERIFYPEER, 1L);
@@ -163,6 +163,16 @@ struct http_req *http_req_push(lua_State *L, void **easy)
     curl_easy_setopt(r->easy, CURLOPT_HEADERDATA, r);
     curl_easy_setopt(r->easy, CURLOPT_ERRORBUFFER, r->errbuf);
     curl_easy_setopt(r->easy, CURLOPT_PRIVATE, r);
+    return 0;
+}
+
+struct http_req *http_req_push(lua_State *L, void **easy)
+{
+    struct http_req *r = lua_newuserdatauv(L, sizeof *r, 0);
+    memset(r, 0, sizeof *r);
+    luaL_setmetatable(L, REQUEST);
+    if (req_init(r) != 0)
+        luaL_error(L, "certhook: out of memory");
     *easy = r->easy;
     return r;
 }
@@ -702,6 +712,8 @@ static void reap(struct http_multi *m)
         r->ctx = NULL;
         if (ctx != NULL)
             ctx->wake(ctx);
+        else if (r->done != NULL)
+            r->done(r->done_cls);
     }
 }
 
@@ -794,4 +806,95 @@ void http_multi_timeout(struct http_multi *m)
 double http_multi_next(struct http_multi *m)
 {
     return m->timer;
+}
+
+/* ---- transfers for C code on the dispatcher's thread (pollers) ------------------------------- */
+
+struct http_call {
+    struct http_req r;
+};
+
+struct http_call *http_call_start(struct http_multi *m, const char *url,
+                                  const char *const *headers, size_t nheaders, double timeout,
+                                  size_t max, void (*done)(void *cls), void *cls, char *err,
+                                  size_t errlen)
+{
+    struct http_call *c = calloc(1, sizeof *c);
+    if (c == NULL || req_init(&c->r) != 0) {
+        free(c);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    struct http_req *r = &c->r;
+    r->max_size = max;
+    r->done = done;
+    r->done_cls = cls;
+    r->host = url_host(url);
+    curl_easy_setopt(r->easy, CURLOPT_URL, url);
+    curl_easy_setopt(r->easy, CURLOPT_TIMEOUT_MS, (long)(timeout * 1000));
+    for (size_t i = 0; i < nheaders; i++) {
+        struct curl_slist *l = curl_slist_append(r->headers, headers[i]);
+        if (l == NULL) {
+            http_call_free(c);
+            snprintf(err, errlen, "out of memory");
+            return NULL;
+        }
+        r->headers = l;
+    }
+    curl_easy_setopt(r->easy, CURLOPT_HTTPHEADER, r->headers);
+    if (multi_add(m, r) != 0) {
+        http_call_free(c);
+        snprintf(err, errlen, "too many transfers wait for their host (delivery.per_host)");
+        return NULL;
+    }
+    return c;
+}
+
+int http_call_result(struct http_call *c, long *status, const char **body, size_t *n,
+                     const char **msg)
+{
+    const char *code;
+    struct http_req *r = &c->r;
+    if (r->m != NULL) {
+        *msg = "still running";
+        return -1;
+    }
+    if (http_req_failed(r, msg, &code) != 0)
+        return -1;
+    *status = 0;
+    curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, status);
+    *body = r->resp.p ? r->resp.p : "";
+    *n = r->resp.n;
+    return 0;
+}
+
+int http_call_header(struct http_call *c, const char *name, char *out, size_t n)
+{
+    size_t len = strlen(name);
+    const char *p = c->r.resp_headers.p, *end = p ? p + c->r.resp_headers.n : NULL;
+    for (; p && p < end;) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        if (eol == NULL)
+            eol = end;
+        if ((size_t)(eol - p) > len && p[len] == ':' && strncasecmp(p, name, len) == 0) {
+            const char *v = p + len + 1;
+            while (v < eol && (*v == ' ' || *v == '\t'))
+                v++;
+            size_t vn = (size_t)(eol - v);
+            while (vn > 0 && (v[vn - 1] == '\r' || v[vn - 1] == ' '))
+                vn--;
+            snprintf(out, n, "%.*s", (int)vn, v);
+            return 0;
+        }
+        p = eol + 1;
+    }
+    return -1;
+}
+
+void http_call_free(struct http_call *c)
+{
+    if (c == NULL)
+        return;
+    req_close(&c->r);
+    free(c);
 }

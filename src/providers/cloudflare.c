@@ -480,6 +480,255 @@ static int sample(lua_State *L, const char *type, char *err, size_t errlen)
     return fields_encode(L, err, errlen);
 }
 
+/* ---- the poller: GET /zones/{zone}/custom_hostnames (POLLERS.md §1a) ---------------------------- */
+
+struct cf_poll {
+    char *zone, *token;
+    int per_page;
+};
+
+/* zone = "<zone id>", token = "<API token>" (Zone: SSL and Certificates Read), per_page = 5..50. */
+static int poll_configure(lua_State *L, int t, struct poller_def *p, char *err, size_t errlen)
+{
+    char path[160];
+    struct cf_poll *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    p->priv = c;
+    c->per_page = 50;
+    double per_page = 50;
+    snprintf(path, sizeof path, "pollers.%s.", p->name);
+    if (setting_string(L, t, "zone", &c->zone, path, err, errlen) ||
+        setting_string(L, t, "token", &c->token, path, err, errlen) ||
+        setting_number(L, t, "per_page", 5, 50, &per_page, path, err, errlen))
+        return -1;
+    c->per_page = (int)per_page;
+    if (c->zone == NULL || strspn(c->zone, "0123456789abcdefABCDEF") != strlen(c->zone)) {
+        snprintf(err, errlen, "pollers.%s.zone must be the zone's id (32 hexadecimal digits, "
+                              "the dashboard's Overview page shows it)", p->name);
+        return -1;
+    }
+    if (c->token == NULL || strpbrk(c->token, "\r\n") != NULL) {
+        snprintf(err, errlen, "pollers.%s.token must be an API token with the permission "
+                              "Zone / SSL and Certificates / Read (e.g. token = "
+                              "os.getenv(\"CF_API_TOKEN\"))", p->name);
+        return -1;
+    }
+    return 0;
+}
+
+static void poll_release(struct poller_def *p)
+{
+    struct cf_poll *c = p->priv;
+    if (c != NULL) {
+        free(c->zone);
+        free(c->token);
+    }
+    free(c);
+    p->priv = NULL;
+}
+
+static int poll_request(const struct poller_def *p, int page, struct poll_request *rq, char *err,
+                        size_t errlen)
+{
+    const struct cf_poll *c = p->priv;
+    if (buf_printf(&rq->url, "%s/zones/%s/custom_hostnames?page=%d&per_page=%d", p->api,
+                   c->zone, page, c->per_page) != 0 ||
+        buf_printf(&rq->headers[0], "Authorization: Bearer %s", c->token) != 0 ||
+        buf_adds(&rq->headers[1], "Accept: application/json") != 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    rq->nheaders = 2;
+    return 0;
+}
+
+/* errors[].message of the envelope, joined. */
+static int poll_error(lua_State *L, int body)
+{
+    int top = lua_gettop(L);
+    int errs = lua_type(L, body) == LUA_TTABLE ? fields_get_table(L, body, "errors") : 0;
+    lua_newtable(L);
+    int out = lua_gettop(L), n = 0;
+    for (lua_Integer i = 1; errs && lua_rawgeti(L, errs, i) == LUA_TTABLE; i++) {
+        int e = lua_gettop(L);
+        const char *m = fields_get_string(L, e, "message");
+        if (m != NULL) {
+            if (fields_get(L, e, "code") == LUA_TNUMBER)
+                lua_pushfstring(L, "%s (code %d)", m, (int)lua_tointeger(L, -1));
+            else
+                lua_pushstring(L, m);
+            lua_rawseti(L, out, ++n);
+        }
+        lua_settop(L, out);
+    }
+    lua_settop(L, out);
+    if (n > 0 && fields_push_joined(L, out)) {
+        lua_replace(L, top + 1);
+        lua_settop(L, top + 1);
+        return 1;
+    }
+    lua_settop(L, top);
+    return 0;
+}
+
+/* One observation per custom hostname with a certificate (those without ssl have none). */
+static int poll_page(lua_State *L, int body, const struct poller_def *p, int page, int *more,
+                     char *err, size_t errlen)
+{
+    const struct cf_poll *c = p->priv;
+    int top = lua_gettop(L);
+    luaL_checkstack(L, 20, "poll");
+    int result = lua_type(L, body) == LUA_TTABLE ? fields_get_table(L, body, "result") : 0;
+    if (result == 0 || (fields_get(L, body, "success") == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
+        lua_settop(L, top);
+        snprintf(err, errlen, "not a page of custom hostnames: expected {\"success\": true, "
+                              "\"result\": [...]}");
+        return -1;
+    }
+    lua_newtable(L);
+    int list = lua_gettop(L), n = 0, items = 0;
+    for (lua_Integer i = 1; lua_rawgeti(L, result, i) != LUA_TNIL; i++, lua_settop(L, list)) {
+        items++;
+        int item = lua_gettop(L);
+        int ssl = lua_type(L, item) == LUA_TTABLE ? fields_get_table(L, item, "ssl") : 0;
+        const char *host = ssl ? fields_get_string(L, item, "hostname") : NULL;
+        const char *status = host ? fields_get_string(L, ssl, "status") : NULL;
+        if (status == NULL)
+            continue;
+        lua_pushnil(L);
+        lua_setfield(L, ssl, "custom_key"); /* a private key is never journaled */
+        lua_createtable(L, 0, 5);
+        int obs = lua_gettop(L);
+        event_certificate_key(L, "cloudflare", fields_get_string(L, ssl, "id"), host);
+        lua_setfield(L, obs, "key");
+        fields_set_str(L, obs, "hostname", host);
+        fields_set_str(L, obs, "status", status);
+        double t;
+        fields_get(L, ssl, "expires_on");
+        if (fields_epoch(L, -1, &t) == 0) {
+            event_push_epoch(L, t);
+            lua_setfield(L, obs, "expires_at");
+        }
+        lua_pushvalue(L, item);
+        lua_setfield(L, obs, "item");
+        lua_pushvalue(L, obs);
+        lua_rawseti(L, list, ++n);
+    }
+    lua_settop(L, list);
+    /* the last page: an empty one, one shorter than a page, or total_pages / total_count say
+     * so (the API's own clients read only page and per_page: stop on an empty page) */
+    int info = fields_get_table(L, body, "result_info");
+    double per = c->per_page, total_pages = 0, total_count = 0;
+    if (info && fields_get(L, info, "per_page") == LUA_TNUMBER && lua_tonumber(L, -1) > 0)
+        per = lua_tonumber(L, -1);
+    if (info && fields_get(L, info, "total_pages") == LUA_TNUMBER)
+        total_pages = lua_tonumber(L, -1);
+    if (info && fields_get(L, info, "total_count") == LUA_TNUMBER)
+        total_count = lua_tonumber(L, -1);
+    *more = items > 0 && items >= per && (total_pages <= 0 || page < total_pages) &&
+            (total_count <= 0 || page * per < total_count);
+    lua_settop(L, list);
+    lua_replace(L, top + 1);
+    lua_settop(L, top + 1);
+    return 0;
+}
+
+/* The SSL for SaaS event a webhook would have told of a certificate going from the status
+ * `from` (NULL: unknown) to `to`, by cf_types' transitions: NULL when none would. */
+static const char *cf_change_rest(const char *from, const char *to, int new_expiry)
+{
+    char failed[64];
+    const char *timed_out = strstr(to, "_timed_out");
+    if (timed_out != NULL && timed_out[10] == '\0') { /* <phase>_timed_out: <phase>.failed */
+        snprintf(failed, sizeof failed, "%.*s.failed", (int)(timed_out - to), to);
+        for (size_t i = 0; i < COUNT(cf_types); i++)
+            if (strcmp(cf_types[i].rest, failed) == 0)
+                return cf_types[i].rest;
+        return NULL;
+    }
+    int same = from != NULL && strcmp(from, to) == 0;
+    if (same) /* the status stayed: a new expiry is a renewal deployed */
+        return new_expiry && strcmp(to, "active") == 0 ? "renewal.succeeded" : NULL;
+    const char *any = NULL;
+    for (size_t i = 0; i < COUNT(cf_types); i++) {
+        const char *f = cf_types[i].from, *t = cf_types[i].to;
+        if (t == NULL || strcmp(t, to) != 0 || (f != NULL && strcmp(f, t) == 0))
+            continue; /* another target, or a failure that stays where it was */
+        if (from != NULL && f != NULL && strcmp(f, from) == 0)
+            return cf_types[i].rest;
+        if (any == NULL)
+            any = cf_types[i].rest;
+    }
+    return any;
+}
+
+static int poll_change(lua_State *L, const struct poller_def *p, int obs, int entry, double now)
+{
+    const struct cf_poll *c = p->priv;
+    char at[40];
+    luaL_checkstack(L, 20, "poll");
+    const char *rest = NULL;
+    lua_createtable(L, 0, 2);
+    int payload = lua_gettop(L);
+    if (obs != 0) {
+        const char *to = fields_get_string(L, obs, "status");
+        const char *from = entry ? fields_get_string(L, entry, "status") : NULL;
+        double x0 = 0, x1 = 0;
+        int new_expiry = entry && fields_get(L, entry, "expires_at") == LUA_TNUMBER &&
+                         fields_epoch(L, -1, &x0) == 0 &&
+                         fields_get(L, obs, "expires_at") == LUA_TNUMBER &&
+                         fields_epoch(L, -1, &x1) == 0 && x0 != x1;
+        rest = cf_change_rest(from, to, new_expiry);
+        lua_getfield(L, obs, "item");
+    } else { /* gone from the API: deleted */
+        rest = "deletion.succeeded";
+        lua_createtable(L, 0, 3);
+        int data = lua_gettop(L);
+        fields_set_str(L, data, "hostname", fields_get_string(L, entry, "hostname"));
+        lua_createtable(L, 0, 2);
+        int ssl = lua_gettop(L);
+        const char *id = fields_get_string(L, entry, "certificate_id");
+        fields_set_str(L, ssl, "id", id);
+        fields_set_str(L, ssl, "status", "deleted");
+        lua_settop(L, ssl);
+        lua_setfield(L, data, "ssl");
+        lua_settop(L, data);
+    }
+    lua_setfield(L, payload, "data");
+    lua_createtable(L, 0, 2);
+    int meta = lua_gettop(L);
+    lua_createtable(L, 0, 2);
+    lua_pushfstring(L, "%s%s", cf_families[0], rest ? rest : "observed");
+    lua_setfield(L, -2, "type");
+    time_format_iso8601(now, at);
+    lua_pushstring(L, at);
+    lua_setfield(L, -2, "created_at");
+    lua_setfield(L, meta, "event");
+    lua_createtable(L, 0, 1);
+    fields_set_str(L, lua_gettop(L), "id", c->zone);
+    lua_setfield(L, meta, "zone");
+    lua_setfield(L, payload, "metadata");
+    lua_settop(L, payload); /* top + 1 */
+    return rest != NULL ? POLL_EVENT : POLL_QUIET;
+}
+
+static const char *const poll_settings[] = {"zone", "token", "per_page", NULL};
+
+static const struct poll_ops cf_poll_ops = {
+    .api = "https://api.cloudflare.com/client/v4",
+    .rate = 2, /* half of the 1,200 requests per 5 minutes an API token may make */
+    .settings = poll_settings,
+    .configure = poll_configure,
+    .release = poll_release,
+    .request = poll_request,
+    .page = poll_page,
+    .error = poll_error,
+    .change = poll_change,
+};
+
 static const char *const settings[] = {"secret", NULL};
 
 const struct provider cloudflare_provider = {
@@ -493,4 +742,5 @@ const struct provider cloudflare_provider = {
     .send = send,
     .sample = sample,
     .states = cf_states,
+    .poll = &cf_poll_ops,
 };

@@ -337,7 +337,7 @@ static int certificate_facts(lua_State *L, int idx)
         }
         if (key == NULL) {
             lua_pop(L, 1);
-            lua_pushfstring(L, id ? "%s:%s" : "%s:host:%s", provider, id ? id : host);
+            event_certificate_key(L, provider, id, host);
         }
         lua_setfield(L, f, "key");
         luaL_Buffer scope;
@@ -382,6 +382,12 @@ static int certificate_facts(lua_State *L, int idx)
     }
     lua_remove(L, list);
     return 1;
+}
+
+void event_certificate_key(lua_State *L, const char *provider, const char *id,
+                           const char *hostname)
+{
+    lua_pushfstring(L, id ? "%s:%s" : "%s:host:%s", provider, id ? id : hostname);
 }
 
 int event_pack(lua_State *L, int idx, int body, struct event *ev, struct buf *out, char *err,

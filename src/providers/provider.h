@@ -48,6 +48,8 @@ struct reply {
 };
 
 struct source;
+struct poller_def;
+struct poll_ops;
 
 /* A certificate status word of a provider and the canonical state it means (DESIGN §3). */
 struct status_state {
@@ -97,7 +99,79 @@ struct provider {
     /* Its certificate status words that are not a canonical state's name (any case), and the
      * state each means; {NULL} ends it. NULL: none. */
     const struct status_state *states;
+    /* Its API as a poller asks it (DESIGN §6 "Pollers"); NULL: it cannot be polled. */
+    const struct poll_ops *poll;
 };
+
+/* ---- pollers: a provider's API, asked on an interval ------------------------------------------ */
+
+/* pollers.<name> = { provider = ..., interval =, timeout =, max_pages =, rate =, first_run =,
+ * api =, <the provider's settings> } (poller_configure). */
+struct poller_def {
+    char *name;          /* its events' source is poll:<name> */
+    char *source;        /* "poll:<name>" */
+    const struct provider *provider;
+    double interval;     /* seconds between two runs' starts */
+    double timeout;      /* seconds a run may take */
+    int max_pages;       /* pages a run reads at most */
+    double rate;         /* requests per second at most (the provider's rate limit) */
+    int first_run_events; /* first_run = "events": what the inventory never heard of is an
+                          * event at the first run too (default "silent": quiet events) */
+    char *api;           /* the API's base URL, without a trailing slash */
+    void *priv;          /* the provider's settings */
+};
+
+/* One request of a run: GET url with these header lines ("Name: value"). */
+#define POLL_MAX_HEADERS 4
+struct poll_request {
+    struct buf url;
+    struct buf headers[POLL_MAX_HEADERS];
+    size_t nheaders;
+};
+
+/* How a difference the poller found is told: the provider's own event (what its webhook would
+ * have said) or only the inventory's (a quiet event: no handler runs). */
+enum { POLL_QUIET = 0, POLL_EVENT = 1 };
+
+/* A provider's side of a poller: it builds requests and parses what comes back; the I/O, the
+ * diff against the inventory and the journal are the poller's (dispatch/poller.c). */
+struct poll_ops {
+    const char *api;                /* the default base URL */
+    double rate;                    /* the default requests per second: within its limits */
+    const char *const *settings;    /* its settings, NULL-terminated */
+    /* Reads its settings from the table at t into p->priv; 0, or -1 with err naming one. */
+    int (*configure)(lua_State *L, int t, struct poller_def *p, char *err, size_t errlen);
+    void (*release)(struct poller_def *p);
+    /* The request for page (1, 2, ...) into *rq (its bufs initialized). 0, or -1 with err. */
+    int (*request)(const struct poller_def *p, int page, struct poll_request *rq, char *err,
+                   size_t errlen);
+    /* A page of the reply (the decoded, fixed-up JSON at body, HTTP status 2xx): pushes the
+     * array of its observations and sets *more when another page follows. An observation is
+     * {key = the inventory key its certificate has (event_certificate_key), hostname =,
+     * status = the provider's word, expires_at = epoch or nil, item = what the API said}.
+     * 0, or -1 with err (nothing pushed). An error reply (any status) is told by `error`. */
+    int (*page)(lua_State *L, int body, const struct poller_def *p, int page, int *more,
+                char *err, size_t errlen);
+    /* The message of an error reply's decoded body at body (any status), pushed; 0: none. */
+    int (*error)(lua_State *L, int body);
+    /* The payload of a difference, as the provider's webhook carries it (its normalize reads
+     * it): obs the observation (0: the certificate is gone from the API), entry the inventory's
+     * entry (0: it has none), at the time now. Pushes it and returns POLL_EVENT when a webhook
+     * would have told of it, POLL_QUIET when none would (the inventory learns quietly). */
+    int (*change)(lua_State *L, const struct poller_def *p, int obs, int entry, double now);
+};
+
+/* Reads pollers.<name> (the table at t) into p: its provider (one with a poll side), interval,
+ * timeout, first_run, api, and the provider's settings; an unknown setting is an error naming
+ * it. 0, or -1 with err. */
+int poller_configure(lua_State *L, int t, const char *name, struct poller_def *p, char *err,
+                     size_t errlen);
+void poller_release(struct poller_def *p);
+void poll_request_free(struct poll_request *rq);
+/* Pushes the inventory key of a certificate of provider: `<provider>:<id>`, or without an id
+ * `<provider>:host:<hostname>` (the key event_pack gives it). */
+void event_certificate_key(lua_State *L, const char *provider, const char *id,
+                           const char *hostname);
 
 /* A provider configured under a name: POST /hooks/<name>. */
 struct source {

@@ -192,6 +192,101 @@ void source_release(struct source *s)
     memset(s, 0, sizeof *s);
 }
 
+/* ---- pollers ------------------------------------------------------------------------------------ */
+
+int poller_configure(lua_State *L, int t, const char *name, struct poller_def *p, char *err,
+                     size_t errlen)
+{
+    char path[160], names[200];
+    const char *keys[24] = {"provider", "interval", "timeout", "max_pages", "rate", "first_run",
+                            "api"};
+    int top = lua_gettop(L);
+    memset(p, 0, sizeof *p);
+    t = lua_absindex(L, t);
+    if (!valid_name(name))
+        FAIL("poller names must be strings of letters, digits, '-', '_' or '.' (their events' "
+             "source is poll:<name>)");
+    snprintf(path, sizeof path, "pollers.%s", name);
+    if ((p->name = strdup(name)) == NULL || (p->source = malloc(strlen(name) + 6)) == NULL)
+        FAIL("out of memory");
+    sprintf(p->source, "poll:%s", name);
+    if (lua_type(L, t) != LUA_TTABLE)
+        FAIL("%s must be a table", path);
+    names[0] = '\0';
+    for (const struct provider *const *q = providers; *q; q++)
+        if ((*q)->poll != NULL)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s",
+                     names[0] ? ", " : "", (*q)->name);
+    if (lua_getfield(L, t, "provider") != LUA_TSTRING ||
+        (p->provider = provider_find(lua_tostring(L, -1))) == NULL ||
+        p->provider->poll == NULL) {
+        p->provider = NULL;
+        lua_settop(L, top);
+        FAIL("%s.provider must be one of %s (the providers that can be polled)", path, names);
+    }
+    lua_pop(L, 1);
+    const struct poll_ops *ops = p->provider->poll;
+    size_t n = 7;
+    for (const char *const *k = ops->settings; k && *k && n < 23; k++)
+        keys[n++] = *k;
+    keys[n] = NULL;
+    if (setting_keys(L, t, path, keys, err, errlen) != 0)
+        return -1;
+    snprintf(path, sizeof path, "pollers.%s.", name);
+    p->interval = 300;
+    p->timeout = 0;
+    p->rate = ops->rate;
+    char *first_run = NULL;
+    double max_pages = 100;
+    if (setting_number(L, t, "interval", 0.05, 7 * 86400, &p->interval, path, err, errlen) ||
+        setting_number(L, t, "max_pages", 1, 1e6, &max_pages, path, err, errlen) ||
+        setting_number(L, t, "rate", 0.001, 1000, &p->rate, path, err, errlen) ||
+        setting_number(L, t, "timeout", 0.05, 86400, &p->timeout, path, err, errlen) ||
+        setting_string(L, t, "first_run", &first_run, path, err, errlen) ||
+        setting_string(L, t, "api", &p->api, path, err, errlen)) {
+        free(first_run);
+        return -1;
+    }
+    p->max_pages = (int)max_pages;
+    if (p->timeout == 0) /* a run never outlasts its interval, and gets at least a minute */
+        p->timeout = p->interval > 60 ? p->interval : 60;
+    if (first_run != NULL && strcmp(first_run, "silent") != 0 && strcmp(first_run, "events") != 0) {
+        free(first_run);
+        FAIL("%sfirst_run must be \"silent\" (what the inventory never heard of is added "
+             "quietly at the first run) or \"events\"", path);
+    }
+    p->first_run_events = first_run != NULL && strcmp(first_run, "events") == 0;
+    free(first_run);
+    if (p->api == NULL && (p->api = strdup(ops->api)) == NULL)
+        FAIL("out of memory");
+    if (strncmp(p->api, "https://", 8) != 0 && strncmp(p->api, "http://", 7) != 0)
+        FAIL("%sapi must be an http:// or https:// URL (the API's base, e.g. %s)", path,
+             ops->api);
+    for (size_t k = strlen(p->api); k > 0 && p->api[k - 1] == '/'; k--)
+        p->api[k - 1] = '\0';
+    int rc = ops->configure(L, t, p, err, errlen);
+    lua_settop(L, top);
+    return rc;
+}
+
+void poller_release(struct poller_def *p)
+{
+    if (p->provider != NULL && p->provider->poll->release != NULL)
+        p->provider->poll->release(p);
+    free(p->name);
+    free(p->source);
+    free(p->api);
+    memset(p, 0, sizeof *p);
+}
+
+void poll_request_free(struct poll_request *rq)
+{
+    buf_free(&rq->url);
+    for (size_t i = 0; i < POLL_MAX_HEADERS; i++)
+        buf_free(&rq->headers[i]);
+    rq->nheaders = 0;
+}
+
 const char *source_provider(const struct source *s)
 {
     return s->label != NULL ? s->label : s->provider->name;
