@@ -181,11 +181,12 @@ static int options_source(lua_State *L, int idx, const char *body, size_t n, str
     lua_setfield(L, -2, "provider");
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, "insecure");
-    for (int i = 0; i < 2; i++) { /* credentials to verify with, a Lua provider's script */
-        const char *k = i == 0 ? "public_key" : "script";
-        if (lua_istable(L, idx) && lua_getfield(L, idx, k) == LUA_TSTRING)
-            lua_setfield(L, -2, k);
-        else if (lua_istable(L, idx))
+    /* credentials to verify with; a Lua provider's script and its limits */
+    static const char *const keys[] = {"public_key", "script", "timeout", "memory_limit"};
+    for (size_t i = 0; lua_istable(L, idx) && i < sizeof keys / sizeof keys[0]; i++) {
+        if (lua_getfield(L, idx, keys[i]) != LUA_TNIL)
+            lua_setfield(L, -2, keys[i]);
+        else
             lua_pop(L, 1);
     }
     if (source_configure(L, -1, name ? name : p->name, s, err, sizeof err) != 0) {
@@ -250,7 +251,8 @@ static int normalize(lua_State *L, const struct source *s, const char *body, siz
     return (int)count;
 }
 
-/* body [, {provider=, source=, public_key=, script=}] -> {event, ...} | nil, message, status */
+/* body [, {provider=, source=, public_key=, script=, timeout=, memory_limit=}] -> {event, ...} |
+ * nil, message, status */
 static int cli_normalize(lua_State *L)
 {
     size_t n;

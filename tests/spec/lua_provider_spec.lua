@@ -89,6 +89,8 @@ describe("a Lua provider", function()
     loops = { "while true do pcall(function() while true do end end) end", "time limit" },
     -- (time enough that the memory limit comes first on a slow build: ASan's allocator)
     ["runs out of memory"] = { 'local t = {} for i = 1, 1e9 do t[i] = ("x"):rep(4096) .. i end', "not enough memory", 30 },
+    -- 4 MiB is within the default 32 MiB: the source's memory_limit is what refuses it
+    ["passes its memory_limit"] = { 'local t = {} for i = 1, 1024 do t[i] = ("x"):rep(4096) .. i end', "not enough memory", nil, 2 * 1024 * 1024 },
     ["returns a function"] = { "return { type = 'unknown', f = print }", "type function" },
     ["returns nothing"] = { "return {}", "returned no event" },
     ["returns a string"] = { "return 'event'", "returned string" },
@@ -96,7 +98,7 @@ describe("a Lua provider", function()
   } do
     it("that " .. name .. " journals the payload as unknown, with error set", function()
       local events = assert(run(("return { name = 'bad', normalize = function(body) %s end }"):format(case[1]),
-        '{"keep":"me"}', { source = "bad-src", timeout = case[3] }))
+        '{"keep":"me"}', { source = "bad-src", timeout = case[3], memory_limit = case[4] }))
       assert.are.equal(1, #events)
       local e = events[1]
       assert.are.equal("unknown", e.type)
