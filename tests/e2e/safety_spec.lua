@@ -42,10 +42,14 @@ local function reload(srv)
   return fs.run(("%s reload --admin 127.0.0.1:%d --config %s/certhook.conf.lua"):format(Server.certhook, srv.admin, srv.dir))
 end
 
+-- The first log line pred accepts, waited for up to 5 s (a line the dispatcher writes as it
+-- starts may come after the one that says the server listens).
 local function find_log(srv, pred)
-  for _, l in ipairs(srv:logs()) do
-    if pred(l) then return l end
-  end
+  return fs.wait_for(function()
+    for _, l in ipairs(srv:logs()) do
+      if pred(l) then return l end
+    end
+  end, 5)
 end
 
 describe("a handler's reach", function()
@@ -528,9 +532,8 @@ describe("the journal's WAL", function()
       if socket.gettime() - t0 > 3 then break end
     end
     assert.is_true(peak > 4 * 1048576, "the WAL never grew: " .. peak)
-    assert(fs.wait_for(function()
-      return find_log(srv, function(l) return l.message and l.message:match("a reader keeps the journal's WAL from being checkpointed") end)
-    end, 5), "the hold was not logged")
+    assert(find_log(srv, function(l) return l.message and l.message:match("a reader keeps the journal's WAL from being checkpointed") end),
+      "the hold was not logged")
     local m = require("helpers.http").get(srv.admin, "/metrics").body
     assert.truthy(m:match("\ncerthook_journal_wal_bytes %d"), m)
     assert.truthy(m:match("\ncerthook_journal_checkpoint_behind_seconds %d"), m)
