@@ -67,6 +67,15 @@ local function post_fixture(srv, source, headers, fixture, id, set, match)
   return assert(fs.wait_for(function() return seen(srv, id, match) end, 10), "not delivered")
 end
 
+-- The entry of key as `certhook certs --json` prints it (nil: not listed).
+local function certs_entry(srv, key)
+  local out = fs.run(("%s certs --json --data '%s'"):format(Server.certhook, srv.data))
+  for l in out:gmatch("[^\n]+") do
+    local e = cjson.decode(l)
+    if e.key == key then return e end
+  end
+end
+
 describe("the certificate inventory", function()
   local srv
   setup(function() srv = Server.start { config = CONFIG, handlers = { ["inv.lua"] = HANDLER } } end)
@@ -226,12 +235,7 @@ describe("the certificate inventory", function()
     assert.are.equal("pending_validation", again.entry.previous_status)
     assert.are.equal("pending_validation", again.entry.previous_state)
     assert.are.equal("pending_validation", again.previous.previous_status) -- in the event's context too
-    local out = fs.run(("%s certs --json --data '%s'"):format(Server.certhook, srv.data))
-    local entry
-    for l in out:gmatch("[^\n]+") do
-      local e = cjson.decode(l)
-      if e.key == "cloudflare:cert-" .. host then entry = e end
-    end
+    local entry = certs_entry(srv, "cloudflare:cert-" .. host)
     assert.are.equal("pending_issuance", entry.status)
     assert.are.equal("pending_validation", entry.previous_status)
     local deleted = post(srv, "deletion.succeeded", { hostname = host })
@@ -268,12 +272,7 @@ describe("a journal kept before previous_status", function()
         " PRAGMA user_version = 14")
     end
     srv:launch()
-    local out = fs.run(("%s certs --json --data '%s'"):format(Server.certhook, srv.data))
-    local entry
-    for l in out:gmatch("[^\n]+") do
-      local e = cjson.decode(l)
-      if e.key == "cloudflare:cert-" .. host then entry = e end
-    end
+    local entry = certs_entry(srv, "cloudflare:cert-" .. host)
     assert.are.equal("pending_issuance", entry.status)
     assert.is_true(entry.previous_status == nil or entry.previous_status == cjson.null) -- none until the next change
     local same = post(srv, "validation.succeeded", { hostname = host })
