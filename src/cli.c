@@ -159,7 +159,7 @@ static int options_source(lua_State *L, int idx, const char *body, size_t n, str
     if (lua_istable(L, idx) && lua_getfield(L, idx, "provider") == LUA_TSTRING &&
         (p = provider_find(lua_tostring(L, -1))) == NULL) {
         lua_pushfstring(L, "unknown provider %s (one of %s)", lua_tostring(L, -1),
-                        provider_names(names, sizeof names, ", "));
+                        provider_names(names, sizeof names, ", ", 0));
         return -1;
     }
     if (p == NULL) {
@@ -170,7 +170,7 @@ static int options_source(lua_State *L, int idx, const char *body, size_t n, str
         p = provider_detect(L, -1);
         if (p == NULL) {
             lua_pushfstring(L, "cannot tell which provider sent this payload; pass --provider "
-                               "(one of %s)", provider_names(names, sizeof names, ", "));
+                               "(one of %s)", provider_names(names, sizeof names, ", ", 0));
             return -1;
         }
     }

@@ -360,7 +360,7 @@ int config_from_lua(lua_State *L, int idx, struct config *c, char *err, size_t e
         snprintf(err, errlen,
                  "no sources configured: add sources = { <name> = { provider = \"<provider>\", "
                  "<its credentials> } } to the config file (providers: %s)",
-                 provider_names(names, sizeof names, ", "));
+                 provider_names(names, sizeof names, ", ", 0));
         goto done;
     }
     lua_pushnil(L);

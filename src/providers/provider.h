@@ -189,8 +189,8 @@ extern const struct provider *const providers[]; /* every provider, NULL-termina
 const struct provider *provider_find(const char *name); /* NULL if none */
 /* The provider whose detect recognizes the decoded body at idx, or NULL. */
 const struct provider *provider_detect(lua_State *L, int idx);
-/* "cloudflare", "ibm-cm", ... joined by sep, for messages. */
-const char *provider_names(char *buf, size_t n, const char *sep);
+/* "cloudflare", "ibm-cm", ... joined by sep, for messages; polled: only those with a poll side. */
+const char *provider_names(char *buf, size_t n, const char *sep, int polled);
 
 /* Appends the versions of the libraries providers use ("OpenSSL ..."). */
 void provider_versions(struct buf *b);

@@ -44,12 +44,12 @@ const struct provider *provider_detect(lua_State *L, int idx)
     return NULL;
 }
 
-const char *provider_names(char *buf, size_t n, const char *sep)
+const char *provider_names(char *buf, size_t n, const char *sep, int polled)
 {
     size_t at = 0;
     buf[0] = '\0';
     for (const struct provider *const *p = providers; *p && at < n; p++) {
-        if ((*p)->internal)
+        if ((*p)->internal || (polled && (*p)->poll == NULL))
             continue;
         int w = snprintf(buf + at, n - at, "%s%s", at == 0 ? "" : sep, (*p)->name);
         at += w > 0 ? (size_t)w : 0;

@@ -162,7 +162,7 @@ int source_configure(lua_State *L, int t, const char *name, struct source *s, ch
     if (lua_getfield(L, t, "provider") != LUA_TSTRING ||
         (s->provider = provider_find(lua_tostring(L, -1))) == NULL) {
         lua_settop(L, top);
-        FAIL("%s.provider must be one of %s", path, provider_names(names, sizeof names, ", "));
+        FAIL("%s.provider must be one of %s", path, provider_names(names, sizeof names, ", ", 0));
     }
     lua_pop(L, 1);
     size_t n = 2;
@@ -212,17 +212,13 @@ int poller_configure(lua_State *L, int t, const char *name, struct poller_def *p
     sprintf(p->source, "poll:%s", name);
     if (lua_type(L, t) != LUA_TTABLE)
         FAIL("%s must be a table", path);
-    names[0] = '\0';
-    for (const struct provider *const *q = providers; *q; q++)
-        if ((*q)->poll != NULL)
-            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s",
-                     names[0] ? ", " : "", (*q)->name);
     if (lua_getfield(L, t, "provider") != LUA_TSTRING ||
         (p->provider = provider_find(lua_tostring(L, -1))) == NULL ||
         p->provider->poll == NULL) {
         p->provider = NULL;
         lua_settop(L, top);
-        FAIL("%s.provider must be one of %s (the providers that can be polled)", path, names);
+        FAIL("%s.provider must be one of %s (the providers that can be polled)", path,
+             provider_names(names, sizeof names, ", ", 1));
     }
     lua_pop(L, 1);
     const struct poll_ops *ops = p->provider->poll;
