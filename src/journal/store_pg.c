@@ -1358,7 +1358,7 @@ static struct store *pg_fold_store(struct store *s)
 static void add_key(void *cls, const char *key, size_t n)
 {
     struct arr *a = cls;
-    char *k = strndup(key, n), *t;
+    char *k = strndup(key, n), *t = NULL;
     if (k != NULL)
         arr_text(a, utf8(k, &t));
     free(t);
